@@ -1,0 +1,8 @@
+"""The one place that reads the wall clock."""
+
+from datetime import UTC, datetime
+
+
+class SystemClock:
+    def now(self) -> datetime:
+        return datetime.now(UTC)

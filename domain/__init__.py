@@ -1,0 +1,1 @@
+"""Entities, value objects and errors of the chat-bound sandbox service (standard library only)."""

@@ -1,0 +1,89 @@
+"""What a chat asks to run and what comes back."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from domain.errors import UnsupportedLanguageError
+
+
+class Language(StrEnum):
+    """Languages the guest agent keeps an interpreter for; state persists per language per chat."""
+
+    PYTHON = "python"
+    JAVASCRIPT = "javascript"
+    SHELL = "shell"
+
+    @classmethod
+    def parse(cls, value: str) -> Language:
+        normalized = value.strip().lower()
+        normalized = _ALIASES.get(normalized, normalized)
+        try:
+            return cls(normalized)
+        except ValueError as exc:
+            supported = ", ".join(member.value for member in cls)
+            raise UnsupportedLanguageError(
+                f"unsupported language {value!r}; supported: {supported}"
+            ) from exc
+
+
+_ALIASES = {
+    "py": "python",
+    "python3": "python",
+    "js": "javascript",
+    "node": "javascript",
+    "sh": "shell",
+    "bash": "shell",
+}
+
+
+@dataclass(frozen=True)
+class ExecutionRequest:
+    """Code to run in a chat's sandbox. Limits are validated by the ExecuteCode use case."""
+
+    code: str
+    language: Language = Language.PYTHON
+    timeout_s: float = 30.0
+
+
+class OutputStream(StrEnum):
+    STDOUT = "stdout"
+    STDERR = "stderr"
+
+
+@dataclass(frozen=True)
+class OutputChunk:
+    """A piece of output streamed while the code runs."""
+
+    stream: OutputStream
+    data: str
+
+
+@dataclass(frozen=True)
+class ExecutionResult:
+    """Outcome of one execution.
+
+    exit_code: the interpreter's status for this piece of code (0 ok, 1 uncaught error, the shell's
+      own status for shell); None when the code did not finish (timed out).
+    timed_out: the code ran past its timeout and was killed; the agent restarted that language's
+      interpreter, so ``state_lost`` is set too.
+    stdout_truncated / stderr_truncated: output passed the cap; what fit is kept.
+    sandbox_replaced: the chat's sandbox was found dead and replaced before this ran.
+    state_lost: variables and files from earlier messages are gone (replaced sandbox or restarted
+      interpreter).
+    """
+
+    stdout: str
+    stderr: str
+    exit_code: int | None
+    duration_s: float
+    timed_out: bool = False
+    stdout_truncated: bool = False
+    stderr_truncated: bool = False
+    sandbox_replaced: bool = False
+    state_lost: bool = False
+
+    @property
+    def succeeded(self) -> bool:
+        return self.exit_code == 0 and not self.timed_out

@@ -1,0 +1,1 @@
+"""Session stores and per-chat lifecycle lockers."""

@@ -1,0 +1,61 @@
+"""In-memory session store: the reference implementation of SandboxSessionRepository."""
+
+from __future__ import annotations
+
+import threading
+from datetime import datetime
+from uuid import UUID
+
+from domain.errors import SandboxServiceError
+from domain.sandbox import SandboxSession, SandboxStatus
+
+
+class SessionConflictError(SandboxServiceError):
+    """A second current session for one chat: the store's one-per-chat rule was broken."""
+
+
+class InMemorySandboxSessionRepository:
+    """Thread-safe dict of records; for tests and single-process use. Nothing survives a restart."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_session_id: dict[UUID, SandboxSession] = {}
+
+    def save(self, session: SandboxSession) -> None:
+        with self._lock:
+            for other in self._by_session_id.values():
+                if other.chat_id == session.chat_id and other.session_id != session.session_id:
+                    raise SessionConflictError(
+                        f"chat {session.chat_id} already has session {other.session_id}"
+                    )
+            self._by_session_id[session.session_id] = session
+
+    def get(self, session_id: UUID) -> SandboxSession | None:
+        with self._lock:
+            return self._by_session_id.get(session_id)
+
+    def get_active_by_chat_id(self, chat_id: UUID) -> SandboxSession | None:
+        with self._lock:
+            for session in self._by_session_id.values():
+                if session.chat_id == chat_id:
+                    return session
+            return None
+
+    def list_expired(self, now: datetime) -> list[SandboxSession]:
+        with self._lock:
+            expired = [s for s in self._by_session_id.values() if s.is_expired(now)]
+        return sorted(expired, key=lambda s: s.expires_at)
+
+    def list_sessions(
+        self, status: SandboxStatus | None = None, limit: int = 100, offset: int = 0
+    ) -> list[SandboxSession]:
+        with self._lock:
+            matching = [
+                s for s in self._by_session_id.values() if status is None or s.status is status
+            ]
+        matching.sort(key=lambda s: (s.created_at, str(s.session_id)))
+        return matching[offset : offset + limit]
+
+    def delete(self, session_id: UUID) -> None:
+        with self._lock:
+            self._by_session_id.pop(session_id, None)

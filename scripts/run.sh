@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Runs the service on embedded defaults (SQLite in the data dir, Docker runtime), doing its own
+# set-up first. Settings: SANDBOXD_* variables (see README). Extra arguments go to `sandboxd serve`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh python docker image-tools
+exec uv run --frozen sandboxd serve "$@"

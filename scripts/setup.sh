@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# Installs and starts what sandboxd needs, idempotently; quick when everything is already there.
+#   scripts/setup.sh [python] [docker] [qemu] [postgres] [image] ...
+# Fails loudly (non-zero) when a component cannot be installed or started.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '\033[1m[setup]\033[0m %s\n' "$*" >&2; }
+die() { printf '[setup] FAILED: %s\n' "$*" >&2; exit 1; }
+
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+
+APT_UPDATED=0
+apt_install() {
+  local missing=()
+  for pkg in "$@"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  if [ "$APT_UPDATED" -eq 0 ]; then
+    log "apt-get update"
+    $SUDO apt-get update -qq || die "apt-get update"
+    APT_UPDATED=1
+  fi
+  log "installing ${missing[*]} from Debian's packages"
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
+    || die "apt-get install ${missing[*]}"
+}
+
+setup_python() {
+  if ! command -v uv >/dev/null 2>&1; then
+    log "installing uv from PyPI"
+    python3 -m pip install -q uv || die "pip install uv"
+  fi
+  uv sync --frozen -q || die "uv sync"
+}
+
+setup_docker() {
+  if docker info >/dev/null 2>&1; then return 0; fi
+  command -v dockerd >/dev/null 2>&1 || apt_install docker.io
+  # Debian's docker.io ships /usr/bin/docker; an older client earlier on PATH may be too new or too
+  # old for its engine, so always talk to the engine with the packaged one when it exists.
+  log "starting dockerd"
+  mkdir -p /var/log
+  nohup dockerd >/var/log/sandboxd-dockerd.log 2>&1 &
+  for _ in $(seq 1 60); do
+    docker info >/dev/null 2>&1 && { log "dockerd is up"; return 0; }
+    sleep 0.5
+  done
+  tail -n 20 /var/log/sandboxd-dockerd.log >&2 || true
+  die "dockerd did not start (log: /var/log/sandboxd-dockerd.log)"
+}
+
+setup_image_tools() {
+  apt_install debootstrap
+}
+
+setup_qemu() {
+  apt_install qemu-system-x86 qemu-utils busybox-static zstd e2fsprogs
+  command -v qemu-system-x86_64 >/dev/null || die "qemu-system-x86_64 missing after install"
+}
+
+setup_postgres() {
+  if pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then return 0; fi
+  command -v pg_ctlcluster >/dev/null 2>&1 || apt_install postgresql
+  local version
+  version=$(ls /etc/postgresql | sort -V | tail -n 1)
+  [ -n "$version" ] || die "no PostgreSQL cluster configured"
+  log "starting PostgreSQL $version"
+  $SUDO pg_ctlcluster --skip-systemctl-redirect "$version" main start || true
+  for _ in $(seq 1 40); do
+    pg_isready -q -h 127.0.0.1 -p 5432 && { log "PostgreSQL is up"; return 0; }
+    sleep 0.5
+  done
+  die "PostgreSQL did not start on 127.0.0.1:5432"
+}
+
+setup_postgres_role() {
+  # The tests' own role and database; never touches anything else on the server.
+  $SUDO -u postgres psql -qtAc "SELECT 1 FROM pg_roles WHERE rolname='sandboxd'" | grep -q 1 \
+    || $SUDO -u postgres psql -qc "CREATE ROLE sandboxd LOGIN PASSWORD 'sandboxd' CREATEDB" \
+    || die "creating PostgreSQL role sandboxd"
+}
+
+setup_image() {
+  uv run --frozen sandboxd image build ${SANDBOXD_RUNTIME:+--runtime "$SANDBOXD_RUNTIME"} \
+    || die "building the sandbox image"
+}
+
+[ $# -gt 0 ] || set -- python
+for component in "$@"; do
+  case "$component" in
+    python) setup_python ;;
+    docker) setup_docker ;;
+    image-tools) setup_image_tools ;;
+    qemu) setup_qemu ;;
+    postgres) setup_postgres; setup_postgres_role ;;
+    image) setup_image ;;
+    *) die "unknown component $component" ;;
+  esac
+done

@@ -1,0 +1,123 @@
+"""ExecuteCode: run one message's code in its chat's sandbox."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from datetime import timedelta
+from uuid import UUID
+
+from domain.errors import CodeTooLargeError, InvalidTimeoutError, SandboxGoneError
+from domain.execution import ExecutionRequest, ExecutionResult
+from domain.sandbox import SandboxSession
+from usecase.ports import (
+    Clock,
+    Logger,
+    OutputSink,
+    SandboxLifecycleLocker,
+    SandboxRuntime,
+    SandboxSessionRepository,
+)
+from usecase.sandbox import Lifetime, SandboxProvisioner, session_attrs
+
+
+@dataclass(frozen=True)
+class ExecutionLimits:
+    """Bounds checked before anything is touched; a request past them changes nothing."""
+
+    max_code_bytes: int = 256 * 1024
+    max_timeout_s: float = 300.0
+
+
+@dataclass(frozen=True)
+class ExecuteCodeCommand:
+    chat_id: UUID
+    request: ExecutionRequest
+
+
+@dataclass(frozen=True)
+class CodeExecution:
+    """The result and the session it ran in, with its renewed deadline."""
+
+    session: SandboxSession
+    result: ExecutionResult
+
+
+class ExecuteCode:
+    """Run code in the chat's sandbox, creating or replacing the sandbox as CreateSandbox does.
+
+    Rules:
+    - Input is validated first (code size in UTF-8 bytes, timeout in (0, max]); invalid input
+      raises an InvalidInputError and touches nothing.
+    - Everything happens under the chat's lock, so one chat's messages run one at a time, in
+      arrival order where the locker is fair.
+    - If the runtime reports the sandbox gone (SandboxGoneError), it is replaced once and the code
+      runs again; a second SandboxGoneError propagates (no replacement loop). The result then says
+      ``sandbox_replaced`` and ``state_lost``; so it does when a DEAD session was replaced.
+    - After the run the idle deadline slides to now + ttl, capped by the maximum lifetime, and
+      ``last_activity_at`` is set.
+    """
+
+    def __init__(
+        self,
+        repository: SandboxSessionRepository,
+        locker: SandboxLifecycleLocker,
+        runtime: SandboxRuntime,
+        clock: Clock,
+        logger: Logger,
+        ttl: timedelta,
+        max_lifetime: timedelta | None = None,
+        limits: ExecutionLimits | None = None,
+    ) -> None:
+        self._repository = repository
+        self._locker = locker
+        self._runtime = runtime
+        self._clock = clock
+        self._logger = logger
+        self._ttl = ttl
+        self._limits = limits or ExecutionLimits()
+        self._provisioner = SandboxProvisioner(
+            repository, runtime, clock, logger, Lifetime(ttl, max_lifetime)
+        )
+
+    def execute(
+        self, command: ExecuteCodeCommand, on_output: OutputSink | None = None
+    ) -> CodeExecution:
+        self._validate(command.request)
+        with self._locker.lock(command.chat_id):
+            ensured = self._provisioner.ensure(command.chat_id)
+            session, replaced = ensured.session, ensured.replaced_dead
+            try:
+                result = self._runtime.execute(session.container_id, command.request, on_output)
+            except SandboxGoneError:
+                self._logger.warning("sandbox_found_dead", session_attrs(session))
+                session = self._provisioner.replace(session)
+                result = self._runtime.execute(session.container_id, command.request, on_output)
+                replaced = True
+            if replaced:
+                result = replace(result, sandbox_replaced=True, state_lost=True)
+            session = session.renewed(self._clock.now(), self._ttl)
+            self._repository.save(session)
+        self._logger.info(
+            "code_executed",
+            {
+                **session_attrs(session),
+                "language": command.request.language.value,
+                "exit_code": -1 if result.exit_code is None else result.exit_code,
+                "duration_s": round(result.duration_s, 6),
+                "timed_out": result.timed_out,
+                "sandbox_replaced": result.sandbox_replaced,
+            },
+        )
+        return CodeExecution(session=session, result=result)
+
+    def _validate(self, request: ExecutionRequest) -> None:
+        size = len(request.code.encode("utf-8", errors="surrogatepass"))
+        if size > self._limits.max_code_bytes:
+            raise CodeTooLargeError(
+                f"code is {size} bytes; the limit is {self._limits.max_code_bytes}"
+            )
+        if not 0 < request.timeout_s <= self._limits.max_timeout_s:
+            raise InvalidTimeoutError(
+                f"timeout_s must be in (0, {self._limits.max_timeout_s:g}]; "
+                f"got {request.timeout_s:g}"
+            )

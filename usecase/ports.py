@@ -1,0 +1,121 @@
+"""Ports the use cases depend on. Adapters and repositories implement them.
+
+Every port method may raise the project's own errors (``domain.errors``) and nothing else on
+purpose; an adapter that lets a library exception escape has a bug.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
+from datetime import datetime
+from typing import Protocol
+from uuid import UUID
+
+from domain.execution import ExecutionRequest, ExecutionResult, OutputChunk
+from domain.sandbox import ManagedSandbox, SandboxSession, SandboxStatus
+
+LogAttrs = Mapping[str, str | int | float | bool]
+OutputSink = Callable[[OutputChunk], None]
+
+
+class Clock(Protocol):
+    def now(self) -> datetime:
+        """Current time, timezone-aware UTC. The only source of time in use cases."""
+        ...
+
+
+class Logger(Protocol):
+    """Structured logger: ``message`` is a snake_case event name, ``attrs`` its context."""
+
+    def debug(self, message: str, attrs: LogAttrs | None = None) -> None: ...
+
+    def info(self, message: str, attrs: LogAttrs | None = None) -> None: ...
+
+    def warning(self, message: str, attrs: LogAttrs | None = None) -> None: ...
+
+    def error(self, message: str, attrs: LogAttrs | None = None) -> None: ...
+
+
+class SandboxLifecycleLocker(Protocol):
+    def lock(self, chat_id: UUID) -> AbstractContextManager[None]:
+        """Context manager holding the chat's lifecycle lock.
+
+        Mutual exclusion per chat across every caller that shares this locker's scope (a process,
+        a host, or every replica on one database). Waiters get the lock in arrival order where
+        the backend allows (process-local: strictly FIFO). Released on exit, also on exception.
+        Raises LockTimeoutError if the implementation bounds the wait and it runs out,
+        RepositoryUnavailableError if a database-backed lock cannot reach its database.
+        """
+        ...
+
+
+class SandboxSessionRepository(Protocol):
+    """Session records. Each call is its own transaction.
+
+    At most one *current* record (RUNNING or DEAD) exists per chat; saving a second one for the
+    same chat under another session id raises SandboxServiceError. Raises
+    RepositoryUnavailableError when the store cannot be reached; nothing is half-written then.
+    """
+
+    def save(self, session: SandboxSession) -> None:
+        """Insert or replace the record with this session id (upsert)."""
+        ...
+
+    def get(self, session_id: UUID) -> SandboxSession | None: ...
+
+    def get_active_by_chat_id(self, chat_id: UUID) -> SandboxSession | None:
+        """The chat's current record, RUNNING or DEAD, expired or not; None when it has none."""
+        ...
+
+    def list_expired(self, now: datetime) -> list[SandboxSession]:
+        """RUNNING and DEAD records with ``expires_at <= now``, oldest deadline first."""
+        ...
+
+    def list_sessions(
+        self, status: SandboxStatus | None = None, limit: int = 100, offset: int = 0
+    ) -> list[SandboxSession]:
+        """Records ordered by creation time (then session id), optionally of one status."""
+        ...
+
+    def delete(self, session_id: UUID) -> None:
+        """Remove the record; idempotent (an unknown id is fine)."""
+        ...
+
+
+class SandboxRuntime(Protocol):
+    """Creates, runs code in, and stops sandboxes (containers or microVMs).
+
+    Raises RuntimeUnavailableError when the engine cannot be reached or refuses an operation.
+    """
+
+    def create(
+        self, *, session_id: UUID, chat_id: UUID, created_at: datetime, expires_at: datetime
+    ) -> SandboxSession:
+        """Start a sandbox labelled with the session and chat ids; return its RUNNING session.
+
+        Returns only once the guest agent answers. On failure nothing is left running.
+        """
+        ...
+
+    def stop(self, container_id: str) -> None:
+        """Stop and remove the sandbox; idempotent (a missing object is fine)."""
+        ...
+
+    def execute(
+        self, container_id: str, request: ExecutionRequest, on_output: OutputSink | None = None
+    ) -> ExecutionResult:
+        """Run code through the sandbox's agent; stream output chunks to ``on_output`` if given.
+
+        A timeout is a result (``timed_out``), not an error. Raises SandboxGoneError when the
+        sandbox no longer exists or its agent died; the caller decides whether to replace it.
+        """
+        ...
+
+    def is_alive(self, container_id: str) -> bool:
+        """True when the object exists and is running."""
+        ...
+
+    def list_managed(self) -> list[ManagedSandbox]:
+        """Every object this service instance manages (found by its labels), alive or not."""
+        ...

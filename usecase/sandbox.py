@@ -1,0 +1,292 @@
+"""Sandbox lifecycle use cases: create or reuse, get, renew, destroy, list, and the expiry sweep.
+
+Rules shared by all of them:
+- Every step that changes a chat's sandbox runs under that chat's lifecycle lock, so one chat's
+  requests are serialized and two concurrent creates make one sandbox.
+- A chat has at most one current session. It is *usable* when RUNNING and not expired.
+- An expired session is replaced silently (idle chats lose state by design); a DEAD one is
+  replaced too, and callers that run code are told the state was lost.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from uuid import UUID, uuid4
+
+from domain.errors import SandboxNotFoundError
+from domain.sandbox import SandboxSession, SandboxStatus, capped_deadline
+from usecase.ports import (
+    Clock,
+    Logger,
+    SandboxLifecycleLocker,
+    SandboxRuntime,
+    SandboxSessionRepository,
+)
+
+
+def _new_session_id() -> UUID:
+    return uuid4()
+
+
+def session_attrs(session: SandboxSession) -> dict[str, str | int | float | bool]:
+    return {
+        "chat_id": str(session.chat_id),
+        "session_id": str(session.session_id),
+        "container_id": session.container_id,
+    }
+
+
+@dataclass(frozen=True)
+class Lifetime:
+    """How long sandboxes live: ``ttl`` idle (sliding), ``max_lifetime`` in all (None: no cap)."""
+
+    ttl: timedelta
+    max_lifetime: timedelta | None = None
+
+
+@dataclass(frozen=True)
+class EnsuredSandbox:
+    session: SandboxSession
+    replaced_dead: bool
+
+
+class SandboxProvisioner:
+    """Ensure-or-replace logic shared by CreateSandbox and ExecuteCode.
+
+    Callers hold the chat's lock. Not a use case of its own: it never takes the lock.
+    """
+
+    def __init__(
+        self,
+        repository: SandboxSessionRepository,
+        runtime: SandboxRuntime,
+        clock: Clock,
+        logger: Logger,
+        lifetime: Lifetime,
+    ) -> None:
+        self._repository = repository
+        self._runtime = runtime
+        self._clock = clock
+        self._logger = logger
+        self._lifetime = lifetime
+
+    def ensure(self, chat_id: UUID) -> EnsuredSandbox:
+        """Reuse the chat's usable session, or replace an expired or dead one, or create one."""
+        now = self._clock.now()
+        current = self._repository.get_active_by_chat_id(chat_id)
+        if current is None:
+            return EnsuredSandbox(self._create(chat_id, now), replaced_dead=False)
+        if current.is_usable(now):
+            self._logger.info("sandbox_reused", session_attrs(current))
+            return EnsuredSandbox(current, replaced_dead=False)
+        dead = current.status is SandboxStatus.DEAD
+        if dead:
+            self._logger.warning("sandbox_found_dead", session_attrs(current))
+        return EnsuredSandbox(self.replace(current), replaced_dead=dead)
+
+    def replace(self, current: SandboxSession) -> SandboxSession:
+        """Stop the current sandbox (idempotent), drop its record, and create a fresh one.
+
+        If stopping fails the record is kept and the error propagates: nothing leaks.
+        """
+        self._runtime.stop(current.container_id)
+        self._repository.delete(current.session_id)
+        self._logger.info("sandbox_replaced", session_attrs(current))
+        return self._create(current.chat_id, self._clock.now())
+
+    def _create(self, chat_id: UUID, now: datetime) -> SandboxSession:
+        max_expires_at = (
+            None if self._lifetime.max_lifetime is None else now + self._lifetime.max_lifetime
+        )
+        session = self._runtime.create(
+            session_id=_new_session_id(),
+            chat_id=chat_id,
+            created_at=now,
+            expires_at=capped_deadline(now + self._lifetime.ttl, max_expires_at),
+        )
+        if max_expires_at is not None:
+            session = replace(session, max_expires_at=max_expires_at)
+        try:
+            self._repository.save(session)
+        except Exception:
+            # Without a record nobody would ever stop this sandbox; reconciliation would, but
+            # only at the next sweep.
+            self._runtime.stop(session.container_id)
+            raise
+        self._logger.info("sandbox_created", session_attrs(session))
+        return session
+
+
+@dataclass(frozen=True)
+class CreateSandboxCommand:
+    chat_id: UUID
+
+
+class CreateSandbox:
+    """Give a chat its sandbox: reuse the usable one, replace an expired or dead one, or create.
+
+    Logs ``sandbox_reused``, or ``sandbox_replaced`` then ``sandbox_created``, or
+    ``sandbox_created``. A runtime that fails to create leaves no record behind.
+    """
+
+    def __init__(
+        self,
+        repository: SandboxSessionRepository,
+        locker: SandboxLifecycleLocker,
+        runtime: SandboxRuntime,
+        clock: Clock,
+        logger: Logger,
+        ttl: timedelta,
+        max_lifetime: timedelta | None = None,
+    ) -> None:
+        self._locker = locker
+        self._provisioner = SandboxProvisioner(
+            repository, runtime, clock, logger, Lifetime(ttl, max_lifetime)
+        )
+
+    def execute(self, command: CreateSandboxCommand) -> SandboxSession:
+        with self._locker.lock(command.chat_id):
+            return self._provisioner.ensure(command.chat_id).session
+
+
+class GetSandbox:
+    """The chat's current session (RUNNING or DEAD). Raises SandboxNotFoundError when none."""
+
+    def __init__(self, repository: SandboxSessionRepository) -> None:
+        self._repository = repository
+
+    def execute(self, chat_id: UUID) -> SandboxSession:
+        session = self._repository.get_active_by_chat_id(chat_id)
+        if session is None:
+            raise SandboxNotFoundError(f"chat {chat_id} has no sandbox")
+        return session
+
+
+class ListSandboxes:
+    """Page through session records, optionally of one status."""
+
+    def __init__(self, repository: SandboxSessionRepository) -> None:
+        self._repository = repository
+
+    def execute(
+        self, status: SandboxStatus | None = None, limit: int = 100, offset: int = 0
+    ) -> list[SandboxSession]:
+        return self._repository.list_sessions(status=status, limit=limit, offset=offset)
+
+
+class RenewSandbox:
+    """Slide a usable session's idle deadline to now + ttl, capped by its maximum lifetime.
+
+    Raises SandboxNotFoundError when the chat has no usable session (none, expired or dead):
+    renewing cannot bring back a sandbox that is gone.
+    """
+
+    def __init__(
+        self,
+        repository: SandboxSessionRepository,
+        locker: SandboxLifecycleLocker,
+        clock: Clock,
+        logger: Logger,
+        ttl: timedelta,
+    ) -> None:
+        self._repository = repository
+        self._locker = locker
+        self._clock = clock
+        self._logger = logger
+        self._ttl = ttl
+
+    def execute(self, chat_id: UUID) -> SandboxSession:
+        with self._locker.lock(chat_id):
+            now = self._clock.now()
+            current = self._repository.get_active_by_chat_id(chat_id)
+            if current is None or not current.is_usable(now):
+                raise SandboxNotFoundError(f"chat {chat_id} has no usable sandbox to renew")
+            renewed = replace(
+                current, expires_at=capped_deadline(now + self._ttl, current.max_expires_at)
+            )
+            self._repository.save(renewed)
+            self._logger.info(
+                "sandbox_renewed",
+                {**session_attrs(renewed), "expires_at": renewed.expires_at.isoformat()},
+            )
+            return renewed
+
+
+class DestroySandbox:
+    """Stop the chat's sandbox and delete its record. Idempotent: returns None when none.
+
+    If the runtime fails to stop it, the record is kept (so a later sweep retries) and the error
+    propagates.
+    """
+
+    def __init__(
+        self,
+        repository: SandboxSessionRepository,
+        locker: SandboxLifecycleLocker,
+        runtime: SandboxRuntime,
+        logger: Logger,
+    ) -> None:
+        self._repository = repository
+        self._locker = locker
+        self._runtime = runtime
+        self._logger = logger
+
+    def execute(self, chat_id: UUID) -> SandboxSession | None:
+        with self._locker.lock(chat_id):
+            current = self._repository.get_active_by_chat_id(chat_id)
+            if current is None:
+                return None
+            self._runtime.stop(current.container_id)
+            self._repository.delete(current.session_id)
+            self._logger.info("sandbox_destroyed", session_attrs(current))
+            return current
+
+
+class CleanupExpiredSandboxes:
+    """Stop and delete every session whose ``expires_at`` has passed.
+
+    For each expired snapshot: take the chat's lock, re-read, and skip it if it was replaced or
+    renewed meanwhile. A failing stop logs ``sandbox_clean_failed`` (``error`` = exception class
+    name), keeps the record for the next sweep, and the sweep goes on. Returns what was cleaned.
+    """
+
+    def __init__(
+        self,
+        repository: SandboxSessionRepository,
+        locker: SandboxLifecycleLocker,
+        runtime: SandboxRuntime,
+        clock: Clock,
+        logger: Logger,
+    ) -> None:
+        self._repository = repository
+        self._locker = locker
+        self._runtime = runtime
+        self._clock = clock
+        self._logger = logger
+
+    def execute(self) -> list[SandboxSession]:
+        cleaned: list[SandboxSession] = []
+        for snapshot in self._repository.list_expired(self._clock.now()):
+            with self._locker.lock(snapshot.chat_id):
+                current = self._repository.get_active_by_chat_id(snapshot.chat_id)
+                if (
+                    current is None
+                    or current.session_id != snapshot.session_id
+                    or not current.is_expired(self._clock.now())
+                ):
+                    continue
+                try:
+                    self._runtime.stop(current.container_id)
+                except Exception as exc:
+                    # Any failure, including a bug in an adapter: one bad sandbox must not stop
+                    # the sweep for all the others.
+                    self._logger.error(
+                        "sandbox_clean_failed",
+                        {**session_attrs(current), "error": type(exc).__name__},
+                    )
+                    continue
+                self._repository.delete(current.session_id)
+                self._logger.info("sandbox_cleaned", session_attrs(current))
+                cleaned.append(current)
+        return cleaned
