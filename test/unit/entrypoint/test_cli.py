@@ -1,0 +1,59 @@
+"""The CLI drives the use cases through the composition root (providers overridden with fakes)."""
+
+from __future__ import annotations
+
+import json
+from uuid import UUID
+
+import pytest
+from dependency_injector import providers
+
+from entrypoint.cli import main
+from entrypoint.container import Container
+from repository.sandbox_lock import ProcessLocalSandboxLifecycleLocker
+from repository.sandbox_session import InMemorySandboxSessionRepository
+from test.unit.fakes import FakeRuntime
+
+CHAT = "11111111-1111-1111-1111-111111111111"
+
+
+@pytest.fixture
+def container() -> Container:
+    container = Container()
+    container.runtime.override(providers.Object(FakeRuntime()))
+    container.repository.override(providers.Object(InMemorySandboxSessionRepository()))
+    container.locker.override(providers.Object(ProcessLocalSandboxLifecycleLocker()))
+    return container
+
+
+def test_exec_prints_the_output_and_returns_the_exit_code(container, capsys) -> None:
+    assert main(["exec", "--chat-id", CHAT, "print(1)"], container=container) == 0
+    assert capsys.readouterr().out == "print(1)"
+
+
+def test_exec_json_and_sandbox_get_show_the_same_session(container, capsys) -> None:
+    main(["exec", "--json", "--chat-id", CHAT, "x = 1"], container=container)
+    executed = json.loads(capsys.readouterr().out)
+    main(["sandbox", "get", "--chat-id", CHAT], container=container)
+    fetched = json.loads(capsys.readouterr().out)
+
+    assert executed["result"]["exit_code"] == 0
+    assert fetched["session_id"] == executed["session"]["session_id"]
+    assert UUID(fetched["chat_id"]) == UUID(CHAT)
+
+
+def test_a_malformed_chat_id_is_a_clear_error_with_exit_status_2(container, capsys) -> None:
+    assert main(["exec", "--chat-id", "nope", "print(1)"], container=container) == 2
+    assert "InvalidChatIdError" in capsys.readouterr().err
+
+
+def test_get_of_an_unknown_chat_exits_3(container, capsys) -> None:
+    assert main(["sandbox", "get", "--chat-id", CHAT], container=container) == 3
+
+
+def test_destroy_then_list_shows_nothing(container, capsys) -> None:
+    main(["sandbox", "ensure", "--chat-id", CHAT], container=container)
+    main(["sandbox", "destroy", "--chat-id", CHAT], container=container)
+    capsys.readouterr()
+    main(["sandboxes", "list"], container=container)
+    assert json.loads(capsys.readouterr().out) == []
