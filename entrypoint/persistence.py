@@ -1,0 +1,101 @@
+"""Choosing the session store, the chat locker and the sweep leader from the database URL.
+
+- ``postgresql+psycopg://``: SQLAlchemy store, advisory-lock locker and leader on a pool of their
+  own. The schema is never changed implicitly: a database behind head refuses to serve until
+  ``sandboxd migrate`` has run (several replicas must not race to migrate).
+- ``sqlite:///FILE`` (the embedded default, ``<data_dir>/sandboxd.db``): SQLAlchemy store,
+  migrated to head on first use (a single-user default should just work); per-chat lock files
+  and the leader lock file in the ``locks`` directory beside the database file.
+- ``sqlite://`` (in memory): one process only, so the process-local locker and leader.
+SANDBOXD_DATABASE_AUTO_MIGRATE=true/false overrides the migrate-on-start choice.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.engine import Engine
+
+from entrypoint.settings import Settings
+from repository.database import (
+    PoolOptions,
+    create_database_engine,
+    is_postgresql,
+    is_sqlite,
+    prepare_database,
+    sqlite_path,
+)
+from repository.file_lock import FileSandboxLifecycleLocker, FileSweepLeaderLock
+from repository.postgres_lock import (
+    PostgresAdvisorySandboxLifecycleLocker,
+    PostgresAdvisorySweepLeaderLock,
+)
+from repository.sandbox_lock import ProcessLocalSandboxLifecycleLocker
+from repository.sweep_leader import ProcessLocalSweepLeaderLock
+
+
+def database_engine(settings: Settings) -> Engine:
+    """The repository's engine, unchecked (``sandboxd migrate`` uses it as it is)."""
+    return create_database_engine(
+        settings.effective_database_url,
+        PoolOptions(
+            pool_size=settings.database_pool_size,
+            max_overflow=settings.database_max_overflow,
+            pool_timeout_s=settings.database_pool_timeout_seconds,
+            connect_timeout_s=settings.database_connect_timeout_seconds,
+            busy_timeout_s=settings.sqlite_busy_timeout_seconds,
+        ),
+    )
+
+
+def auto_migrate(settings: Settings) -> bool:
+    if settings.database_auto_migrate is not None:
+        return settings.database_auto_migrate
+    return is_sqlite(settings.effective_database_url)
+
+
+def ready_engine(engine: Engine, settings: Settings) -> Engine:
+    """The engine once the schema is at head (migrated here if auto_migrate), else an error."""
+    return prepare_database(engine, auto_migrate(settings))
+
+
+def lock_engine(settings: Settings) -> Engine:
+    held = settings.lock_max_connections
+    return create_database_engine(
+        settings.effective_database_url,
+        PoolOptions(
+            pool_size=min(held, 10),
+            max_overflow=max(0, held - 10),
+            pool_timeout_s=settings.lock_timeout_seconds,
+            connect_timeout_s=settings.database_connect_timeout_seconds,
+        ),
+    )
+
+
+def lock_dir(settings: Settings) -> Path | None:
+    """Where the SQLite setup keeps its lock files; None for an in-memory database."""
+    path = sqlite_path(settings.effective_database_url)
+    return None if path is None else path.parent / "locks"
+
+
+def chat_locker(settings: Settings, lock_engine_provider: Any) -> Any:
+    url = settings.effective_database_url
+    if is_postgresql(url):
+        return PostgresAdvisorySandboxLifecycleLocker(
+            lock_engine_provider(), timeout_s=settings.lock_timeout_seconds
+        )
+    directory = lock_dir(settings)
+    if directory is None:
+        return ProcessLocalSandboxLifecycleLocker()
+    return FileSandboxLifecycleLocker(directory, timeout_s=settings.lock_timeout_seconds)
+
+
+def sweep_leader(settings: Settings, lock_engine_provider: Any) -> Any:
+    """An object with ``try_lead()``: a context manager yielding True for the one sweeper."""
+    if is_postgresql(settings.effective_database_url):
+        return PostgresAdvisorySweepLeaderLock(lock_engine_provider())
+    directory = lock_dir(settings)
+    if directory is None:
+        return ProcessLocalSweepLeaderLock()
+    return FileSweepLeaderLock(directory)

@@ -1,0 +1,1 @@
+"""Alembic environment and revisions of sandboxd's schema (run them with ``sandboxd migrate``)."""

@@ -1,0 +1,143 @@
+"""Chat locks and sweep leadership across every replica that shares one PostgreSQL database.
+
+Session-level advisory locks, each held on a connection of its own for the whole hold: if the
+holder's process dies or its connection drops, the server releases the lock by itself. Give
+these lockers an engine of their own (see entrypoint/container.py): holders keep their
+connection for as long as the chat's work runs, and must not starve the repository's pool.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from uuid import UUID
+
+import sqlalchemy as sa
+from sqlalchemy import exc
+from sqlalchemy.engine import Connection, Engine
+
+from domain.errors import LockTimeoutError
+from repository.chat_queue import TimedFifoChatLock
+from repository.database import database_error
+
+_LOCK_NOT_AVAILABLE = "55P03"  # SQLSTATE raised when lock_timeout runs out
+
+
+def advisory_key(name: bytes) -> int:
+    """A stable signed 64-bit key (PostgreSQL's bigint) for a name; same in every process."""
+    digest = hashlib.blake2b(b"sandboxd:" + name, digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+def chat_lock_key(chat_id: UUID) -> int:
+    return advisory_key(b"chat:" + chat_id.bytes)
+
+
+SWEEP_LEADER_KEY = advisory_key(b"sweep-leader")
+
+
+def _release(connection: Connection, key: int) -> None:
+    try:
+        with connection.begin():
+            connection.execute(sa.select(sa.func.pg_advisory_unlock(key)))
+    except exc.SQLAlchemyError:
+        # The connection is broken, so the server has dropped (or will drop, on seeing it
+        # close) the session and its lock. Raising here would hide the caller's own outcome.
+        connection.invalidate()
+
+
+class PostgresAdvisorySandboxLifecycleLocker:
+    """pg_advisory_lock keyed from the chat UUID; FIFO within the process, bounded wait.
+
+    The PostgreSQL lock manager queues waiters on one lock in arrival order, so across replicas
+    the order is close to FIFO as well. The whole wait (in-process queue, a pool connection, the
+    advisory lock) is bounded by ``timeout_s``; past it LockTimeoutError. An unreachable server
+    raises RepositoryUnavailableError.
+    """
+
+    def __init__(self, engine: Engine, timeout_s: float = 360.0) -> None:
+        self._engine = engine
+        self._timeout_s = timeout_s
+        self._local = TimedFifoChatLock()
+
+    @contextmanager
+    def lock(self, chat_id: UUID) -> Iterator[None]:
+        deadline = time.monotonic() + self._timeout_s
+        self._local.acquire(chat_id, deadline)
+        try:
+            key = chat_lock_key(chat_id)
+            connection = self._acquire(chat_id, key, deadline)
+            try:
+                yield
+            finally:
+                _release(connection, key)
+                connection.close()
+        finally:
+            self._local.release(chat_id)
+
+    def _acquire(self, chat_id: UUID, key: int, deadline: float) -> Connection:
+        try:
+            connection = self._engine.connect()
+        except exc.TimeoutError as error:
+            raise self._timeout(chat_id, "no free lock connection") from error
+        except exc.SQLAlchemyError as error:
+            raise database_error(error, self._engine, "chat lock") from error
+        try:
+            # lock_timeout 0 would mean "wait forever"; SET LOCAL ends with this transaction,
+            # the advisory lock (session-level) does not.
+            wait_ms = max(1, int((deadline - time.monotonic()) * 1000))
+            with connection.begin():
+                connection.execute(
+                    sa.select(sa.func.set_config("lock_timeout", f"{wait_ms}ms", True))
+                )
+                connection.execute(sa.select(sa.func.pg_advisory_lock(key)))
+        except exc.SQLAlchemyError as error:
+            connection.close()
+            if getattr(getattr(error, "orig", None), "sqlstate", None) == _LOCK_NOT_AVAILABLE:
+                raise self._timeout(chat_id, "held by another request") from error
+            raise database_error(error, self._engine, "chat lock") from error
+        except BaseException:
+            connection.close()
+            raise
+        return connection
+
+    def _timeout(self, chat_id: UUID, why: str) -> LockTimeoutError:
+        return LockTimeoutError(
+            f"chat {chat_id}: lock wait timed out after {self._timeout_s:g} s ({why})"
+        )
+
+
+class PostgresAdvisorySweepLeaderLock:
+    """ "One replica sweeps at a time": pg_try_advisory_lock on a fixed key, never waits."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    @contextmanager
+    def try_lead(self) -> Iterator[bool]:
+        """Yield True while this caller is the only sweeper, False (at once) if another is.
+
+        Raises RepositoryUnavailableError when the database cannot be reached.
+        """
+        try:
+            connection = self._engine.connect()
+        except exc.SQLAlchemyError as error:
+            raise database_error(error, self._engine, "sweep leader lock") from error
+        try:
+            with connection.begin():
+                leading = bool(
+                    connection.execute(
+                        sa.select(sa.func.pg_try_advisory_lock(SWEEP_LEADER_KEY))
+                    ).scalar_one()
+                )
+        except exc.SQLAlchemyError as error:
+            connection.close()
+            raise database_error(error, self._engine, "sweep leader lock") from error
+        try:
+            yield leading
+        finally:
+            if leading:
+                _release(connection, SWEEP_LEADER_KEY)
+            connection.close()

@@ -1,0 +1,204 @@
+"""SQLAlchemy session store for PostgreSQL and SQLite: the durable SandboxSessionRepository.
+
+The table is mapped with SQLAlchemy Core and translated to and from the domain's frozen
+dataclass here, so the domain never sees the ORM. The schema itself is owned by the Alembic
+revisions in ``migrations/``; ``metadata`` below must describe the head revision (a test compares
+them).
+
+Every method is one transaction. Database failures become RepositoryUnavailableError (the URL's
+password masked) and the transaction is rolled back, so nothing is half-written.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID
+
+import sqlalchemy as sa
+from sqlalchemy import exc
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Dialect, Engine
+
+from domain.sandbox import SandboxSession, SandboxStatus
+from repository.database import database_error, translated_errors
+from repository.sandbox_session import SessionConflictError
+
+# A record is *current* while its status is one of these. Spelled as literal SQL, identical in
+# the index predicates and in the queries, so that PostgreSQL and SQLite can both prove that the
+# partial indexes apply (a bound parameter would hide the values from the planner).
+CURRENT_STATUSES_SQL = "status IN ('running', 'dead')"
+CURRENT_CHAT_INDEX = "uq_sandbox_sessions_current_chat"
+EXPIRY_INDEX = "ix_sandbox_sessions_current_expires_at"
+
+
+class UtcDateTime(sa.TypeDecorator[datetime]):
+    """Timezone-aware UTC in and out. PostgreSQL keeps timestamptz; SQLite stores naive UTC."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError(f"naive datetime {value!r}: sessions carry timezone-aware times")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+metadata = sa.MetaData()
+
+sandbox_sessions = sa.Table(
+    "sandbox_sessions",
+    metadata,
+    sa.Column("session_id", sa.Uuid(), primary_key=True),
+    sa.Column("chat_id", sa.Uuid(), nullable=False),
+    sa.Column("runtime_kind", sa.String(32), nullable=False),
+    sa.Column("container_id", sa.String(255), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("created_at", UtcDateTime(), nullable=False),
+    sa.Column("expires_at", UtcDateTime(), nullable=False),
+    sa.Column("last_activity_at", UtcDateTime(), nullable=True),
+    sa.Column("max_expires_at", UtcDateTime(), nullable=True),
+    sa.CheckConstraint("status IN ('running', 'dead')", name="ck_sandbox_sessions_status"),
+    # Partial: only current records compete for a chat, so a later archival status (kept for
+    # history) may hold any number of old records per chat without a schema change.
+    sa.Index(
+        CURRENT_CHAT_INDEX,
+        "chat_id",
+        unique=True,
+        postgresql_where=sa.text(CURRENT_STATUSES_SQL),
+        sqlite_where=sa.text(CURRENT_STATUSES_SQL),
+    ),
+    # list_expired: a range scan in (deadline, id) order over current records, no sort step.
+    sa.Index(
+        EXPIRY_INDEX,
+        "expires_at",
+        "session_id",
+        postgresql_where=sa.text(CURRENT_STATUSES_SQL),
+        sqlite_where=sa.text(CURRENT_STATUSES_SQL),
+    ),
+    sa.Index("ix_sandbox_sessions_created_at", "created_at", "session_id"),
+)
+
+_columns = sandbox_sessions.c
+_is_current = sa.text(CURRENT_STATUSES_SQL)
+
+
+def _row_values(session: SandboxSession) -> dict[str, Any]:
+    return {
+        "session_id": session.session_id,
+        "chat_id": session.chat_id,
+        "runtime_kind": session.runtime_kind,
+        "container_id": session.container_id,
+        "status": session.status.value,
+        "created_at": session.created_at,
+        "expires_at": session.expires_at,
+        "last_activity_at": session.last_activity_at,
+        "max_expires_at": session.max_expires_at,
+    }
+
+
+def _to_session(row: sa.Row[Any]) -> SandboxSession:
+    return SandboxSession(
+        session_id=row.session_id,
+        chat_id=row.chat_id,
+        container_id=row.container_id,
+        status=SandboxStatus(row.status),
+        created_at=row.created_at,
+        expires_at=row.expires_at,
+        runtime_kind=row.runtime_kind,
+        last_activity_at=row.last_activity_at,
+        max_expires_at=row.max_expires_at,
+    )
+
+
+class SqlAlchemySandboxSessionRepository:
+    """Session records in PostgreSQL or SQLite, behind the SandboxSessionRepository port.
+
+    The one-current-record-per-chat rule is the database's (a partial unique index), so it holds
+    across processes and replicas even if a caller skipped the chat lock; breaking it raises
+    SessionConflictError. No call is retried here: see the README's retry policy.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._upsert = self._upsert_statement(engine.dialect.name)
+
+    @property
+    def engine(self) -> Engine:
+        return self._engine
+
+    @staticmethod
+    def _upsert_statement(dialect: str) -> Any:
+        insert: Any = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        statement = insert(sandbox_sessions)
+        updated = {
+            name: statement.excluded[name]
+            for name in sandbox_sessions.c.keys()  # noqa: SIM118 (ColumnCollection)
+            if name != "session_id"
+        }
+        return statement.on_conflict_do_update(index_elements=["session_id"], set_=updated)
+
+    def save(self, session: SandboxSession) -> None:
+        try:
+            with self._engine.begin() as connection:
+                connection.execute(self._upsert, _row_values(session))
+        except exc.IntegrityError as error:
+            raise SessionConflictError(
+                f"chat {session.chat_id} already has a current session "
+                f"(saving {session.session_id})"
+            ) from error
+        except exc.SQLAlchemyError as error:
+            raise database_error(error, self._engine, "save") from error
+
+    def get(self, session_id: UUID) -> SandboxSession | None:
+        query = sa.select(sandbox_sessions).where(_columns.session_id == session_id)
+        return self._fetch_one(query, "get")
+
+    def get_active_by_chat_id(self, chat_id: UUID) -> SandboxSession | None:
+        query = sa.select(sandbox_sessions).where(_columns.chat_id == chat_id, _is_current)
+        return self._fetch_one(query, "get_active_by_chat_id")
+
+    def list_expired(self, now: datetime) -> list[SandboxSession]:
+        return self._fetch_all(self.list_expired_query(now), "list_expired")
+
+    @staticmethod
+    def list_expired_query(now: datetime) -> sa.Select[Any]:
+        """The statement list_expired runs (public so the benchmark can EXPLAIN it)."""
+        return (
+            sa.select(sandbox_sessions)
+            .where(_is_current, _columns.expires_at <= now)
+            .order_by(_columns.expires_at, _columns.session_id)
+        )
+
+    def list_sessions(
+        self, status: SandboxStatus | None = None, limit: int = 100, offset: int = 0
+    ) -> list[SandboxSession]:
+        query = sa.select(sandbox_sessions)
+        if status is not None:
+            query = query.where(_columns.status == status.value)
+        query = query.order_by(_columns.created_at, _columns.session_id).limit(limit).offset(offset)
+        return self._fetch_all(query, "list_sessions")
+
+    def delete(self, session_id: UUID) -> None:
+        with translated_errors(self._engine, "delete"), self._engine.begin() as connection:
+            connection.execute(sa.delete(sandbox_sessions).where(_columns.session_id == session_id))
+
+    def _fetch_one(self, query: sa.Select[Any], doing: str) -> SandboxSession | None:
+        with translated_errors(self._engine, doing), self._engine.begin() as connection:
+            row = connection.execute(query).first()
+        return None if row is None else _to_session(row)
+
+    def _fetch_all(self, query: sa.Select[Any], doing: str) -> list[SandboxSession]:
+        with translated_errors(self._engine, doing), self._engine.begin() as connection:
+            rows = connection.execute(query).all()
+        return [_to_session(row) for row in rows]

@@ -1,0 +1,41 @@
+"""A throwaway PostgreSQL database per test session (or benchmark run).
+
+The server comes from SANDBOXD_TEST_POSTGRES_URL (default: the sandboxd role on 127.0.0.1:5432,
+which scripts/setup.sh creates). Only the database created here is ever dropped.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import sqlalchemy as sa
+from sqlalchemy.engine import URL, make_url
+
+DEFAULT_SERVER_URL = "postgresql+psycopg://sandboxd:sandboxd@127.0.0.1:5432/"
+
+
+def server_url() -> URL:
+    return make_url(os.environ.get("SANDBOXD_TEST_POSTGRES_URL") or DEFAULT_SERVER_URL)
+
+
+@contextmanager
+def temporary_database(prefix: str = "sandboxd_test") -> Iterator[str]:
+    """Create a database with a random name; yield its URL; drop it (and only it) at the end."""
+    server = server_url()
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(
+        server.set(database="postgres"), isolation_level="AUTOCOMMIT", poolclass=sa.NullPool
+    )
+    try:
+        with admin.connect() as connection:
+            connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
+        try:
+            yield server.set(database=name).render_as_string(hide_password=False)
+        finally:
+            with admin.connect() as connection:
+                connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        admin.dispose()
