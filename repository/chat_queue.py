@@ -33,8 +33,8 @@ class TimedFifoChatLock:
         self._mutex = threading.Lock()
         self._queues: dict[UUID, _Queue] = {}
 
-    def acquire(self, chat_id: UUID, deadline: float) -> None:
-        """Wait until ``deadline`` (time.monotonic()); raise LockTimeoutError past it."""
+    def acquire(self, chat_id: UUID, deadline: float | None) -> None:
+        """Wait until ``deadline`` (time.monotonic(); None: forever); LockTimeoutError past it."""
         with self._mutex:
             queue = self._queues.setdefault(chat_id, _Queue())
             if not queue.held and not queue.waiters:
@@ -42,7 +42,7 @@ class TimedFifoChatLock:
                 return
             turn = threading.Event()
             queue.waiters.append(turn)
-        if turn.wait(max(0.0, deadline - time.monotonic())):
+        if turn.wait(None if deadline is None else max(0.0, deadline - time.monotonic())):
             return
         with self._mutex:
             if turn.is_set():  # handed over between the timeout and taking the mutex
@@ -59,6 +59,12 @@ class TimedFifoChatLock:
                 queue.waiters.popleft().set()  # still held: ownership passes to that waiter
             else:
                 del self._queues[chat_id]
+
+    def queued(self, chat_id: UUID) -> int:
+        """Holder plus waiters for one chat right now."""
+        with self._mutex:
+            queue = self._queues.get(chat_id)
+            return 0 if queue is None else int(queue.held) + len(queue.waiters)
 
     def held_chat_count(self) -> int:
         with self._mutex:

@@ -6,6 +6,7 @@ from uuid import UUID
 
 import pytest
 
+from domain.errors import LockTimeoutError
 from repository.sandbox_lock import ProcessLocalSandboxLifecycleLocker
 
 CHAT = UUID("11111111-1111-1111-1111-111111111111")
@@ -14,7 +15,7 @@ OTHER = UUID("22222222-2222-2222-2222-222222222222")
 
 def _wait_for_users(locker, chat, count, timeout=5.0) -> None:
     deadline = time.monotonic() + timeout
-    while (locker._queues.get(chat).users if chat in locker._queues else 0) != count:
+    while locker.queued(chat) != count:
         assert time.monotonic() < deadline
         time.sleep(0.001)
 
@@ -52,6 +53,14 @@ def test_different_chats_do_not_block_each_other() -> None:
         thread.start()
         assert entered.wait(2)
     thread.join(2)
+
+
+def test_a_bounded_wait_times_out_without_blocking_later_waiters() -> None:
+    locker = ProcessLocalSandboxLifecycleLocker(timeout_s=0.05)
+    with locker.lock(CHAT), pytest.raises(LockTimeoutError), locker.lock(CHAT):
+        pass
+    with locker.lock(CHAT):
+        assert locker.queued(CHAT) == 1
 
 
 def test_an_exception_releases_the_lock_and_entries_do_not_pile_up() -> None:

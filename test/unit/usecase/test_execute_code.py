@@ -176,17 +176,12 @@ def test_messages_of_one_chat_run_one_at_a_time_in_arrival_order(world: World) -
             thread = threading.Thread(target=run, args=(usecase, f"message-{index}"))
             thread.start()
             threads.append(thread)
-            _wait_until(lambda: _waiters(locker) == index + 2)
+            _wait_until(lambda: locker.queued(CHAT) == index + 2)
     for thread in threads:
         thread.join(timeout=10)
 
     assert overlaps == 0
     assert order == [f"message-{index}" for index in range(8)]
-
-
-def _waiters(locker: ProcessLocalSandboxLifecycleLocker) -> int:
-    queue = locker._queues.get(CHAT)
-    return 0 if queue is None else queue.users
 
 
 def _wait_until(condition, timeout: float = 5.0) -> None:
