@@ -19,7 +19,7 @@ def configure_logging(
 
     Logs go to stderr by default so that CLI output on stdout stays machine-readable.
     """
-    out = stream or sys.stderr
+    out: TextIO = stream or _CurrentStderr()  # type: ignore[assignment]
     use_console = fmt == "console" or (fmt == "auto" and out.isatty())
     renderer: Any = (
         structlog.dev.ConsoleRenderer(colors=True)
@@ -39,6 +39,23 @@ def configure_logging(
         logger_factory=structlog.PrintLoggerFactory(out),
         cache_logger_on_first_use=False,
     )
+
+
+class _CurrentStderr:
+    """Writes to whatever sys.stderr is at write time.
+
+    Capturing the stream once would keep writing to a stream someone else has since replaced
+    and closed (a test runner's capture, a daemon redirect).
+    """
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+    def isatty(self) -> bool:
+        return sys.stderr.isatty()
 
 
 class StructlogLogger:

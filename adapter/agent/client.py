@@ -1,0 +1,225 @@
+"""Host side of the guest agent protocol (see adapter/agent/guest/sandbox_agent.py).
+
+Used by every runtime: the Docker channel and the QEMU chardev are both Unix sockets on the host.
+The guest is untrusted: frames are size-capped and type-checked, and anything that is not a valid
+answer to the request in flight is treated like a dead agent.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import itertools
+import json
+import socket
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from domain.errors import SandboxGoneError
+from domain.execution import ExecutionRequest, ExecutionResult, OutputChunk, OutputStream
+
+# Time allowed past the code's own timeout: killing and restarting an interpreter, draining
+# output, a loaded host.
+DEFAULT_MARGIN_S = 10.0
+CONTROL_TIMEOUT_S = 10.0
+
+
+class AgentProtocolError(SandboxGoneError):
+    """The agent answered something that is not a valid frame for the request in flight."""
+
+
+class AgentUnansweredError(SandboxGoneError):
+    """The connection closed before any answer to the request: it was never run.
+
+    The agent only closes a connection without answering when it hands an idle connection over
+    to another host process, or when it is gone altogether; in both cases sending the request
+    again on a new connection is safe (it fails to connect if the agent is gone).
+    """
+
+
+class AgentClient:
+    """One connection to one agent; one request at a time (calls are serialized by a lock).
+
+    ``ping``, ``execute`` and ``reseed`` raise SandboxGoneError on end of file, a reset, a
+    malformed answer or no answer in time; the connection is closed then and the client is
+    ``closed`` for good (the owner opens a new one if the sandbox is still there).
+    """
+
+    def __init__(self, sock: socket.socket, margin_s: float = DEFAULT_MARGIN_S) -> None:
+        self._sock = sock
+        self._reader = sock.makefile("rb")
+        self._margin_s = margin_s
+        self._ids = itertools.count(1)
+        self._lock = threading.Lock()
+        self._closed = False
+
+    @classmethod
+    def connect_unix(
+        cls, path: str, timeout_s: float = 5.0, margin_s: float = DEFAULT_MARGIN_S
+    ) -> AgentClient:
+        """Connect to an agent's Unix socket; OSError when nothing listens there (yet)."""
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(timeout_s)
+            sock.connect(path)
+        except BaseException:
+            sock.close()
+            raise
+        return cls(sock, margin_s)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        self._closed = True
+        for closer in (self._reader.close, self._sock.close):
+            with contextlib.suppress(OSError):
+                closer()
+
+    def ping(self, timeout_s: float = CONTROL_TIMEOUT_S) -> str:
+        """The agent's version."""
+        frame = self._call({"op": "ping"}, timeout_s, expect="pong")
+        version: str = _field(frame, "version", str)
+        return version
+
+    def reseed(self, entropy: bytes, timeout_s: float = CONTROL_TIMEOUT_S) -> bool:
+        """Mix ``entropy`` into the guest's kernel pool and interpreters; True when credited."""
+        frame = self._call(
+            {"op": "reseed", "entropy": base64.b64encode(entropy).decode("ascii")},
+            timeout_s,
+            expect="reseeded",
+        )
+        ok: bool = _field(frame, "ok", bool)
+        return ok
+
+    def execute(
+        self,
+        request: ExecutionRequest,
+        max_output_bytes: int,
+        on_output: Callable[[OutputChunk], None] | None = None,
+    ) -> ExecutionResult:
+        frame = self._call(
+            {
+                "op": "execute",
+                "language": request.language.value,
+                "code": request.code,
+                "timeout_s": request.timeout_s,
+                "max_output_bytes": max_output_bytes,
+                "stream": on_output is not None,
+            },
+            request.timeout_s + self._margin_s,
+            expect="result",
+            on_output=on_output,
+            # Each of stdout and stderr is at most max_output_bytes of UTF-8; JSON escaping
+            # makes a byte at most 6 characters.
+            max_frame=12 * max_output_bytes + 64 * 1024,
+        )
+        exit_code = frame.get("exit_code")
+        if exit_code is not None and (
+            not isinstance(exit_code, int) or isinstance(exit_code, bool)
+        ):
+            raise AgentProtocolError("agent sent a non-integer exit_code")
+        duration = frame.get("duration_s")
+        if not isinstance(duration, int | float) or isinstance(duration, bool):
+            raise AgentProtocolError("agent sent no duration_s")
+        return ExecutionResult(
+            stdout=_field(frame, "stdout", str),
+            stderr=_field(frame, "stderr", str),
+            exit_code=exit_code,
+            duration_s=float(duration),
+            timed_out=_field(frame, "timed_out", bool),
+            stdout_truncated=_field(frame, "stdout_truncated", bool),
+            stderr_truncated=_field(frame, "stderr_truncated", bool),
+            state_lost=_field(frame, "state_lost", bool),
+        )
+
+    def _call(
+        self,
+        request: dict[str, Any],
+        timeout_s: float,
+        expect: str,
+        on_output: Callable[[OutputChunk], None] | None = None,
+        max_frame: int = 1024 * 1024,
+    ) -> dict[str, Any]:
+        with self._lock:
+            if self._closed:
+                raise SandboxGoneError("the agent connection is closed")
+            request_id = next(self._ids)
+            frames_seen = [0]
+            try:
+                self._sock.settimeout(timeout_s)
+                self._sock.sendall((json.dumps({"id": request_id, **request}) + "\n").encode())
+                return self._answer(request_id, expect, on_output, max_frame, frames_seen)
+            except (SandboxGoneError, _ClosedError, OSError) as exc:
+                self.close()
+                gone = _as_gone(exc, answered=frames_seen[0] > 0, timeout_s=timeout_s)
+                if gone is exc:
+                    raise
+                raise gone from exc
+
+    def _answer(
+        self,
+        request_id: int,
+        expect: str,
+        on_output: Callable[[OutputChunk], None] | None,
+        max_frame: int,
+        frames_seen: list[int],
+    ) -> dict[str, Any]:
+        while True:
+            frame = self._read_frame(request_id, max_frame)
+            frames_seen[0] += 1
+            kind = frame.get("type")
+            if kind == expect:
+                return frame
+            if kind == "output":
+                if on_output is not None:
+                    stream = _field(frame, "stream", str)
+                    if stream not in ("stdout", "stderr"):
+                        raise AgentProtocolError(f"unknown output stream {stream!r}")
+                    on_output(OutputChunk(OutputStream(stream), _field(frame, "data", str)))
+                continue
+            if kind == "error":
+                # Our own requests are well-formed: an error frame means a broken agent.
+                raise AgentProtocolError(
+                    f"agent error {frame.get('code')!r}: {frame.get('message')!r}"
+                )
+            raise AgentProtocolError(f"unexpected frame type {kind!r}")
+
+    def _read_frame(self, request_id: int, max_frame: int) -> dict[str, Any]:
+        line = self._reader.readline(max_frame + 1)
+        if not line:
+            raise _ClosedError("the agent closed the connection")
+        if not line.endswith(b"\n"):
+            raise AgentProtocolError("agent frame too large or cut off")
+        try:
+            frame = json.loads(line)
+        except ValueError as exc:
+            raise AgentProtocolError("agent sent invalid JSON") from exc
+        if not isinstance(frame, dict) or frame.get("id") != request_id:
+            raise AgentProtocolError("agent frame for another request")
+        return frame
+
+
+class _ClosedError(Exception):
+    """End of file on the connection."""
+
+
+def _as_gone(exc: Exception, answered: bool, timeout_s: float) -> SandboxGoneError:
+    """The domain error for a failed exchange; unanswered closes are safe to resend."""
+    if isinstance(exc, SandboxGoneError):
+        return exc
+    if isinstance(exc, TimeoutError):
+        return SandboxGoneError(f"the agent did not answer within {timeout_s:g} s")
+    closed = isinstance(exc, _ClosedError | ConnectionError)
+    if closed and not answered:
+        return AgentUnansweredError(f"the agent connection closed before an answer: {exc}")
+    return SandboxGoneError(f"the agent connection failed: {exc}")
+
+
+def _field(frame: dict[str, Any], name: str, kind: type) -> Any:
+    value = frame.get(name)
+    if not isinstance(value, kind):
+        raise AgentProtocolError(f"agent frame field {name!r} is not {kind.__name__}")
+    return value

@@ -1,0 +1,967 @@
+#!/usr/bin/env python3
+"""sandboxd guest agent: one long-lived process per sandbox that runs the chat's code.
+
+Standard library only; installed at /opt/sandboxd/agent.py in the sandbox root filesystem.
+
+    python3 agent.py --listen /run/sandboxd/agent.sock   # Unix socket (containers)
+    python3 agent.py --device /dev/vport0p1              # open character device (microVMs)
+    options: --user NAME (when root: run interpreters as NAME), --workdir DIR (/workspace),
+             --max-processes N (with --user, no pids cgroup: RLIMIT_NPROC for NAME)
+
+Protocol: newline-delimited JSON frames, both directions, one request at a time per connection;
+every frame carries the request's "id". The socket server serves one host connection at a time,
+until end of file, or until another connection waits while the current one is idle: then the
+idle one is closed (no request in flight) and the waiting one served, so several host processes
+can take turns without waiting for each other to disconnect.
+    {"id", "op": "ping"} -> {"id", "type": "pong", "version"}
+    {"id", "op": "execute", "language", "code", "timeout_s", "max_output_bytes", "stream"}
+        -> {"id", "type": "output", "stream", "data"}*  (only when stream is true)
+        -> {"id", "type": "result", "stdout", "stderr", "exit_code", "duration_s", "timed_out",
+            "stdout_truncated", "stderr_truncated", "state_lost"}
+    {"id", "op": "reseed", "entropy": base64} -> {"id", "type": "reseeded", "ok"}
+    anything malformed -> {"id", "type": "error", "code", "message"}
+
+Interpreters: one long-lived process per language (python starts with the agent; node and bash on
+first use), each the leader of its own session and process group, with oom_score_adj 1000 so the
+kernel's OOM killer picks user code before the agent. Code goes in on a control pipe, the end of
+an execution comes back on a separate "done" pipe, and stdout/stderr are plain pipes the agent
+reads, so output and end-of-execution never mix. A timeout kills the interpreter's whole process
+group and session; the interpreter is started again (python at once, others on next use).
+
+When the agent is PID 1 (a container) or a child subreaper, orphaned processes of user code are
+re-parented to it; a reaper thread collects every exit status so they do not pile up as zombies
+against the pids limit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import codecs
+import contextlib
+import errno
+import functools
+import json
+import os
+import select
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+VERSION = "1"
+DEFAULT_MAX_OUTPUT = 1024 * 1024
+MAX_REQUEST_BYTES = 16 * 1024 * 1024
+READ_CHUNK = 65536
+KILL_GRACE_S = 2.0
+# Past this share of the cgroup's pids limit after an execution, the interpreter sessions holding
+# the most processes are killed: background fork bombs would otherwise keep the sandbox unable to
+# start anything until it expires.
+PIDS_PRESSURE = 0.75
+PIDS_FILES = (
+    ("/sys/fs/cgroup/pids.max", "/sys/fs/cgroup/pids.current"),
+    ("/sys/fs/cgroup/pids/pids.max", "/sys/fs/cgroup/pids/pids.current"),
+)
+
+PYTHON_RUNNER = r"""
+import builtins, json, linecache, os, sys, traceback, types
+def _sandboxd_runner(ctl_fd, done_fd):
+    for fd in (ctl_fd, done_fd):
+        os.set_inheritable(fd, False)
+    ctl = os.fdopen(ctl_fd, "rb")
+    main = types.ModuleType("__main__")
+    main.__builtins__ = builtins
+    sys.modules["__main__"] = main
+    sys.argv = [""]
+    ns = main.__dict__
+    cell = 0
+    while True:
+        line = ctl.readline()
+        if not line:
+            os._exit(0)
+        request = json.loads(line)
+        status = 0
+        if request.get("op") == "reseed":
+            import random
+            random.seed(bytes.fromhex(request["seed"]))
+        else:
+            cell += 1
+            name = "<cell-%d>" % cell
+            source = request["code"]
+            linecache.cache[name] = (len(source), None, source.splitlines(True), name)
+            try:
+                exec(compile(source, name, "exec"), ns)
+            except SystemExit as exc:
+                if exc.code is None:
+                    status = 0
+                elif isinstance(exc.code, int):
+                    status = exc.code
+                else:
+                    print(exc.code, file=sys.stderr)
+                    status = 1
+            except BaseException:
+                kind, value, tb = sys.exc_info()
+                traceback.print_exception(kind, value, tb.tb_next)
+                status = 1
+        for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+            try:
+                stream.flush()
+            except Exception:
+                pass
+        os.write(done_fd, (json.dumps({"exit_code": status}) + "\n").encode())
+_sandboxd_runner(int(sys.argv[1]), int(sys.argv[2]))
+"""
+
+NODE_RUNNER = r"""
+const fs = require('fs');
+const vm = require('vm');
+const ctlFd = parseInt(process.argv[1], 10);
+const doneFd = parseInt(process.argv[2], 10);
+process.argv.splice(1);
+const report = (e) => {
+  try { process.stderr.write(String(e && e.stack ? e.stack : e) + '\n'); } catch (_) {}
+};
+process.on('uncaughtException', report);
+process.on('unhandledRejection', report);
+const finish = (code) => fs.writeSync(doneFd, JSON.stringify({ exit_code: code }) + '\n');
+let cell = 0;
+async function run(request) {
+  let code = 0;
+  if (request.op === 'run') {
+    cell += 1;
+    const filename = '<cell-' + cell + '>';
+    try {
+      let value;
+      try {
+        value = vm.runInThisContext(request.code, { filename });
+      } catch (e) {
+        // Top-level await is not valid in a script; run such code as an async function body.
+        if (!(e instanceof SyntaxError) || !/await/.test(request.code)) throw e;
+        value = vm.runInThisContext('(async () => {\n' + request.code + '\n})()', { filename });
+      }
+      if (value && typeof value.then === 'function') await value;
+    } catch (e) {
+      report(e);
+      code = 1;
+    }
+  }
+  finish(code);
+}
+let buffer = '';
+let chain = Promise.resolve();
+const input = fs.createReadStream(null, { fd: ctlFd, encoding: 'utf8' });
+input.on('data', (chunk) => {
+  buffer += chunk;
+  let newline;
+  while ((newline = buffer.indexOf('\n')) >= 0) {
+    const request = JSON.parse(buffer.slice(0, newline));
+    buffer = buffer.slice(newline + 1);
+    chain = chain.then(() => run(request));
+  }
+});
+input.on('end', () => process.exit(0));
+"""
+
+# bash keeps variables, functions and the working directory between executions. The code arrives
+# as lines ended by a random terminator line; fds 3 and 4 are closed for the user's commands so a
+# background job cannot hold the control pipes open.
+SHELL_RUNNER = r"""
+exec 3<&"$1" 4>&"$2"
+[ "$1" -ne 3 ] && [ "$1" -ne 4 ] && eval "exec $1<&-"
+[ "$2" -ne 3 ] && [ "$2" -ne 4 ] && eval "exec $2>&-"
+shift 2
+while IFS= read -r -u 3 __sandboxd_op; do
+  IFS= read -r -u 3 __sandboxd_end || exit 0
+  __sandboxd_code=
+  while IFS= read -r -u 3 __sandboxd_line; do
+    [ "$__sandboxd_line" = "$__sandboxd_end" ] && break
+    __sandboxd_code+="$__sandboxd_line"$'\n'
+  done
+  if [ "$__sandboxd_op" = reseed ]; then
+    RANDOM=${__sandboxd_code%$'\n'}
+    __sandboxd_status=0
+  else
+    eval "$__sandboxd_code" 3<&- 4>&-
+    __sandboxd_status=$?
+  fi
+  printf '{"exit_code": %d}\n' "$__sandboxd_status" >&4
+done
+"""
+
+LANGUAGES = ("python", "javascript", "shell")
+
+Sink = Callable[[str, str], None]
+Send = Callable[[dict[str, Any]], None]
+
+
+def log(message: str) -> None:
+    with contextlib.suppress(OSError):
+        sys.stderr.write(f"sandboxd-agent: {message}\n")
+        sys.stderr.flush()
+
+
+def exit_code_from_status(status: int) -> int:
+    code = os.waitstatus_to_exitcode(status)
+    return 128 - code if code < 0 else code
+
+
+class Reaper:
+    """Collects the exit status of every child, interpreters and orphans alike.
+
+    Interpreters are spawned and registered under ``spawning()``, so the status of one that
+    dies at once is still delivered to it, and the status of an orphan whose pid is later
+    reused can never be mistaken for a new interpreter's.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._watched: dict[int, tuple[Interpreter, subprocess.Popen[bytes]]] = {}
+        thread = threading.Thread(target=self._loop, name="reaper", daemon=True)
+        thread.start()
+
+    def spawning(self) -> threading.Lock:
+        return self._lock
+
+    def watch(self, process: subprocess.Popen[bytes], interpreter: Interpreter) -> None:
+        """Call while holding ``spawning()``."""
+        self._watched[process.pid] = (interpreter, process)
+
+    def _loop(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, 0)
+            except ChildProcessError:
+                time.sleep(0.05)
+                continue
+            except InterruptedError:
+                continue
+            with self._lock:
+                watched = self._watched.pop(pid, None)
+            if watched is not None:
+                interpreter, process = watched
+                try:
+                    interpreter.exited(process, status)
+                except Exception as exc:  # the reaper must outlive any bug
+                    log(f"reaper: {exc!r}")
+
+
+class OutputBuffer:
+    """One stream's output: keeps the first ``limit`` bytes, drops and counts the rest."""
+
+    def __init__(self, name: str, limit: int, sink: Sink | None) -> None:
+        self.name = name
+        self.limit = limit
+        self.kept = bytearray()
+        self.truncated = False
+        self._sink = sink
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def feed(self, data: bytes) -> None:
+        room = self.limit - len(self.kept)
+        if len(data) > room:
+            self.truncated = True
+            data = _cut_to_char_boundary(data[: max(room, 0)])
+            self.limit = len(self.kept) + len(data)
+        if not data:
+            return
+        self.kept += data
+        if self._sink is not None:
+            text = self._decoder.decode(data)
+            if text:
+                self._sink(self.name, text)
+
+    def text(self) -> str:
+        return self.kept.decode("utf-8", errors="replace")
+
+
+def _cut_to_char_boundary(data: bytes) -> bytes:
+    """Drop a UTF-8 sequence cut in half at the end, so truncation adds no replacement char."""
+    end = len(data)
+    back = 0
+    while back < 4 and end - back - 1 >= 0 and (data[end - back - 1] & 0xC0) == 0x80:
+        back += 1
+    if end - back - 1 < 0:
+        return data
+    lead = data[end - back - 1]
+    needed = 1 if lead < 0x80 else 2 if lead >> 5 == 0b110 else 3 if lead >> 4 == 0b1110 else 4
+    if lead >= 0x80 and back + 1 < needed:
+        return data[: end - back - 1]
+    return data
+
+
+class Interpreter:
+    """One long-lived interpreter process for one language."""
+
+    def __init__(self, language: str, agent: Agent) -> None:
+        self.language = language
+        self._agent = agent
+        self.process: subprocess.Popen[bytes] | None = None
+        self.status: int | None = None
+        self._status_lock = threading.Lock()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        self.ctl_w = -1
+        self.done_r = -1
+        # Set when the agent killed this interpreter outside of one of its executions.
+        self.state_lost_pending = False
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.status is None
+
+    def argv(self, ctl: int, done: int) -> list[str]:
+        if self.language == "python":
+            return ["python3", "-u", "-c", PYTHON_RUNNER, str(ctl), str(done)]
+        if self.language == "javascript":
+            return ["node", "-e", NODE_RUNNER, str(ctl), str(done)]
+        return [
+            "bash",
+            "--norc",
+            "--noprofile",
+            "-c",
+            SHELL_RUNNER,
+            "sandboxd",
+            str(ctl),
+            str(done),
+        ]
+
+    def start(self) -> None:
+        ctl_r, ctl_w = os.pipe()
+        done_r, done_w = os.pipe()
+        agent = self._agent
+        self._drain_wake()
+        try:
+            with agent.reaper.spawning():
+                process = subprocess.Popen(
+                    self.argv(ctl_r, done_w),
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    pass_fds=(ctl_r, done_w),
+                    cwd=agent.workdir,
+                    env=agent.child_env,
+                    start_new_session=True,
+                    preexec_fn=agent.limit_processes,  # noqa: PLW1509 - only with --max-processes
+                    user=agent.user_uid,
+                    group=agent.user_gid,
+                    extra_groups=[] if agent.user_uid is not None else None,
+                )
+                with self._status_lock:
+                    self.process = process
+                    self.status = None
+                agent.reaper.watch(process, self)
+        except BaseException:
+            os.close(ctl_w)
+            os.close(done_r)
+            raise
+        finally:
+            os.close(ctl_r)
+            os.close(done_w)
+        self.ctl_w = ctl_w
+        self.done_r = done_r
+        assert process.stdout is not None and process.stderr is not None
+        for fd in (ctl_w, done_r, process.stdout.fileno(), process.stderr.fileno()):
+            os.set_blocking(fd, False)
+        _prefer_for_oom_kill(process.pid)
+
+    def exited(self, process: subprocess.Popen[bytes], status: int) -> None:
+        process.returncode = exit_code_from_status(status)
+        with self._status_lock:
+            if process is not self.process:
+                return  # a previous incarnation, already given up on
+            self.status = status
+        with contextlib.suppress(OSError):
+            os.write(self._wake_w, b"x")
+
+    def _drain_wake(self) -> None:
+        with contextlib.suppress(OSError):
+            while os.read(self._wake_r, 64):
+                pass
+
+    def wait_exit(self, timeout: float) -> int | None:
+        deadline = time.monotonic() + timeout
+        while self.status is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        return self.status
+
+    def kill(self) -> None:
+        """Kill the interpreter with everything it started: its process group and session."""
+        if self.process is None:
+            return
+        leader = self.process.pid
+        deadline = time.monotonic() + KILL_GRACE_S
+        while True:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(leader, signal.SIGKILL)
+            stragglers = _live_session_members(leader)
+            for pid in stragglers:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
+            if not stragglers or time.monotonic() > deadline:
+                break
+            time.sleep(0.01)
+        self.wait_exit(KILL_GRACE_S)
+        self.close()
+
+    def close(self) -> None:
+        for fd in (self.ctl_w, self.done_r):
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self.ctl_w = self.done_r = -1
+        if self.process is not None:
+            for pipe in (self.process.stdout, self.process.stderr):
+                if pipe is not None:
+                    with contextlib.suppress(OSError):
+                        pipe.close()
+        self.process = None
+
+    def encode(self, op: str, payload: str) -> bytes:
+        if self.language == "shell":
+            end = "__sandboxd_end_" + os.urandom(16).hex()
+            if payload and not payload.endswith("\n"):
+                payload += "\n"
+            return f"{op}\n{end}\n{payload}{end}\n".encode("utf-8", errors="replace")
+        key = "seed" if op == "reseed" else "code"
+        return (json.dumps({"op": op, key: payload}) + "\n").encode()
+
+    # One select loop over the four pipes keeps the agent single-threaded per execution.
+    def run(  # noqa: PLR0912
+        self, payload: bytes, deadline: float, stdout: OutputBuffer, stderr: OutputBuffer
+    ) -> tuple[str, int | None]:
+        """Feed one request and collect its output; returns ("done", code) / ("died", code) /
+        ("timeout", None)."""
+        assert self.process is not None
+        assert self.process.stdout is not None and self.process.stderr is not None
+        out_fd = self.process.stdout.fileno()
+        err_fd = self.process.stderr.fileno()
+        buffers = {out_fd: stdout, err_fd: stderr}
+        selector = selectors.DefaultSelector()
+        pending = memoryview(payload)
+        done_data = b""
+        try:
+            selector.register(self.ctl_w, selectors.EVENT_WRITE)
+            for fd in (out_fd, err_fd, self.done_r, self._wake_r):
+                selector.register(fd, selectors.EVENT_READ)
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return "timeout", None
+                for key, _ in selector.select(remaining):
+                    fd = key.fd
+                    if fd == self.ctl_w:
+                        try:
+                            written = os.write(fd, pending)
+                        except BlockingIOError:
+                            continue
+                        except BrokenPipeError:
+                            selector.unregister(fd)
+                            continue
+                        pending = pending[written:]
+                        if not pending:
+                            selector.unregister(fd)
+                    elif fd in buffers:
+                        data = _read(fd)
+                        if data:
+                            buffers[fd].feed(data)
+                        elif data is not None:
+                            selector.unregister(fd)
+                    elif fd == self.done_r:
+                        data = _read(fd)
+                        if data:
+                            done_data += data
+                            if b"\n" in done_data:
+                                line = done_data.split(b"\n", 1)[0]
+                                self._drain(buffers)
+                                return "done", int(json.loads(line)["exit_code"])
+                        elif data is not None:
+                            return self._died(buffers)
+                    elif fd == self._wake_r:
+                        self._drain_wake()
+                        if self.status is not None:
+                            return self._died(buffers)
+        finally:
+            selector.close()
+
+    def _died(self, buffers: dict[int, OutputBuffer]) -> tuple[str, int | None]:
+        status = self.wait_exit(KILL_GRACE_S)
+        self._drain(buffers)
+        # Anything it started dies with it, so nothing keeps writing into a dead session.
+        self.kill()
+        return "died", exit_code_from_status(status) if status is not None else 137
+
+    @staticmethod
+    def _drain(buffers: dict[int, OutputBuffer]) -> None:
+        # Everything written before the done line is already in the pipes: read until empty.
+        for fd, buffer in buffers.items():
+            while True:
+                data = _read(fd)
+                if not data:
+                    break
+                buffer.feed(data)
+
+
+def _read(fd: int) -> bytes | None:
+    """Bytes read, b"" at end of file, None when nothing is there now."""
+    try:
+        return os.read(fd, READ_CHUNK)
+    except BlockingIOError:
+        return None
+    except OSError as exc:
+        if exc.errno in (errno.EIO, errno.EBADF):
+            return b""
+        raise
+
+
+def _prefer_for_oom_kill(pid: int) -> None:
+    # Raising a score needs no privilege, and children inherit it; the agent keeps its default.
+    # Written from here rather than in a preexec_fn so that spawning can use vfork.
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/oom_score_adj", "w") as f:
+        f.write("1000")
+
+
+def _live_session_members(session: int) -> list[int]:
+    """Processes (not zombies) of one session, found in /proc; [] when /proc is unavailable."""
+    members: list[int] = []
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return members
+    me = os.getpid()
+    for entry in entries:
+        if not entry.isdigit() or int(entry) == me:
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        if len(fields) > 3 and fields[0] != b"Z" and int(fields[3]) == session:
+            members.append(int(entry))
+    return members
+
+
+def _execute_arguments(
+    frame: dict[str, Any], languages: dict[str, Interpreter]
+) -> tuple[str, str, float, int]:
+    language = frame.get("language", "python")
+    code = frame.get("code")
+    timeout_s = frame.get("timeout_s", 30.0)
+    limit = frame.get("max_output_bytes", DEFAULT_MAX_OUTPUT)
+    if not isinstance(language, str) or language not in languages:
+        raise BadRequestError("unsupported_language", f"unsupported language {language!r}")
+    if not isinstance(code, str):
+        raise BadRequestError("bad_request", "code must be a string")
+    if not isinstance(timeout_s, (int, float)) or isinstance(timeout_s, bool) or timeout_s <= 0:
+        raise BadRequestError("bad_request", "timeout_s must be a positive number")
+    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
+        raise BadRequestError("bad_request", "max_output_bytes must be a non-negative integer")
+    return language, code, float(timeout_s), limit
+
+
+def _pids_pressure() -> bool:
+    for limit_file, current_file in PIDS_FILES:
+        try:
+            with open(limit_file) as f:
+                limit = f.read().strip()
+            with open(current_file) as f:
+                current = int(f.read())
+        except (OSError, ValueError):
+            continue
+        return limit != "max" and current >= int(limit) * PIDS_PRESSURE
+    return False
+
+
+def _become_subreaper() -> None:
+    """Outside PID 1, become the reaper of orphaned grandchildren (Linux prctl); best effort."""
+    if os.getpid() == 1:
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+    except (OSError, AttributeError):
+        pass
+
+
+class Agent:
+    def __init__(self, workdir: str, user: str | None, max_processes: int | None = None) -> None:
+        self.workdir = workdir if os.path.isdir(workdir) else "/"
+        self.max_processes = max_processes
+        # RLIMIT_NPROC counts every process of a user, so it is only set when the interpreters
+        # run as a user of their own (--user): in a microVM, that user's processes are the
+        # sandbox's. Set in the child after the switch to that user (lowering needs no
+        # privilege); the only case that pays for a preexec_fn.
+        self.limit_processes: Callable[[], None] | None = None
+        self.user_uid: int | None = None
+        self.user_gid: int | None = None
+        home = workdir
+        if user and os.getuid() == 0:
+            import pwd
+
+            entry = pwd.getpwnam(user)
+            self.user_uid, self.user_gid = entry.pw_uid, entry.pw_gid
+        if max_processes and self.user_uid is not None:
+            import resource
+
+            def limit_processes() -> None:
+                resource.setrlimit(resource.RLIMIT_NPROC, (max_processes, max_processes))
+
+            self.limit_processes = limit_processes
+        self.child_env = {
+            "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "HOME": home,
+            "LANG": "C.UTF-8",
+            "LC_ALL": "C.UTF-8",
+            "TERM": "dumb",
+            "PYTHONDONTWRITEBYTECODE": "1",
+            "PYTHONIOENCODING": "utf-8",
+            "NODE_DISABLE_COLORS": "1",
+            "NO_COLOR": "1",
+        }
+        _become_subreaper()
+        self.reaper = Reaper()
+        self.interpreters = {language: Interpreter(language, self) for language in LANGUAGES}
+        try:
+            self._start("python")
+        except OSError as exc:
+            log(f"python is not available: {exc}")
+
+    def _start(self, language: str) -> Interpreter:
+        interpreter = self.interpreters[language]
+        if not interpreter.alive:
+            interpreter.close()
+            interpreter.start()
+        return interpreter
+
+    # --- operations -------------------------------------------------------------------------
+
+    def handle(self, frame: object, send: Send) -> None:
+        if not isinstance(frame, dict):
+            send({"id": None, "type": "error", "code": "bad_request", "message": "not an object"})
+            return
+        request_id = frame.get("id")
+        op = frame.get("op")
+        try:
+            if op == "ping":
+                send({"id": request_id, "type": "pong", "version": VERSION})
+            elif op == "execute":
+                self._execute(request_id, frame, send)
+            elif op == "reseed":
+                send({"id": request_id, "type": "reseeded", "ok": self._reseed(frame)})
+            else:
+                raise BadRequestError("unknown_op", f"unknown op {op!r}")
+        except BadRequestError as exc:
+            send({"id": request_id, "type": "error", "code": exc.code, "message": str(exc)})
+        except HostGoneError:
+            raise
+        except Exception as exc:
+            # A bug in one request must not take the agent down with the sandbox's state.
+            log(f"internal error in {op}: {exc!r}")
+            send({"id": request_id, "type": "error", "code": "internal", "message": repr(exc)})
+
+    def _execute(self, request_id: object, frame: dict[str, Any], send: Send) -> None:
+        language, code, timeout_s, limit = _execute_arguments(frame, self.interpreters)
+        host_gone = False
+
+        def sink(stream: str, data: str) -> None:
+            # If the host went away mid-run, let the code finish (its state is kept) and fail
+            # on the result frame instead.
+            nonlocal host_gone
+            if not host_gone:
+                try:
+                    send({"id": request_id, "type": "output", "stream": stream, "data": data})
+                except HostGoneError:
+                    host_gone = True
+
+        live_sink = sink if frame.get("stream") else None
+        stdout = OutputBuffer("stdout", limit, live_sink)
+        stderr = OutputBuffer("stderr", limit, live_sink)
+        started = time.monotonic()
+        interpreter = self.interpreters[language]
+        outcome: str
+        exit_code: int | None
+        try:
+            self._start(language)
+        except OSError as exc:
+            # The sandbox is fine, it just lacks this interpreter: a result, like a shell's 127.
+            stderr.feed(f"sandboxd: cannot start the {language} interpreter: {exc}\n".encode())
+            outcome, exit_code = "done", 127
+        else:
+            outcome, exit_code = interpreter.run(
+                interpreter.encode("run", code), started + timeout_s, stdout, stderr
+            )
+        state_lost = self._settle(interpreter, outcome, stderr)
+        send(
+            {
+                "id": request_id,
+                "type": "result",
+                "stdout": stdout.text(),
+                "stderr": stderr.text(),
+                "exit_code": exit_code,
+                "duration_s": round(time.monotonic() - started, 6),
+                "timed_out": outcome == "timeout",
+                "stdout_truncated": stdout.truncated,
+                "stderr_truncated": stderr.truncated,
+                "state_lost": state_lost,
+            }
+        )
+        if state_lost and language == "python":
+            # Keep the next python execution as fast as the first one.
+            with contextlib.suppress(OSError):
+                self._start("python")
+
+    def _settle(self, interpreter: Interpreter, outcome: str, stderr: OutputBuffer) -> bool:
+        """Clean up after one execution; True when the interpreter's state is gone."""
+        state_lost = outcome in ("timeout", "died")
+        if outcome == "timeout":
+            interpreter.kill()
+        if interpreter.state_lost_pending:
+            interpreter.state_lost_pending = False
+            state_lost = True
+        for victim in self._relieve_pids_pressure():
+            if victim is interpreter:
+                state_lost = True
+                stderr.feed(
+                    b"\n[sandboxd] too many processes: this interpreter and everything it "
+                    b"started were killed\n"
+                )
+            else:
+                victim.state_lost_pending = True
+        return state_lost
+
+    def _user_process_pressure(self) -> bool:
+        """Without a pids cgroup (microVMs): count the sandbox user's processes against the cap."""
+        if not self.max_processes or self.user_uid is None:
+            return False
+        count = 0
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                with contextlib.suppress(OSError):
+                    count += os.stat(f"/proc/{entry}").st_uid == self.user_uid
+        return count >= self.max_processes * PIDS_PRESSURE
+
+    def _relieve_pids_pressure(self) -> list[Interpreter]:
+        """Kill the interpreter sessions that hold most processes when the pids limit is near."""
+        if not _pids_pressure() and not self._user_process_pressure():
+            return []
+        counts = {
+            interpreter: len(_live_session_members(interpreter.process.pid))
+            for interpreter in self.interpreters.values()
+            if interpreter.alive and interpreter.process is not None
+        }
+        if not counts:
+            return []
+        worst = max(counts.values())
+        victims = [i for i, count in counts.items() if count >= max(worst // 2, 2)]
+        for victim in victims:
+            log(f"pids limit nearly reached: killing the {victim.language} interpreter")
+            victim.kill()
+        return victims
+
+    def _reseed(self, frame: dict[str, Any]) -> bool:
+        try:
+            entropy = base64.b64decode(frame.get("entropy") or "", validate=True)
+        except (ValueError, TypeError) as exc:
+            raise BadRequestError("bad_request", "entropy must be base64") from exc
+        if not entropy:
+            raise BadRequestError("bad_request", "entropy is empty")
+        kernel = _add_kernel_entropy(entropy)
+        seed = entropy[:64].hex()
+        for interpreter in self.interpreters.values():
+            if interpreter.alive and interpreter.language != "javascript":
+                # The runner's RNG state was copied by the snapshot; re-seed it where we can.
+                payload = (
+                    str(int(seed[:8], 16) % 32768) if interpreter.language == "shell" else seed
+                )
+                sink_out = OutputBuffer("stdout", 0, None)
+                sink_err = OutputBuffer("stderr", 0, None)
+                interpreter.run(
+                    interpreter.encode("reseed", payload), time.monotonic() + 5, sink_out, sink_err
+                )
+        return kernel
+
+
+def _add_kernel_entropy(entropy: bytes) -> bool:
+    """Credit the bytes to the kernel pool (root only); else just mix them in via /dev/urandom."""
+    if os.geteuid() == 0:
+        try:
+            import fcntl
+            import struct
+
+            rndaddentropy = 0x40085203
+            with open("/dev/random", "wb") as f:
+                fcntl.ioctl(
+                    f, rndaddentropy, struct.pack("ii", len(entropy) * 8, len(entropy)) + entropy
+                )
+            return True
+        except OSError:
+            pass
+    try:
+        with open("/dev/urandom", "wb") as f:
+            f.write(entropy)
+    except OSError:
+        return False
+    return False
+
+
+class HostGoneError(Exception):
+    """Writing to the host failed: the connection is gone."""
+
+
+class BadRequestError(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# --- transports -------------------------------------------------------------------------------
+
+
+def serve_stream(
+    agent: Agent, read_line: Callable[[], bytes], write: Callable[[bytes], object]
+) -> None:
+    """Serve one host connection until end of file (or until it is handed over)."""
+
+    def send(frame: dict[str, Any]) -> None:
+        data = (json.dumps(frame, ensure_ascii=False) + "\n").encode("utf-8", "surrogatepass")
+        try:
+            write(data)
+        except OSError as exc:
+            raise HostGoneError(str(exc)) from exc
+
+    while True:
+        line = read_line()
+        if not line:
+            return
+        if not line.endswith(b"\n") and len(line) >= MAX_REQUEST_BYTES:
+            while line and not line.endswith(b"\n"):
+                line = read_line()
+            send({"id": None, "type": "error", "code": "bad_request", "message": "frame too large"})
+            continue
+        if not line.strip():
+            continue
+        try:
+            frame = json.loads(line)
+        except ValueError:
+            send({"id": None, "type": "error", "code": "bad_request", "message": "invalid JSON"})
+            continue
+        agent.handle(frame, send)
+
+
+class HandOverError(Exception):
+    """Another host connection is waiting while the current one is idle."""
+
+
+class ConnectionReader:
+    """Lines from one host connection, watching the listening socket between requests.
+
+    When a second host process connects (the next CLI call, another replica that now holds the
+    chat's lock) while the current connection is idle, the current one is handed over: closed
+    with no request in flight, so its owner can safely reconnect and resend. A connection in
+    the middle of a request is never interrupted.
+    """
+
+    def __init__(self, connection: socket.socket, server: socket.socket) -> None:
+        self._connection = connection
+        self._server = server
+        self._buffer = bytearray()
+
+    def read_line(self) -> bytes:
+        while True:
+            newline = self._buffer.find(b"\n")
+            if newline >= 0 or len(self._buffer) >= MAX_REQUEST_BYTES:
+                end = newline + 1 if newline >= 0 else MAX_REQUEST_BYTES
+                line = bytes(self._buffer[:end])
+                del self._buffer[:end]
+                return line
+            watched = [self._connection] if self._buffer else [self._connection, self._server]
+            readable, _, _ = select.select(watched, [], [])
+            if self._connection in readable:
+                data = self._connection.recv(READ_CHUNK)
+                if not data:
+                    rest = bytes(self._buffer)
+                    self._buffer.clear()
+                    return rest
+                self._buffer += data
+            elif self._server in readable:
+                raise HandOverError
+
+
+def listen(agent: Agent, path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)
+    os.chmod(path, 0o660)
+    server.listen(8)
+    log(f"listening on {path}")
+    while True:
+        connection, _ = server.accept()
+        try:
+            serve_stream(agent, ConnectionReader(connection, server).read_line, connection.sendall)
+        except HandOverError:
+            pass
+        except (OSError, HostGoneError) as exc:
+            log(f"connection lost: {exc}")
+        finally:
+            connection.close()
+
+
+def serve_device(agent: Agent, path: str) -> None:
+    fd = os.open(path, os.O_RDWR | os.O_NOCTTY)
+    if os.isatty(fd):
+        import termios
+        import tty
+
+        # A tty in cooked mode echoes the input back and mangles newlines: make it a byte pipe.
+        tty.setraw(fd, termios.TCSANOW)
+    reader = os.fdopen(os.dup(fd), "rb", buffering=READ_CHUNK)
+
+    def write(data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+
+    log(f"serving on {path}")
+    while True:
+        try:
+            serve_stream(agent, functools.partial(reader.readline, MAX_REQUEST_BYTES), write)
+        except (OSError, HostGoneError) as exc:
+            log(f"device error: {exc}")
+        # End of file: the host side is not connected; wait for it to come back.
+        time.sleep(0.2)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="sandboxd guest agent")
+    channel = parser.add_mutually_exclusive_group(required=True)
+    channel.add_argument("--listen", metavar="PATH", help="Unix socket to listen on")
+    channel.add_argument("--device", metavar="PATH", help="character device to serve on")
+    parser.add_argument("--user", help="run interpreters as this user (when started as root)")
+    parser.add_argument("--workdir", default="/workspace", help="interpreters' working directory")
+    parser.add_argument(
+        "--max-processes",
+        type=int,
+        help="with --user and no pids cgroup: RLIMIT_NPROC for the user's processes",
+    )
+    args = parser.parse_args(argv)
+    # The host closing its end must never kill the agent.
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    agent = Agent(args.workdir, args.user, args.max_processes)
+    if args.listen:
+        listen(agent, args.listen)
+    else:
+        serve_device(agent, args.device)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

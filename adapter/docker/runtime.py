@@ -1,0 +1,451 @@
+"""DockerSandboxRuntime: one hardened container per chat, code runs through its guest agent.
+
+Channel: a per-sandbox host directory (``<data_dir>/sandboxes/<session hex>``) is bind-mounted at
+/run/sandboxd, the agent listens on a Unix socket there, and the runtime keeps one connection per
+container open (reconnecting on demand, e.g. in a new process). That bind mount is the only host
+path the container sees. Executing costs one round trip on that socket: no ``docker exec``, no
+process start.
+
+Labels on every container: ``sandboxd.session_id``, ``sandboxd.chat_id``, ``sandboxd.instance``
+(the service instance; ``list_managed`` filters on it) and ``sandboxd.channel`` (the channel
+directory, so any process of the service can reconnect after a restart).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import docker
+import docker.utils
+import requests
+from docker.errors import DockerException, ImageNotFound, NotFound
+from docker.types import LogConfig
+
+from adapter.agent.client import DEFAULT_MARGIN_S, AgentClient, AgentUnansweredError
+from adapter.docker.image import AGENT_SOCKET_DIR
+from adapter.image.rootfs import AGENT_GUEST_PATH
+from domain.errors import RuntimeUnavailableError, SandboxGoneError
+from domain.execution import ExecutionRequest, ExecutionResult
+from domain.sandbox import ManagedSandbox, SandboxSession, SandboxStatus
+from usecase.ports import Logger, OutputSink
+
+LABEL_SESSION = "sandboxd.session_id"
+LABEL_CHAT = "sandboxd.chat_id"
+LABEL_INSTANCE = "sandboxd.instance"
+LABEL_CHANNEL = "sandboxd.channel"
+SOCKET_NAME = "agent.sock"
+# sun_path holds 108 bytes; longer socket paths are reached through /proc/self/fd/<dir fd>.
+_MAX_SOCKET_PATH = 100
+# Sends of one request over fresh connections when the agent closed them unanswered.
+_SEND_ATTEMPTS = 3
+
+
+@dataclass(frozen=True)
+class DockerSandboxConfig:
+    """Container settings; the defaults are the hardened ones."""
+
+    image: str
+    instance_id: str
+    data_dir: Path
+    memory_mb: int = 512
+    cpus: float = 1.0
+    pids_limit: int = 128
+    workspace_mb: int = 256
+    tmp_mb: int = 16
+    user: str = "1000:1000"
+    network: str = "none"
+    read_only_root: bool = True
+    drop_all_capabilities: bool = True
+    no_new_privileges: bool = True
+    max_output_bytes: int = 1024 * 1024
+    start_timeout_s: float = 30.0
+    agent_command: tuple[str, ...] = ("python3", AGENT_GUEST_PATH)
+
+    @property
+    def uid_gid(self) -> tuple[int, int]:
+        uid, _, gid = self.user.partition(":")
+        try:
+            return int(uid), int(gid or uid)
+        except ValueError as exc:
+            raise ValueError(f"docker user must be numeric uid[:gid], got {self.user!r}") from exc
+
+
+@contextmanager
+def _engine(action: str) -> Iterator[None]:
+    try:
+        yield
+    except (DockerException, requests.RequestException) as exc:
+        raise RuntimeUnavailableError(f"Docker engine: {action}: {exc}") from exc
+
+
+class DockerSandboxRuntime:
+    """SandboxRuntime port on a Docker engine (docker SDK, low-level API for fewer round trips)."""
+
+    kind = "docker"
+
+    def __init__(self, client: docker.APIClient, config: DockerSandboxConfig, logger: Logger):
+        self._api = client
+        self._config = config
+        self._logger = logger
+        self._channels = (config.data_dir / "sandboxes").resolve()
+        self._agents: dict[str, AgentClient] = {}
+        self._agents_lock = threading.Lock()
+
+    @classmethod
+    def from_base_url(
+        cls, base_url: str, config: DockerSandboxConfig, logger: Logger
+    ) -> DockerSandboxRuntime:
+        """Client for ``base_url`` (empty: DOCKER_HOST or the local socket), API version probed."""
+        with _engine("connect"):
+            if base_url:
+                client = docker.APIClient(base_url=base_url, version="auto", timeout=60)
+            else:
+                client = docker.APIClient(
+                    version="auto", timeout=60, **docker.utils.kwargs_from_env()
+                )
+        return cls(client, config, logger)
+
+    # --- create ---------------------------------------------------------------------------
+
+    def create(
+        self, *, session_id: UUID, chat_id: UUID, created_at: datetime, expires_at: datetime
+    ) -> SandboxSession:
+        started = time.monotonic()
+        channel = self._make_channel(session_id)
+        container_id = ""
+        try:
+            with _engine("create container"):
+                try:
+                    container_id = self._api.create_container(
+                        self._config.image,
+                        command=[
+                            *self._config.agent_command,
+                            "--listen",
+                            f"{AGENT_SOCKET_DIR}/{SOCKET_NAME}",
+                        ],
+                        user=self._config.user,
+                        working_dir="/workspace",
+                        hostname="sandbox",
+                        labels={
+                            LABEL_SESSION: str(session_id),
+                            LABEL_CHAT: str(chat_id),
+                            LABEL_INSTANCE: self._config.instance_id,
+                            LABEL_CHANNEL: str(channel),
+                        },
+                        network_disabled=self._config.network == "none",
+                        host_config=self._host_config(channel),
+                        name=f"sandboxd-{session_id}",
+                    )["Id"]
+                except ImageNotFound as exc:
+                    raise RuntimeUnavailableError(
+                        f"sandbox image {self._config.image} is not in the Docker engine; "
+                        "run `sandboxd image build`"
+                    ) from exc
+                self._api.start(container_id)
+            agent = self._wait_for_agent(container_id, channel)
+            _seal_channel(channel)
+        except BaseException:
+            self._discard(container_id, channel)
+            raise
+        with self._agents_lock:
+            self._agents[container_id] = agent
+        self._logger.info(
+            "docker_sandbox_started",
+            {
+                "container_id": container_id,
+                "session_id": str(session_id),
+                "chat_id": str(chat_id),
+                "start_s": round(time.monotonic() - started, 4),
+            },
+        )
+        return SandboxSession(
+            session_id=session_id,
+            chat_id=chat_id,
+            container_id=container_id,
+            status=SandboxStatus.RUNNING,
+            created_at=created_at,
+            expires_at=expires_at,
+            runtime_kind=self.kind,
+        )
+
+    def _host_config(self, channel: Path) -> dict[str, Any]:
+        config = self._config
+        uid, gid = config.uid_gid
+        return self._api.create_host_config(
+            network_mode=config.network,
+            read_only=config.read_only_root,
+            tmpfs={
+                "/workspace": f"size={config.workspace_mb}m,uid={uid},gid={gid},mode=0700,exec",
+                # The container's own /tmp, a small tmpfs: not a host path.
+                "/tmp": f"size={config.tmp_mb}m,uid={uid},gid={gid},mode=1777",  # noqa: S108
+            },
+            cap_drop=["ALL"] if config.drop_all_capabilities else None,
+            security_opt=["no-new-privileges"] if config.no_new_privileges else None,
+            pids_limit=config.pids_limit,
+            mem_limit=f"{config.memory_mb}m",
+            # Same as mem_limit: no swap, so a memory bomb hits the limit instead of the disk.
+            memswap_limit=f"{config.memory_mb}m",
+            nano_cpus=int(config.cpus * 1e9),
+            binds={str(channel): {"bind": AGENT_SOCKET_DIR, "mode": "rw"}},
+            log_config=LogConfig(type="json-file", config={"max-size": "1m", "max-file": "1"}),
+        )
+
+    def _make_channel(self, session_id: UUID) -> Path:
+        channel = self._channels / session_id.hex
+        try:
+            self._channels.mkdir(parents=True, exist_ok=True, mode=0o700)
+            channel.mkdir(mode=0o700)
+            uid, gid = self._config.uid_gid
+            try:
+                os.chown(channel, uid, gid)
+            except PermissionError:
+                # Not root: the agent's user must still be able to create its socket here.
+                channel.chmod(0o777)
+        except OSError as exc:
+            raise RuntimeUnavailableError(
+                f"cannot create the agent channel {channel}: {exc}"
+            ) from exc
+        return channel
+
+    def _wait_for_agent(self, container_id: str, channel: Path) -> AgentClient:
+        deadline = time.monotonic() + self._config.start_timeout_s
+        next_state_check = time.monotonic() + 0.5
+        while True:
+            if (channel / SOCKET_NAME).exists():
+                try:
+                    agent = _connect(channel)
+                except OSError:
+                    pass
+                else:
+                    try:
+                        agent.ping()
+                    except SandboxGoneError:
+                        agent.close()
+                    else:
+                        return agent
+            now = time.monotonic()
+            if now >= deadline:
+                raise RuntimeUnavailableError(
+                    f"the sandbox agent did not answer within {self._config.start_timeout_s:g} s; "
+                    f"container log: {self._log_tail(container_id)}"
+                )
+            if now >= next_state_check:
+                next_state_check = now + 0.5
+                if not self.is_alive(container_id):
+                    log_tail = self._log_tail(container_id)
+                    raise RuntimeUnavailableError(
+                        f"the sandbox container exited at start; log: {log_tail}"
+                    )
+            time.sleep(0.002)
+
+    def _log_tail(self, container_id: str) -> str:
+        try:
+            logs = self._api.logs(container_id, tail=10)
+        except (DockerException, requests.RequestException):
+            return "(unavailable)"
+        return logs.decode(errors="replace").strip() if isinstance(logs, bytes) else str(logs)
+
+    # --- execute ----------------------------------------------------------------------------
+
+    def execute(
+        self, container_id: str, request: ExecutionRequest, on_output: OutputSink | None = None
+    ) -> ExecutionResult:
+        for attempt in range(_SEND_ATTEMPTS):
+            agent = self._agent_for(container_id)
+            try:
+                return agent.execute(request, self._config.max_output_bytes, on_output)
+            except AgentUnansweredError:
+                # The connection was handed over to another process while idle (or the agent
+                # is gone, and reconnecting says so): the request never ran, send it again.
+                self._drop_agent(container_id, agent)
+                if attempt + 1 == _SEND_ATTEMPTS:
+                    raise
+            except SandboxGoneError:
+                self._drop_agent(container_id, agent)
+                raise
+        raise AssertionError("unreachable")
+
+    def _agent_for(self, container_id: str) -> AgentClient:
+        with self._agents_lock:
+            agent = self._agents.get(container_id)
+        if agent is not None and not agent.closed:
+            return agent
+        info = self._inspect(container_id)
+        if info is None or not info["State"].get("Running"):
+            raise SandboxGoneError(f"container {container_id[:12]} is gone or not running")
+        channel = self._channel_of(info)
+        if channel is None:
+            raise SandboxGoneError(f"container {container_id[:12]} has no agent channel of ours")
+        try:
+            agent = _connect(channel)
+        except OSError as exc:
+            raise SandboxGoneError(f"cannot reach the agent of {container_id[:12]}: {exc}") from exc
+        with self._agents_lock:
+            self._agents[container_id] = agent
+        return agent
+
+    def _drop_agent(self, container_id: str, agent: AgentClient | None = None) -> None:
+        """Forget and close the pooled connection (only ``agent`` if given: not a newer one)."""
+        with self._agents_lock:
+            current = self._agents.get(container_id)
+            if current is not None and (agent is None or current is agent):
+                del self._agents[container_id]
+                current.close()
+        if agent is not None:
+            agent.close()
+
+    # --- stop, is_alive, list -----------------------------------------------------------------
+
+    def stop(self, container_id: str) -> None:
+        self._drop_agent(container_id)
+        info = self._inspect(container_id)
+        if info is None:
+            return
+        with _engine("remove container"):
+            try:
+                self._api.remove_container(container_id, force=True, v=True)
+            except NotFound:
+                pass
+            except docker.errors.APIError as exc:
+                # Another caller's removal of the same container is already under way.
+                if exc.status_code != 409:
+                    raise
+        channel = self._channel_of(info)
+        if channel is not None:
+            shutil.rmtree(channel, ignore_errors=True)
+        self._logger.info("docker_sandbox_removed", {"container_id": container_id})
+
+    def is_alive(self, container_id: str) -> bool:
+        info = self._inspect(container_id)
+        return info is not None and bool(info["State"].get("Running"))
+
+    def list_managed(self) -> list[ManagedSandbox]:
+        """This instance's containers; also prunes channel directories no container uses.
+
+        Reconciliation calls this at start and on every sweep, which makes it the place where
+        directories of containers removed behind our back (``docker rm``) go away too.
+        """
+        with _engine("list containers"):
+            containers = self._api.containers(
+                all=True, filters={"label": f"{LABEL_INSTANCE}={self._config.instance_id}"}
+            )
+        self._prune_channels()
+        return [
+            ManagedSandbox(
+                container_id=item["Id"],
+                session_id=_uuid_or_none((item.get("Labels") or {}).get(LABEL_SESSION)),
+                chat_id=_uuid_or_none((item.get("Labels") or {}).get(LABEL_CHAT)),
+                running=item.get("State") == "running",
+            )
+            for item in containers
+        ]
+
+    def _prune_channels(self, min_age_s: float = 300.0) -> None:
+        """Remove channel directories that no container (of any instance) refers to.
+
+        Only directories older than ``min_age_s``: one being set up for a container that is
+        about to be created must stay.
+        """
+        if not self._channels.is_dir():
+            return
+        with _engine("list containers"):
+            everyone = self._api.containers(all=True, filters={"label": LABEL_CHANNEL})
+        in_use = {(item.get("Labels") or {}).get(LABEL_CHANNEL) for item in everyone}
+        now = time.time()
+        for channel in self._channels.iterdir():
+            try:
+                old_enough = now - channel.stat().st_mtime > min_age_s
+            except OSError:
+                continue
+            if str(channel) not in in_use and old_enough:
+                shutil.rmtree(channel, ignore_errors=True)
+                self._logger.info("docker_channel_pruned", {"channel": str(channel)})
+
+    def close_agent(self, container_id: str) -> None:
+        """Close the pooled connection to one sandbox (it keeps running; the next call reconnects).
+
+        The agent serves one host connection at a time: a process that hands a sandbox over to
+        another process (or a test) closes its connection first.
+        """
+        self._drop_agent(container_id)
+
+    def close(self) -> None:
+        """Close the pooled agent connections (the sandboxes keep running)."""
+        with self._agents_lock:
+            agents, self._agents = list(self._agents.values()), {}
+        for agent in agents:
+            agent.close()
+        self._api.close()
+
+    # --- helpers ------------------------------------------------------------------------------
+
+    def _inspect(self, container_id: str) -> dict[str, Any] | None:
+        if not container_id:
+            return None
+        with _engine("inspect container"):
+            try:
+                return self._api.inspect_container(container_id)  # type: ignore[no-any-return]
+            except NotFound:
+                return None
+
+    def _channel_of(self, info: dict[str, Any]) -> Path | None:
+        """The container's channel directory, only if it lies under our own channels root."""
+        label = (info.get("Config", {}).get("Labels") or {}).get(LABEL_CHANNEL)
+        if not label:
+            return None
+        channel = Path(label)
+        return channel if channel.parent == self._channels else None
+
+    def _discard(self, container_id: str, channel: Path) -> None:
+        """Undo a failed create; must not raise over the original error."""
+        if container_id:
+            try:
+                self._api.remove_container(container_id, force=True, v=True)
+            except (DockerException, requests.RequestException) as exc:
+                self._logger.error(
+                    "docker_sandbox_discard_failed",
+                    {"container_id": container_id, "error": type(exc).__name__},
+                )
+        shutil.rmtree(channel, ignore_errors=True)
+
+
+def _connect(channel: Path) -> AgentClient:
+    path = channel / SOCKET_NAME
+    if len(str(path)) <= _MAX_SOCKET_PATH:
+        return AgentClient.connect_unix(str(path), margin_s=DEFAULT_MARGIN_S)
+    fd = os.open(channel, os.O_PATH | os.O_DIRECTORY)
+    try:
+        return AgentClient.connect_unix(f"/proc/self/fd/{fd}/{SOCKET_NAME}")
+    finally:
+        os.close(fd)
+
+
+def _uuid_or_none(value: str | None) -> UUID | None:
+    try:
+        return UUID(value) if value else None
+    except ValueError:
+        return None
+
+
+def _seal_channel(channel: Path) -> None:
+    """Take the channel directory back from the sandbox user once the agent's socket is in it.
+
+    The agent (PID 1) keeps its listening socket for the container's life and never writes here
+    again. Until now its user could create files in this host directory; from now on code in the
+    sandbox cannot put anything on the host's disk.
+    """
+    try:
+        os.chown(channel, os.getuid(), os.getgid())
+        channel.chmod(0o755)
+    except OSError as exc:
+        raise RuntimeUnavailableError(f"cannot seal the agent channel {channel}: {exc}") from exc

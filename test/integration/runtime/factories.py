@@ -1,0 +1,146 @@
+"""Runtime factories for the conformance suite: name -> context manager yielding a runtime.
+
+Each factory gives a runtime of its own service instance (a unique instance id) with
+``max_output_bytes = CONFORMANCE_MAX_OUTPUT_BYTES``, and on exit removes every object of that
+instance, whatever the tests left behind. Add a runtime here and the whole suite runs on it
+(the parameter is marked with the pytest marker of the same name: docker, qemu).
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
+from uuid import uuid4
+
+import docker
+import pytest
+import structlog
+
+from adapter.docker.image import ensure_docker_image
+from adapter.docker.runtime import LABEL_INSTANCE, DockerSandboxConfig, DockerSandboxRuntime
+from adapter.qemu.runtime import QemuSandboxRuntime
+from adapter.qemu.vm import VmDir
+from entrypoint.settings import Settings
+from usecase.ports import LogAttrs, SandboxRuntime
+
+CONFORMANCE_MAX_OUTPUT_BYTES = 64 * 1024
+
+RuntimeFactory = Callable[[], AbstractContextManager[SandboxRuntime]]
+
+
+class IsolatedLogger:
+    """The Logger port on a structlog logger of its own, writing JSON to the real stderr.
+
+    Not the global structlog configuration: other tests (the CLI's) reconfigure that onto a
+    stream pytest closes after them, and a session-long runtime must keep logging.
+    """
+
+    def __init__(self, component: str) -> None:
+        self._log = structlog.wrap_logger(
+            structlog.PrintLogger(sys.__stderr__),
+            processors=[structlog.processors.add_log_level, structlog.processors.JSONRenderer()],
+        ).bind(component=component)
+
+    def debug(self, message: str, attrs: LogAttrs | None = None) -> None:
+        self._log.debug(message, **dict(attrs or {}))
+
+    def info(self, message: str, attrs: LogAttrs | None = None) -> None:
+        self._log.info(message, **dict(attrs or {}))
+
+    def warning(self, message: str, attrs: LogAttrs | None = None) -> None:
+        self._log.warning(message, **dict(attrs or {}))
+
+    def error(self, message: str, attrs: LogAttrs | None = None) -> None:
+        self._log.error(message, **dict(attrs or {}))
+
+
+def image_data_dir() -> Path:
+    """Where images are built and cached: the service's own data dir, so nothing is built twice."""
+    return Settings().data_dir
+
+
+def short_temp_dir(prefix: str) -> Path:
+    # Agent sockets live in here and Unix socket paths are limited to 108 bytes.
+    return Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+
+
+def docker_client() -> docker.APIClient:
+    try:
+        client = docker.APIClient(version="auto", timeout=120)
+        client.ping()
+    except Exception as exc:
+        pytest.fail(
+            f"no Docker engine reachable ({exc}); scripts/test.sh installs and starts one "
+            "(scripts/setup.sh docker)",
+            pytrace=False,
+        )
+    return client
+
+
+def remove_instance_containers(instance_id: str) -> None:
+    """Remove by label with the CLI, independent of the runtime under test."""
+    ids = subprocess.run(
+        ["docker", "ps", "-aq", "--filter", f"label={LABEL_INSTANCE}={instance_id}"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.split()
+    if ids:
+        subprocess.run(["docker", "rm", "-f", *ids], capture_output=True, check=False)
+
+
+@contextmanager
+def docker_runtime(**overrides: object) -> Iterator[DockerSandboxRuntime]:
+    client = docker_client()
+    image = ensure_docker_image(client, image_data_dir())
+    instance_id = f"test-{uuid4().hex[:12]}"
+    data_dir = short_temp_dir("sbxt-")
+    config = DockerSandboxConfig(
+        image=image,
+        instance_id=instance_id,
+        data_dir=data_dir,
+        max_output_bytes=CONFORMANCE_MAX_OUTPUT_BYTES,
+        **overrides,  # type: ignore[arg-type]
+    )
+    runtime = DockerSandboxRuntime(client, config, IsolatedLogger("test-runtime"))
+    try:
+        yield runtime
+    finally:
+        remove_instance_containers(instance_id)
+        runtime.close()
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+@contextmanager
+def qemu_runtime(**overrides: object) -> Iterator[QemuSandboxRuntime]:
+    from test.integration.qemu.images import ensure_qemu_images
+
+    images = ensure_qemu_images(image_data_dir())
+    data_dir = short_temp_dir("sbxq-")
+    runtime = QemuSandboxRuntime(
+        data_dir=data_dir,
+        instance_id=f"test-{uuid4().hex[:12]}",
+        logger=IsolatedLogger("test-qemu-runtime"),
+        max_output_bytes=CONFORMANCE_MAX_OUTPUT_BYTES,
+        image_dir=images,
+        **overrides,  # type: ignore[arg-type]
+    )
+    try:
+        yield runtime
+    finally:
+        runtime.close()
+        # Kill by the pidfiles in the VM work dirs, independent of the runtime under test.
+        for vm_dir in (data_dir / "vms").glob("qvm-*"):
+            VmDir(vm_dir).kill()
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+FACTORIES: dict[str, RuntimeFactory] = {
+    "docker": docker_runtime,
+    "qemu": qemu_runtime,
+}

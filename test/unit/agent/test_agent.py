@@ -1,0 +1,358 @@
+"""The guest agent as a local process, driven through the host's AgentClient."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from adapter.agent.client import AgentClient, AgentUnansweredError
+from domain.errors import SandboxGoneError
+from domain.execution import ExecutionRequest, Language, OutputChunk, OutputStream
+from test.unit.agent.conftest import AgentProcess
+
+LIMIT = 64 * 1024
+
+
+def run(
+    agent: AgentClient,
+    code: str,
+    language: Language = Language.PYTHON,
+    timeout_s=10.0,
+    limit: int = LIMIT,
+):
+    return agent.execute(ExecutionRequest(code, language, timeout_s), limit)
+
+
+def test_ping_reports_the_version(agent: AgentClient) -> None:
+    assert agent.ping() == "1"
+
+
+def test_python_state_persists_between_executions(agent: AgentClient) -> None:
+    first = run(agent, "x = 41\nprint('set')")
+    second = run(agent, "print(x + 1)")
+    assert (first.stdout, first.exit_code, first.state_lost) == ("set\n", 0, False)
+    assert (second.stdout, second.exit_code) == ("42\n", 0)
+
+
+def test_python_error_gives_traceback_on_stderr_and_exit_1(agent: AgentClient) -> None:
+    result = run(agent, "print('before')\n1/0")
+    assert result.stdout == "before\n"
+    assert result.exit_code == 1
+    assert "ZeroDivisionError" in result.stderr
+    assert "1/0" in result.stderr  # the cell's source line is shown in the traceback
+    assert "_sandboxd_runner" not in result.stderr
+
+
+def test_python_sys_exit_sets_the_exit_code_and_keeps_state(agent: AgentClient) -> None:
+    run(agent, "kept = 'yes'")
+    result = run(agent, "import sys; sys.exit(7)")
+    assert (result.exit_code, result.state_lost) == (7, False)
+    assert run(agent, "print(kept)").stdout == "yes\n"
+
+
+def test_syntax_error_is_a_result(agent: AgentClient) -> None:
+    result = run(agent, "def (:")
+    assert result.exit_code == 1
+    assert "SyntaxError" in result.stderr
+
+
+def test_timeout_kills_the_interpreter_and_its_children(agent: AgentClient) -> None:
+    run(agent, "lost = 1")
+    child = run(
+        agent, "import subprocess; p = subprocess.Popen(['sleep', '300']); print(p.pid)"
+    ).stdout
+    result = run(agent, "while True: pass", timeout_s=0.5)
+    assert result.timed_out and result.state_lost
+    assert result.exit_code is None
+    assert 0.5 <= result.duration_s < 5
+    assert not os.path.exists(f"/proc/{int(child)}") or _is_zombie(int(child))
+    after = run(agent, "print('lost' in globals())")
+    assert (after.stdout, after.exit_code, after.state_lost) == ("False\n", 0, False)
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def test_output_past_the_cap_is_dropped_and_flagged(agent: AgentClient) -> None:
+    result = run(
+        agent, "print('x' * 1_000_000); import sys; print('err', file=sys.stderr)", limit=1000
+    )
+    assert result.stdout_truncated and not result.stderr_truncated
+    assert result.stdout == "x" * 1000
+    assert result.stderr == "err\n"
+    assert result.exit_code == 0
+
+
+def test_truncation_never_splits_a_character(agent: AgentClient) -> None:
+    result = run(agent, "print('é' * 100)", limit=11)
+    assert result.stdout == "é" * 5
+    assert result.stdout_truncated
+
+
+def test_output_is_streamed_in_order(agent: AgentClient) -> None:
+    chunks: list[OutputChunk] = []
+    result = agent.execute(
+        ExecutionRequest(
+            "import sys, time\nfor i in range(3):\n    print(i)\n    time.sleep(0.05)\n"
+            "print('e', file=sys.stderr)"
+        ),
+        LIMIT,
+        chunks.append,
+    )
+    assert "".join(c.data for c in chunks if c.stream is OutputStream.STDOUT) == result.stdout
+    assert "".join(c.data for c in chunks if c.stream is OutputStream.STDERR) == "e\n"
+    assert len([c for c in chunks if c.stream is OutputStream.STDOUT]) >= 2
+
+
+def test_interpreter_death_is_reported_and_it_restarts(agent: AgentClient) -> None:
+    run(agent, "gone = 1")
+    died = run(agent, "import os; os._exit(3)")
+    assert (died.exit_code, died.state_lost, died.timed_out) == (3, True, False)
+    killed = run(agent, "import os, signal; os.kill(os.getpid(), signal.SIGKILL)")
+    assert (killed.exit_code, killed.state_lost) == (137, True)
+    after = run(agent, "print('gone' in globals())")
+    assert after.stdout == "False\n"
+
+
+def test_interpreters_are_first_in_line_for_the_oom_killer(agent: AgentClient) -> None:
+    assert run(agent, "print(open('/proc/self/oom_score_adj').read().strip())").stdout == "1000\n"
+    assert run(agent, "cat /proc/$$/oom_score_adj", Language.SHELL).stdout == "1000\n"
+
+
+@pytest.mark.usefixtures("node_available")
+def test_javascript_state_errors_and_await(agent: AgentClient) -> None:
+    assert run(agent, "let y = 20; var z = 1; console.log(y)", Language.JAVASCRIPT).stdout == "20\n"
+    assert run(agent, "console.log(y + z + 1)", Language.JAVASCRIPT).stdout == "22\n"
+    error = run(agent, "null.x", Language.JAVASCRIPT)
+    assert error.exit_code == 1 and "TypeError" in error.stderr
+    awaited = run(
+        agent, "await new Promise(r => setTimeout(r, 20)); console.log('done')", Language.JAVASCRIPT
+    )
+    assert (awaited.stdout, awaited.exit_code) == ("done\n", 0)
+    loop = run(agent, "for(;;){}", Language.JAVASCRIPT, timeout_s=0.5)
+    assert loop.timed_out and loop.state_lost
+    assert run(agent, "console.log(typeof y)", Language.JAVASCRIPT).stdout == "undefined\n"
+
+
+def test_shell_keeps_variables_and_directory(agent: AgentClient) -> None:
+    run(agent, 'cd /tmp\nA=5\nf() { echo "f$1"; }', Language.SHELL)
+    result = run(agent, "echo $A $(pwd); f 1; false", Language.SHELL)
+    assert result.stdout == "5 /tmp\nf1\n"
+    assert result.exit_code == 1
+    syntax = run(agent, "if then", Language.SHELL)
+    assert syntax.exit_code != 0 and not syntax.state_lost
+    assert run(agent, "echo $A", Language.SHELL).stdout == "5\n"
+    quoted = run(agent, "printf '%s\\n' \"a  b\" '$A'\ncat <<'END'\nline\nEND", Language.SHELL)
+    assert quoted.stdout == "a  b\n$A\nline\n"
+
+
+def test_shell_background_job_does_not_hold_up_the_result(agent: AgentClient) -> None:
+    started = time.monotonic()
+    result = run(agent, "sleep 30 &\necho started", Language.SHELL)
+    assert result.stdout == "started\n"
+    assert time.monotonic() - started < 5
+
+
+def test_languages_have_separate_interpreters(agent: AgentClient) -> None:
+    run(agent, "shared = 1")
+    assert run(agent, "echo ${shared:-unset}", Language.SHELL).stdout == "unset\n"
+
+
+def test_reseed_reaches_the_python_interpreter(agent: AgentClient) -> None:
+    assert isinstance(agent.reseed(b"\x01" * 32), bool)
+    first = run(agent, "import random; print(random.random())").stdout
+    agent.reseed(b"\x01" * 32)
+    assert run(agent, "print(random.random())").stdout == first
+    agent.reseed(b"\x02" * 32)
+    assert run(agent, "print(random.random())").stdout != first
+
+
+def test_agent_serves_a_new_connection_after_the_host_leaves(agent_process: AgentProcess) -> None:
+    first = agent_process.connect()
+    run(first, "survives = 'across connections'")
+    first.close()
+    second = agent_process.connect()
+    try:
+        assert run(second, "print(survives)").stdout == "across connections\n"
+    finally:
+        second.close()
+
+
+def test_code_finishes_when_the_host_disconnects_mid_run(agent_process: AgentProcess) -> None:
+    raw = agent_process.raw()
+    request = {
+        "id": 1,
+        "op": "execute",
+        "language": "python",
+        "timeout_s": 10,
+        "code": "import time\nprint('x')\ntime.sleep(0.3)\nfinished = True",
+        "stream": True,
+    }
+    raw.sendall((json.dumps(request) + "\n").encode())
+    raw.close()
+    client = agent_process.connect()
+    try:
+        assert run(client, "print(finished)").stdout == "True\n"
+    finally:
+        client.close()
+
+
+def test_malformed_frames_get_errors_and_the_agent_keeps_serving(
+    agent_process: AgentProcess,
+) -> None:
+    raw = agent_process.raw()
+    reader = raw.makefile("rb")
+
+    def ask(line: bytes) -> dict:
+        raw.sendall(line + b"\n")
+        return json.loads(reader.readline())
+
+    try:
+        assert ask(b"not json")["code"] == "bad_request"
+        assert ask(b"[1, 2]")["code"] == "bad_request"
+        assert ask(b'{"id": 5, "op": "dance"}') == {
+            "id": 5,
+            "type": "error",
+            "code": "unknown_op",
+            "message": "unknown op 'dance'",
+        }
+        unsupported = ask(b'{"id": 6, "op": "execute", "language": "cobol", "code": ""}')
+        assert (unsupported["id"], unsupported["code"]) == (6, "unsupported_language")
+        assert ask(b'{"id": 7, "op": "execute", "code": 5}')["code"] == "bad_request"
+        assert (
+            ask(b'{"id": 8, "op": "execute", "code": "", "timeout_s": -1}')["code"] == "bad_request"
+        )
+        assert ask(b'{"id": 9, "op": "reseed", "entropy": "%%%"}')["code"] == "bad_request"
+        assert ask(b'{"id": 10, "op": "ping"}') == {"id": 10, "type": "pong", "version": "1"}
+    finally:
+        reader.close()
+        raw.close()
+
+
+# --- the client against a misbehaving peer ---------------------------------------------------
+
+
+def _client_with_peer(margin_s: float = 0.2) -> tuple[AgentClient, socket.socket]:
+    host, guest = socket.socketpair()
+    return AgentClient(host, margin_s=margin_s), guest
+
+
+def test_client_raises_gone_when_the_agent_does_not_answer_in_time() -> None:
+    client, guest = _client_with_peer()
+    try:
+        started = time.monotonic()
+        with pytest.raises(SandboxGoneError):
+            client.execute(ExecutionRequest("print(1)", timeout_s=0.1), LIMIT)
+        assert time.monotonic() - started < 3
+        assert client.closed
+        with pytest.raises(SandboxGoneError):
+            client.ping()
+    finally:
+        guest.close()
+
+
+def test_client_raises_gone_on_end_of_file() -> None:
+    client, guest = _client_with_peer()
+    guest.close()
+    with pytest.raises(SandboxGoneError):
+        client.ping()
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"garbage\n",
+        b'{"id": 99, "type": "pong", "version": "1"}\n',
+        b'{"id": 1, "type": "result", "stdout": 5}\n',
+        b'{"id": 1, "type": "error", "code": "internal", "message": "x"}\n',
+        b'{"id": 1, "type": "output", "stream": "stdout", "data": "' + b"x" * 200_000 + b'"}\n',
+    ],
+)
+def test_client_treats_a_misbehaving_agent_as_gone(answer: bytes) -> None:
+    client, guest = _client_with_peer(margin_s=5)
+    try:
+        guest.sendall(answer)
+        with pytest.raises(SandboxGoneError):
+            client.execute(ExecutionRequest("print(1)", timeout_s=1), 1000, lambda chunk: None)
+    finally:
+        guest.close()
+
+
+def test_an_idle_connection_is_handed_over_to_a_waiting_one(agent_process: AgentProcess) -> None:
+    first = agent_process.connect()
+    run(first, "turns = ['first']")
+    second = agent_process.connect()
+    try:
+        # `first` is idle and still open: the agent hands over to `second` instead of waiting.
+        assert run(second, "turns.append('second'); print(turns)").stdout == (
+            "['first', 'second']\n"
+        )
+        with pytest.raises(AgentUnansweredError):
+            first.ping()
+        third = agent_process.connect()
+        try:
+            assert run(third, "print(len(turns))").stdout == "2\n"
+        finally:
+            third.close()
+    finally:
+        first.close()
+        second.close()
+
+
+def test_a_busy_connection_is_not_interrupted(agent_process: AgentProcess) -> None:
+    first = agent_process.connect()
+    results: list[str] = []
+    worker = threading.Thread(
+        target=lambda: results.append(run(first, "import time; time.sleep(0.5); print('a')").stdout)
+    )
+    worker.start()
+    time.sleep(0.2)  # the first request is running now
+    second = agent_process.connect()
+    try:
+        assert run(second, "print('b')").stdout == "b\n"  # served after the first finished
+        worker.join()
+        assert results == ["a\n"]
+    finally:
+        first.close()
+        second.close()
+
+
+def test_without_a_pids_cgroup_max_processes_bounds_a_background_fork_bomb() -> None:
+    """As in a microVM: the agent runs as root and its interpreters as another user."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to run interpreters as another user")
+    directory = Path(tempfile.mkdtemp(prefix="sbx-agent-", dir="/tmp"))
+    directory.chmod(0o711)
+    agent_process = AgentProcess(directory, "--user", "nobody", "--max-processes", "40")
+    agent_process.workdir.chmod(0o777)
+    client = agent_process.connect()
+    try:
+        # Never start a bomb on this host unless the limit is really in place.
+        limit = run(client, "ulimit -u; id -u", Language.SHELL)
+        assert limit.stdout.split() == ["40", "65534"], limit
+        results = [run(client, "bomb() { bomb | bomb & }; bomb", Language.SHELL, timeout_s=3)]
+        deadline = time.monotonic() + 15
+        while not results[-1].state_lost and time.monotonic() < deadline:
+            time.sleep(0.5)
+            results.append(run(client, "echo next", Language.SHELL))
+        assert results[-1].state_lost
+        assert "too many processes" in results[-1].stderr
+        after = run(client, "ls / > /dev/null && echo forked", Language.SHELL)
+        assert (after.stdout, after.state_lost) == ("forked\n", False)
+    finally:
+        client.close()
+        agent_process.stop()
+        shutil.rmtree(directory, ignore_errors=True)
