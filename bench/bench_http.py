@@ -1,0 +1,275 @@
+"""HTTP execute latency and throughput on existing chats, PostgreSQL store, Docker sandboxes.
+
+    uv run python bench/bench_http.py [--chats 16] [--rate 200] [--seconds 10] [--code 'print(1)']
+
+Starts a real ``sandboxd serve`` (its own instance id, data directory and a throwaway PostgreSQL
+database, migrated first), creates one sandbox per chat and warms up. Then two phases:
+
+- open loop (the latency figures): messages arrive at ``--rate`` per second in all, spread
+  round-robin over ``--chats`` chats, whether or not earlier ones have returned (a chat-bot
+  backend does not wait for other chats). Latency runs from each message's scheduled send time
+  to its response, so a stall is not hidden by sending less (no coordinated omission).
+- closed loop (the capacity figure): one caller per chat sends its next message as soon as the
+  last returned; executes per second is the most the service did.
+
+The load generator is a minimal HTTP/1.1 keep-alive client: it must cost far less CPU than the
+service on the same two cores (httpx spends about a millisecond per request). Prints JSON, with
+the service's own CPU time per execute and the machine's load average, since other work on the
+machine moves these figures. Targets on a 2-core machine: p50 <= 10 ms, p99 <= 40 ms,
+>= 200 executes/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import docker
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from test.e2e.service import API_KEY, ServiceProcess  # noqa: E402
+from test.integration.persistence.pg import temporary_database  # noqa: E402
+
+
+class Connection:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._reader = reader
+        self._writer = writer
+
+    @classmethod
+    async def open(cls, port: int) -> Connection:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        return cls(reader, writer)
+
+    async def post(self, path: str, body: bytes) -> tuple[int, bytes]:
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            f"Authorization: Bearer {API_KEY}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        )
+        self._writer.write(head.encode() + body)
+        status_line = await self._reader.readuntil(b"\r\n")
+        headers = await self._reader.readuntil(b"\r\n\r\n")
+        length = 0
+        for line in headers.split(b"\r\n"):
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        return int(status_line.split()[1]), await self._reader.readexactly(length)
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+class Pool:
+    """Idle keep-alive connections; a new one is opened when all are busy."""
+
+    def __init__(self, port: int) -> None:
+        self._port = port
+        self._idle: list[Connection] = []
+        self.opened = 0
+
+    async def execute(self, chat: uuid.UUID, body: bytes) -> None:
+        connection = self._idle.pop() if self._idle else None
+        try:
+            if connection is None:
+                raise ConnectionResetError
+            status, payload = await connection.post(f"/v1/chats/{chat}/executions", body)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            # The server closes keep-alive connections idle for 5 s; open a fresh one.
+            if connection is not None:
+                connection.close()
+            connection = await Connection.open(self._port)
+            self.opened += 1
+            status, payload = await connection.post(f"/v1/chats/{chat}/executions", body)
+        self._idle.append(connection)
+        if status != 200 or json.loads(payload)["exit_code"] != 0:
+            raise RuntimeError(f"execute failed: {status} {payload[:300]!r}")
+
+    def close(self) -> None:
+        for connection in self._idle:
+            connection.close()
+
+
+def summary(latencies: list[float], elapsed: float, errors: int) -> dict[str, Any]:
+    ordered = sorted(latencies)
+
+    def pick(fraction: float) -> float:
+        index = min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))
+        return round(ordered[index] * 1000, 2)
+
+    return {
+        "executes": len(latencies),
+        "errors": errors,
+        "seconds": round(elapsed, 3),
+        "executes_per_s": round(len(latencies) / elapsed, 1),
+        "latency_ms": {
+            "p50": pick(0.50),
+            "p90": pick(0.90),
+            "p99": pick(0.99),
+            "max": pick(1.0),
+            "mean": round(statistics.fmean(ordered) * 1000, 2),
+        },
+    }
+
+
+async def open_loop(
+    pool: Pool, chats: list[uuid.UUID], body: bytes, rate: float, seconds: float
+) -> dict[str, Any]:
+    latencies: list[float] = []
+    errors = 0
+
+    async def one(chat: uuid.UUID, scheduled: float) -> None:
+        nonlocal errors
+        try:
+            await pool.execute(chat, body)
+        except RuntimeError:
+            errors += 1
+            return
+        latencies.append(time.perf_counter() - scheduled)
+
+    total = int(rate * seconds)
+    tasks = []
+    started = time.perf_counter()
+    for index in range(total):
+        scheduled = started + index / rate
+        delay = scheduled - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(chats[index % len(chats)], scheduled)))
+    await asyncio.gather(*tasks)
+    return {"offered_per_s": rate, **summary(latencies, time.perf_counter() - started, errors)}
+
+
+async def closed_loop(
+    pool: Pool, chats: list[uuid.UUID], body: bytes, seconds: float
+) -> dict[str, Any]:
+    latencies: list[float] = []
+    errors = 0
+    deadline = time.perf_counter() + seconds
+
+    async def caller(chat: uuid.UUID) -> None:
+        nonlocal errors
+        while time.perf_counter() < deadline:
+            sent = time.perf_counter()
+            try:
+                await pool.execute(chat, body)
+            except RuntimeError:
+                errors += 1
+                continue
+            latencies.append(time.perf_counter() - sent)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(caller(chat) for chat in chats))
+    return summary(latencies, time.perf_counter() - started, errors)
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def run(service: ServiceProcess, args: argparse.Namespace) -> dict[str, Any]:
+    assert service.process is not None
+    pid = service.process.pid
+    pool = Pool(service.http_port)
+    chats = [uuid.uuid4() for _ in range(args.chats)]
+    body = json.dumps({"code": args.code}).encode()
+    try:
+        # Sandbox creation is not what is measured: every chat has its sandbox first.
+        await asyncio.gather(*(pool.execute(chat, body) for chat in chats))
+        for _ in range(args.warmup):
+            await asyncio.gather(*(pool.execute(chat, body) for chat in chats))
+
+        cpu_before = cpu_seconds(pid)
+        opened = await open_loop(pool, chats, body, args.rate, args.seconds)
+        opened["service_cpu_ms_per_execute"] = round(
+            (cpu_seconds(pid) - cpu_before) / max(1, opened["executes"]) * 1000, 3
+        )
+        cpu_before = cpu_seconds(pid)
+        closed = await closed_loop(pool, chats, body, args.seconds)
+        closed["service_cpu_ms_per_execute"] = round(
+            (cpu_seconds(pid) - cpu_before) / max(1, closed["executes"]) * 1000, 3
+        )
+        return {"open_loop": opened, "closed_loop": closed, "connections": pool.opened}
+    finally:
+        pool.close()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--chats", type=int, default=16)
+    parser.add_argument("--rate", type=float, default=200.0, help="open loop: executes/s")
+    parser.add_argument("--seconds", type=float, default=10.0, help="per phase")
+    parser.add_argument("--warmup", type=int, default=10, help="rounds over all chats")
+    parser.add_argument("--code", default="print(1)")
+    parser.add_argument("--log-level", default="info")
+    parser.add_argument("--image", default="", help="SANDBOXD_DOCKER_IMAGE (default: build)")
+    args = parser.parse_args()
+
+    docker_client = docker.from_env()
+    with (
+        temporary_database("sandboxd_bench") as database_url,
+        tempfile.TemporaryDirectory(prefix="sandboxd-bench-") as data_dir,
+    ):
+        service = ServiceProcess(
+            Path(data_dir),
+            database_url=database_url,
+            log_level=args.log_level,
+            max_inflight_executions=str(max(64, args.chats * 4)),
+            **({"docker_image": args.image} if args.image else {}),
+        )
+        service.instance_id = f"bench-{uuid.uuid4().hex[:12]}"
+        subprocess.run(
+            [sys.executable, "-m", "entrypoint.cli", "migrate"],
+            cwd=ROOT,
+            env=service.environment(),
+            check=True,
+            capture_output=True,
+        )
+        try:
+            service.start()
+            results = asyncio.run(run(service, args))
+        finally:
+            service.stop()
+            service.remove_containers(docker_client)
+            docker_client.close()
+
+    opened, closed = results["open_loop"], results["closed_loop"]
+    report = {
+        "benchmark": "http_execute_existing_chats",
+        "store": "postgresql",
+        "runtime": "docker",
+        "concurrent_chats": args.chats,
+        "code": args.code,
+        "log_level": args.log_level,
+        "p50_ms": opened["latency_ms"]["p50"],
+        "p99_ms": opened["latency_ms"]["p99"],
+        "executes_per_s": closed["executes_per_s"],
+        **results,
+        "targets": {"p50_ms": 10, "p99_ms": 40, "executes_per_s": 200},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "load_average_1m": round(os.getloadavg()[0], 2),
+            "python": platform.python_version(),
+        },
+    }
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,283 @@
+"""The service facade both HTTP and gRPC call: use cases run off the event loop, with the bound
+on executions in flight, the drain at shutdown, readiness checks and execution metrics.
+
+Use cases are synchronous and may block for seconds (sandbox creation, code running), so each
+call goes to a bounded thread pool. An execution's slot is held until its thread is done, not
+until its caller stops waiting: a client that hangs up does not free capacity that is still used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncGenerator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import partial
+from typing import TypeVar
+from uuid import UUID
+
+from domain.errors import TooManyExecutionsError
+from domain.execution import ExecutionRequest, Language, OutputChunk
+from domain.sandbox import SandboxSession, SandboxStatus
+from entrypoint.error_codes import ShuttingDownError
+from entrypoint.metrics import ServiceMetrics, execution_outcome
+from usecase.execute import CodeExecution, ExecuteCode, ExecuteCodeCommand
+from usecase.ports import Logger, SandboxRuntime, SandboxSessionRepository
+from usecase.sandbox import (
+    CreateSandbox,
+    CreateSandboxCommand,
+    DestroySandbox,
+    GetSandbox,
+    ListSandboxes,
+    RenewSandbox,
+)
+
+T = TypeVar("T")
+
+StreamEvent = OutputChunk | CodeExecution
+
+_COUNT_PAGE = 1000
+# Other calls (ensure, get, destroy...) may run next to the executions; they get a few threads
+# of their own so that a full house of executions cannot starve a DELETE.
+_EXTRA_THREADS = 8
+
+
+@dataclass(frozen=True)
+class ReadinessReport:
+    checks: dict[str, str]
+
+    @property
+    def ready(self) -> bool:
+        return all(value == "ok" for value in self.checks.values())
+
+
+class _Done:
+    pass
+
+
+_DONE = _Done()
+
+
+class SandboxApi:
+    def __init__(
+        self,
+        *,
+        execute_code: ExecuteCode,
+        create_sandbox: CreateSandbox,
+        get_sandbox: GetSandbox,
+        renew_sandbox: RenewSandbox,
+        destroy_sandbox: DestroySandbox,
+        list_sandboxes: ListSandboxes,
+        repository: SandboxSessionRepository,
+        runtime: SandboxRuntime,
+        metrics: ServiceMetrics,
+        logger: Logger,
+        max_inflight_executions: int,
+        default_timeout_s: float,
+        readiness_timeout_s: float = 5.0,
+    ) -> None:
+        self._execute_code = execute_code
+        self._create_sandbox = create_sandbox
+        self._get_sandbox = get_sandbox
+        self._renew_sandbox = renew_sandbox
+        self._destroy_sandbox = destroy_sandbox
+        self._list_sandboxes = list_sandboxes
+        self._repository = repository
+        self._runtime = runtime
+        self._metrics = metrics
+        self._logger = logger
+        self._max_inflight = max_inflight_executions
+        self._default_timeout_s = default_timeout_s
+        self._readiness_timeout_s = readiness_timeout_s
+        self._executor = ThreadPoolExecutor(
+            max_workers=max_inflight_executions + _EXTRA_THREADS, thread_name_prefix="sandboxd"
+        )
+        # Touched only on the event loop thread (admission and done callbacks run there).
+        self._inflight = 0
+        self._draining = False
+        self._idle: asyncio.Event | None = None
+        metrics.on_scrape(self._count_sessions)
+
+    # -- requests ------------------------------------------------------------------------------
+
+    def build_request(
+        self, code: str, language: str | None = None, timeout_s: float | None = None
+    ) -> ExecutionRequest:
+        """Parse what a transport received; limits are checked by the ExecuteCode use case."""
+        return ExecutionRequest(
+            code=code,
+            language=Language.parse(language) if language else Language.PYTHON,
+            timeout_s=self._default_timeout_s if timeout_s is None else timeout_s,
+        )
+
+    async def execute(
+        self,
+        chat_id: UUID,
+        request: ExecutionRequest,
+        transport: str,
+        on_output: Callable[[OutputChunk], None] | None = None,
+    ) -> CodeExecution:
+        """Run one execution; ``on_output`` is called from a worker thread."""
+        loop = asyncio.get_running_loop()
+        self._admit()
+        started = time.perf_counter()
+        try:
+            future = loop.run_in_executor(
+                self._executor,
+                partial(
+                    self._execute_code.execute, ExecuteCodeCommand(chat_id, request), on_output
+                ),
+            )
+        except BaseException:
+            self._release()
+            raise
+
+        def finished(done: asyncio.Future[CodeExecution]) -> None:
+            self._release()
+            self._metrics.execution_duration.labels(transport).observe(
+                time.perf_counter() - started
+            )
+            error = None if done.cancelled() else done.exception()
+            outcome = "failed" if error is not None else execution_outcome(done.result().result)
+            self._metrics.executions.labels(outcome, transport).inc()
+
+        future.add_done_callback(finished)
+        return await asyncio.shield(future)
+
+    async def execute_stream(
+        self, chat_id: UUID, request: ExecutionRequest, transport: str
+    ) -> AsyncGenerator[StreamEvent, None]:
+        """Output chunks as they come, then the CodeExecution; errors are raised in place."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[OutputChunk | _Done] = asyncio.Queue()
+
+        def sink(chunk: OutputChunk) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, chunk)
+
+        task = asyncio.ensure_future(self.execute(chat_id, request, transport, sink))
+        # Chunks are queued with call_soon_threadsafe before the thread's future resolves, so the
+        # done marker always comes after the last chunk.
+        task.add_done_callback(lambda _: queue.put_nowait(_DONE))
+        try:
+            while True:
+                item = await queue.get()
+                if isinstance(item, _Done):
+                    break
+                yield item
+            yield task.result()
+        finally:
+            if not task.done():
+                # The caller went away; the execution still finishes (its slot stays held).
+                task.add_done_callback(_consume_result)
+
+    async def ensure_sandbox(self, chat_id: UUID) -> SandboxSession:
+        return await self._call(self._create_sandbox.execute, CreateSandboxCommand(chat_id))
+
+    async def get_sandbox(self, chat_id: UUID) -> SandboxSession:
+        return await self._call(self._get_sandbox.execute, chat_id)
+
+    async def renew_sandbox(self, chat_id: UUID) -> SandboxSession:
+        return await self._call(self._renew_sandbox.execute, chat_id)
+
+    async def destroy_sandbox(self, chat_id: UUID) -> SandboxSession | None:
+        return await self._call(self._destroy_sandbox.execute, chat_id)
+
+    async def list_sandboxes(
+        self, status: SandboxStatus | None, limit: int, offset: int
+    ) -> list[SandboxSession]:
+        return await self._call(
+            partial(self._list_sandboxes.execute, status=status, limit=limit, offset=offset)
+        )
+
+    async def readiness(self) -> ReadinessReport:
+        """The session store and the runtime both answer within the readiness timeout."""
+        checks = await asyncio.gather(
+            self._check(partial(self._repository.list_sessions, limit=1)),
+            self._check(self._runtime.list_managed),
+        )
+        return ReadinessReport({"database": checks[0], "runtime": checks[1]})
+
+    async def render_metrics(self) -> bytes:
+        return await self._call(self._metrics.render)
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    @property
+    def inflight(self) -> int:
+        return self._inflight
+
+    async def drain(self, timeout_s: float) -> bool:
+        """Refuse new executions and wait up to ``timeout_s`` for those in flight.
+
+        True when none is left. Sandboxes are not touched: they live on until their TTL, so a
+        restarted service (or another replica) picks the chats up again.
+        """
+        self._draining = True
+        if self._inflight == 0:
+            return True
+        self._idle = asyncio.Event()
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout=timeout_s)
+        except TimeoutError:
+            self._logger.warning("drain_timed_out", {"in_flight": self._inflight})
+            return False
+        return True
+
+    def close(self) -> None:
+        # Threads still running (past the drain) finish on their own; nothing waits for them.
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    # -- internals -----------------------------------------------------------------------------
+
+    def _admit(self) -> None:
+        if self._draining:
+            raise ShuttingDownError("the service is shutting down; retry on another replica")
+        if self._inflight >= self._max_inflight:
+            raise TooManyExecutionsError(
+                f"{self._inflight} executions in flight, the limit is {self._max_inflight}"
+            )
+        self._inflight += 1
+        self._metrics.executions_in_flight.set(self._inflight)
+
+    def _release(self) -> None:
+        self._inflight -= 1
+        self._metrics.executions_in_flight.set(self._inflight)
+        if self._inflight == 0 and self._idle is not None:
+            self._idle.set()
+
+    async def _call(self, fn: Callable[..., T], *args: object) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, partial(fn, *args))
+
+    async def _check(self, probe: Callable[[], object]) -> str:
+        try:
+            await asyncio.wait_for(self._call(probe), timeout=self._readiness_timeout_s)
+        except TimeoutError:
+            return "timeout"
+        except Exception as exc:
+            return type(exc).__name__
+        return "ok"
+
+    def _count_sessions(self) -> None:
+        for status in SandboxStatus:
+            total, offset = 0, 0
+            try:
+                while True:
+                    page = self._repository.list_sessions(
+                        status=status, limit=_COUNT_PAGE, offset=offset
+                    )
+                    total += len(page)
+                    offset += len(page)
+                    if len(page) < _COUNT_PAGE:
+                        break
+            except Exception as exc:
+                # A scrape must not fail because the store is down; readiness reports that.
+                self._logger.warning("metrics_count_failed", {"error": type(exc).__name__})
+                return
+            self._metrics.live_sandboxes.labels(status.value).set(total)
+
+
+def _consume_result(task: asyncio.Future[CodeExecution]) -> None:
+    if not task.cancelled():
+        task.exception()

@@ -1,0 +1,1 @@
+"""gRPC entrypoint: server, servicer and the error table for gRPC status codes."""

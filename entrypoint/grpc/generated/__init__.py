@@ -1,0 +1,1 @@
+"""Generated from proto/sandboxd/v1/sandboxd.proto; do not edit."""

@@ -1,0 +1,112 @@
+import datetime
+
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class ChatRequest(_message.Message):
+    __slots__ = ("chat_id",)
+    CHAT_ID_FIELD_NUMBER: _ClassVar[int]
+    chat_id: str
+    def __init__(self, chat_id: _Optional[str] = ...) -> None: ...
+
+class ExecuteRequest(_message.Message):
+    __slots__ = ("chat_id", "code", "language", "timeout_s")
+    CHAT_ID_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    LANGUAGE_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    chat_id: str
+    code: str
+    language: str
+    timeout_s: float
+    def __init__(self, chat_id: _Optional[str] = ..., code: _Optional[str] = ..., language: _Optional[str] = ..., timeout_s: _Optional[float] = ...) -> None: ...
+
+class ExecutionResult(_message.Message):
+    __slots__ = ("stdout", "stderr", "exit_code", "duration_s", "timed_out", "stdout_truncated", "stderr_truncated", "sandbox_replaced", "state_lost")
+    STDOUT_FIELD_NUMBER: _ClassVar[int]
+    STDERR_FIELD_NUMBER: _ClassVar[int]
+    EXIT_CODE_FIELD_NUMBER: _ClassVar[int]
+    DURATION_S_FIELD_NUMBER: _ClassVar[int]
+    TIMED_OUT_FIELD_NUMBER: _ClassVar[int]
+    STDOUT_TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    STDERR_TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    SANDBOX_REPLACED_FIELD_NUMBER: _ClassVar[int]
+    STATE_LOST_FIELD_NUMBER: _ClassVar[int]
+    stdout: str
+    stderr: str
+    exit_code: int
+    duration_s: float
+    timed_out: bool
+    stdout_truncated: bool
+    stderr_truncated: bool
+    sandbox_replaced: bool
+    state_lost: bool
+    def __init__(self, stdout: _Optional[str] = ..., stderr: _Optional[str] = ..., exit_code: _Optional[int] = ..., duration_s: _Optional[float] = ..., timed_out: _Optional[bool] = ..., stdout_truncated: _Optional[bool] = ..., stderr_truncated: _Optional[bool] = ..., sandbox_replaced: _Optional[bool] = ..., state_lost: _Optional[bool] = ...) -> None: ...
+
+class Sandbox(_message.Message):
+    __slots__ = ("chat_id", "session_id", "container_id", "status", "runtime_kind", "created_at", "expires_at", "last_activity_at", "max_expires_at")
+    CHAT_ID_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    RUNTIME_KIND_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    LAST_ACTIVITY_AT_FIELD_NUMBER: _ClassVar[int]
+    MAX_EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    chat_id: str
+    session_id: str
+    container_id: str
+    status: str
+    runtime_kind: str
+    created_at: _timestamp_pb2.Timestamp
+    expires_at: _timestamp_pb2.Timestamp
+    last_activity_at: _timestamp_pb2.Timestamp
+    max_expires_at: _timestamp_pb2.Timestamp
+    def __init__(self, chat_id: _Optional[str] = ..., session_id: _Optional[str] = ..., container_id: _Optional[str] = ..., status: _Optional[str] = ..., runtime_kind: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_activity_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., max_expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ExecuteResponse(_message.Message):
+    __slots__ = ("result", "sandbox")
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    SANDBOX_FIELD_NUMBER: _ClassVar[int]
+    result: ExecutionResult
+    sandbox: Sandbox
+    def __init__(self, result: _Optional[_Union[ExecutionResult, _Mapping]] = ..., sandbox: _Optional[_Union[Sandbox, _Mapping]] = ...) -> None: ...
+
+class OutputChunk(_message.Message):
+    __slots__ = ("stream", "data")
+    class Stream(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        STREAM_UNSPECIFIED: _ClassVar[OutputChunk.Stream]
+        STDOUT: _ClassVar[OutputChunk.Stream]
+        STDERR: _ClassVar[OutputChunk.Stream]
+    STREAM_UNSPECIFIED: OutputChunk.Stream
+    STDOUT: OutputChunk.Stream
+    STDERR: OutputChunk.Stream
+    STREAM_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    stream: OutputChunk.Stream
+    data: str
+    def __init__(self, stream: _Optional[_Union[OutputChunk.Stream, str]] = ..., data: _Optional[str] = ...) -> None: ...
+
+class ExecuteEvent(_message.Message):
+    __slots__ = ("output", "result")
+    OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    output: OutputChunk
+    result: ExecuteResponse
+    def __init__(self, output: _Optional[_Union[OutputChunk, _Mapping]] = ..., result: _Optional[_Union[ExecuteResponse, _Mapping]] = ...) -> None: ...
+
+class DestroySandboxResponse(_message.Message):
+    __slots__ = ("destroyed", "sandbox")
+    DESTROYED_FIELD_NUMBER: _ClassVar[int]
+    SANDBOX_FIELD_NUMBER: _ClassVar[int]
+    destroyed: bool
+    sandbox: Sandbox
+    def __init__(self, destroyed: _Optional[bool] = ..., sandbox: _Optional[_Union[Sandbox, _Mapping]] = ...) -> None: ...

@@ -1,0 +1,177 @@
+"""The SandboxService servicer: parse, call the SandboxApi facade, convert to messages."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import datetime
+from typing import Any, NoReturn, TypeVar
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+from grpc.aio import ServicerContext as Ctx
+
+from domain.execution import ExecutionResult, OutputChunk, OutputStream
+from domain.sandbox import SandboxSession, parse_chat_id
+from entrypoint.api import SandboxApi
+from entrypoint.auth import ApiKeyAuthenticator
+from entrypoint.error_codes import error_code, public_message
+from entrypoint.grpc.errors import ERROR_CODE_METADATA_KEY, grpc_status
+from entrypoint.grpc.generated import sandboxd_pb2 as pb
+from entrypoint.grpc.generated import sandboxd_pb2_grpc as pb_grpc
+from entrypoint.metrics import ServiceMetrics
+from usecase.execute import CodeExecution
+from usecase.ports import Logger
+
+T = TypeVar("T")
+
+TRANSPORT = "grpc"
+
+_STREAMS = {OutputStream.STDOUT: pb.OutputChunk.STDOUT, OutputStream.STDERR: pb.OutputChunk.STDERR}
+
+
+class SandboxServicer(pb_grpc.SandboxServiceServicer):
+    def __init__(
+        self,
+        api: SandboxApi,
+        authenticator: ApiKeyAuthenticator,
+        metrics: ServiceMetrics,
+        logger: Logger,
+    ) -> None:
+        self._api = api
+        self._authenticator = authenticator
+        self._metrics = metrics
+        self._logger = logger
+
+    async def Execute(self, request: Any, context: Ctx) -> Any:  # noqa: N802
+        async def run() -> Any:
+            execution = await self._api.execute(
+                parse_chat_id(request.chat_id), self._execution_request(request), TRANSPORT
+            )
+            return execute_response(execution)
+
+        return await self._guard(context, run)
+
+    async def ExecuteStream(  # noqa: N802
+        self, request: Any, context: Ctx
+    ) -> AsyncIterator[Any]:
+        failure: Exception | None = None
+        try:
+            self._authenticate(context)
+            events = self._api.execute_stream(
+                parse_chat_id(request.chat_id), self._execution_request(request), TRANSPORT
+            )
+            async for event in events:
+                if isinstance(event, OutputChunk):
+                    yield pb.ExecuteEvent(
+                        output=pb.OutputChunk(stream=_STREAMS[event.stream], data=event.data)
+                    )
+                else:
+                    yield pb.ExecuteEvent(result=execute_response(event))
+        except Exception as exc:
+            failure = exc
+        if failure is not None:
+            await self._abort(context, failure)
+
+    async def EnsureSandbox(self, request: Any, context: Ctx) -> Any:  # noqa: N802
+        async def run() -> Any:
+            return sandbox_message(await self._api.ensure_sandbox(parse_chat_id(request.chat_id)))
+
+        return await self._guard(context, run)
+
+    async def GetSandbox(self, request: Any, context: Ctx) -> Any:  # noqa: N802
+        async def run() -> Any:
+            return sandbox_message(await self._api.get_sandbox(parse_chat_id(request.chat_id)))
+
+        return await self._guard(context, run)
+
+    async def RenewSandbox(self, request: Any, context: Ctx) -> Any:  # noqa: N802
+        async def run() -> Any:
+            return sandbox_message(await self._api.renew_sandbox(parse_chat_id(request.chat_id)))
+
+        return await self._guard(context, run)
+
+    async def DestroySandbox(self, request: Any, context: Ctx) -> Any:  # noqa: N802
+        async def run() -> Any:
+            session = await self._api.destroy_sandbox(parse_chat_id(request.chat_id))
+            if session is None:
+                return pb.DestroySandboxResponse(destroyed=False)
+            return pb.DestroySandboxResponse(destroyed=True, sandbox=sandbox_message(session))
+
+        return await self._guard(context, run)
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _execution_request(self, request: Any) -> Any:
+        timeout_s = request.timeout_s if request.HasField("timeout_s") else None
+        return self._api.build_request(request.code, request.language or None, timeout_s)
+
+    def _authenticate(self, context: Ctx) -> None:
+        authorization = None
+        for key, value in context.invocation_metadata() or ():
+            if key == "authorization":
+                authorization = value if isinstance(value, str) else value.decode("latin-1")
+        self._authenticator.check_header(authorization)
+
+    async def _guard(self, context: Ctx, call: Callable[[], Awaitable[T]]) -> T:
+        try:
+            self._authenticate(context)
+            return await call()
+        except Exception as exc:
+            failure = exc
+        # Outside the except block: abort raises, and must not be caught as a failure.
+        await self._abort(context, failure)
+
+    async def _abort(self, context: Ctx, error: Exception) -> NoReturn:
+        code = error_code(error)
+        self._metrics.errors.labels(code, TRANSPORT).inc()
+        status = grpc_status(error)
+        if status is grpc.StatusCode.INTERNAL:
+            self._logger.error(
+                "grpc_unhandled_error", {"error": type(error).__name__, "detail": str(error)[:500]}
+            )
+        await context.abort(
+            status, public_message(error), trailing_metadata=((ERROR_CODE_METADATA_KEY, code),)
+        )
+        raise AssertionError("context.abort returned")  # pragma: no cover
+
+
+def _timestamp(value: datetime | None) -> Timestamp | None:
+    if value is None:
+        return None
+    stamp = Timestamp()
+    stamp.FromDatetime(value)
+    return stamp
+
+
+def sandbox_message(session: SandboxSession) -> Any:
+    return pb.Sandbox(
+        chat_id=str(session.chat_id),
+        session_id=str(session.session_id),
+        container_id=session.container_id,
+        status=session.status.value,
+        runtime_kind=session.runtime_kind,
+        created_at=_timestamp(session.created_at),
+        expires_at=_timestamp(session.expires_at),
+        last_activity_at=_timestamp(session.last_activity_at),
+        max_expires_at=_timestamp(session.max_expires_at),
+    )
+
+
+def result_message(result: ExecutionResult) -> Any:
+    return pb.ExecutionResult(
+        stdout=result.stdout,
+        stderr=result.stderr,
+        exit_code=result.exit_code,
+        duration_s=result.duration_s,
+        timed_out=result.timed_out,
+        stdout_truncated=result.stdout_truncated,
+        stderr_truncated=result.stderr_truncated,
+        sandbox_replaced=result.sandbox_replaced,
+        state_lost=result.state_lost,
+    )
+
+
+def execute_response(execution: CodeExecution) -> Any:
+    return pb.ExecuteResponse(
+        result=result_message(execution.result), sandbox=sandbox_message(execution.session)
+    )

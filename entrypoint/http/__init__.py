@@ -1,0 +1,1 @@
+"""HTTP entrypoint: FastAPI app, routes, auth, error table, SSE streaming, access log."""

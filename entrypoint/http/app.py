@@ -1,0 +1,52 @@
+"""FastAPI application factory."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from entrypoint.api import SandboxApi
+from entrypoint.auth import ApiKeyAuthenticator
+from entrypoint.http.errors import install_error_handlers
+from entrypoint.http.middleware import RequestContextMiddleware
+from entrypoint.http.routes import health, protected, v1
+from entrypoint.metrics import ServiceMetrics
+from usecase.ports import Logger
+
+# JSON escaping can grow a code string up to six times (\uXXXX); the body guard allows for it
+# and leaves the exact limit, in UTF-8 bytes of code, to the ExecuteCode use case.
+_JSON_GROWTH = 6
+_BODY_OVERHEAD = 64 * 1024
+
+DESCRIPTION = """
+Chat-bound code sandboxes: every chat (a UUID) gets its own isolated, stateful sandbox.
+
+Authenticate with `Authorization: Bearer <key>` (keys from SANDBOXD_API_KEYS); `/healthz`,
+`/readyz` and the OpenAPI document are open. Every error is `{"code", "message"}` with a stable
+code; every response carries an `x-request-id` header.
+"""
+
+
+def create_app(
+    *,
+    api: SandboxApi,
+    authenticator: ApiKeyAuthenticator,
+    metrics: ServiceMetrics,
+    logger: Logger,
+    access_logger: Logger,
+    max_code_bytes: int,
+) -> FastAPI:
+    app = FastAPI(title="sandboxd", version="1", description=DESCRIPTION.strip())
+    app.state.api = api
+    app.state.authenticator = authenticator
+    app.state.metrics = metrics
+    app.include_router(v1)
+    app.include_router(health)
+    app.include_router(protected)
+    install_error_handlers(app, metrics, logger)
+    app.add_middleware(
+        RequestContextMiddleware,
+        logger=access_logger,
+        metrics=metrics,
+        max_body_bytes=max_code_bytes * _JSON_GROWTH + _BODY_OVERHEAD,
+    )
+    return app

@@ -1,0 +1,126 @@
+"""The HTTP error table: every error becomes ``{"code", "message"}`` with one status.
+
+The first matching class wins, so subclasses come before their bases. LockTimeoutError is a 503
+(with Retry-After), not a 409: the chat is busy right now, nothing about the request conflicts,
+and retrying the same request later is the right move.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from domain.errors import (
+    CodeTooLargeError,
+    InvalidInputError,
+    LockTimeoutError,
+    RepositoryUnavailableError,
+    RuntimeUnavailableError,
+    SandboxGoneError,
+    SandboxNotFoundError,
+    SandboxServiceError,
+    TooManyExecutionsError,
+)
+from entrypoint.error_codes import (
+    INTERNAL_ERROR,
+    ShuttingDownError,
+    UnauthenticatedError,
+    error_code,
+    public_message,
+)
+from entrypoint.metrics import ServiceMetrics
+from repository.sandbox_session import SessionConflictError
+from usecase.ports import Logger
+
+HTTP_STATUS: tuple[tuple[type[BaseException], int], ...] = (
+    (UnauthenticatedError, 401),
+    (CodeTooLargeError, 413),
+    (InvalidInputError, 422),
+    (SandboxNotFoundError, 404),
+    (SessionConflictError, 409),
+    (TooManyExecutionsError, 429),
+    (RuntimeUnavailableError, 503),
+    (RepositoryUnavailableError, 503),
+    (SandboxGoneError, 503),
+    (LockTimeoutError, 503),
+    (ShuttingDownError, 503),
+    (SandboxServiceError, 500),
+)
+
+_RETRY_AFTER_SECONDS = "1"
+
+_HTTP_CODES = {
+    401: "unauthenticated",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "request_too_large",
+    415: "unsupported_media_type",
+}
+
+
+def http_status(error: BaseException) -> int:
+    for error_type, status in HTTP_STATUS:
+        if isinstance(error, error_type):
+            return status
+    return 500
+
+
+def error_response(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    extra = dict(headers or {})
+    if status in (429, 503):
+        extra.setdefault("Retry-After", _RETRY_AFTER_SECONDS)
+    if status == 401:
+        extra.setdefault("WWW-Authenticate", "Bearer")
+    return JSONResponse({"code": code, "message": message}, status_code=status, headers=extra)
+
+
+def response_for(error: BaseException) -> JSONResponse:
+    return error_response(http_status(error), error_code(error), public_message(error))
+
+
+def install_error_handlers(app: FastAPI, metrics: ServiceMetrics, logger: Logger) -> None:
+    def count(code: str) -> None:
+        metrics.errors.labels(code, "http").inc()
+
+    async def service_error(request: Request, exc: Exception) -> JSONResponse:
+        response = response_for(exc)
+        count(error_code(exc))
+        return response
+
+    async def validation_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        count("invalid_request")
+        return error_response(422, "invalid_request", _describe_validation(exc.errors()))
+
+    async def http_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        code = _HTTP_CODES.get(exc.status_code, f"http_{exc.status_code}")
+        count(code)
+        return error_response(exc.status_code, code, str(exc.detail), dict(exc.headers or {}))
+
+    async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+        count(INTERNAL_ERROR)
+        logger.error(
+            "http_unhandled_error",
+            {"error": type(exc).__name__, "detail": str(exc)[:500], "path": request.url.path},
+        )
+        return error_response(500, INTERNAL_ERROR, public_message(exc))
+
+    app.add_exception_handler(SandboxServiceError, service_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(Exception, unexpected_error)
+
+
+def _describe_validation(errors: Any) -> str:
+    parts = []
+    for error in list(errors)[:5]:
+        location = ".".join(str(part) for part in error.get("loc", ()) if part != "body")
+        parts.append(f"{location or 'body'}: {error.get('msg', 'invalid')}")
+    return "; ".join(parts) or "invalid request"

@@ -1,0 +1,227 @@
+"""HTTP routes. Handlers parse, call the SandboxApi facade, and shape JSON; errors go to the
+error table in ``entrypoint.http.errors``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from domain.errors import InvalidInputError
+from domain.execution import OutputChunk
+from domain.sandbox import SandboxStatus, parse_chat_id
+from entrypoint.api import SandboxApi, StreamEvent
+from entrypoint.auth import ApiKeyAuthenticator
+from entrypoint.error_codes import error_code, public_message
+from entrypoint.http.schemas import (
+    ErrorBody,
+    ExecuteBody,
+    ExecutionView,
+    SandboxPage,
+    SandboxView,
+    execution_json,
+    sandbox_json,
+)
+from entrypoint.metrics import METRICS_CONTENT_TYPE, ServiceMetrics
+
+TRANSPORT = "http"
+EVENT_STREAM = "text/event-stream"
+# How long a streamed execution may take before the response headers go out. Errors found
+# sooner (bad input, too many executions, runtime down) get their own HTTP status; later ones
+# arrive as an ``error`` event in a 200 stream.
+STREAM_HEADER_WAIT_S = 1.0
+
+_bearer = HTTPBearer(auto_error=False, description="An API key from SANDBOXD_API_KEYS.")
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody, "description": description}
+    for status, description in (
+        (401, "Missing or unknown API key (code: unauthenticated)."),
+        (404, "The chat has no (usable) sandbox (code: sandbox_not_found)."),
+        (409, "Conflicting session records (code: session_conflict)."),
+        (413, "Code or body too large (code: code_too_large)."),
+        (422, "Invalid input: invalid_chat_id, unsupported_language, invalid_timeout, ..."),
+        (429, "Too many executions in flight (code: too_many_executions)."),
+        (503, "Runtime or database unavailable, lock timeout, shutting down."),
+    )
+}
+
+
+def _api(request: Request) -> SandboxApi:
+    api: SandboxApi = request.app.state.api
+    return api
+
+
+async def require_api_key(
+    request: Request,
+    _credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> None:
+    authenticator: ApiKeyAuthenticator = request.app.state.authenticator
+    authenticator.check_header(request.headers.get("authorization"))
+
+
+v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)], responses=_ERRORS)
+health = APIRouter()
+protected = APIRouter(dependencies=[Depends(require_api_key)])
+
+
+@v1.post(
+    "/chats/{chat_id}/executions",
+    response_model=ExecutionView,
+    summary="Run code in the chat's sandbox (created or replaced as needed)",
+    description=(
+        "Returns the result. A timed-out execution is a 200 with timed_out=true, exit_code=null "
+        "and state_lost=true. With `Accept: text/event-stream` the output is streamed as "
+        "`stdout`/`stderr` events, then one `result` event (or an `error` event)."
+    ),
+)
+async def execute(chat_id: str, body: ExecuteBody, request: Request) -> Response:
+    api = _api(request)
+    parsed = parse_chat_id(chat_id)
+    execution_request = api.build_request(body.code, body.language, body.timeout_s)
+    if EVENT_STREAM in request.headers.get("accept", ""):
+        return await _stream(api, request, parsed, execution_request)
+    execution = await api.execute(parsed, execution_request, TRANSPORT)
+    return JSONResponse(execution_json(execution))
+
+
+@v1.put("/chats/{chat_id}/sandbox", response_model=SandboxView, summary="Create or reuse")
+async def ensure_sandbox(chat_id: str, request: Request) -> Response:
+    session = await _api(request).ensure_sandbox(parse_chat_id(chat_id))
+    return JSONResponse(sandbox_json(session))
+
+
+@v1.get("/chats/{chat_id}/sandbox", response_model=SandboxView, summary="The chat's sandbox")
+async def get_sandbox(chat_id: str, request: Request) -> Response:
+    session = await _api(request).get_sandbox(parse_chat_id(chat_id))
+    return JSONResponse(sandbox_json(session))
+
+
+@v1.delete(
+    "/chats/{chat_id}/sandbox",
+    status_code=204,
+    response_class=Response,
+    summary="Destroy the chat's sandbox (idempotent)",
+)
+async def destroy_sandbox(chat_id: str, request: Request) -> Response:
+    await _api(request).destroy_sandbox(parse_chat_id(chat_id))
+    return Response(status_code=204)
+
+
+@v1.post(
+    "/chats/{chat_id}/sandbox/renew",
+    response_model=SandboxView,
+    summary="Slide the idle deadline (404 when the chat has no usable sandbox)",
+)
+async def renew_sandbox(chat_id: str, request: Request) -> Response:
+    session = await _api(request).renew_sandbox(parse_chat_id(chat_id))
+    return JSONResponse(sandbox_json(session))
+
+
+@v1.get("/sandboxes", response_model=SandboxPage, summary="List session records")
+async def list_sandboxes(
+    request: Request,
+    status: str | None = Query(None, description="running or dead"),
+    limit: int = Query(100, ge=1, le=1000),
+    offset: int = Query(0, ge=0),
+) -> Response:
+    parsed_status = _parse_status(status)
+    # One extra row tells whether another page follows.
+    sessions = await _api(request).list_sandboxes(parsed_status, limit + 1, offset)
+    more = len(sessions) > limit
+    return JSONResponse(
+        {
+            "items": [sandbox_json(session) for session in sessions[:limit]],
+            "limit": limit,
+            "offset": offset,
+            "next_offset": offset + limit if more else None,
+        }
+    )
+
+
+@health.get("/healthz", summary="Liveness: the process answers")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@health.get(
+    "/readyz",
+    summary="Readiness: the database and the runtime answer",
+    responses={503: {"description": "Not ready; `checks` says which dependency failed."}},
+)
+async def readyz(request: Request) -> Response:
+    report = await _api(request).readiness()
+    if report.ready:
+        return JSONResponse({"status": "ready", "checks": report.checks})
+    return JSONResponse(
+        {"code": "not_ready", "message": "a dependency is unavailable", "checks": report.checks},
+        status_code=503,
+        headers={"Retry-After": "1"},
+    )
+
+
+@protected.get("/metrics", summary="Prometheus metrics", response_class=Response)
+async def metrics(request: Request) -> Response:
+    body = await _api(request).render_metrics()
+    return Response(body, media_type=METRICS_CONTENT_TYPE)
+
+
+def _parse_status(value: str | None) -> SandboxStatus | None:
+    if value is None or value == "":
+        return None
+    try:
+        return SandboxStatus(value.strip().lower())
+    except ValueError as exc:
+        allowed = ", ".join(status.value for status in SandboxStatus)
+        raise InvalidInputError(f"status must be one of {allowed}; got {value!r}") from exc
+
+
+async def _stream(
+    api: SandboxApi, request: Request, chat_id: Any, execution_request: Any
+) -> Response:
+    events = api.execute_stream(chat_id, execution_request, TRANSPORT)
+    first = asyncio.ensure_future(anext(events))
+    done, _ = await asyncio.wait({first}, timeout=STREAM_HEADER_WAIT_S)
+    if done:
+        # Raises here, before any header went out, so the error table picks the status.
+        first_event: StreamEvent | None = first.result()
+    else:
+        first_event = None
+    metrics: ServiceMetrics = request.app.state.metrics
+
+    async def body() -> AsyncIterator[bytes]:
+        try:
+            if first_event is None:
+                yield b": running\n\n"
+                yield _sse(await first)
+            else:
+                yield _sse(first_event)
+            async for event in events:
+                yield _sse(event)
+        except Exception as exc:
+            code = error_code(exc)
+            metrics.errors.labels(code, TRANSPORT).inc()
+            yield _frame("error", {"code": code, "message": public_message(exc)})
+        finally:
+            await events.aclose()
+
+    return StreamingResponse(
+        body(),
+        media_type=EVENT_STREAM,
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+def _sse(event: StreamEvent) -> bytes:
+    if isinstance(event, OutputChunk):
+        return _frame(event.stream.value, {"data": event.data})
+    return _frame("result", execution_json(event))
+
+
+def _frame(event: str, data: dict[str, Any]) -> bytes:
+    return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()

@@ -1,0 +1,95 @@
+"""Request and response bodies of the HTTP API (also the OpenAPI schema)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from domain.execution import ExecutionResult
+from domain.sandbox import SandboxSession
+from usecase.execute import CodeExecution
+
+
+class ExecuteBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    code: str = Field(description="Source code; at most SANDBOXD_MAX_CODE_BYTES UTF-8 bytes.")
+    language: str = Field("python", description="python, javascript or shell (aliases: py, js...)")
+    timeout_s: float | None = Field(
+        None, description="Seconds before the code is killed; default SANDBOXD_DEFAULT_TIMEOUT_S."
+    )
+
+
+class ErrorBody(BaseModel):
+    code: str = Field(description="Stable snake_case error code; see the README's error table.")
+    message: str
+
+
+class SandboxView(BaseModel):
+    chat_id: str
+    session_id: str
+    container_id: str
+    status: str = Field(description="running or dead")
+    runtime_kind: str
+    created_at: datetime
+    expires_at: datetime
+    last_activity_at: datetime | None
+    max_expires_at: datetime | None
+
+
+class ExecutionView(BaseModel):
+    stdout: str
+    stderr: str
+    exit_code: int | None = Field(description="None when the code did not finish (timed out).")
+    duration_s: float
+    timed_out: bool
+    stdout_truncated: bool
+    stderr_truncated: bool
+    sandbox_replaced: bool = Field(description="The chat's sandbox was dead and was replaced.")
+    state_lost: bool = Field(description="Variables and files of earlier messages are gone.")
+    session: SandboxView
+
+
+class SandboxPage(BaseModel):
+    items: list[SandboxView]
+    limit: int
+    offset: int
+    next_offset: int | None = Field(description="Offset of the next page; None on the last one.")
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+def sandbox_json(session: SandboxSession) -> dict[str, Any]:
+    return {
+        "chat_id": str(session.chat_id),
+        "session_id": str(session.session_id),
+        "container_id": session.container_id,
+        "status": session.status.value,
+        "runtime_kind": session.runtime_kind,
+        "created_at": _iso(session.created_at),
+        "expires_at": _iso(session.expires_at),
+        "last_activity_at": _iso(session.last_activity_at),
+        "max_expires_at": _iso(session.max_expires_at),
+    }
+
+
+def result_json(result: ExecutionResult) -> dict[str, Any]:
+    return {
+        "stdout": result.stdout,
+        "stderr": result.stderr,
+        "exit_code": result.exit_code,
+        "duration_s": result.duration_s,
+        "timed_out": result.timed_out,
+        "stdout_truncated": result.stdout_truncated,
+        "stderr_truncated": result.stderr_truncated,
+        "sandbox_replaced": result.sandbox_replaced,
+        "state_lost": result.state_lost,
+    }
+
+
+def execution_json(execution: CodeExecution) -> dict[str, Any]:
+    return {**result_json(execution.result), "session": sandbox_json(execution.session)}

@@ -1,0 +1,87 @@
+"""Prometheus metrics of one service process, shared by HTTP, gRPC and the cleanup worker.
+
+Each ServiceMetrics owns its registry, so that tests can build many apps in one process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from domain.execution import ExecutionResult
+
+METRICS_CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+_DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+def execution_outcome(result: ExecutionResult) -> str:
+    """ok, error (non-zero exit) or timed_out; ``failed`` is used when no result came back."""
+    if result.timed_out:
+        return "timed_out"
+    return "ok" if result.exit_code == 0 else "error"
+
+
+class ServiceMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.executions = Counter(
+            "sandboxd_executions",
+            "Executions by outcome (ok, error, timed_out, failed) and transport.",
+            ["outcome", "transport"],
+            registry=self.registry,
+        )
+        self.execution_duration = Histogram(
+            "sandboxd_execution_duration_seconds",
+            "Wall time of an execution request, lock wait and sandbox creation included.",
+            ["transport"],
+            buckets=_DURATION_BUCKETS,
+            registry=self.registry,
+        )
+        self.executions_in_flight = Gauge(
+            "sandboxd_executions_in_flight",
+            "Executions running now.",
+            registry=self.registry,
+        )
+        self.live_sandboxes = Gauge(
+            "sandboxd_live_sandboxes",
+            "Session records by status, counted at scrape time.",
+            ["status"],
+            registry=self.registry,
+        )
+        self.cleanup_results = Counter(
+            "sandboxd_cleanup_sandboxes",
+            "Sweep results: cleaned (expired), orphan_removed, marked_dead, failed.",
+            ["result"],
+            registry=self.registry,
+        )
+        self.sweeps = Counter(
+            "sandboxd_sweeps",
+            "Cleanup sweeps by result: ok, error, skipped (another replica is the leader).",
+            ["result"],
+            registry=self.registry,
+        )
+        self.errors = Counter(
+            "sandboxd_errors",
+            "Error responses by stable error code and transport.",
+            ["code", "transport"],
+            registry=self.registry,
+        )
+        self.requests = Counter(
+            "sandboxd_http_requests",
+            "HTTP requests by method, route template and status.",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self._scrape_hooks: list[Callable[[], None]] = []
+
+    def on_scrape(self, hook: Callable[[], None]) -> None:
+        """Run ``hook`` before each exposition (refreshes gauges that are read, not counted)."""
+        self._scrape_hooks.append(hook)
+
+    def render(self) -> bytes:
+        for hook in self._scrape_hooks:
+            hook()
+        return generate_latest(self.registry)

@@ -1,0 +1,224 @@
+"""``sandboxd serve``: HTTP, gRPC and the cleanup worker in one process.
+
+Start-up, in order: refuse to run without API keys (unless SANDBOXD_INSECURE_DEV=true); prepare
+the runtime (the sandbox image is built on first run, with progress on stderr); check the
+database schema (SQLite is migrated on first use, PostgreSQL must have been migrated with
+``sandboxd migrate``); one sweep (expired sandboxes, then reconciliation: orphans removed,
+vanished sandboxes marked dead); bind both ports; start the cleanup worker; print where it
+listens.
+
+Shutdown (SIGTERM or SIGINT): stop accepting connections, refuse new executions, let those in
+flight finish for up to SANDBOXD_DRAIN_SECONDS, stop the worker. Sandboxes are left running:
+they expire by their TTL, or a restarted service picks their chats up again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import socket
+import sys
+import threading
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import uvicorn
+
+from domain.errors import InvalidInputError, RuntimeUnavailableError, SandboxServiceError
+from entrypoint.error_codes import ListenError
+from entrypoint.grpc.server import host_port, start_grpc_server
+from entrypoint.settings import Settings
+from entrypoint.worker import CleanupWorker
+
+if TYPE_CHECKING:
+    from entrypoint.container import Container
+
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class InsecureConfigurationError(InvalidInputError):
+    """No API keys and no explicit permission to run without them (a configuration error)."""
+
+
+class _HttpServer(uvicorn.Server):
+    """uvicorn without its own signal handling: this module owns shutdown for all parts."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def check_api_keys(keys: list[str], insecure_dev: bool) -> None:
+    if not keys and not insecure_dev:
+        raise InsecureConfigurationError(
+            "no API keys: set SANDBOXD_API_KEYS=key1,key2 (or SANDBOXD_INSECURE_DEV=true to run "
+            "without authentication on a development machine)"
+        )
+
+
+def bind_tcp(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # IPPROTO_TCP explicitly: asyncio turns Nagle off only on sockets that say they are TCP, and
+    # with Nagle on, a response written as headers then body waits for the client's delayed ACK
+    # (40 ms per request on Linux).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ListenError(f"cannot listen for HTTP on {host_port(host, port)}: {exc}") from exc
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+def _progress(message: str) -> None:
+    print(f"[image] {message}", file=sys.stderr, flush=True)
+
+
+def prepare_runtime_image(settings: Settings) -> None:
+    """Build the sandbox image on first run, progress on stderr; quick when it is current.
+
+    Skipped when SANDBOXD_DOCKER_IMAGE names an image of the user's own.
+    """
+    from adapter.image.rootfs import RootfsBuildError, build_rootfs
+
+    try:
+        if settings.runtime == "docker":
+            if settings.docker_image:
+                return
+            import docker
+
+            from adapter.docker.image import ensure_docker_image
+
+            try:
+                client = docker.APIClient(
+                    base_url=settings.docker_base_url or None, version="auto", timeout=600
+                )
+            except docker.errors.DockerException as exc:
+                raise RuntimeUnavailableError(f"Docker engine: {exc}") from exc
+            ensure_docker_image(
+                client, settings.data_dir, settings.docker_image_repository, _progress
+            )
+        else:
+            from adapter.qemu.image import build_qemu_image
+
+            artifact = build_rootfs(settings.data_dir, _progress)
+            build_qemu_image(
+                settings.qemu_image_dir or settings.data_dir,
+                artifact.path,
+                artifact.content_hash,
+                _progress,
+            )
+    except RootfsBuildError as exc:
+        raise RuntimeUnavailableError(f"sandbox image build failed: {exc}") from exc
+
+
+class Service:
+    def __init__(self, container: Container) -> None:
+        self._container = container
+        self._stop = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # For embedders and tests that run the service on a thread of their own.
+        self.listening = threading.Event()
+        self.http_port = 0
+        self.grpc_port = 0
+
+    def request_stop(self) -> None:
+        """Begin the graceful shutdown; callable from any thread."""
+        if self._loop is None:
+            self._stop.set()
+        else:
+            self._loop.call_soon_threadsafe(self._stop.set)
+
+    async def run(self, *, handle_signals: bool = True) -> None:
+        container = self._container
+        self._loop = asyncio.get_running_loop()
+        settings = container.settings()
+        logger = container.logger()
+        check_api_keys(settings.api_key_list, settings.insecure_dev)
+        if not settings.api_key_list:
+            logger.warning("authentication_disabled", {"reason": "SANDBOXD_INSECURE_DEV=true"})
+
+        await asyncio.to_thread(container.prepare_runtime)
+        await asyncio.to_thread(container.repository)  # checks (or migrates) the schema
+        sweeper = container.sweeper()
+        await asyncio.to_thread(sweeper.run_once)
+
+        api = container.api()
+        sock = bind_tcp(settings.host, settings.http_port)
+        http_port = sock.getsockname()[1]
+        config = uvicorn.Config(
+            container.http_app(),
+            log_config=None,
+            access_log=False,
+            lifespan="off",
+            timeout_graceful_shutdown=max(1, int(settings.drain_seconds)),
+            server_header=False,
+        )
+        http_server = _HttpServer(config)
+        http_task = asyncio.create_task(http_server.serve(sockets=[sock]), name="http")
+        grpc_server, grpc_port = await start_grpc_server(
+            container.grpc_servicer(), settings.host, settings.grpc_port
+        )
+        worker = CleanupWorker(sweeper, settings.cleanup_interval_seconds, logger)
+        worker.start()
+
+        loop = asyncio.get_running_loop()
+        if handle_signals:
+            for signum in _SIGNALS:
+                loop.add_signal_handler(signum, self.request_stop)
+        http_url = f"http://{host_port(settings.host, http_port)}"
+        logger.info(
+            "service_started",
+            {"http": http_url, "grpc": host_port(settings.host, grpc_port)},
+        )
+        self.http_port, self.grpc_port = http_port, grpc_port
+        self.listening.set()
+        print(
+            f"sandboxd listening: HTTP {http_url} (API docs {http_url}/docs), "
+            f"gRPC {host_port(settings.host, grpc_port)}",
+            flush=True,
+        )
+
+        stop_waiter = asyncio.create_task(self._stop.wait())
+        await asyncio.wait({stop_waiter, http_task}, return_when=asyncio.FIRST_COMPLETED)
+        stop_waiter.cancel()
+        # The HTTP server ending on its own (not asked to) is a failure, reported after cleanup.
+        http_failed = http_task.done() and not self._stop.is_set()
+        logger.info("service_stopping", {"in_flight": api.inflight})
+
+        http_server.should_exit = True
+        results: tuple[Any, ...] = await asyncio.gather(
+            http_task,
+            grpc_server.stop(grace=settings.drain_seconds),
+            api.drain(settings.drain_seconds),
+            return_exceptions=True,
+        )
+        await worker.stop(timeout_s=max(settings.drain_seconds, 1.0))
+        api.close()
+        if handle_signals:
+            for signum in _SIGNALS:
+                loop.remove_signal_handler(signum)
+        for result in results:
+            if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
+                logger.warning("shutdown_step_failed", {"error": type(result).__name__})
+        logger.info("service_stopped", {"drained": results[2] is True})
+        if http_failed:
+            raise ListenError("the HTTP server stopped unexpectedly; see the log above")
+
+
+def serve(container: Container) -> int:
+    try:
+        asyncio.run(Service(container).run())
+    except SandboxServiceError as error:
+        from entrypoint.cli import exit_code_for
+
+        print(f"sandboxd: cannot start: {type(error).__name__}: {error}", file=sys.stderr)
+        return exit_code_for(error)
+    except KeyboardInterrupt:
+        return 130
+    return 0

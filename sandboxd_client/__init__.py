@@ -1,0 +1,20 @@
+"""Python client of the sandboxd HTTP API (sync and async, on httpx)."""
+
+from sandboxd_client.client import AsyncSandboxdClient, SandboxdClient
+from sandboxd_client.models import (
+    ExecutionResult,
+    OutputEvent,
+    Sandbox,
+    SandboxdError,
+    SandboxPage,
+)
+
+__all__ = [
+    "AsyncSandboxdClient",
+    "ExecutionResult",
+    "OutputEvent",
+    "Sandbox",
+    "SandboxPage",
+    "SandboxdClient",
+    "SandboxdError",
+]

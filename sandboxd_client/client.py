@@ -1,0 +1,318 @@
+"""Sync and async clients of the sandboxd HTTP API, on httpx.
+
+    from sandboxd_client import SandboxdClient
+
+    with SandboxdClient("http://127.0.0.1:8080", api_key="...") as client:
+        result = client.execute(chat_id, "x = 41\\nprint(x + 1)")
+        print(result.stdout)          # 42
+
+Every error response raises SandboxdError(status, code, message); ``retryable`` is True for 429
+and 503. A timed-out execution is not an error: ``result.timed_out`` is True.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Iterable, Iterator
+from typing import Any
+from uuid import UUID
+
+import httpx
+
+from sandboxd_client.models import (
+    ExecutionResult,
+    OutputEvent,
+    Sandbox,
+    SandboxdError,
+    SandboxPage,
+)
+
+DEFAULT_BASE_URL = "http://127.0.0.1:8080"
+# Extra seconds on top of the execution's own timeout: sandbox creation, queueing behind the
+# chat's earlier messages.
+_EXECUTE_SLACK_S = 60.0
+_DEFAULT_EXECUTION_TIMEOUT_S = 30.0
+
+StreamItem = OutputEvent | ExecutionResult
+
+
+def _headers(api_key: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
+def _chat(chat_id: UUID | str) -> str:
+    return str(chat_id)
+
+
+def _execute_body(code: str, language: str, timeout_s: float | None) -> dict[str, Any]:
+    body: dict[str, Any] = {"code": code, "language": language}
+    if timeout_s is not None:
+        body["timeout_s"] = timeout_s
+    return body
+
+
+def _execute_timeout(timeout_s: float | None) -> float:
+    return (timeout_s or _DEFAULT_EXECUTION_TIMEOUT_S) + _EXECUTE_SLACK_S
+
+
+def _raise_for_error(response: httpx.Response) -> None:
+    if response.status_code < 400:
+        return
+    request_id = response.headers.get("x-request-id", "")
+    try:
+        body = response.json()
+        code, message = str(body["code"]), str(body["message"])
+    except (ValueError, KeyError, TypeError):
+        code, message = f"http_{response.status_code}", response.text[:500]
+    raise SandboxdError(response.status_code, code, message, request_id)
+
+
+def _page(data: dict[str, Any]) -> SandboxPage:
+    return SandboxPage(
+        items=[Sandbox.from_json(item) for item in data["items"]],
+        next_offset=data.get("next_offset"),
+    )
+
+
+def _list_params(status: str | None, limit: int, offset: int) -> dict[str, Any]:
+    params: dict[str, Any] = {"limit": limit, "offset": offset}
+    if status:
+        params["status"] = status
+    return params
+
+
+class _SseParser:
+    """Server-sent events to OutputEvent / ExecutionResult; an ``error`` event raises."""
+
+    def __init__(self, request_id: str) -> None:
+        self._request_id = request_id
+        self._event = "message"
+        self._data: list[str] = []
+
+    def feed(self, line: str) -> StreamItem | None:
+        if line.startswith(":"):
+            return None
+        if line:
+            field, _, value = line.partition(":")
+            value = value.removeprefix(" ")
+            if field == "event":
+                self._event = value
+            elif field == "data":
+                self._data.append(value)
+            return None
+        if not self._data:
+            return None
+        event, data = self._event, json.loads("\n".join(self._data))
+        self._event, self._data = "message", []
+        if event == "result":
+            return ExecutionResult.from_json(data)
+        if event == "error":
+            # Status 0: the error came inside a 200 stream, after the headers were sent.
+            raise SandboxdError(0, data["code"], data["message"], self._request_id)
+        return OutputEvent(stream=event, data=data["data"])
+
+
+def _items(lines: Iterable[str], parser: _SseParser) -> Iterator[StreamItem]:
+    for line in lines:
+        item = parser.feed(line)
+        if item is not None:
+            yield item
+
+
+class SandboxdClient:
+    """Blocking client. Thread-safe (httpx.Client is); one per process is enough."""
+
+    def __init__(
+        self,
+        base_url: str = DEFAULT_BASE_URL,
+        api_key: str | None = None,
+        *,
+        timeout_s: float = 30.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self._http = httpx.Client(
+            base_url=base_url,
+            headers=_headers(api_key),
+            timeout=timeout_s,
+            transport=transport,
+        )
+
+    def __enter__(self) -> SandboxdClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def execute(
+        self,
+        chat_id: UUID | str,
+        code: str,
+        *,
+        language: str = "python",
+        timeout_s: float | None = None,
+    ) -> ExecutionResult:
+        response = self._http.post(
+            f"/v1/chats/{_chat(chat_id)}/executions",
+            json=_execute_body(code, language, timeout_s),
+            timeout=_execute_timeout(timeout_s),
+        )
+        _raise_for_error(response)
+        return ExecutionResult.from_json(response.json())
+
+    def execute_stream(
+        self,
+        chat_id: UUID | str,
+        code: str,
+        *,
+        language: str = "python",
+        timeout_s: float | None = None,
+    ) -> Iterator[StreamItem]:
+        """OutputEvents as the code prints, then the ExecutionResult."""
+        with self._http.stream(
+            "POST",
+            f"/v1/chats/{_chat(chat_id)}/executions",
+            json=_execute_body(code, language, timeout_s),
+            headers={"Accept": "text/event-stream"},
+            timeout=_execute_timeout(timeout_s),
+        ) as response:
+            if response.status_code >= 400:
+                response.read()
+                _raise_for_error(response)
+            parser = _SseParser(response.headers.get("x-request-id", ""))
+            yield from _items(response.iter_lines(), parser)
+
+    def ensure_sandbox(self, chat_id: UUID | str) -> Sandbox:
+        response = self._http.put(f"/v1/chats/{_chat(chat_id)}/sandbox")
+        _raise_for_error(response)
+        return Sandbox.from_json(response.json())
+
+    def get_sandbox(self, chat_id: UUID | str) -> Sandbox | None:
+        """The chat's sandbox, or None when it has none."""
+        response = self._http.get(f"/v1/chats/{_chat(chat_id)}/sandbox")
+        if response.status_code == 404:
+            return None
+        _raise_for_error(response)
+        return Sandbox.from_json(response.json())
+
+    def renew_sandbox(self, chat_id: UUID | str) -> Sandbox:
+        response = self._http.post(f"/v1/chats/{_chat(chat_id)}/sandbox/renew")
+        _raise_for_error(response)
+        return Sandbox.from_json(response.json())
+
+    def destroy_sandbox(self, chat_id: UUID | str) -> None:
+        _raise_for_error(self._http.delete(f"/v1/chats/{_chat(chat_id)}/sandbox"))
+
+    def list_sandboxes(
+        self, status: str | None = None, limit: int = 100, offset: int = 0
+    ) -> SandboxPage:
+        response = self._http.get("/v1/sandboxes", params=_list_params(status, limit, offset))
+        _raise_for_error(response)
+        return _page(response.json())
+
+    def ready(self) -> bool:
+        return self._http.get("/readyz").status_code == 200
+
+
+class AsyncSandboxdClient:
+    """The asyncio twin of SandboxdClient."""
+
+    def __init__(
+        self,
+        base_url: str = DEFAULT_BASE_URL,
+        api_key: str | None = None,
+        *,
+        timeout_s: float = 30.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+        max_connections: int = 100,
+    ) -> None:
+        self._http = httpx.AsyncClient(
+            base_url=base_url,
+            headers=_headers(api_key),
+            timeout=timeout_s,
+            transport=transport,
+            limits=httpx.Limits(
+                max_connections=max_connections, max_keepalive_connections=max_connections
+            ),
+        )
+
+    async def __aenter__(self) -> AsyncSandboxdClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def execute(
+        self,
+        chat_id: UUID | str,
+        code: str,
+        *,
+        language: str = "python",
+        timeout_s: float | None = None,
+    ) -> ExecutionResult:
+        response = await self._http.post(
+            f"/v1/chats/{_chat(chat_id)}/executions",
+            json=_execute_body(code, language, timeout_s),
+            timeout=_execute_timeout(timeout_s),
+        )
+        _raise_for_error(response)
+        return ExecutionResult.from_json(response.json())
+
+    async def execute_stream(
+        self,
+        chat_id: UUID | str,
+        code: str,
+        *,
+        language: str = "python",
+        timeout_s: float | None = None,
+    ) -> AsyncIterator[StreamItem]:
+        async with self._http.stream(
+            "POST",
+            f"/v1/chats/{_chat(chat_id)}/executions",
+            json=_execute_body(code, language, timeout_s),
+            headers={"Accept": "text/event-stream"},
+            timeout=_execute_timeout(timeout_s),
+        ) as response:
+            if response.status_code >= 400:
+                await response.aread()
+                _raise_for_error(response)
+            parser = _SseParser(response.headers.get("x-request-id", ""))
+            async for line in response.aiter_lines():
+                item = parser.feed(line)
+                if item is not None:
+                    yield item
+
+    async def ensure_sandbox(self, chat_id: UUID | str) -> Sandbox:
+        response = await self._http.put(f"/v1/chats/{_chat(chat_id)}/sandbox")
+        _raise_for_error(response)
+        return Sandbox.from_json(response.json())
+
+    async def get_sandbox(self, chat_id: UUID | str) -> Sandbox | None:
+        response = await self._http.get(f"/v1/chats/{_chat(chat_id)}/sandbox")
+        if response.status_code == 404:
+            return None
+        _raise_for_error(response)
+        return Sandbox.from_json(response.json())
+
+    async def renew_sandbox(self, chat_id: UUID | str) -> Sandbox:
+        response = await self._http.post(f"/v1/chats/{_chat(chat_id)}/sandbox/renew")
+        _raise_for_error(response)
+        return Sandbox.from_json(response.json())
+
+    async def destroy_sandbox(self, chat_id: UUID | str) -> None:
+        _raise_for_error(await self._http.delete(f"/v1/chats/{_chat(chat_id)}/sandbox"))
+
+    async def list_sandboxes(
+        self, status: str | None = None, limit: int = 100, offset: int = 0
+    ) -> SandboxPage:
+        response = await self._http.get("/v1/sandboxes", params=_list_params(status, limit, offset))
+        _raise_for_error(response)
+        return _page(response.json())
+
+    async def ready(self) -> bool:
+        return (await self._http.get("/readyz")).status_code == 200

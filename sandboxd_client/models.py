@@ -1,0 +1,103 @@
+"""What the sandboxd HTTP API returns, as plain dataclasses (no dependency on the service)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+
+class SandboxdError(Exception):
+    """An error response: ``status`` (HTTP), ``code`` (stable, see the README), ``message``."""
+
+    def __init__(self, status: int, code: str, message: str, request_id: str = "") -> None:
+        super().__init__(f"{status} {code}: {message}")
+        self.status = status
+        self.code = code
+        self.message = message
+        self.request_id = request_id
+
+    @property
+    def retryable(self) -> bool:
+        """True for 429 and 503: the same request may succeed later."""
+        return self.status in (429, 503)
+
+
+def _time(value: str | None) -> datetime | None:
+    return None if value is None else datetime.fromisoformat(value)
+
+
+@dataclass(frozen=True)
+class Sandbox:
+    chat_id: str
+    session_id: str
+    container_id: str
+    status: str
+    runtime_kind: str
+    created_at: datetime
+    expires_at: datetime
+    last_activity_at: datetime | None
+    max_expires_at: datetime | None
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Sandbox:
+        return cls(
+            chat_id=data["chat_id"],
+            session_id=data["session_id"],
+            container_id=data["container_id"],
+            status=data["status"],
+            runtime_kind=data.get("runtime_kind", ""),
+            created_at=datetime.fromisoformat(data["created_at"]),
+            expires_at=datetime.fromisoformat(data["expires_at"]),
+            last_activity_at=_time(data.get("last_activity_at")),
+            max_expires_at=_time(data.get("max_expires_at")),
+        )
+
+
+@dataclass(frozen=True)
+class ExecutionResult:
+    """One execution. A timeout is a result: ``timed_out`` True, ``exit_code`` None."""
+
+    stdout: str
+    stderr: str
+    exit_code: int | None
+    duration_s: float
+    timed_out: bool
+    stdout_truncated: bool
+    stderr_truncated: bool
+    sandbox_replaced: bool
+    state_lost: bool
+    sandbox: Sandbox
+
+    @property
+    def succeeded(self) -> bool:
+        return self.exit_code == 0 and not self.timed_out
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ExecutionResult:
+        return cls(
+            stdout=data["stdout"],
+            stderr=data["stderr"],
+            exit_code=data["exit_code"],
+            duration_s=data["duration_s"],
+            timed_out=data["timed_out"],
+            stdout_truncated=data["stdout_truncated"],
+            stderr_truncated=data["stderr_truncated"],
+            sandbox_replaced=data["sandbox_replaced"],
+            state_lost=data["state_lost"],
+            sandbox=Sandbox.from_json(data["session"]),
+        )
+
+
+@dataclass(frozen=True)
+class SandboxPage:
+    items: list[Sandbox]
+    next_offset: int | None
+
+
+@dataclass(frozen=True)
+class OutputEvent:
+    """A piece of output while the code runs (``stream`` is stdout or stderr)."""
+
+    stream: str
+    data: str

@@ -1,0 +1,64 @@
+"""End-to-end fixtures: the real service process with the Docker runtime (see service.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import docker
+import pytest
+
+from sandboxd_client import SandboxdClient
+from test.e2e.service import API_KEY, ServiceProcess
+
+pytestmark = pytest.mark.docker
+
+
+@pytest.fixture(scope="session")
+def docker_client() -> Iterator[docker.DockerClient]:
+    try:
+        client = docker.from_env()
+        client.ping()
+    except docker.errors.DockerException as exc:
+        pytest.fail(f"the e2e tests need a running Docker engine: {exc}")
+    yield client
+    client.close()
+
+
+ServiceFactory = Callable[..., ServiceProcess]
+
+
+def _service_factory(
+    tmp_path_factory: pytest.TempPathFactory, docker_client: docker.DockerClient
+) -> Iterator[ServiceFactory]:
+    started: list[ServiceProcess] = []
+
+    def start(**settings: str) -> ServiceProcess:
+        service = ServiceProcess(tmp_path_factory.mktemp("sandboxd-e2e"), **settings)
+        started.append(service)
+        service.start()
+        return service
+
+    yield start
+    for service in started:
+        service.stop()
+        service.remove_containers(docker_client)
+
+
+@pytest.fixture(scope="module")
+def module_services(
+    tmp_path_factory: pytest.TempPathFactory, docker_client: docker.DockerClient
+) -> Iterator[ServiceFactory]:
+    """Services shared by a module's tests (start-up costs about a second each)."""
+    yield from _service_factory(tmp_path_factory, docker_client)
+
+
+@pytest.fixture
+def services(
+    tmp_path_factory: pytest.TempPathFactory, docker_client: docker.DockerClient
+) -> Iterator[ServiceFactory]:
+    """Services for one test that restarts or reconfigures them."""
+    yield from _service_factory(tmp_path_factory, docker_client)
+
+
+def client_for(service: ServiceProcess, api_key: str | None = API_KEY) -> SandboxdClient:
+    return SandboxdClient(service.http_url, api_key=api_key, timeout_s=60)

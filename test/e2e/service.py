@@ -1,0 +1,130 @@
+"""The real ``sandboxd serve`` process for end-to-end tests: free loopback ports, its own instance
+id and data directory; stopped with SIGTERM, and its containers removed by the instance label."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import docker
+import httpx
+
+ROOT = Path(__file__).resolve().parents[2]
+API_KEY = "e2e-" + uuid.uuid4().hex
+INSTANCE_LABEL = "sandboxd.instance"
+# The first start may have to build the sandbox image (debootstrap, about a minute).
+START_TIMEOUT_S = 300.0
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class ServiceProcess:
+    """One service process; ``restart()`` keeps the data directory, instance id and ports."""
+
+    def __init__(self, data_dir: Path, **settings: str) -> None:
+        self.instance_id = f"e2e-{uuid.uuid4().hex[:12]}"
+        self.data_dir = data_dir
+        self.http_port = free_port()
+        self.grpc_port = free_port()
+        self.settings = settings
+        self.process: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def grpc_target(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    def environment(self) -> dict[str, str]:
+        env = {key: value for key, value in os.environ.items() if not key.startswith("SANDBOXD_")}
+        env.update(
+            {
+                "SANDBOXD_DATA_DIR": str(self.data_dir),
+                "SANDBOXD_INSTANCE_ID": self.instance_id,
+                "SANDBOXD_API_KEYS": API_KEY,
+                "SANDBOXD_HOST": "127.0.0.1",
+                "SANDBOXD_HTTP_PORT": str(self.http_port),
+                "SANDBOXD_GRPC_PORT": str(self.grpc_port),
+                "SANDBOXD_LOG_FORMAT": "json",
+                "SANDBOXD_DRAIN_SECONDS": "10",
+            }
+        )
+        env.update({f"SANDBOXD_{key.upper()}": value for key, value in self.settings.items()})
+        return env
+
+    def start(self) -> None:
+        self.starts += 1
+        with self._log_path().open("wb") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "entrypoint.cli", "serve"],
+                cwd=ROOT,
+                env=self.environment(),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"sandboxd serve exited early:\n{self.log_tail()}")
+            try:
+                if httpx.get(f"{self.http_url}/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"sandboxd serve did not become ready:\n{self.log_tail()}")
+
+    def stop(self) -> int:
+        """Graceful stop (SIGTERM); returns the exit status."""
+        if self.process is None or self.process.poll() is not None:
+            return self.process.returncode if self.process else 0
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait(timeout=10)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def log_tail(self, lines: int = 40) -> str:
+        log = self._log_path()
+        if not log.exists():
+            return ""
+        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+
+    def log_text(self) -> str:
+        return "\n".join(
+            path.read_text(errors="replace")
+            for path in sorted(self.data_dir.glob(f"service-{self.http_port}-*.log"))
+        )
+
+    def _log_path(self) -> Path:
+        # Port in the name: replicas may share one data directory.
+        return self.data_dir / f"service-{self.http_port}-{self.starts}.log"
+
+    def containers(self, docker_client: docker.DockerClient) -> list[object]:
+        return list(
+            docker_client.containers.list(
+                all=True, filters={"label": f"{INSTANCE_LABEL}={self.instance_id}"}
+            )
+        )
+
+    def remove_containers(self, docker_client: docker.DockerClient) -> None:
+        for container in self.containers(docker_client):
+            container.remove(force=True)  # type: ignore[attr-defined]

@@ -1,0 +1,33 @@
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+
+import pytest
+
+from entrypoint.container import Container
+from test.unit.http.fakes import ScriptedRuntime, make_container
+
+# Starlette's TestClient still runs on httpx, and says so on import; nothing for us to act on.
+warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
+
+from fastapi.testclient import TestClient  # noqa: E402
+
+
+@pytest.fixture
+def runtime() -> Iterator[ScriptedRuntime]:
+    runtime = ScriptedRuntime()
+    yield runtime
+    runtime.gate.set()
+
+
+@pytest.fixture
+def container(runtime: ScriptedRuntime) -> Container:
+    return make_container(runtime)
+
+
+@pytest.fixture
+def client(container: Container) -> Iterator[TestClient]:
+    with TestClient(container.http_app(), raise_server_exceptions=False) as client:
+        yield client
+    container.api().close()
