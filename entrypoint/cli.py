@@ -9,6 +9,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from typing import Any
 
+from dependency_injector import providers
+
 from domain.errors import (
     InvalidInputError,
     LockTimeoutError,
@@ -110,17 +112,106 @@ def cmd_sandboxes_list(container: Container, args: argparse.Namespace) -> int:
 
 
 def cmd_cleanup(container: Container, args: argparse.Namespace) -> int:
-    cleaned = container.cleanup_expired().execute()
-    report = container.reconcile().execute()
-    _print_json(
-        {
-            "cleaned": [str(s.session_id) for s in cleaned],
-            "orphans_removed": report.removed_orphans,
-            "marked_dead": [str(s.session_id) for s in report.marked_dead],
-            "reconcile_failures": report.failures,
-        }
-    )
+    """One sweep, the same the service's worker runs (skipped when another sweeper leads)."""
+    report = container.sweeper().run_once()
+    _print_json(report.as_json())
     return 0
+
+
+def cmd_serve(container: Container, args: argparse.Namespace) -> int:
+    from entrypoint.serve import serve
+
+    overrides = {
+        name: value
+        for name, value in (
+            ("host", args.host),
+            ("http_port", args.http_port),
+            ("grpc_port", args.grpc_port),
+        )
+        if value is not None
+    }
+    if overrides:
+        settings = container.settings().model_copy(update=overrides)
+        container.settings.override(providers.Object(settings))
+    return serve(container)
+
+
+def cmd_migrate(container: Container, args: argparse.Namespace) -> int:
+    """Bring the database to the head revision (or only report, with --check)."""
+    from repository.database import check_schema_current, head_revision, mask_url, migrate
+
+    engine = container.database_engine()
+    target = mask_url(engine.url)
+    if args.check:
+        check_schema_current(engine)
+        print(f"database {target} is at head ({head_revision()})")
+        return 0
+    migrate(engine)
+    print(f"database {target} migrated to head ({head_revision()})")
+    return 0
+
+
+def _progress(message: str) -> None:
+    print(f"[image] {message}", file=sys.stderr, flush=True)
+
+
+def cmd_image_build(container: Container, args: argparse.Namespace) -> int:
+    """Build the sandbox image for a runtime; steps whose inputs are unchanged are skipped."""
+    from adapter.image.rootfs import RootfsBuildError, build_rootfs
+
+    settings = container.settings()
+    runtime = args.runtime or settings.runtime
+    try:
+        if runtime == "docker":
+            import docker
+
+            from adapter.docker.image import ensure_docker_image
+
+            try:
+                client = docker.APIClient(
+                    base_url=settings.docker_base_url or None, version="auto", timeout=600
+                )
+            except docker.errors.DockerException as exc:
+                raise RuntimeUnavailableError(f"Docker engine: {exc}") from exc
+            tag = ensure_docker_image(
+                client, settings.data_dir, settings.docker_image_repository, _progress
+            )
+            print(tag)
+            if settings.docker_image and settings.docker_image != tag:
+                _progress(f"note: SANDBOXD_DOCKER_IMAGE={settings.docker_image} overrides {tag}")
+        else:
+            from adapter.qemu.image import build_qemu_image
+
+            artifact = build_rootfs(settings.data_dir, _progress)
+            image = build_qemu_image(
+                settings.qemu_image_dir or settings.data_dir,
+                artifact.path,
+                artifact.content_hash,
+                _progress,
+            )
+            if settings.qemu_snapshot:
+                # Boot once and save the memory snapshot now, so the first sandbox starts fast.
+                _progress("memory snapshot (boots one VM if it is missing or stale)")
+                qemu = container.runtime.providers["qemu"]()
+                snapshot = qemu.prepare_snapshot()
+                _progress(f"snapshot: {snapshot or 'failed, sandboxes will cold-boot'}")
+            print(image.base)
+    except RootfsBuildError as error:
+        print(f"sandboxd: image build failed: {error}", file=sys.stderr)
+        return 4
+    return 0
+
+
+def cmd_bench(container: Container, args: argparse.Namespace) -> int:
+    """Hand over to bench/runner.py (in the source tree; benchmarks are not installed)."""
+    import subprocess
+    from pathlib import Path
+
+    runner = Path(__file__).resolve().parents[1] / "bench" / "runner.py"
+    if not runner.exists():
+        print(f"sandboxd: no benchmarks here ({runner} is missing)", file=sys.stderr)
+        return 2
+    return subprocess.call([sys.executable, str(runner), *args.bench_args])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -154,6 +245,38 @@ def build_parser() -> argparse.ArgumentParser:
     cleanup = commands.add_parser("cleanup", help="stop expired sandboxes and reconcile")
     cleanup.add_argument("--once", action="store_true", required=True, help="one sweep (for cron)")
     cleanup.set_defaults(handler=cmd_cleanup)
+
+    serve = commands.add_parser("serve", help="run the HTTP and gRPC service and the worker")
+    serve.add_argument("--host", help="default: SANDBOXD_HOST (127.0.0.1)")
+    serve.add_argument("--http-port", type=int, help="default: SANDBOXD_HTTP_PORT (8080)")
+    serve.add_argument("--grpc-port", type=int, help="default: SANDBOXD_GRPC_PORT (50051)")
+    serve.set_defaults(handler=cmd_serve)
+
+    migrate = commands.add_parser("migrate", help="bring the database schema to head")
+    migrate.add_argument(
+        "--check", action="store_true", help="only check; exit 4 when the database is behind"
+    )
+    migrate.set_defaults(handler=cmd_migrate)
+
+    image = commands.add_parser("image", help="the sandbox image")
+    image_commands = image.add_subparsers(dest="image_command", required=True)
+    image_build = image_commands.add_parser(
+        "build", help="build the root filesystem and the runtime's image (skips what is current)"
+    )
+    image_build.add_argument(
+        "--runtime", choices=["docker", "qemu"], help="default: SANDBOXD_RUNTIME"
+    )
+    image_build.set_defaults(handler=cmd_image_build)
+
+    # Its own prefix character, so that --quick, -h etc. all reach bench/run untouched.
+    bench = commands.add_parser(
+        "bench",
+        help="run every benchmark and write a report (bench/run; --quick for a smoke run)",
+        prefix_chars="+",
+        add_help=False,
+    )
+    bench.add_argument("bench_args", nargs=argparse.REMAINDER, help="passed to bench/run")
+    bench.set_defaults(handler=cmd_bench)
     return parser
 
 

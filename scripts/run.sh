@@ -3,5 +3,6 @@
 # set-up first. Settings: SANDBOXD_* variables (see README). Extra arguments go to `sandboxd serve`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh python docker image-tools
+# `image` builds the sandbox image on first run (about a minute) and is a no-op afterwards.
+scripts/setup.sh python docker image-tools image
 exec uv run --frozen sandboxd serve "$@"

@@ -76,14 +76,23 @@ setup_postgres() {
   die "PostgreSQL did not start on 127.0.0.1:5432"
 }
 
+as_postgres() {
+  # As root $SUDO is empty, and "-u postgres psql" alone is no command: switch user explicitly.
+  if [ "$(id -u)" -eq 0 ]; then (cd / && runuser -u postgres -- "$@"); else (cd / && sudo -u postgres "$@"); fi
+}
+
 setup_postgres_role() {
-  # The tests' own role and database; never touches anything else on the server.
-  $SUDO -u postgres psql -qtAc "SELECT 1 FROM pg_roles WHERE rolname='sandboxd'" | grep -q 1 \
-    || $SUDO -u postgres psql -qc "CREATE ROLE sandboxd LOGIN PASSWORD 'sandboxd' CREATEDB" \
+  # The tests' own role (each test session creates and drops its own database with it); never
+  # touches anything else on the server.
+  as_postgres psql -qtAc "SELECT 1 FROM pg_roles WHERE rolname='sandboxd'" | grep -q 1 \
+    || as_postgres psql -qc "CREATE ROLE sandboxd LOGIN PASSWORD 'sandboxd' CREATEDB" \
     || die "creating PostgreSQL role sandboxd"
 }
 
 setup_image() {
+  # The root filesystem needs debootstrap; the Docker image needs a running engine.
+  setup_image_tools
+  [ "${SANDBOXD_RUNTIME:-docker}" != docker ] || setup_docker
   uv run --frozen sandboxd image build ${SANDBOXD_RUNTIME:+--runtime "$SANDBOXD_RUNTIME"} \
     || die "building the sandbox image"
 }

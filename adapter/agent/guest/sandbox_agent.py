@@ -18,7 +18,8 @@ can take turns without waiting for each other to disconnect.
         -> {"id", "type": "output", "stream", "data"}*  (only when stream is true)
         -> {"id", "type": "result", "stdout", "stderr", "exit_code", "duration_s", "timed_out",
             "stdout_truncated", "stderr_truncated", "state_lost"}
-    {"id", "op": "reseed", "entropy": base64} -> {"id", "type": "reseeded", "ok"}
+    {"id", "op": "reseed", "entropy": base64[, "now": host unix time]}
+        -> {"id", "type": "reseeded", "ok"}  ("now", optional: set the clock, when root)
     anything malformed -> {"id", "type": "error", "code", "message"}
 
 Interpreters: one long-lived process per language (python starts with the agent; node and bash on
@@ -774,6 +775,7 @@ class Agent:
         if not entropy:
             raise BadRequestError("bad_request", "entropy is empty")
         kernel = _add_kernel_entropy(entropy)
+        _set_clock(frame.get("now"))
         seed = entropy[:64].hex()
         for interpreter in self.interpreters.values():
             if interpreter.alive and interpreter.language != "javascript":
@@ -789,6 +791,13 @@ class Agent:
         return kernel
 
 
+def _set_clock(now: object) -> None:
+    """A restored microVM's clock stood still while it was a snapshot: take the host's (root)."""
+    if isinstance(now, (int, float)) and not isinstance(now, bool) and os.geteuid() == 0:
+        with contextlib.suppress(OSError, OverflowError, ValueError):
+            time.clock_settime(time.CLOCK_REALTIME, float(now))
+
+
 def _add_kernel_entropy(entropy: bytes) -> bool:
     """Credit the bytes to the kernel pool (root only); else just mix them in via /dev/urandom."""
     if os.geteuid() == 0:
@@ -797,10 +806,16 @@ def _add_kernel_entropy(entropy: bytes) -> bool:
             import struct
 
             rndaddentropy = 0x40085203
+            rndreseedcrng = 0x5207
             with open("/dev/random", "wb") as f:
                 fcntl.ioctl(
                     f, rndaddentropy, struct.pack("ii", len(entropy) * 8, len(entropy)) + entropy
                 )
+                # Reseed the CRNG from the pool now: VMs restored from one memory snapshot share
+                # its CRNG state, and would otherwise keep giving the same bytes until the
+                # kernel's next periodic reseed.
+                with contextlib.suppress(OSError):
+                    fcntl.ioctl(f, rndreseedcrng)
             return True
         except OSError:
             pass

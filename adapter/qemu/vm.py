@@ -1,0 +1,213 @@
+"""One microVM's work directory and QEMU process.
+
+``<data_dir>/vms/<vm id>/`` holds the qcow2 overlay, the QMP and agent sockets, QEMU's pidfile,
+its log and console output, and ``vm.json`` (vm id, session id, chat id, instance id). That is
+all reconciliation needs to find and kill a VM with no live record, also after the service that
+started it was killed (QEMU runs in its own session and outlives it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shlex
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from uuid import UUID
+
+from adapter.qemu.image import QemuImage
+from adapter.qemu.initramfs import AGENT_PORT_NAME
+from domain.errors import RuntimeUnavailableError
+
+VM_ID_PATTERN = re.compile(r"^qvm-[0-9a-f]{20}$")
+KERNEL_CMDLINE = "console=ttyS0 quiet panic=-1"
+
+
+@dataclass(frozen=True)
+class VmSpec:
+    """Everything that shapes the guest's hardware; a snapshot only restores onto the same spec."""
+
+    binary: str
+    accel: str
+    memory_mb: int
+    vcpus: int
+    kernel_cmdline: str = KERNEL_CMDLINE
+
+
+@dataclass(frozen=True)
+class VmMeta:
+    vm_id: str
+    instance_id: str
+    session_id: UUID | None
+    chat_id: UUID | None
+    purpose: str = "sandbox"  # or "snapshot": the VM a memory snapshot is taken from
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "vm_id": self.vm_id,
+                "instance_id": self.instance_id,
+                "session_id": str(self.session_id) if self.session_id else None,
+                "chat_id": str(self.chat_id) if self.chat_id else None,
+                "purpose": self.purpose,
+            }
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> VmMeta:
+        raw = json.loads(text)
+        return cls(
+            vm_id=str(raw["vm_id"]),
+            instance_id=str(raw["instance_id"]),
+            session_id=UUID(raw["session_id"]) if raw.get("session_id") else None,
+            chat_id=UUID(raw["chat_id"]) if raw.get("chat_id") else None,
+            purpose=str(raw.get("purpose", "sandbox")),
+        )
+
+
+class VmDir:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    @property
+    def vm_id(self) -> str:
+        return self.path.name
+
+    overlay = property(lambda self: self.path / "overlay.qcow2")
+    qmp_socket = property(lambda self: self.path / "qmp.sock")
+    agent_socket = property(lambda self: self.path / "agent.sock")
+    pidfile = property(lambda self: self.path / "qemu.pid")
+    meta_file = property(lambda self: self.path / "vm.json")
+    want_file = property(lambda self: self.path / "agent.want")
+    log_file = property(lambda self: self.path / "qemu.log")
+    console_file = property(lambda self: self.path / "console.log")
+
+    def create(self, meta: VmMeta, base: Path) -> None:
+        # The record of ownership goes first, so a crash right after still leaves a findable VM.
+        self.path.mkdir(parents=True)
+        tmp = self.meta_file.with_suffix(".tmp")
+        tmp.write_text(meta.to_json())
+        tmp.replace(self.meta_file)
+        self.new_overlay(base)
+
+    def new_overlay(self, base: Path) -> None:
+        self.overlay.unlink(missing_ok=True)
+        try:
+            subprocess.run(
+                ["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(base), "-F", "qcow2",
+                 str(self.overlay)],
+                check=True, capture_output=True, text=True,
+            )  # fmt: skip
+        except (OSError, subprocess.CalledProcessError) as exc:
+            detail = getattr(exc, "stderr", "") or str(exc)
+            raise RuntimeUnavailableError(f"qemu-img create failed: {detail.strip()}") from exc
+
+    def read_meta(self) -> VmMeta | None:
+        try:
+            return VmMeta.from_json(self.meta_file.read_text())
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def read_pid(self) -> int | None:
+        try:
+            return int(self.pidfile.read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+    def qemu_pid(self) -> int | None:
+        """The pid of this VM's QEMU if it is running (not a zombie, and really ours)."""
+        pid = self.read_pid()
+        if pid is None:
+            return None
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            status = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return None
+        # Pids get reused: only a process whose command line names our work dir is ours.
+        if str(self.path).encode() not in cmdline:
+            return None
+        state = status.rsplit(")", 1)[-1].split()[0]
+        return None if state in ("Z", "X") else pid
+
+    def kill(self) -> None:
+        pid = self.qemu_pid()
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+    def console_tail(self, lines: int = 5) -> str:
+        texts = []
+        for path in (self.log_file, self.console_file):
+            try:
+                texts += path.read_text(errors="replace").strip().splitlines()[-lines:]
+            except OSError:
+                continue
+        return " | ".join(texts)
+
+
+def qemu_command(spec: VmSpec, image: QemuImage, vm: VmDir, incoming: Path | None) -> list[str]:
+    """The QEMU command line. Restores need exactly the same devices as the snapshot's VM."""
+    machine = f"microvm,accel={spec.accel}"
+    command = [
+        spec.binary,
+        "-name", f"sandboxd-{vm.vm_id}",
+        "-M", machine,
+        # TCG's "max" CPU has RDRAND, which seeds the guest's CRNG at once; KVM keeps the default
+        # model because "host" fails on hosts that only take PVM guests.
+        *(["-cpu", "max"] if spec.accel == "tcg" else []),
+        "-m", str(spec.memory_mb),
+        "-smp", str(spec.vcpus),
+        "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+        "-kernel", str(image.kernel),
+        "-initrd", str(image.initrd),
+        "-append", spec.kernel_cmdline,
+        "-chardev", f"file,id=console,path={vm.console_file}",
+        "-serial", "chardev:console",
+        "-drive", f"id=root,file={vm.overlay},format=qcow2,if=none,discard=unmap",
+        "-device", "virtio-blk-device,drive=root",
+        "-device", "virtio-serial-device",
+        # Socket paths relative to QEMU's working directory (the VM dir): absolute ones could pass
+        # the 108-byte limit of Unix socket names under a deep data directory.
+        "-chardev", f"socket,id=agent,path={vm.agent_socket.name},server=on,wait=off",
+        "-device", f"virtserialport,chardev=agent,name={AGENT_PORT_NAME}",
+        "-qmp", f"unix:{vm.qmp_socket.name},server=on,wait=off",
+    ]  # fmt: skip
+    if incoming is not None:
+        command += ["-incoming", f"exec:cat {shlex.quote(str(incoming))}"]
+    return command
+
+
+def start_qemu(command: list[str], vm: VmDir) -> subprocess.Popen[bytes]:
+    with vm.log_file.open("ab") as log:
+        try:
+            # A session of its own: QEMU must outlive a killed service (reconciliation finds it)
+            # and must not get the terminal's signals.
+            process = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+                cwd=vm.path,
+            )
+        except OSError as exc:
+            raise RuntimeUnavailableError(f"cannot start {command[0]}: {exc}") from exc
+    # Written by us rather than with -pidfile: it exists before QEMU gets to run at all.
+    vm.pidfile.write_text(f"{process.pid}\n")
+    return process
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float, interval_s: float = 0.02) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval_s)
+    return True

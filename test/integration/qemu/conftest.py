@@ -1,0 +1,92 @@
+"""Fixtures for the QEMU runtime's own tests: the built image set (shared, cached across runs
+in the service's data directory) and runtimes whose VMs and snapshots live in test directories.
+Every VM a test starts is stopped at teardown, found by the runtime's own instance id."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from uuid import uuid4
+
+import pytest
+
+from adapter.qemu.runtime import QemuSandboxRuntime
+from test.integration.qemu.images import ensure_qemu_images
+
+pytestmark = pytest.mark.qemu
+
+
+@dataclass
+class RecordingLogger:
+    """Logger port that keeps events, so tests can check what the runtime reported."""
+
+    events: list[tuple[str, str, dict[str, object]]] = field(default_factory=list)
+
+    def _record(self, level: str, message: str, attrs: object) -> None:
+        self.events.append((level, message, dict(attrs or {})))  # type: ignore[call-overload]
+
+    def debug(self, message: str, attrs: object = None) -> None:
+        self._record("debug", message, attrs)
+
+    def info(self, message: str, attrs: object = None) -> None:
+        self._record("info", message, attrs)
+
+    def warning(self, message: str, attrs: object = None) -> None:
+        self._record("warning", message, attrs)
+
+    def error(self, message: str, attrs: object = None) -> None:
+        self._record("error", message, attrs)
+
+    def named(self, message: str) -> list[dict[str, object]]:
+        return [attrs for _, name, attrs in self.events if name == message]
+
+
+@pytest.fixture(scope="session")
+def qemu_image_dir() -> Path:
+    return ensure_qemu_images()
+
+
+RuntimeFactory = Callable[..., tuple[QemuSandboxRuntime, RecordingLogger]]
+
+
+def _stop_all(runtime: QemuSandboxRuntime) -> None:
+    for item in runtime.list_managed():
+        runtime.stop(item.container_id)
+    runtime.close()
+
+
+@pytest.fixture(scope="session")
+def shared_qemu_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data directory for tests that only need some valid snapshot (built once per session)."""
+    return tmp_path_factory.mktemp("qemu-shared")
+
+
+@pytest.fixture
+def make_runtime(
+    qemu_image_dir: Path, tmp_path: Path, shared_qemu_data_dir: Path
+) -> Iterator[RuntimeFactory]:
+    """Runtimes with a unique instance id; their data directory (VMs, snapshots) is the test's
+    own unless ``shared=True`` (the session's, with its snapshot) or given."""
+    made: list[QemuSandboxRuntime] = []
+
+    def make(
+        data_dir: Path | None = None,
+        instance_id: str | None = None,
+        shared: bool = False,
+        **options: object,
+    ) -> tuple[QemuSandboxRuntime, RecordingLogger]:
+        logger = RecordingLogger()
+        runtime = QemuSandboxRuntime(
+            data_dir=data_dir or (shared_qemu_data_dir if shared else tmp_path / "data"),
+            instance_id=instance_id or f"test-{uuid4().hex[:8]}",
+            logger=logger,
+            image_dir=qemu_image_dir,
+            **options,  # type: ignore[arg-type]
+        )
+        made.append(runtime)
+        return runtime, logger
+
+    yield make
+    for runtime in made:
+        _stop_all(runtime)

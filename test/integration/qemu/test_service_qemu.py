@@ -1,0 +1,158 @@
+"""The real ``sandboxd serve`` with SANDBOXD_RUNTIME=qemu, over HTTP: the service-level paths the
+Docker e2e suite covers, on microVMs (state per chat, restart and crash recovery, cleanup)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from sandboxd_client import SandboxdClient
+from test.e2e.service import ServiceProcess
+
+pytestmark = pytest.mark.qemu
+
+
+class QemuServiceProcess(ServiceProcess):
+    """The service on microVMs. It builds its image set in its data dir at start-up, so it gets
+    the shared, already built one (nothing to do then); its database stays in the test's own
+    directory, and its VMs are told apart from other instances' by the instance id."""
+
+    def __init__(self, home: Path, image_dir: Path, **settings: str) -> None:
+        super().__init__(home, **settings)
+        self.image_dir = image_dir
+
+    def environment(self) -> dict[str, str]:
+        env = super().environment()
+        env["SANDBOXD_DATA_DIR"] = str(self.image_dir)
+        env["SANDBOXD_DATABASE_URL"] = f"sqlite:///{self.data_dir / 'sandboxd.db'}"
+        return env
+
+
+def _vms_root(service: ServiceProcess) -> Path:
+    assert isinstance(service, QemuServiceProcess)
+    return service.image_dir / "vms"
+
+
+def _vm_dirs(service: ServiceProcess) -> set[str]:
+    """The work dirs of this service instance's VMs."""
+    return {
+        path.name
+        for path in _vms_root(service).glob("qvm-*")
+        if f'"instance_id": "{service.instance_id}"' in _read(path / "vm.json")
+    }
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
+
+
+def _qemu_pid(service: ServiceProcess, container_id: str) -> int:
+    return int((_vms_root(service) / container_id / "qemu.pid").read_text())
+
+
+def _running(pid: int) -> bool:
+    """True while the process exists and is not a zombie (a VM whose parent service was killed
+    is re-parented, and not every init reaps at once)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] not in ("Z", "X")
+
+
+def _remove_vms(service: ServiceProcess) -> None:
+    """Kill this instance's VMs by their pidfiles and remove their work dirs."""
+    for name in _vm_dirs(service):
+        work_dir = _vms_root(service) / name
+        with contextlib.suppress(OSError, ValueError):
+            os.kill(int((work_dir / "qemu.pid").read_text()), signal.SIGKILL)
+        shutil.rmtree(work_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def qemu_service(
+    tmp_path_factory: pytest.TempPathFactory, qemu_image_dir: Path
+) -> Iterator[QemuServiceProcess]:
+    service = QemuServiceProcess(
+        tmp_path_factory.mktemp("sandboxd-qemu-e2e"),
+        qemu_image_dir,
+        runtime="qemu",
+        ttl_seconds="600",
+    )
+    service.start()
+    try:
+        yield service
+    finally:
+        service.stop()
+        _remove_vms(service)
+
+
+def _client(service: ServiceProcess) -> SandboxdClient:
+    from test.e2e.service import API_KEY
+
+    return SandboxdClient(service.http_url, api_key=API_KEY, timeout_s=120)
+
+
+def test_state_per_chat_and_destroy(qemu_service: ServiceProcess) -> None:
+    chat, other = uuid.uuid4(), uuid.uuid4()
+    with _client(qemu_service) as client:
+        first = client.execute(chat, "x = 41\nprint('set')")
+        second = client.execute(chat, "print(x + 1)")
+        elsewhere = client.execute(other, "print('x' in globals())")
+        assert (first.stdout, second.stdout, elsewhere.stdout) == ("set\n", "42\n", "False\n")
+        assert second.sandbox.runtime_kind == "qemu"
+        assert second.sandbox.container_id.startswith("qvm-")
+        assert second.sandbox.session_id == first.sandbox.session_id
+        assert _vm_dirs(qemu_service) == {
+            first.sandbox.container_id,
+            elsewhere.sandbox.container_id,
+        }
+
+        client.destroy_sandbox(chat)
+        assert client.get_sandbox(chat) is None
+        assert _vm_dirs(qemu_service) == {elsewhere.sandbox.container_id}
+
+
+def test_service_crash_keeps_sessions_and_removes_orphans(qemu_service: ServiceProcess) -> None:
+    chat, doomed = uuid.uuid4(), uuid.uuid4()
+    with _client(qemu_service) as client:
+        before = client.execute(chat, "kept = 'across the crash'")
+        orphan = client.execute(doomed, "print(1)").sandbox.container_id
+    assert qemu_service.process is not None
+    qemu_service.process.send_signal(signal.SIGKILL)
+    qemu_service.process.wait()
+    # Killed the hard way: the VMs outlive it.
+    orphan_pid = _qemu_pid(qemu_service, orphan)
+    assert _running(orphan_pid)
+    # Forget the second chat's record, as if the crash had come between VM start and commit.
+    import sqlite3
+
+    with sqlite3.connect(qemu_service.data_dir / "sandboxd.db") as db:
+        deleted = db.execute(
+            "DELETE FROM sandbox_sessions WHERE container_id = ?", (orphan,)
+        ).rowcount
+    assert deleted == 1
+
+    qemu_service.start()
+    with _client(qemu_service) as client:
+        after = client.execute(chat, "print(kept)")
+    assert after.stdout == "across the crash\n"
+    assert after.sandbox_replaced is False
+    assert after.sandbox.session_id == before.sandbox.session_id
+    deadline = time.monotonic() + 30
+    while orphan in _vm_dirs(qemu_service) and time.monotonic() < deadline:
+        time.sleep(0.25)
+    assert _vm_dirs(qemu_service) == {before.sandbox.container_id}
+    assert not _running(orphan_pid)
+    assert '"event": "sandbox_orphan_removed"' in qemu_service.log_text()
