@@ -151,54 +151,16 @@ def cmd_migrate(container: Container, args: argparse.Namespace) -> int:
     return 0
 
 
-def _progress(message: str) -> None:
-    print(f"[image] {message}", file=sys.stderr, flush=True)
-
-
 def cmd_image_build(container: Container, args: argparse.Namespace) -> int:
     """Build the sandbox image for a runtime; steps whose inputs are unchanged are skipped."""
-    from adapter.image.rootfs import RootfsBuildError, build_rootfs
+    from entrypoint.images import build_runtime_image, print_progress
 
     settings = container.settings()
     runtime = args.runtime or settings.runtime
-    try:
-        if runtime == "docker":
-            import docker
-
-            from adapter.docker.image import ensure_docker_image
-
-            try:
-                client = docker.APIClient(
-                    base_url=settings.docker_base_url or None, version="auto", timeout=600
-                )
-            except docker.errors.DockerException as exc:
-                raise RuntimeUnavailableError(f"Docker engine: {exc}") from exc
-            tag = ensure_docker_image(
-                client, settings.data_dir, settings.docker_image_repository, _progress
-            )
-            print(tag)
-            if settings.docker_image and settings.docker_image != tag:
-                _progress(f"note: SANDBOXD_DOCKER_IMAGE={settings.docker_image} overrides {tag}")
-        else:
-            from adapter.qemu.image import build_qemu_image
-
-            artifact = build_rootfs(settings.data_dir, _progress)
-            image = build_qemu_image(
-                settings.qemu_image_dir or settings.data_dir,
-                artifact.path,
-                artifact.content_hash,
-                _progress,
-            )
-            if settings.qemu_snapshot:
-                # Boot once and save the memory snapshot now, so the first sandbox starts fast.
-                _progress("memory snapshot (boots one VM if it is missing or stale)")
-                qemu = container.runtime.providers["qemu"]()
-                snapshot = qemu.prepare_snapshot()
-                _progress(f"snapshot: {snapshot or 'failed, sandboxes will cold-boot'}")
-            print(image.base)
-    except RootfsBuildError as error:
-        print(f"sandboxd: image build failed: {error}", file=sys.stderr)
-        return 4
+    built = build_runtime_image(settings, runtime, container.qemu_runtime)
+    print(built)
+    if runtime == "docker" and settings.docker_image and settings.docker_image != built:
+        print_progress(f"note: SANDBOXD_DOCKER_IMAGE={settings.docker_image} overrides {built}")
     return 0
 
 

@@ -17,8 +17,8 @@ from entrypoint.api import SandboxApi
 from entrypoint.auth import ApiKeyAuthenticator
 from entrypoint.grpc.servicer import SandboxServicer
 from entrypoint.http.app import create_app
+from entrypoint.images import prepare_runtime_image
 from entrypoint.metrics import ServiceMetrics
-from entrypoint.serve import prepare_runtime_image
 from entrypoint.settings import Settings
 from entrypoint.worker import Sweeper
 from repository.sqlalchemy_session import SqlAlchemySandboxSessionRepository
@@ -93,11 +93,9 @@ class Container(containers.DeclarativeContainer):
     sweep_leader = providers.Singleton(persistence.sweep_leader, settings, lock_engine.provider)
 
     runtime_kind = providers.Callable(lambda settings: settings.runtime, settings)
-    runtime = providers.Selector(
-        runtime_kind,
-        docker=providers.Singleton(_docker_runtime, settings, logger),
-        qemu=providers.Singleton(_qemu_runtime, settings, logger),
-    )
+    docker_runtime = providers.Singleton(_docker_runtime, settings, logger)
+    qemu_runtime = providers.Singleton(_qemu_runtime, settings, logger)
+    runtime = providers.Selector(runtime_kind, docker=docker_runtime, qemu=qemu_runtime)
 
     ttl = providers.Callable(lambda settings: settings.ttl, settings)
     max_lifetime = providers.Callable(lambda settings: settings.max_lifetime, settings)
@@ -147,7 +145,7 @@ class Container(containers.DeclarativeContainer):
     # `sandboxd cleanup --once`.
     metrics = providers.Singleton(ServiceMetrics)
     # Builds the sandbox image on first run (tests override it with a no-op).
-    prepare_runtime = providers.Callable(prepare_runtime_image, settings)
+    prepare_runtime = providers.Callable(prepare_runtime_image, settings, qemu_runtime.provider)
     access_logger = providers.Singleton(StructlogLogger, component="http")
     authenticator = providers.Singleton(
         ApiKeyAuthenticator, keys=providers.Callable(lambda s: s.api_key_list, settings)

@@ -25,10 +25,9 @@ from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
-from domain.errors import InvalidInputError, RuntimeUnavailableError, SandboxServiceError
+from domain.errors import InvalidInputError, SandboxServiceError
 from entrypoint.error_codes import ListenError
 from entrypoint.grpc.server import host_port, start_grpc_server
-from entrypoint.settings import Settings
 from entrypoint.worker import CleanupWorker
 
 if TYPE_CHECKING:
@@ -73,48 +72,6 @@ def bind_tcp(host: str, port: int) -> socket.socket:
     sock.listen(1024)
     sock.setblocking(False)
     return sock
-
-
-def _progress(message: str) -> None:
-    print(f"[image] {message}", file=sys.stderr, flush=True)
-
-
-def prepare_runtime_image(settings: Settings) -> None:
-    """Build the sandbox image on first run, progress on stderr; quick when it is current.
-
-    Skipped when SANDBOXD_DOCKER_IMAGE names an image of the user's own.
-    """
-    from adapter.image.rootfs import RootfsBuildError, build_rootfs
-
-    try:
-        if settings.runtime == "docker":
-            if settings.docker_image:
-                return
-            import docker
-
-            from adapter.docker.image import ensure_docker_image
-
-            try:
-                client = docker.APIClient(
-                    base_url=settings.docker_base_url or None, version="auto", timeout=600
-                )
-            except docker.errors.DockerException as exc:
-                raise RuntimeUnavailableError(f"Docker engine: {exc}") from exc
-            ensure_docker_image(
-                client, settings.data_dir, settings.docker_image_repository, _progress
-            )
-        else:
-            from adapter.qemu.image import build_qemu_image
-
-            artifact = build_rootfs(settings.data_dir, _progress)
-            build_qemu_image(
-                settings.qemu_image_dir or settings.data_dir,
-                artifact.path,
-                artifact.content_hash,
-                _progress,
-            )
-    except RootfsBuildError as exc:
-        raise RuntimeUnavailableError(f"sandbox image build failed: {exc}") from exc
 
 
 class Service:

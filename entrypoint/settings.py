@@ -71,8 +71,9 @@ class Settings(BaseSettings):
     qemu_accel: Literal["auto", "kvm", "tcg"] = "auto"
     # Start sandboxes from a memory snapshot of a booted VM instead of cold-booting each one.
     qemu_snapshot: bool = True
-    # Where `sandboxd image build --runtime qemu` put kernel, initramfs and base image; empty means
-    # data_dir. VM work dirs and snapshots always live under data_dir.
+    # Where `sandboxd image build --runtime qemu` builds and caches the root filesystem, kernel,
+    # initramfs and base image; empty means data_dir. VM work dirs and snapshots always live
+    # under data_dir.
     qemu_image_dir: Path | None = None
 
     # Container runtime (runtime=docker). The defaults are the hardened ones; each is a knob.

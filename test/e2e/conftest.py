@@ -1,16 +1,15 @@
-"""End-to-end fixtures: the real service process with the Docker runtime (see service.py)."""
+"""End-to-end fixtures: the real service process, with either runtime (see service.py)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import docker
 import pytest
 
 from sandboxd_client import SandboxdClient
 from test.e2e.service import API_KEY, ServiceProcess
-
-pytestmark = pytest.mark.docker
 
 
 @pytest.fixture(scope="session")
@@ -32,7 +31,7 @@ def _service_factory(
 ) -> Iterator[ServiceFactory]:
     started: list[ServiceProcess] = []
 
-    def start(**settings: str) -> ServiceProcess:
+    def start(**settings: Any) -> ServiceProcess:
         service = ServiceProcess(tmp_path_factory.mktemp("sandboxd-e2e"), **settings)
         started.append(service)
         service.start()
@@ -41,7 +40,7 @@ def _service_factory(
     yield start
     for service in started:
         service.stop()
-        service.remove_containers(docker_client)
+        service.remove_sandboxes(docker_client)
 
 
 @pytest.fixture(scope="module")

@@ -1,9 +1,12 @@
 """The real ``sandboxd serve`` process for end-to-end tests: free loopback ports, its own instance
-id and data directory; stopped with SIGTERM, and its containers removed by the instance label."""
+id and data directory, either runtime; stopped with SIGTERM, and its sandboxes removed by the
+instance label (containers) or by the pidfiles in its own VM work dirs (microVMs)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -31,9 +34,17 @@ def free_port() -> int:
 class ServiceProcess:
     """One service process; ``restart()`` keeps the data directory, instance id and ports."""
 
-    def __init__(self, data_dir: Path, **settings: str) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        runtime: str = "docker",
+        qemu_image_dir: Path | None = None,
+        **settings: str,
+    ) -> None:
         self.instance_id = f"e2e-{uuid.uuid4().hex[:12]}"
         self.data_dir = data_dir
+        self.runtime = runtime
+        self.qemu_image_dir = qemu_image_dir
         self.http_port = free_port()
         self.grpc_port = free_port()
         self.settings = settings
@@ -60,8 +71,12 @@ class ServiceProcess:
                 "SANDBOXD_GRPC_PORT": str(self.grpc_port),
                 "SANDBOXD_LOG_FORMAT": "json",
                 "SANDBOXD_DRAIN_SECONDS": "10",
+                "SANDBOXD_RUNTIME": self.runtime,
             }
         )
+        if self.qemu_image_dir is not None:
+            # The shared, already built image set: nothing to build at start-up.
+            env["SANDBOXD_QEMU_IMAGE_DIR"] = str(self.qemu_image_dir)
         env.update({f"SANDBOXD_{key.upper()}": value for key, value in self.settings.items()})
         return env
 
@@ -125,6 +140,35 @@ class ServiceProcess:
             )
         )
 
-    def remove_containers(self, docker_client: docker.DockerClient) -> None:
-        for container in self.containers(docker_client):
-            container.remove(force=True)  # type: ignore[attr-defined]
+    def vm_dirs(self) -> dict[str, Path]:
+        """This instance's microVM work dirs by VM id (the VM's container_id)."""
+        marker = f'"instance_id": "{self.instance_id}"'
+        return {
+            path.name: path
+            for path in (self.data_dir / "vms").glob("qvm-*")
+            if marker in _read(path / "vm.json")
+        }
+
+    def kill_sandbox(self, docker_client: docker.DockerClient, container_id: str) -> None:
+        """Kill one sandbox from outside, as a crash or an operator would."""
+        if self.runtime == "docker":
+            docker_client.containers.get(container_id).kill()
+        else:
+            os.kill(int((self.vm_dirs()[container_id] / "qemu.pid").read_text()), signal.SIGKILL)
+
+    def remove_sandboxes(self, docker_client: docker.DockerClient | None = None) -> None:
+        if self.runtime == "docker":
+            for container in self.containers(docker_client or docker.from_env()):
+                container.remove(force=True)  # type: ignore[attr-defined]
+            return
+        for work_dir in self.vm_dirs().values():
+            with contextlib.suppress(OSError, ValueError):
+                os.kill(int((work_dir / "qemu.pid").read_text()), signal.SIGKILL)
+            shutil.rmtree(work_dir, ignore_errors=True)
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""

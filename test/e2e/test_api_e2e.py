@@ -1,6 +1,7 @@
-"""The public HTTP and gRPC surface of a real ``sandboxd serve`` with Docker sandboxes.
+"""The public HTTP and gRPC surface of a real ``sandboxd serve``, once with Docker sandboxes and
+once with QEMU microVMs.
 
-One service process serves the whole module; every test uses chats of its own.
+One service process per runtime serves the whole module; every test uses chats of its own.
 """
 
 from __future__ import annotations
@@ -22,11 +23,19 @@ from sandboxd_client import ExecutionResult, OutputEvent, SandboxdClient, Sandbo
 from test.e2e.conftest import ServiceFactory, client_for
 from test.e2e.service import API_KEY, ServiceProcess
 
-pytestmark = pytest.mark.docker
 
+@pytest.fixture(
+    scope="module",
+    params=[
+        pytest.param("docker", marks=pytest.mark.docker),
+        pytest.param("qemu", marks=pytest.mark.qemu),
+    ],
+)
+def service(request: pytest.FixtureRequest, module_services: ServiceFactory) -> ServiceProcess:
+    if request.param == "qemu":
+        from test.integration.qemu.images import ensure_qemu_images
 
-@pytest.fixture(scope="module")
-def service(module_services: ServiceFactory) -> ServiceProcess:
+        return module_services(runtime="qemu", qemu_image_dir=ensure_qemu_images())
     return module_services()
 
 
@@ -63,7 +72,9 @@ def wait_admitted(service: ServiceProcess, count: float, timeout_s: float = 20.0
         time.sleep(0.02)
 
 
-def test_http_execute_keeps_state_between_a_chats_messages(client: SandboxdClient) -> None:
+def test_http_execute_keeps_state_between_a_chats_messages(
+    service: ServiceProcess, client: SandboxdClient
+) -> None:
     chat = uuid.uuid4()
 
     first = client.execute(chat, "x = 41\nprint('set')")
@@ -73,7 +84,7 @@ def test_http_execute_keeps_state_between_a_chats_messages(client: SandboxdClien
     assert first.stdout == "set\n" and first.exit_code == 0
     assert second.stdout == "42\n"
     assert second.sandbox.session_id == first.sandbox.session_id
-    assert second.sandbox.runtime_kind == "docker"
+    assert second.sandbox.runtime_kind == service.runtime
     assert other_chat.stdout == "False\n"
 
 
@@ -91,7 +102,7 @@ def test_http_streams_output_as_it_is_printed(client: SandboxdClient) -> None:
     assert result.stdout == "0\n1\n2\n"
 
 
-def test_grpc_execute_and_stream(stub: Any) -> None:
+def test_grpc_execute_and_stream(service: ServiceProcess, stub: Any) -> None:
     chat = str(uuid.uuid4())
 
     response = stub.Execute(
@@ -102,7 +113,7 @@ def test_grpc_execute_and_stream(stub: Any) -> None:
     )
 
     assert response.result.stdout == "42\n"
-    assert response.sandbox.runtime_kind == "docker"
+    assert response.sandbox.runtime_kind == service.runtime
     assert events[-1].result.result.stdout == "42\n"
     assert "".join(e.output.data for e in events if e.WhichOneof("event") == "output") == "42\n"
     assert events[-1].result.sandbox.session_id == response.sandbox.session_id
@@ -187,13 +198,13 @@ def test_one_chats_concurrent_executes_run_one_at_a_time_in_arrival_order(
     assert all(result.exit_code == 0 for result in results.values())
 
 
-def test_a_container_killed_from_outside_is_replaced_and_the_result_says_so(
-    client: SandboxdClient, docker_client: docker.DockerClient
+def test_a_sandbox_killed_from_outside_is_replaced_and_the_result_says_so(
+    service: ServiceProcess, client: SandboxdClient, docker_client: docker.DockerClient
 ) -> None:
     chat = uuid.uuid4()
     before = client.execute(chat, "z = 1")
 
-    docker_client.containers.get(before.sandbox.container_id).kill()
+    service.kill_sandbox(docker_client, before.sandbox.container_id)
     after = client.execute(chat, "print('z' in globals())")
 
     assert after.sandbox_replaced is True

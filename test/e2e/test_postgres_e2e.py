@@ -72,7 +72,7 @@ def test_two_replicas_share_the_chats(
     finally:
         first.stop()
         second.stop()
-        first.remove_containers(docker_client)
+        first.remove_sandboxes(docker_client)
 
     assert seen.stdout == "state\n"
     assert seen.sandbox.session_id == created.sandbox.session_id

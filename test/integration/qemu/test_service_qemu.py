@@ -3,9 +3,6 @@ Docker e2e suite covers, on microVMs (state per chat, restart and crash recovery
 
 from __future__ import annotations
 
-import contextlib
-import os
-import shutil
 import signal
 import time
 import uuid
@@ -20,45 +17,12 @@ from test.e2e.service import ServiceProcess
 pytestmark = pytest.mark.qemu
 
 
-class QemuServiceProcess(ServiceProcess):
-    """The service on microVMs. It builds its image set in its data dir at start-up, so it gets
-    the shared, already built one (nothing to do then); its database stays in the test's own
-    directory, and its VMs are told apart from other instances' by the instance id."""
-
-    def __init__(self, home: Path, image_dir: Path, **settings: str) -> None:
-        super().__init__(home, **settings)
-        self.image_dir = image_dir
-
-    def environment(self) -> dict[str, str]:
-        env = super().environment()
-        env["SANDBOXD_DATA_DIR"] = str(self.image_dir)
-        env["SANDBOXD_DATABASE_URL"] = f"sqlite:///{self.data_dir / 'sandboxd.db'}"
-        return env
-
-
-def _vms_root(service: ServiceProcess) -> Path:
-    assert isinstance(service, QemuServiceProcess)
-    return service.image_dir / "vms"
-
-
 def _vm_dirs(service: ServiceProcess) -> set[str]:
-    """The work dirs of this service instance's VMs."""
-    return {
-        path.name
-        for path in _vms_root(service).glob("qvm-*")
-        if f'"instance_id": "{service.instance_id}"' in _read(path / "vm.json")
-    }
-
-
-def _read(path: Path) -> str:
-    try:
-        return path.read_text()
-    except OSError:
-        return ""
+    return set(service.vm_dirs())
 
 
 def _qemu_pid(service: ServiceProcess, container_id: str) -> int:
-    return int((_vms_root(service) / container_id / "qemu.pid").read_text())
+    return int((service.vm_dirs()[container_id] / "qemu.pid").read_text())
 
 
 def _running(pid: int) -> bool:
@@ -71,23 +35,14 @@ def _running(pid: int) -> bool:
     return stat.rsplit(")", 1)[-1].split()[0] not in ("Z", "X")
 
 
-def _remove_vms(service: ServiceProcess) -> None:
-    """Kill this instance's VMs by their pidfiles and remove their work dirs."""
-    for name in _vm_dirs(service):
-        work_dir = _vms_root(service) / name
-        with contextlib.suppress(OSError, ValueError):
-            os.kill(int((work_dir / "qemu.pid").read_text()), signal.SIGKILL)
-        shutil.rmtree(work_dir, ignore_errors=True)
-
-
 @pytest.fixture
 def qemu_service(
     tmp_path_factory: pytest.TempPathFactory, qemu_image_dir: Path
-) -> Iterator[QemuServiceProcess]:
-    service = QemuServiceProcess(
+) -> Iterator[ServiceProcess]:
+    service = ServiceProcess(
         tmp_path_factory.mktemp("sandboxd-qemu-e2e"),
-        qemu_image_dir,
         runtime="qemu",
+        qemu_image_dir=qemu_image_dir,
         ttl_seconds="600",
     )
     service.start()
@@ -95,7 +50,7 @@ def qemu_service(
         yield service
     finally:
         service.stop()
-        _remove_vms(service)
+        service.remove_sandboxes()
 
 
 def _client(service: ServiceProcess) -> SandboxdClient:
