@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -19,44 +18,18 @@ from uuid import uuid4
 
 import docker
 import pytest
-import structlog
 
 from adapter.docker.image import ensure_docker_image
 from adapter.docker.runtime import LABEL_INSTANCE, DockerSandboxConfig, DockerSandboxRuntime
+from adapter.logging import StructlogLogger
 from adapter.qemu.runtime import QemuSandboxRuntime
 from adapter.qemu.vm import VmDir
 from entrypoint.settings import Settings
-from usecase.ports import LogAttrs, SandboxRuntime
+from usecase.ports import SandboxRuntime
 
 CONFORMANCE_MAX_OUTPUT_BYTES = 64 * 1024
 
 RuntimeFactory = Callable[[], AbstractContextManager[SandboxRuntime]]
-
-
-class IsolatedLogger:
-    """The Logger port on a structlog logger of its own, writing JSON to the real stderr.
-
-    Not the global structlog configuration: other tests (the CLI's) reconfigure that onto a
-    stream pytest closes after them, and a session-long runtime must keep logging.
-    """
-
-    def __init__(self, component: str) -> None:
-        self._log = structlog.wrap_logger(
-            structlog.PrintLogger(sys.__stderr__),
-            processors=[structlog.processors.add_log_level, structlog.processors.JSONRenderer()],
-        ).bind(component=component)
-
-    def debug(self, message: str, attrs: LogAttrs | None = None) -> None:
-        self._log.debug(message, **dict(attrs or {}))
-
-    def info(self, message: str, attrs: LogAttrs | None = None) -> None:
-        self._log.info(message, **dict(attrs or {}))
-
-    def warning(self, message: str, attrs: LogAttrs | None = None) -> None:
-        self._log.warning(message, **dict(attrs or {}))
-
-    def error(self, message: str, attrs: LogAttrs | None = None) -> None:
-        self._log.error(message, **dict(attrs or {}))
 
 
 def image_data_dir() -> Path:
@@ -107,7 +80,7 @@ def docker_runtime(**overrides: object) -> Iterator[DockerSandboxRuntime]:
         max_output_bytes=CONFORMANCE_MAX_OUTPUT_BYTES,
         **overrides,  # type: ignore[arg-type]
     )
-    runtime = DockerSandboxRuntime(client, config, IsolatedLogger("test-runtime"))
+    runtime = DockerSandboxRuntime(client, config, StructlogLogger("test-runtime"))
     try:
         yield runtime
     finally:
@@ -125,7 +98,7 @@ def qemu_runtime(**overrides: object) -> Iterator[QemuSandboxRuntime]:
     runtime = QemuSandboxRuntime(
         data_dir=data_dir,
         instance_id=f"test-{uuid4().hex[:12]}",
-        logger=IsolatedLogger("test-qemu-runtime"),
+        logger=StructlogLogger("test-qemu-runtime"),
         max_output_bytes=CONFORMANCE_MAX_OUTPUT_BYTES,
         image_dir=images,
         **overrides,  # type: ignore[arg-type]

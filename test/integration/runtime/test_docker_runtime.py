@@ -21,11 +21,11 @@ from adapter.docker.runtime import (
     DockerSandboxConfig,
     DockerSandboxRuntime,
 )
+from adapter.logging import StructlogLogger
 from domain.errors import RuntimeUnavailableError, SandboxGoneError
 from domain.execution import ExecutionRequest
 from test.integration.runtime.conftest import create_sandbox
 from test.integration.runtime.factories import (
-    IsolatedLogger,
     docker_client,
     docker_runtime,
     short_temp_dir,
@@ -100,7 +100,7 @@ def test_a_second_runtime_instance_reconnects_to_existing_sandboxes(
     """As a restarted service (or the next CLI call) would: found by labels, no shared memory."""
     sandbox = create_sandbox(runtime)
     config = runtime._config
-    other = DockerSandboxRuntime(docker_client(), config, IsolatedLogger("test-other"))
+    other = DockerSandboxRuntime(docker_client(), config, StructlogLogger("test-other"))
     try:
         sandbox.run("shared_with_the_next_process = 7")
         # Both keep their connection open; the agent hands the idle one over, and each side's
@@ -156,7 +156,7 @@ def test_missing_image_is_runtime_unavailable_and_leaves_nothing(data_dir: Path)
     config = DockerSandboxConfig(
         image="sandboxd-sandbox:does-not-exist", instance_id=instance_id, data_dir=data_dir
     )
-    runtime = DockerSandboxRuntime(docker_client(), config, IsolatedLogger("test"))
+    runtime = DockerSandboxRuntime(docker_client(), config, StructlogLogger("test"))
     try:
         with pytest.raises(RuntimeUnavailableError, match="image build"):
             create_sandbox(runtime)
@@ -178,7 +178,7 @@ def test_unreachable_engine_is_runtime_unavailable(data_dir: Path) -> None:
     runtime = DockerSandboxRuntime(
         docker.APIClient(base_url="unix:///nonexistent.sock", version="1.41"),
         config,
-        IsolatedLogger("test"),
+        StructlogLogger("test"),
     )
     with pytest.raises(RuntimeUnavailableError):
         runtime.list_managed()
