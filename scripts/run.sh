@@ -4,5 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # `image` builds the sandbox image on first run (about a minute) and is a no-op afterwards.
-scripts/setup.sh python docker image-tools image
+if [ "${SANDBOXD_RUNTIME:-docker}" = qemu ]; then
+  scripts/setup.sh python image-tools qemu image
+else
+  scripts/setup.sh python docker image-tools image
+fi
 exec uv run --frozen sandboxd serve "$@"
