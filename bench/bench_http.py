@@ -245,7 +245,7 @@ def main() -> int:
             results = asyncio.run(run(service, args))
         finally:
             service.stop()
-            service.remove_containers(docker_client)
+            service.remove_sandboxes(docker_client)
             docker_client.close()
 
     opened, closed = results["open_loop"], results["closed_loop"]

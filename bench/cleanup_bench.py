@@ -1,0 +1,204 @@
+"""Cleanup throughput: one sweep over 1,000 expired sessions, PostgreSQL store, Docker runtime.
+
+    uv run python bench/cleanup_bench.py [--sessions 1000] [--running 16]
+
+The sweep is the service's own (``container.sweeper().run_once()``, as ``sandboxd cleanup
+--once`` runs it: expiry cleanup under each chat's advisory lock, then reconciliation), wired by
+the composition root against a throwaway PostgreSQL database and its own instance id. Three
+sweeps, each timed on its own:
+
+- ``sessions`` expired records, each with a real container of the sandbox image carrying the
+  service's labels, created but not started: a thousand running sandboxes do not fit on two
+  cores, and removing a stopped container is the same API call the runtime makes (the figure is
+  the store + lock + Docker-removal path, minus killing a process);
+- ``running`` expired records of real, running sandboxes made by CreateSandbox (agent and
+  python up): the cost per running sandbox;
+- ``sessions`` expired records whose containers are already gone: the store + lock + inspect
+  path alone.
+
+Each sweep must clean exactly what it was given and leave no container of this instance
+behind; otherwise the exit status is 1. Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import emit, remove_containers_of, sigterm_as_interrupt
+
+
+def build_container(database_url: str, data_dir: Path, instance_id: str) -> Any:
+    from dependency_injector import providers
+
+    from entrypoint.container import Container
+    from entrypoint.settings import Settings
+
+    settings = Settings(
+        database_url=database_url,
+        data_dir=data_dir,
+        instance_id=instance_id,
+        runtime="docker",
+        log_level="warning",
+        lock_max_connections=16,
+    )
+    container = Container()
+    container.settings.override(providers.Object(settings))
+    return container
+
+
+def expired_session(container_id: str, now: Any) -> Any:
+    from domain.sandbox import SandboxSession, SandboxStatus
+
+    return SandboxSession(
+        session_id=uuid.uuid4(),
+        chat_id=uuid.uuid4(),
+        container_id=container_id,
+        status=SandboxStatus.RUNNING,
+        created_at=now - timedelta(hours=1),
+        expires_at=now - timedelta(minutes=1),
+        runtime_kind="docker",
+    )
+
+
+def create_stopped_containers(image: str, instance_id: str, count: int) -> list[str]:
+    import docker
+
+    from adapter.docker.runtime import LABEL_CHAT, LABEL_INSTANCE, LABEL_SESSION
+
+    client = docker.APIClient(version="auto", timeout=120)
+    host_config = client.create_host_config(network_mode="none")
+
+    def one(_: int) -> str:
+        created = client.create_container(
+            image,
+            command=["python3", "-c", "pass"],
+            labels={
+                LABEL_SESSION: str(uuid.uuid4()),
+                LABEL_CHAT: str(uuid.uuid4()),
+                LABEL_INSTANCE: instance_id,
+            },
+            host_config=host_config,
+        )
+        return str(created["Id"])
+
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            return list(pool.map(one, range(count)))
+    finally:
+        client.close()
+
+
+def timed_sweep(container: Any, expected: int, kind: str) -> dict[str, Any]:
+    started = time.perf_counter()
+    report = container.sweeper().run_once()
+    elapsed = time.perf_counter() - started
+    problems = []
+    if not report.leader:
+        problems.append("the sweep did not lead")
+    if len(report.cleaned) != expected:
+        problems.append(f"cleaned {len(report.cleaned)} of {expected}")
+    left = container.runtime().list_managed()
+    if left:
+        problems.append(f"{len(left)} containers of this instance left behind")
+    return {
+        "kind": kind,
+        "sessions": expected,
+        "cleaned": len(report.cleaned),
+        "orphans_removed": len(report.orphans_removed),
+        "marked_dead": len(report.marked_dead),
+        "seconds": round(elapsed, 3),
+        "sessions_per_s": round(len(report.cleaned) / elapsed, 1) if elapsed else None,
+        "ms_per_session": round(elapsed / max(1, expected) * 1000, 3),
+        "problems": problems,
+    }
+
+
+def measure(args: argparse.Namespace, database_url: str, data_dir: Path) -> dict[str, Any]:
+    from adapter.docker.image import default_image_tag
+    from repository.database import migrate
+    from usecase.sandbox import CreateSandboxCommand
+
+    instance_id = f"bench-cleanup-{uuid.uuid4().hex[:10]}"
+    container = build_container(database_url, data_dir, instance_id)
+    try:
+        migrate(container.database_engine())
+        repository = container.repository()
+        clock = container.clock()
+        image = container.settings().docker_image or default_image_tag(
+            container.settings().docker_image_repository
+        )
+        sweeps = []
+
+        started = time.perf_counter()
+        ids = create_stopped_containers(image, instance_id, args.sessions)
+        setup_s = time.perf_counter() - started
+        for container_id in ids:
+            repository.save(expired_session(container_id, clock.now()))
+        sweeps.append(timed_sweep(container, len(ids), "stopped_containers"))
+        sweeps[-1]["container_setup_s"] = round(setup_s, 1)
+
+        create = container.create_sandbox()
+        for _ in range(args.running):
+            session = create.execute(CreateSandboxCommand(uuid.uuid4()))
+            repository.save(replace(session, expires_at=clock.now() - timedelta(seconds=1)))
+        sweeps.append(timed_sweep(container, args.running, "running_sandboxes"))
+
+        for index in range(args.sessions):
+            repository.save(expired_session(f"gone-{index}", clock.now()))
+        sweeps.append(timed_sweep(container, args.sessions, "records_only"))
+    finally:
+        remove_containers_of(instance_id)
+        container.shutdown_resources()
+        for name in ("database_engine", "lock_engine"):
+            try:
+                getattr(container, name)().dispose()
+            except Exception as exc:  # best effort at teardown
+                print(f"[cleanup] dispose {name}: {exc}", file=sys.stderr)
+        container.runtime().close()
+    main_sweep = sweeps[0]
+    return {
+        "benchmark": "cleanup_sweep",
+        "store": "postgresql",
+        "runtime": "docker",
+        "sessions": args.sessions,
+        "sessions_per_s": main_sweep["sessions_per_s"],
+        "sweep_s": main_sweep["seconds"],
+        "running_sandbox_ms_each": sweeps[1]["ms_per_session"],
+        "records_only_sessions_per_s": sweeps[2]["sessions_per_s"],
+        "sweeps": sweeps,
+        "errors": sum(len(sweep["problems"]) for sweep in sweeps),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sessions", type=int, default=1000)
+    parser.add_argument("--running", type=int, default=16)
+    args = parser.parse_args()
+    sigterm_as_interrupt()
+    from adapter.logging import configure_logging
+    from test.integration.persistence.pg import temporary_database
+
+    configure_logging("warning", "json")
+    with (
+        temporary_database("sandboxd_cleanup") as database_url,
+        tempfile.TemporaryDirectory(prefix="sandboxd-cleanup-") as data_dir,
+    ):
+        report = measure(args, database_url, Path(data_dir))
+    emit(report)
+    return 1 if report["errors"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,149 @@
+"""Helpers shared by the benchmarks of bench/run: statistics, memory readings, a service process.
+
+Every script here prints one JSON object on stdout and cleans up what it started (service
+processes, containers and VMs by their own instance id), also on Ctrl-C and SIGTERM.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+DOCKER = "/usr/bin/docker" if Path("/usr/bin/docker").exists() else "docker"
+INSTANCE_LABEL = "sandboxd.instance"
+# Raw samples kept in the JSON for the charts; more adds size, not information.
+MAX_SAMPLES = 2000
+
+
+def percentile(samples: list[float], fraction: float) -> float:
+    """Nearest-rank percentile, the same rule the other benchmark scripts use."""
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
+
+
+def summary_ms(samples_s: list[float]) -> dict[str, float]:
+    """n, p50, p90, p99, max and mean of samples given in seconds, in milliseconds."""
+    if not samples_s:
+        return {"n": 0}
+    return {
+        "n": len(samples_s),
+        "p50": round(percentile(samples_s, 0.50) * 1000, 3),
+        "p90": round(percentile(samples_s, 0.90) * 1000, 3),
+        "p99": round(percentile(samples_s, 0.99) * 1000, 3),
+        "max": round(max(samples_s) * 1000, 3),
+        "mean": round(statistics.fmean(samples_s) * 1000, 3),
+    }
+
+
+def kept_samples_ms(samples_s: list[float]) -> list[float]:
+    """An evenly thinned copy (at most MAX_SAMPLES) for the latency-distribution chart."""
+    step = max(1, len(samples_s) // MAX_SAMPLES)
+    return [round(value * 1000, 3) for value in samples_s[::step]]
+
+
+def emit(report: dict[str, Any]) -> None:
+    json.dump(report, sys.stdout, indent=2)
+    print()
+    sys.stdout.flush()
+
+
+def sigterm_as_interrupt() -> None:
+    """SIGTERM (the runner's timeout) unwinds like Ctrl-C, so every ``finally`` cleans up."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def proc_memory_kb(pid: int) -> tuple[int, int]:
+    """(RSS, PSS) of one process in KiB; PSS splits shared pages among their users."""
+    rss = pss = 0
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Rss:"):
+                rss = int(line.split()[1])
+            elif line.startswith("Pss:"):
+                pss = int(line.split()[1])
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        pass
+    return rss, pss
+
+
+def mem_available_mb() -> float:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no MemAvailable in /proc/meminfo")
+
+
+def mem_total_mb() -> float:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no MemTotal in /proc/meminfo")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def remove_containers_of(instance_id: str) -> int:
+    """Remove every container labelled with this instance id (ours only); returns how many."""
+    ids = subprocess.run(
+        [DOCKER, "ps", "-aq", "--filter", f"label={INSTANCE_LABEL}={instance_id}"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.split()
+    for start in range(0, len(ids), 100):
+        subprocess.run(
+            [DOCKER, "rm", "-f", *ids[start : start + 100]], capture_output=True, check=False
+        )
+    return len(ids)
+
+
+@contextmanager
+def running_service(prefix: str, **settings: str) -> Iterator[Any]:
+    """A real ``sandboxd serve`` on free loopback ports with a throwaway PostgreSQL database.
+
+    Yields the ServiceProcess of test/e2e/service.py (ports, api key, instance id). At the end
+    the process is stopped, its containers are removed by its instance label, and the database
+    and data directory are dropped.
+    """
+    from test.e2e.service import ServiceProcess
+    from test.integration.persistence.pg import temporary_database
+
+    with (
+        temporary_database(f"sandboxd_{prefix}") as database_url,
+        tempfile.TemporaryDirectory(prefix=f"sandboxd-{prefix}-") as data_dir,
+    ):
+        service = ServiceProcess(Path(data_dir), database_url=database_url, **settings)
+        service.instance_id = f"bench-{prefix}-{os.urandom(5).hex()}"
+        try:
+            subprocess.run(
+                [sys.executable, "-m", "entrypoint.cli", "migrate"],
+                cwd=ROOT,
+                env=service.environment(),
+                check=True,
+                capture_output=True,
+            )
+            service.start()
+            yield service
+        finally:
+            service.stop()
+            remove_containers_of(service.instance_id)
