@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -147,3 +148,17 @@ def running_service(prefix: str, **settings: str) -> Iterator[Any]:
         finally:
             service.stop()
             remove_containers_of(service.instance_id)
+
+
+def qemu_unavailable(image_dir: Path) -> str | None:
+    """Why the QEMU benchmarks cannot run on this machine, or None when they can."""
+    from adapter.qemu.image import load_qemu_image
+
+    if shutil.which("qemu-system-x86_64") is None:
+        return "qemu-system-x86_64 is not installed"
+    if load_qemu_image(image_dir) is None:
+        return (
+            f"no QEMU image set in {image_dir} "
+            "(build it with `uv run sandboxd image build --runtime qemu`)"
+        )
+    return None

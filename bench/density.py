@@ -39,6 +39,7 @@ from bench.common import (
     mem_available_mb,
     mem_total_mb,
     proc_memory_kb,
+    qemu_unavailable,
     remove_containers_of,
     sigterm_as_interrupt,
 )
@@ -158,20 +159,15 @@ def docker_density(count: int) -> dict[str, Any]:
 
 def qemu_density(count: int) -> dict[str, Any]:
     from adapter.logging import StructlogLogger
-    from adapter.qemu.image import load_qemu_image
     from adapter.qemu.runtime import QemuSandboxRuntime
     from domain.execution import ExecutionRequest
     from entrypoint.settings import Settings
 
     settings = Settings()
     image_dir = settings.qemu_image_dir or settings.data_dir
-    if shutil.which("qemu-system-x86_64") is None:
-        return {"unavailable": "qemu-system-x86_64 is not installed"}
-    if load_qemu_image(image_dir) is None:
-        return {
-            "unavailable": f"no QEMU image set in {image_dir} "
-            "(build it with `uv run sandboxd image build --runtime qemu`)"
-        }
+    unavailable = qemu_unavailable(image_dir)
+    if unavailable is not None:
+        return {"unavailable": unavailable}
     QEMU_BENCH_DIR.mkdir(exist_ok=True)
     runtime = QemuSandboxRuntime(
         data_dir=QEMU_BENCH_DIR,
