@@ -40,38 +40,9 @@ import docker
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.common import KeepAliveConnection  # noqa: E402
 from test.e2e.service import API_KEY, ServiceProcess  # noqa: E402
 from test.integration.persistence.pg import temporary_database  # noqa: E402
-
-
-class Connection:
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._reader = reader
-        self._writer = writer
-
-    @classmethod
-    async def open(cls, port: int) -> Connection:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        return cls(reader, writer)
-
-    async def post(self, path: str, body: bytes) -> tuple[int, bytes]:
-        head = (
-            f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-            f"Authorization: Bearer {API_KEY}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n"
-        )
-        self._writer.write(head.encode() + body)
-        status_line = await self._reader.readuntil(b"\r\n")
-        headers = await self._reader.readuntil(b"\r\n\r\n")
-        length = 0
-        for line in headers.split(b"\r\n"):
-            name, _, value = line.partition(b":")
-            if name.strip().lower() == b"content-length":
-                length = int(value)
-        return int(status_line.split()[1]), await self._reader.readexactly(length)
-
-    def close(self) -> None:
-        self._writer.close()
 
 
 class Pool:
@@ -79,7 +50,7 @@ class Pool:
 
     def __init__(self, port: int) -> None:
         self._port = port
-        self._idle: list[Connection] = []
+        self._idle: list[KeepAliveConnection] = []
         self.opened = 0
 
     async def execute(self, chat: uuid.UUID, body: bytes) -> None:
@@ -92,7 +63,7 @@ class Pool:
             # The server closes keep-alive connections idle for 5 s; open a fresh one.
             if connection is not None:
                 connection.close()
-            connection = await Connection.open(self._port)
+            connection = await KeepAliveConnection.open(self._port, API_KEY)
             self.opened += 1
             status, payload = await connection.post(f"/v1/chats/{chat}/executions", body)
         self._idle.append(connection)

@@ -6,6 +6,7 @@ processes, containers and VMs by their own instance id), also on Ctrl-C and SIGT
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -162,3 +163,41 @@ def qemu_unavailable(image_dir: Path) -> str | None:
             "(build it with `uv run sandboxd image build --runtime qemu`)"
         )
     return None
+
+
+class KeepAliveConnection:
+    """A minimal HTTP/1.1 keep-alive client connection: POST with a bearer key, read the answer.
+
+    httpx costs more client CPU per request than the service spends on it; on a 2-core machine
+    the load generator would measure itself.
+    """
+
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, port: int, api_key: str
+    ) -> None:
+        self._reader = reader
+        self._writer = writer
+        self._head = (
+            f"Host: 127.0.0.1:{port}\r\nAuthorization: Bearer {api_key}\r\n"
+            "Content-Type: application/json\r\n"
+        )
+
+    @classmethod
+    async def open(cls, port: int, api_key: str) -> KeepAliveConnection:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        return cls(reader, writer, port, api_key)
+
+    async def post(self, path: str, body: bytes) -> tuple[int, bytes]:
+        head = f"POST {path} HTTP/1.1\r\n{self._head}Content-Length: {len(body)}\r\n\r\n"
+        self._writer.write(head.encode() + body)
+        status_line = await self._reader.readuntil(b"\r\n")
+        headers = await self._reader.readuntil(b"\r\n\r\n")
+        length = 0
+        for line in headers.split(b"\r\n"):
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        return int(status_line.split()[1]), await self._reader.readexactly(length)
+
+    def close(self) -> None:
+        self._writer.close()

@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import itertools
 
 from bench.common import (
+    KeepAliveConnection,
     cpu_seconds,
     emit,
     kept_samples_ms,
@@ -53,38 +54,13 @@ class HttpError(Exception):
     pass
 
 
-class Connection:
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
-
-    async def post(self, port: int, path: str, body: bytes, api_key: str) -> tuple[int, bytes]:
-        head = (
-            f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-            f"Authorization: Bearer {api_key}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n"
-        )
-        self.writer.write(head.encode() + body)
-        status_line = await self.reader.readuntil(b"\r\n")
-        headers = await self.reader.readuntil(b"\r\n\r\n")
-        length = 0
-        for line in headers.split(b"\r\n"):
-            name, _, value = line.partition(b":")
-            if name.strip().lower() == b"content-length":
-                length = int(value)
-        return int(status_line.split()[1]), await self.reader.readexactly(length)
-
-    def close(self) -> None:
-        self.writer.close()
-
-
 class Client:
     """Keep-alive connections, one per caller at a time; every result is checked."""
 
     def __init__(self, port: int, api_key: str) -> None:
         self._port = port
         self._api_key = api_key
-        self._idle: list[Connection] = []
+        self._idle: list[KeepAliveConnection] = []
         self.values: dict[uuid.UUID, list[int]] = defaultdict(list)
         self.errors: list[str] = []
 
@@ -118,11 +94,11 @@ class Client:
         return elapsed
 
     async def _post(
-        self, connection: Connection | None, path: str, body: bytes
+        self, connection: KeepAliveConnection | None, path: str, body: bytes
     ) -> tuple[int, bytes]:
         if connection is not None:
             try:
-                status, payload = await connection.post(self._port, path, body, self._api_key)
+                status, payload = await connection.post(path, body)
             except (ConnectionError, asyncio.IncompleteReadError):
                 # The server closes keep-alive connections idle for a few seconds. Only a
                 # connection that was idle is retried; a request it may have run is not lost,
@@ -132,9 +108,8 @@ class Client:
             else:
                 self._idle.append(connection)
                 return status, payload
-        reader, writer = await asyncio.open_connection("127.0.0.1", self._port)
-        connection = Connection(reader, writer)
-        status, payload = await connection.post(self._port, path, body, self._api_key)
+        connection = await KeepAliveConnection.open(self._port, self._api_key)
+        status, payload = await connection.post(path, body)
         self._idle.append(connection)
         return status, payload
 
