@@ -8,18 +8,26 @@
 Every step is skipped when its output for the same inputs already exists. ``image.json`` in the
 QEMU data directory names the current set; the runtime reads it, and the snapshot key is built
 from the hashes recorded there.
+
+Builders serialise on ``build.lock`` in the QEMU data directory: a service starting up and a
+test fixture (or two CLI calls) building the same base image at once would otherwise share one
+staging directory and publish a corrupted file system.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import shutil
 import subprocess
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from filelock import FileLock
 
 from adapter.qemu.initramfs import INIT_SCRIPT, build_initramfs
 from adapter.qemu.kernel import ensure_kernel
@@ -29,6 +37,10 @@ Progress = Callable[[str], None]
 
 BUSYBOX = Path("/bin/busybox")
 MANIFEST = "image.json"
+BUILD_LOCK = "build.lock"
+# Superseded artifacts younger than this are kept: another process (a second service on the same
+# data directory, a test run) may have just built them and be about to boot from them.
+PRUNE_MIN_AGE_S = 3600.0
 
 
 @dataclass(frozen=True)
@@ -75,8 +87,16 @@ def build_qemu_image(
     data_dir: Path, rootfs_dir: Path, rootfs_hash: str, progress: Progress | None = None
 ) -> QemuImage:
     """Build (or reuse) kernel, initramfs and base image for this root filesystem."""
-    say = progress or (lambda _message: None)
     root = qemu_dir(data_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(root / BUILD_LOCK)):
+        return _build_locked(root, rootfs_dir, rootfs_hash, progress)
+
+
+def _build_locked(
+    root: Path, rootfs_dir: Path, rootfs_hash: str, progress: Progress | None
+) -> QemuImage:
+    say = progress or (lambda _message: None)
     kernel = ensure_kernel(root / "kernel", say)
     kernel_hash = _cached_hash(kernel.vmlinuz)
 
@@ -121,12 +141,17 @@ def _prune(root: Path, keep: set[Path]) -> None:
 
     VMs still running on an old base keep it open, so removing the file does not disturb them.
     """
+    cutoff = time.time() - PRUNE_MIN_AGE_S
     for entry in [*(root / "base").glob("*"), *(root / "initramfs").glob("*")]:
-        if entry not in keep and not entry.name.endswith(".building"):
-            if entry.is_dir():
-                shutil.rmtree(entry, ignore_errors=True)
-            else:
-                entry.unlink(missing_ok=True)
+        if entry in keep or entry.name.endswith(".building"):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            if entry.stat().st_mtime > cutoff:
+                continue
+        if entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
 
 
 def load_qemu_image(data_dir: Path) -> QemuImage | None:
