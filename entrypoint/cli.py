@@ -11,38 +11,14 @@ from typing import Any
 
 from dependency_injector import providers
 
-from domain.errors import (
-    InvalidInputError,
-    LockTimeoutError,
-    RepositoryUnavailableError,
-    RuntimeUnavailableError,
-    SandboxGoneError,
-    SandboxNotFoundError,
-    SandboxServiceError,
-)
+from domain.errors import SandboxServiceError
 from domain.execution import ExecutionRequest, Language
 from domain.sandbox import SandboxSession, SandboxStatus, parse_chat_id
 from entrypoint.container import Container
+from entrypoint.errors import error_row
+from entrypoint.serve import serve
 from usecase.execute import ExecuteCodeCommand
 from usecase.sandbox import CreateSandboxCommand
-
-# One table from error to exit status; the first matching class wins.
-EXIT_CODES: tuple[tuple[type[Exception], int], ...] = (
-    (InvalidInputError, 2),
-    (SandboxNotFoundError, 3),
-    (RuntimeUnavailableError, 4),
-    (RepositoryUnavailableError, 4),
-    (SandboxGoneError, 5),
-    (LockTimeoutError, 6),
-    (SandboxServiceError, 1),
-)
-
-
-def exit_code_for(error: Exception) -> int:
-    for error_type, code in EXIT_CODES:
-        if isinstance(error, error_type):
-            return code
-    return 1
 
 
 def session_json(session: SandboxSession) -> dict[str, Any]:
@@ -119,8 +95,6 @@ def cmd_cleanup(container: Container, args: argparse.Namespace) -> int:
 
 
 def cmd_serve(container: Container, args: argparse.Namespace) -> int:
-    from entrypoint.serve import serve
-
     overrides = {
         name: value
         for name, value in (
@@ -254,7 +228,7 @@ def main(argv: Sequence[str] | None = None, container: Container | None = None) 
         return handler(container, args)
     except SandboxServiceError as error:
         print(f"sandboxd: {type(error).__name__}: {error}", file=sys.stderr)
-        return exit_code_for(error)
+        return error_row(error).exit_code
 
 
 if __name__ == "__main__":

@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
-from domain.errors import InvalidInputError, SandboxServiceError
-from entrypoint.error_codes import ListenError
+from domain.errors import SandboxServiceError
+from entrypoint.errors import InsecureConfigurationError, ListenError, error_row
 from entrypoint.grpc.server import host_port, start_grpc_server
 from entrypoint.worker import CleanupWorker
 
@@ -34,10 +34,6 @@ if TYPE_CHECKING:
     from entrypoint.container import Container
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-
-class InsecureConfigurationError(InvalidInputError):
-    """No API keys and no explicit permission to run without them (a configuration error)."""
 
 
 class _HttpServer(uvicorn.Server):
@@ -172,10 +168,8 @@ def serve(container: Container) -> int:
     try:
         asyncio.run(Service(container).run())
     except SandboxServiceError as error:
-        from entrypoint.cli import exit_code_for
-
         print(f"sandboxd: cannot start: {type(error).__name__}: {error}", file=sys.stderr)
-        return exit_code_for(error)
+        return error_row(error).exit_code
     except KeyboardInterrupt:
         return 130
     return 0

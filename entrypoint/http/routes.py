@@ -17,7 +17,7 @@ from domain.execution import OutputChunk
 from domain.sandbox import SandboxStatus, parse_chat_id
 from entrypoint.api import SandboxApi, StreamEvent
 from entrypoint.auth import ApiKeyAuthenticator
-from entrypoint.error_codes import error_code, public_message
+from entrypoint.errors import error_code, public_message
 from entrypoint.http.schemas import (
     ErrorBody,
     ExecuteBody,
