@@ -37,7 +37,7 @@ def cmd_exec(container: Container, args: argparse.Namespace) -> int:
     request = ExecutionRequest(
         code=code,
         language=Language.parse(args.language),
-        timeout_s=args.timeout if args.timeout is not None else settings.default_timeout_s,
+        timeout_s=args.timeout if args.timeout is not None else settings.limits.default_timeout_s,
     )
     chat_id = parse_chat_id(args.chat_id)
     execution = container.execute_code().execute(ExecuteCodeCommand(chat_id, request))
@@ -105,8 +105,11 @@ def cmd_serve(container: Container, args: argparse.Namespace) -> int:
         if value is not None
     }
     if overrides:
-        settings = container.settings().model_copy(update=overrides)
-        container.settings.override(providers.Object(settings))
+        settings = container.settings()
+        server = settings.server.model_copy(update=overrides)
+        container.settings.override(
+            providers.Object(settings.model_copy(update={"server": server}))
+        )
     return serve(container)
 
 
@@ -133,8 +136,8 @@ def cmd_image_build(container: Container, args: argparse.Namespace) -> int:
     runtime = args.runtime or settings.runtime
     built = build_runtime_image(settings, runtime, container.qemu_runtime)
     print(built)
-    if runtime == "docker" and settings.docker_image and settings.docker_image != built:
-        print_progress(f"note: SANDBOXD_DOCKER_IMAGE={settings.docker_image} overrides {built}")
+    if runtime == "docker" and settings.docker.image and settings.docker.image != built:
+        print_progress(f"note: SANDBOXD_DOCKER_IMAGE={settings.docker.image} overrides {built}")
     return 0
 
 
@@ -222,7 +225,7 @@ def main(argv: Sequence[str] | None = None, container: Container | None = None) 
     settings = container.settings()
     from adapter.logging import configure_logging
 
-    configure_logging(settings.log_level, settings.log_format)
+    configure_logging(settings.log.level, settings.log.format)
     handler: Callable[[Container, argparse.Namespace], int] = args.handler
     try:
         return handler(container, args)

@@ -12,7 +12,7 @@ from grpc.aio import ServicerContext as Ctx
 
 from domain.execution import ExecutionResult, OutputChunk, OutputStream
 from domain.sandbox import SandboxSession, parse_chat_id
-from entrypoint.api import SandboxApi
+from entrypoint.application.sandbox_api import SandboxApi
 from entrypoint.auth import ApiKeyAuthenticator
 from entrypoint.errors import error_row, public_message
 from entrypoint.grpc.generated import sandboxd_pb2 as pb
