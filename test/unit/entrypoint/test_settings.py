@@ -136,5 +136,5 @@ def test_keyword_arguments_win_over_the_environment(monkeypatch) -> None:
 
 def test_invalid_values_are_refused_as_before(monkeypatch) -> None:
     monkeypatch.setenv("SANDBOXD_DOCKER_USER", "root")
-    with pytest.raises(ValueError, match="docker.user"):
+    with pytest.raises(ValueError, match=r"docker\.user"):
         Settings()
