@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ast
 import importlib
 import inspect
 import pkgutil
+from pathlib import Path
 
 import pytest
 from grpc import StatusCode as G
@@ -97,3 +99,15 @@ def test_published_codes_and_statuses(
         grpc_status,
         exit_code,
     )
+
+
+def test_serve_takes_exit_codes_from_the_table_not_from_the_cli() -> None:
+    """cli.py imports serve.py; serve.py importing cli.py back (even lazily) is a loop."""
+    source = Path(entrypoint.__file__).with_name("serve.py").read_text()
+    imported = {
+        node.module if isinstance(node, ast.ImportFrom) else alias.name
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, ast.Import | ast.ImportFrom)
+        for alias in node.names
+    }
+    assert "entrypoint.cli" not in imported
