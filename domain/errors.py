@@ -46,5 +46,9 @@ class LockTimeoutError(SandboxServiceError):
     """The chat's lifecycle lock could not be taken in time."""
 
 
+class SessionConflictError(SandboxServiceError):
+    """A second current session for one chat: the store's one-per-chat rule was broken."""
+
+
 class TooManyExecutionsError(SandboxServiceError):
     """The service is at its limit of executions in flight; retry later."""

@@ -6,7 +6,7 @@ import hashlib
 import hmac
 from collections.abc import Iterable
 
-from entrypoint.error_codes import UnauthenticatedError
+from entrypoint.errors import UnauthenticatedError
 
 _SCHEME = "bearer"
 

@@ -11,38 +11,14 @@ from typing import Any
 
 from dependency_injector import providers
 
-from domain.errors import (
-    InvalidInputError,
-    LockTimeoutError,
-    RepositoryUnavailableError,
-    RuntimeUnavailableError,
-    SandboxGoneError,
-    SandboxNotFoundError,
-    SandboxServiceError,
-)
+from domain.errors import SandboxServiceError
 from domain.execution import ExecutionRequest, Language
 from domain.sandbox import SandboxSession, SandboxStatus, parse_chat_id
 from entrypoint.container import Container
+from entrypoint.errors import error_row
+from entrypoint.serve import serve
 from usecase.execute import ExecuteCodeCommand
 from usecase.sandbox import CreateSandboxCommand
-
-# One table from error to exit status; the first matching class wins.
-EXIT_CODES: tuple[tuple[type[Exception], int], ...] = (
-    (InvalidInputError, 2),
-    (SandboxNotFoundError, 3),
-    (RuntimeUnavailableError, 4),
-    (RepositoryUnavailableError, 4),
-    (SandboxGoneError, 5),
-    (LockTimeoutError, 6),
-    (SandboxServiceError, 1),
-)
-
-
-def exit_code_for(error: Exception) -> int:
-    for error_type, code in EXIT_CODES:
-        if isinstance(error, error_type):
-            return code
-    return 1
 
 
 def session_json(session: SandboxSession) -> dict[str, Any]:
@@ -61,7 +37,7 @@ def cmd_exec(container: Container, args: argparse.Namespace) -> int:
     request = ExecutionRequest(
         code=code,
         language=Language.parse(args.language),
-        timeout_s=args.timeout if args.timeout is not None else settings.default_timeout_s,
+        timeout_s=args.timeout if args.timeout is not None else settings.limits.default_timeout_s,
     )
     chat_id = parse_chat_id(args.chat_id)
     execution = container.execute_code().execute(ExecuteCodeCommand(chat_id, request))
@@ -119,8 +95,6 @@ def cmd_cleanup(container: Container, args: argparse.Namespace) -> int:
 
 
 def cmd_serve(container: Container, args: argparse.Namespace) -> int:
-    from entrypoint.serve import serve
-
     overrides = {
         name: value
         for name, value in (
@@ -131,8 +105,11 @@ def cmd_serve(container: Container, args: argparse.Namespace) -> int:
         if value is not None
     }
     if overrides:
-        settings = container.settings().model_copy(update=overrides)
-        container.settings.override(providers.Object(settings))
+        settings = container.settings()
+        server = settings.server.model_copy(update=overrides)
+        container.settings.override(
+            providers.Object(settings.model_copy(update={"server": server}))
+        )
     return serve(container)
 
 
@@ -159,8 +136,8 @@ def cmd_image_build(container: Container, args: argparse.Namespace) -> int:
     runtime = args.runtime or settings.runtime
     built = build_runtime_image(settings, runtime, container.qemu_runtime)
     print(built)
-    if runtime == "docker" and settings.docker_image and settings.docker_image != built:
-        print_progress(f"note: SANDBOXD_DOCKER_IMAGE={settings.docker_image} overrides {built}")
+    if runtime == "docker" and settings.docker.image and settings.docker.image != built:
+        print_progress(f"note: SANDBOXD_DOCKER_IMAGE={settings.docker.image} overrides {built}")
     return 0
 
 
@@ -248,13 +225,13 @@ def main(argv: Sequence[str] | None = None, container: Container | None = None) 
     settings = container.settings()
     from adapter.logging import configure_logging
 
-    configure_logging(settings.log_level, settings.log_format)
+    configure_logging(settings.log.level, settings.log.format)
     handler: Callable[[Container, argparse.Namespace], int] = args.handler
     try:
         return handler(container, args)
     except SandboxServiceError as error:
         print(f"sandboxd: {type(error).__name__}: {error}", file=sys.stderr)
-        return exit_code_for(error)
+        return error_row(error).exit_code
 
 
 if __name__ == "__main__":

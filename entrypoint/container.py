@@ -5,6 +5,8 @@ Tests swap providers with ``container.<provider>.override(...)``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from dependency_injector import containers, providers
 
 from adapter.clock import SystemClock
@@ -13,16 +15,16 @@ from adapter.docker.runtime import DockerSandboxConfig, DockerSandboxRuntime
 from adapter.logging import StructlogLogger
 from adapter.qemu.runtime import QemuSandboxRuntime
 from entrypoint import persistence
-from entrypoint.api import SandboxApi
+from entrypoint.application.sandbox_api import SandboxApi
+from entrypoint.application.sweep import CleanupWorker, Sweeper
 from entrypoint.auth import ApiKeyAuthenticator
 from entrypoint.grpc.servicer import SandboxServicer
 from entrypoint.http.app import create_app
 from entrypoint.images import prepare_runtime_image
 from entrypoint.metrics import ServiceMetrics
 from entrypoint.settings import Settings
-from entrypoint.worker import Sweeper
-from repository.sqlalchemy_session import SqlAlchemySandboxSessionRepository
 from usecase.execute import ExecuteCode, ExecutionLimits
+from usecase.ports import Clock, Logger, SandboxRuntime
 from usecase.reconcile import ReconcileSandboxes
 from usecase.sandbox import (
     CleanupExpiredSandboxes,
@@ -34,53 +36,65 @@ from usecase.sandbox import (
 )
 
 
-def _docker_runtime(settings: Settings, logger: StructlogLogger) -> DockerSandboxRuntime:
+def _clock() -> Clock:
+    return SystemClock()
+
+
+def _logger(component: str = "sandboxd") -> Logger:
+    return StructlogLogger(component=component)
+
+
+def _docker_runtime(settings: Settings, logger: Logger) -> SandboxRuntime:
+    docker = settings.docker
     config = DockerSandboxConfig(
-        image=settings.docker_image or default_image_tag(settings.docker_image_repository),
+        image=docker.image or default_image_tag(docker.image_repository),
         instance_id=settings.instance_id,
         data_dir=settings.data_dir,
-        memory_mb=settings.docker_memory_mb,
-        cpus=settings.docker_cpus,
-        pids_limit=settings.docker_pids_limit,
-        workspace_mb=settings.docker_workspace_mb,
-        tmp_mb=settings.docker_tmp_mb,
-        user=settings.docker_user,
-        network=settings.docker_network,
-        read_only_root=settings.docker_read_only_root,
-        drop_all_capabilities=settings.docker_drop_all_capabilities,
-        no_new_privileges=settings.docker_no_new_privileges,
-        max_output_bytes=settings.max_output_bytes,
-        start_timeout_s=settings.docker_start_timeout_s,
-        agent_command=("python3", settings.docker_agent_path),
+        memory_mb=docker.memory_mb,
+        cpus=docker.cpus,
+        pids_limit=docker.pids_limit,
+        workspace_mb=docker.workspace_mb,
+        tmp_mb=docker.tmp_mb,
+        user=docker.user,
+        network=docker.network,
+        read_only_root=docker.read_only_root,
+        drop_all_capabilities=docker.drop_all_capabilities,
+        no_new_privileges=docker.no_new_privileges,
+        max_output_bytes=settings.limits.max_output_bytes,
+        start_timeout_s=docker.start_timeout_s,
+        agent_command=("python3", docker.agent_path),
     )
-    return DockerSandboxRuntime.from_base_url(settings.docker_base_url, config, logger)
+    return DockerSandboxRuntime.from_base_url(docker.base_url, config, logger)
 
 
-def _qemu_runtime(settings: Settings, logger: StructlogLogger) -> QemuSandboxRuntime:
+def _qemu_runtime(settings: Settings, logger: Logger) -> QemuSandboxRuntime:
+    """The concrete class: image preparation also takes its memory snapshot."""
+    qemu = settings.qemu
     return QemuSandboxRuntime(
         data_dir=settings.data_dir,
         instance_id=settings.instance_id,
         logger=logger,
-        memory_mb=settings.qemu_memory_mb,
-        vcpus=settings.qemu_vcpus,
-        accel=settings.qemu_accel,
-        snapshot=settings.qemu_snapshot,
-        max_output_bytes=settings.max_output_bytes,
-        image_dir=settings.qemu_image_dir,
+        memory_mb=qemu.memory_mb,
+        vcpus=qemu.vcpus,
+        accel=qemu.accel,
+        snapshot=qemu.snapshot,
+        max_output_bytes=settings.limits.max_output_bytes,
+        image_dir=qemu.image_dir,
     )
 
 
-def _execution_limits(settings: Settings) -> ExecutionLimits:
-    return ExecutionLimits(
-        max_code_bytes=settings.max_code_bytes, max_timeout_s=settings.max_timeout_s
-    )
+def _selected_runtime(
+    kind: str, docker: Callable[[], SandboxRuntime], qemu: Callable[[], QemuSandboxRuntime]
+) -> SandboxRuntime:
+    """The configured runtime; only that one is built (the other's engine may be absent)."""
+    return qemu() if kind == "qemu" else docker()
 
 
 class Container(containers.DeclarativeContainer):
     settings = providers.Singleton(Settings)
 
-    clock = providers.Singleton(SystemClock)
-    logger = providers.Singleton(StructlogLogger)
+    clock = providers.Singleton(_clock)
+    logger = providers.Singleton(_logger)
 
     # Persistence follows Settings.effective_database_url (see entrypoint/persistence.py).
     # database_engine is unchecked (for `sandboxd migrate`); ready_database migrates or checks
@@ -88,17 +102,22 @@ class Container(containers.DeclarativeContainer):
     database_engine = providers.Singleton(persistence.database_engine, settings)
     ready_database = providers.Singleton(persistence.ready_engine, database_engine, settings)
     lock_engine = providers.Singleton(persistence.lock_engine, settings)
-    repository = providers.Singleton(SqlAlchemySandboxSessionRepository, engine=ready_database)
+    repository = providers.Singleton(persistence.session_repository, ready_database)
     locker = providers.Singleton(persistence.chat_locker, settings, lock_engine.provider)
     sweep_leader = providers.Singleton(persistence.sweep_leader, settings, lock_engine.provider)
 
-    runtime_kind = providers.Callable(lambda settings: settings.runtime, settings)
     docker_runtime = providers.Singleton(_docker_runtime, settings, logger)
     qemu_runtime = providers.Singleton(_qemu_runtime, settings, logger)
-    runtime = providers.Selector(runtime_kind, docker=docker_runtime, qemu=qemu_runtime)
+    runtime = providers.Callable(
+        _selected_runtime,
+        settings.provided.runtime,
+        docker_runtime.provider,
+        qemu_runtime.provider,
+    )
 
-    ttl = providers.Callable(lambda settings: settings.ttl, settings)
-    max_lifetime = providers.Callable(lambda settings: settings.max_lifetime, settings)
+    ttl = settings.provided.lifetime.ttl
+    max_lifetime = settings.provided.lifetime.max_lifetime
+    limits = settings.provided.limits
 
     create_sandbox = providers.Factory(
         CreateSandbox,
@@ -119,7 +138,11 @@ class Container(containers.DeclarativeContainer):
         logger=logger,
         ttl=ttl,
         max_lifetime=max_lifetime,
-        limits=providers.Callable(_execution_limits, settings),
+        limits=providers.Factory(
+            ExecutionLimits,
+            max_code_bytes=limits.max_code_bytes,
+            max_timeout_s=limits.max_timeout_s,
+        ),
     )
     get_sandbox = providers.Factory(GetSandbox, repository=repository)
     list_sandboxes = providers.Factory(ListSandboxes, repository=repository)
@@ -142,13 +165,13 @@ class Container(containers.DeclarativeContainer):
     )
 
     # The service (sandboxd serve): one facade for HTTP and gRPC, the sweep shared with
-    # `sandboxd cleanup --once`.
+    # `sandboxd cleanup --once`, and the worker that repeats it.
     metrics = providers.Singleton(ServiceMetrics)
     # Builds the sandbox image on first run (tests override it with a no-op).
     prepare_runtime = providers.Callable(prepare_runtime_image, settings, qemu_runtime.provider)
-    access_logger = providers.Singleton(StructlogLogger, component="http")
+    access_logger = providers.Singleton(_logger, component="http")
     authenticator = providers.Singleton(
-        ApiKeyAuthenticator, keys=providers.Callable(lambda s: s.api_key_list, settings)
+        ApiKeyAuthenticator, keys=settings.provided.server.api_key_list
     )
     sweeper = providers.Singleton(
         Sweeper,
@@ -157,6 +180,13 @@ class Container(containers.DeclarativeContainer):
         leader=sweep_leader,
         logger=logger,
         metrics=metrics,
+    )
+    # A new one per `serve` run: it belongs to that run's event loop.
+    cleanup_worker = providers.Factory(
+        CleanupWorker,
+        sweeper=sweeper,
+        interval_s=settings.provided.server.cleanup_interval_seconds,
+        logger=logger,
     )
     api = providers.Singleton(
         SandboxApi,
@@ -170,8 +200,8 @@ class Container(containers.DeclarativeContainer):
         runtime=runtime,
         metrics=metrics,
         logger=logger,
-        max_inflight_executions=providers.Callable(lambda s: s.max_inflight_executions, settings),
-        default_timeout_s=providers.Callable(lambda s: s.default_timeout_s, settings),
+        max_inflight_executions=limits.max_inflight_executions,
+        default_timeout_s=limits.default_timeout_s,
     )
     http_app = providers.Singleton(
         create_app,
@@ -180,7 +210,7 @@ class Container(containers.DeclarativeContainer):
         metrics=metrics,
         logger=logger,
         access_logger=access_logger,
-        max_code_bytes=providers.Callable(lambda s: s.max_code_bytes, settings),
+        max_code_bytes=limits.max_code_bytes,
     )
     grpc_servicer = providers.Singleton(
         SandboxServicer, api=api, authenticator=authenticator, metrics=metrics, logger=logger

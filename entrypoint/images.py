@@ -38,7 +38,7 @@ def build_runtime_image(
             return _build_docker_image(settings, progress)
         from adapter.qemu.image import build_qemu_image
 
-        image_dir = settings.qemu_image_dir or settings.data_dir
+        image_dir = settings.qemu.image_dir or settings.data_dir
         artifact = build_rootfs(image_dir, progress)
         image = build_qemu_image(
             image_dir,
@@ -48,7 +48,7 @@ def build_runtime_image(
         )
     except RootfsBuildError as exc:
         raise RuntimeUnavailableError(f"sandbox image build failed: {exc}") from exc
-    if settings.qemu_snapshot:
+    if settings.qemu.snapshot:
         progress("memory snapshot (boots one VM if it is missing or stale)")
         snapshot = qemu_runtime().prepare_snapshot()
         progress(f"snapshot: {snapshot or 'failed, sandboxes will cold-boot'}")
@@ -62,12 +62,12 @@ def _build_docker_image(settings: Settings, progress: Progress) -> str:
 
     try:
         client = docker.APIClient(
-            base_url=settings.docker_base_url or None, version="auto", timeout=600
+            base_url=settings.docker.base_url or None, version="auto", timeout=600
         )
     except docker.errors.DockerException as exc:
         raise RuntimeUnavailableError(f"Docker engine: {exc}") from exc
     return ensure_docker_image(
-        client, settings.data_dir, settings.docker_image_repository, progress
+        client, settings.data_dir, settings.docker.image_repository, progress
     )
 
 
@@ -78,6 +78,6 @@ def prepare_runtime_image(
 
     Skipped when SANDBOXD_DOCKER_IMAGE names an image of the user's own.
     """
-    if settings.runtime == "docker" and settings.docker_image:
+    if settings.runtime == "docker" and settings.docker.image:
         return
     build_runtime_image(settings, settings.runtime, qemu_runtime)

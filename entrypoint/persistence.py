@@ -12,8 +12,8 @@ SANDBOXD_DATABASE_AUTO_MIGRATE=true/false overrides the migrate-on-start choice.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from sqlalchemy.engine import Engine
 
@@ -32,7 +32,11 @@ from repository.postgres_lock import (
     PostgresAdvisorySweepLeaderLock,
 )
 from repository.sandbox_lock import ProcessLocalSandboxLifecycleLocker
+from repository.sqlalchemy_session import SqlAlchemySandboxSessionRepository
 from repository.sweep_leader import ProcessLocalSweepLeaderLock
+from usecase.ports import SandboxLifecycleLocker, SandboxSessionRepository, SweepLeader
+
+EngineProvider = Callable[[], Engine]
 
 
 def database_engine(settings: Settings) -> Engine:
@@ -40,18 +44,18 @@ def database_engine(settings: Settings) -> Engine:
     return create_database_engine(
         settings.effective_database_url,
         PoolOptions(
-            pool_size=settings.database_pool_size,
-            max_overflow=settings.database_max_overflow,
-            pool_timeout_s=settings.database_pool_timeout_seconds,
-            connect_timeout_s=settings.database_connect_timeout_seconds,
-            busy_timeout_s=settings.sqlite_busy_timeout_seconds,
+            pool_size=settings.database.pool_size,
+            max_overflow=settings.database.max_overflow,
+            pool_timeout_s=settings.database.pool_timeout_seconds,
+            connect_timeout_s=settings.database.connect_timeout_seconds,
+            busy_timeout_s=settings.database.sqlite_busy_timeout_seconds,
         ),
     )
 
 
 def auto_migrate(settings: Settings) -> bool:
-    if settings.database_auto_migrate is not None:
-        return settings.database_auto_migrate
+    if settings.database.auto_migrate is not None:
+        return settings.database.auto_migrate
     return is_sqlite(settings.effective_database_url)
 
 
@@ -60,15 +64,19 @@ def ready_engine(engine: Engine, settings: Settings) -> Engine:
     return prepare_database(engine, auto_migrate(settings))
 
 
+def session_repository(engine: Engine) -> SandboxSessionRepository:
+    return SqlAlchemySandboxSessionRepository(engine=engine)
+
+
 def lock_engine(settings: Settings) -> Engine:
-    held = settings.lock_max_connections
+    held = settings.locks.max_connections
     return create_database_engine(
         settings.effective_database_url,
         PoolOptions(
             pool_size=min(held, 10),
             max_overflow=max(0, held - 10),
-            pool_timeout_s=settings.lock_timeout_seconds,
-            connect_timeout_s=settings.database_connect_timeout_seconds,
+            pool_timeout_s=settings.locks.timeout_seconds,
+            connect_timeout_s=settings.database.connect_timeout_seconds,
         ),
     )
 
@@ -79,20 +87,19 @@ def lock_dir(settings: Settings) -> Path | None:
     return None if path is None else path.parent / "locks"
 
 
-def chat_locker(settings: Settings, lock_engine_provider: Any) -> Any:
+def chat_locker(settings: Settings, lock_engine_provider: EngineProvider) -> SandboxLifecycleLocker:
     url = settings.effective_database_url
     if is_postgresql(url):
         return PostgresAdvisorySandboxLifecycleLocker(
-            lock_engine_provider(), timeout_s=settings.lock_timeout_seconds
+            lock_engine_provider(), timeout_s=settings.locks.timeout_seconds
         )
     directory = lock_dir(settings)
     if directory is None:
         return ProcessLocalSandboxLifecycleLocker()
-    return FileSandboxLifecycleLocker(directory, timeout_s=settings.lock_timeout_seconds)
+    return FileSandboxLifecycleLocker(directory, timeout_s=settings.locks.timeout_seconds)
 
 
-def sweep_leader(settings: Settings, lock_engine_provider: Any) -> Any:
-    """An object with ``try_lead()``: a context manager yielding True for the one sweeper."""
+def sweep_leader(settings: Settings, lock_engine_provider: EngineProvider) -> SweepLeader:
     if is_postgresql(settings.effective_database_url):
         return PostgresAdvisorySweepLeaderLock(lock_engine_provider())
     directory = lock_dir(settings)

@@ -25,19 +25,14 @@ from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
-from domain.errors import InvalidInputError, SandboxServiceError
-from entrypoint.error_codes import ListenError
+from domain.errors import SandboxServiceError
+from entrypoint.errors import InsecureConfigurationError, ListenError, error_row
 from entrypoint.grpc.server import host_port, start_grpc_server
-from entrypoint.worker import CleanupWorker
 
 if TYPE_CHECKING:
     from entrypoint.container import Container
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-
-class InsecureConfigurationError(InvalidInputError):
-    """No API keys and no explicit permission to run without them (a configuration error)."""
 
 
 class _HttpServer(uvicorn.Server):
@@ -94,10 +89,10 @@ class Service:
     async def run(self, *, handle_signals: bool = True) -> None:
         container = self._container
         self._loop = asyncio.get_running_loop()
-        settings = container.settings()
+        server = container.settings().server
         logger = container.logger()
-        check_api_keys(settings.api_key_list, settings.insecure_dev)
-        if not settings.api_key_list:
+        check_api_keys(server.api_key_list, server.insecure_dev)
+        if not server.api_key_list:
             logger.warning("authentication_disabled", {"reason": "SANDBOXD_INSECURE_DEV=true"})
 
         await asyncio.to_thread(container.prepare_runtime)
@@ -106,38 +101,38 @@ class Service:
         await asyncio.to_thread(sweeper.run_once)
 
         api = container.api()
-        sock = bind_tcp(settings.host, settings.http_port)
+        sock = bind_tcp(server.host, server.http_port)
         http_port = sock.getsockname()[1]
         config = uvicorn.Config(
             container.http_app(),
             log_config=None,
             access_log=False,
             lifespan="off",
-            timeout_graceful_shutdown=max(1, int(settings.drain_seconds)),
+            timeout_graceful_shutdown=max(1, int(server.drain_seconds)),
             server_header=False,
         )
         http_server = _HttpServer(config)
         http_task = asyncio.create_task(http_server.serve(sockets=[sock]), name="http")
         grpc_server, grpc_port = await start_grpc_server(
-            container.grpc_servicer(), settings.host, settings.grpc_port
+            container.grpc_servicer(), server.host, server.grpc_port
         )
-        worker = CleanupWorker(sweeper, settings.cleanup_interval_seconds, logger)
+        worker = container.cleanup_worker()
         worker.start()
 
         loop = asyncio.get_running_loop()
         if handle_signals:
             for signum in _SIGNALS:
                 loop.add_signal_handler(signum, self.request_stop)
-        http_url = f"http://{host_port(settings.host, http_port)}"
+        http_url = f"http://{host_port(server.host, http_port)}"
         logger.info(
             "service_started",
-            {"http": http_url, "grpc": host_port(settings.host, grpc_port)},
+            {"http": http_url, "grpc": host_port(server.host, grpc_port)},
         )
         self.http_port, self.grpc_port = http_port, grpc_port
         self.listening.set()
         print(
             f"sandboxd listening: HTTP {http_url} (API docs {http_url}/docs), "
-            f"gRPC {host_port(settings.host, grpc_port)}",
+            f"gRPC {host_port(server.host, grpc_port)}",
             flush=True,
         )
 
@@ -151,11 +146,11 @@ class Service:
         http_server.should_exit = True
         results: tuple[Any, ...] = await asyncio.gather(
             http_task,
-            grpc_server.stop(grace=settings.drain_seconds),
-            api.drain(settings.drain_seconds),
+            grpc_server.stop(grace=server.drain_seconds),
+            api.drain(server.drain_seconds),
             return_exceptions=True,
         )
-        await worker.stop(timeout_s=max(settings.drain_seconds, 1.0))
+        await worker.stop(timeout_s=max(server.drain_seconds, 1.0))
         api.close()
         if handle_signals:
             for signum in _SIGNALS:
@@ -172,10 +167,8 @@ def serve(container: Container) -> int:
     try:
         asyncio.run(Service(container).run())
     except SandboxServiceError as error:
-        from entrypoint.cli import exit_code_for
-
         print(f"sandboxd: cannot start: {type(error).__name__}: {error}", file=sys.stderr)
-        return exit_code_for(error)
+        return error_row(error).exit_code
     except KeyboardInterrupt:
         return 130
     return 0

@@ -1,14 +1,31 @@
-"""Service settings, read from the environment with the SANDBOXD_ prefix."""
+"""Service settings, grouped per concern, read from flat SANDBOXD_* environment variables.
+
+Each group is a model of its own (``settings.docker.memory_mb``), but the environment stays
+flat and unchanged: a field F of a group whose ``env_prefix`` is P reads ``SANDBOXD_<P><F>``,
+so ``docker.memory_mb`` is SANDBOXD_DOCKER_MEMORY_MB and ``limits.max_code_bytes`` is
+SANDBOXD_MAX_CODE_BYTES. A field whose variable does not follow that rule names it in the
+group's ``env_names``. To add a setting, add a field to its group (with a comment saying what it
+does); its variable follows from the rule. ``Settings(docker_memory_mb=...)`` with the flat name
+works too (tests and scripts use it), as does ``Settings(docker=DockerSettings(...))``.
+"""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+ENV_PREFIX = "SANDBOXD_"
 
 
 def _default_data_dir() -> Path:
@@ -16,89 +33,26 @@ def _default_data_dir() -> Path:
     return Path(base) / "sandboxd"
 
 
-class Settings(BaseSettings):
-    """Every knob of the service. Environment: SANDBOXD_<NAME>, e.g. SANDBOXD_TTL_SECONDS=600."""
+class SettingsGroup(BaseModel):
+    """One concern's settings. Field F reads SANDBOXD_<env_prefix><F> unless env_names says."""
 
-    model_config = SettingsConfigDict(env_prefix="SANDBOXD_", extra="ignore")
+    model_config = ConfigDict(extra="forbid")
 
-    # Lifetimes: a sandbox dies after ttl_seconds without a message (sliding), and in any case
+    env_prefix: ClassVar[str] = ""
+    # Field name -> variable name (without SANDBOXD_), where the prefix rule does not hold.
+    env_names: ClassVar[Mapping[str, str]] = {}
+
+    @classmethod
+    def flat_names(cls) -> dict[str, str]:
+        """Flat name (the variable without SANDBOXD_, lower case) -> field name."""
+        return {cls.env_names.get(name, cls.env_prefix + name): name for name in cls.model_fields}
+
+
+class LifetimeSettings(SettingsGroup):
+    # A sandbox dies after ttl_seconds without a message (sliding), and in any case
     # max_lifetime_seconds after it was created.
-    ttl_seconds: float = Field(900.0, gt=0)
-    max_lifetime_seconds: float = Field(4 * 3600.0, gt=0)
-
-    data_dir: Path = Field(default_factory=_default_data_dir)
-    # Empty means the embedded default: SQLite in data_dir.
-    database_url: str = ""
-    # Unset: SQLite migrates itself to head on start, PostgreSQL never does (run sandboxd migrate).
-    database_auto_migrate: bool | None = None
-    database_pool_size: int = Field(5, gt=0)
-    database_max_overflow: int = Field(10, ge=0)
-    database_pool_timeout_seconds: float = Field(10.0, gt=0)
-    database_connect_timeout_seconds: float = Field(5.0, gt=0)
-    sqlite_busy_timeout_seconds: float = Field(5.0, gt=0)
-    # How long a request waits for its chat's lock; above max_timeout_s, so a message can wait
-    # out the execution ahead of it.
-    lock_timeout_seconds: float = Field(360.0, gt=0)
-    # PostgreSQL only: connections for chat-lock holders (one per chat being worked on), a pool
-    # apart from the repository's so that holders cannot starve it.
-    lock_max_connections: int = Field(64, gt=0)
-
-    runtime: Literal["docker", "qemu"] = "docker"
-    # Labels every runtime object; reconciliation only touches objects of its own instance.
-    instance_id: str = "sandboxd"
-
-    max_code_bytes: int = Field(256 * 1024, gt=0)
-    default_timeout_s: float = Field(30.0, gt=0)
-    max_timeout_s: float = Field(300.0, gt=0)
-    max_output_bytes: int = Field(1024 * 1024, gt=0)
-
-    # Service (sandboxd serve). Loopback by default: exposing it is a deliberate choice.
-    host: str = "127.0.0.1"
-    http_port: int = Field(8080, ge=0, le=65535)
-    grpc_port: int = Field(50051, ge=0, le=65535)
-    # Comma-separated bearer keys. Without any, serve refuses to start unless insecure_dev is on.
-    api_keys: str = ""
-    insecure_dev: bool = False
-    cleanup_interval_seconds: float = Field(60.0, gt=0)
-    # Executions running at once across HTTP and gRPC; past it callers get 429 / RESOURCE_EXHAUSTED.
-    max_inflight_executions: int = Field(64, gt=0)
-    # On shutdown, how long executions in flight may still finish.
-    drain_seconds: float = Field(30.0, ge=0)
-
-    # MicroVM runtime (runtime=qemu). accel "auto" probes KVM once and falls back to TCG.
-    qemu_memory_mb: int = Field(256, ge=64)
-    qemu_vcpus: int = Field(1, ge=1, le=16)
-    qemu_accel: Literal["auto", "kvm", "tcg"] = "auto"
-    # Start sandboxes from a memory snapshot of a booted VM instead of cold-booting each one.
-    qemu_snapshot: bool = True
-    # Where `sandboxd image build --runtime qemu` builds and caches the root filesystem, kernel,
-    # initramfs and base image; empty means data_dir. VM work dirs and snapshots always live
-    # under data_dir.
-    qemu_image_dir: Path | None = None
-
-    # Container runtime (runtime=docker). The defaults are the hardened ones; each is a knob.
-    # Empty base URL: DOCKER_HOST or /var/run/docker.sock.
-    docker_base_url: str = ""
-    # Empty: the image `sandboxd image build` makes for this version (sandboxd-sandbox:<hash12>).
-    # Any image with python3 and the agent at docker_agent_path works.
-    docker_image: str = ""
-    docker_image_repository: str = "sandboxd-sandbox"
-    docker_agent_path: str = "/opt/sandboxd/agent.py"
-    docker_memory_mb: int = Field(512, ge=32)
-    docker_cpus: float = Field(1.0, gt=0)
-    docker_pids_limit: int = Field(128, ge=16)
-    docker_workspace_mb: int = Field(256, gt=0)
-    docker_tmp_mb: int = Field(16, gt=0)
-    # Numeric uid:gid (the workspace tmpfs is created owned by it).
-    docker_user: str = Field("1000:1000", pattern=r"^\d+(:\d+)?$")
-    docker_network: str = "none"
-    docker_read_only_root: bool = True
-    docker_drop_all_capabilities: bool = True
-    docker_no_new_privileges: bool = True
-    docker_start_timeout_s: float = Field(30.0, gt=0)
-
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
-    log_format: Literal["auto", "json", "console"] = "auto"
+    ttl_seconds: float = Field(default=900.0, gt=0)
+    max_lifetime_seconds: float = Field(default=4 * 3600.0, gt=0)
 
     @property
     def ttl(self) -> timedelta:
@@ -108,10 +62,202 @@ class Settings(BaseSettings):
     def max_lifetime(self) -> timedelta:
         return timedelta(seconds=self.max_lifetime_seconds)
 
+
+class DatabaseSettings(SettingsGroup):
+    env_prefix = "database_"
+    env_names = {"sqlite_busy_timeout_seconds": "sqlite_busy_timeout_seconds"}
+
+    # Empty means the embedded default: SQLite in data_dir (see Settings.effective_database_url).
+    url: str = ""
+    # Unset: SQLite migrates itself to head on start, PostgreSQL never does (run sandboxd migrate).
+    auto_migrate: bool | None = None
+    pool_size: int = Field(default=5, gt=0)
+    max_overflow: int = Field(default=10, ge=0)
+    pool_timeout_seconds: float = Field(default=10.0, gt=0)
+    connect_timeout_seconds: float = Field(default=5.0, gt=0)
+    sqlite_busy_timeout_seconds: float = Field(default=5.0, gt=0)
+
+
+class LockSettings(SettingsGroup):
+    env_prefix = "lock_"
+
+    # How long a request waits for its chat's lock; above limits.max_timeout_s, so a message can
+    # wait out the execution ahead of it.
+    timeout_seconds: float = Field(default=360.0, gt=0)
+    # PostgreSQL only: connections for chat-lock holders (one per chat being worked on), a pool
+    # apart from the repository's so that holders cannot starve it.
+    max_connections: int = Field(default=64, gt=0)
+
+
+class LimitSettings(SettingsGroup):
+    max_code_bytes: int = Field(default=256 * 1024, gt=0)
+    default_timeout_s: float = Field(default=30.0, gt=0)
+    max_timeout_s: float = Field(default=300.0, gt=0)
+    max_output_bytes: int = Field(default=1024 * 1024, gt=0)
+    # Executions running at once across HTTP and gRPC; past it callers get 429 / RESOURCE_EXHAUSTED.
+    max_inflight_executions: int = Field(default=64, gt=0)
+
+
+class ServerSettings(SettingsGroup):
+    """``sandboxd serve``. Loopback by default: exposing it is a deliberate choice."""
+
+    host: str = "127.0.0.1"
+    http_port: int = Field(default=8080, ge=0, le=65535)
+    grpc_port: int = Field(default=50051, ge=0, le=65535)
+    # Comma-separated bearer keys. Without any, serve refuses to start unless insecure_dev is on.
+    api_keys: str = ""
+    insecure_dev: bool = False
+    cleanup_interval_seconds: float = Field(default=60.0, gt=0)
+    # On shutdown, how long executions in flight may still finish.
+    drain_seconds: float = Field(default=30.0, ge=0)
+
     @property
     def api_key_list(self) -> list[str]:
         return [key.strip() for key in self.api_keys.split(",") if key.strip()]
 
+
+class QemuSettings(SettingsGroup):
+    """MicroVM runtime (runtime=qemu). accel "auto" probes KVM once and falls back to TCG."""
+
+    env_prefix = "qemu_"
+
+    memory_mb: int = Field(default=256, ge=64)
+    vcpus: int = Field(default=1, ge=1, le=16)
+    accel: Literal["auto", "kvm", "tcg"] = "auto"
+    # Start sandboxes from a memory snapshot of a booted VM instead of cold-booting each one.
+    snapshot: bool = True
+    # Where `sandboxd image build --runtime qemu` builds and caches the root filesystem, kernel,
+    # initramfs and base image; empty means data_dir. VM work dirs and snapshots always live
+    # under data_dir.
+    image_dir: Path | None = None
+
+
+class DockerSettings(SettingsGroup):
+    """Container runtime (runtime=docker). The defaults are the hardened ones; each is a knob."""
+
+    env_prefix = "docker_"
+
+    # Empty base URL: DOCKER_HOST or /var/run/docker.sock.
+    base_url: str = ""
+    # Empty: the image `sandboxd image build` makes for this version (sandboxd-sandbox:<hash12>).
+    # Any image with python3 and the agent at agent_path works.
+    image: str = ""
+    image_repository: str = "sandboxd-sandbox"
+    agent_path: str = "/opt/sandboxd/agent.py"
+    memory_mb: int = Field(default=512, ge=32)
+    cpus: float = Field(default=1.0, gt=0)
+    pids_limit: int = Field(default=128, ge=16)
+    workspace_mb: int = Field(default=256, gt=0)
+    tmp_mb: int = Field(default=16, gt=0)
+    # Numeric uid:gid (the workspace tmpfs is created owned by it).
+    user: str = Field(default="1000:1000", pattern=r"^\d+(:\d+)?$")
+    network: str = "none"
+    read_only_root: bool = True
+    drop_all_capabilities: bool = True
+    no_new_privileges: bool = True
+    start_timeout_s: float = Field(default=30.0, gt=0)
+
+
+class LogSettings(SettingsGroup):
+    env_prefix = "log_"
+
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = "auto"
+
+
+class _FlatEnvironment(PydanticBaseSettingsSource):
+    """The SANDBOXD_* variables of the groups' fields, under their flat names.
+
+    Settings folds them into the groups (``_fold_flat_names``), the same way as flat keyword
+    arguments. Values stay strings; the group models parse them as the environment source would.
+    """
+
+    def __init__(self, settings_cls: type[BaseSettings], flat_names: set[str]) -> None:
+        super().__init__(settings_cls)
+        self._flat_names = flat_names
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        # Not used: __call__ reads the variables directly, as none maps to a single field.
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        found: dict[str, Any] = {}
+        for name, value in os.environ.items():
+            key = name.lower()
+            if key.startswith(ENV_PREFIX.lower()) and key[len(ENV_PREFIX) :] in self._flat_names:
+                found[key[len(ENV_PREFIX) :]] = value
+        return found
+
+
+class Settings(BaseSettings):
+    """Every knob of the service. Environment: SANDBOXD_<NAME>, e.g. SANDBOXD_TTL_SECONDS=600."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
+
+    data_dir: Path = Field(default_factory=_default_data_dir)
+    runtime: Literal["docker", "qemu"] = "docker"
+    # Labels every runtime object; reconciliation only touches objects of its own instance.
+    instance_id: str = "sandboxd"
+
+    lifetime: LifetimeSettings = Field(default_factory=LifetimeSettings)
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    locks: LockSettings = Field(default_factory=LockSettings)
+    limits: LimitSettings = Field(default_factory=LimitSettings)
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    qemu: QemuSettings = Field(default_factory=QemuSettings)
+    docker: DockerSettings = Field(default_factory=DockerSettings)
+    log: LogSettings = Field(default_factory=LogSettings)
+
+    @classmethod
+    def groups(cls) -> dict[str, type[SettingsGroup]]:
+        """Field name -> group model, for every group field."""
+        return {
+            name: field.annotation
+            for name, field in cls.model_fields.items()
+            if isinstance(field.annotation, type) and issubclass(field.annotation, SettingsGroup)
+        }
+
+    @classmethod
+    def flat_names(cls) -> dict[str, tuple[str, str]]:
+        """Flat name (the variable without SANDBOXD_, lower case) -> (group, field)."""
+        return {
+            flat: (group_name, field_name)
+            for group_name, group in cls.groups().items()
+            for flat, field_name in group.flat_names().items()
+        }
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        flat_environment = _FlatEnvironment(settings_cls, set(cls.flat_names()))
+        return init_settings, env_settings, flat_environment, dotenv_settings, file_secret_settings
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fold_flat_names(cls, values: Any) -> Any:
+        """Move flat names (``docker_memory_mb``) into their group; a nested value given
+        explicitly wins over a flat one."""
+        if not isinstance(values, dict):
+            return values
+        folded = dict(values)
+        for flat, (group_name, field_name) in cls.flat_names().items():
+            if flat not in folded:
+                continue
+            value = folded.pop(flat)
+            group = folded.get(group_name)
+            if isinstance(group, SettingsGroup):
+                group = group.model_dump(exclude_unset=True)
+            group = dict(group or {})
+            group.setdefault(field_name, value)
+            folded[group_name] = group
+        return folded
+
     @property
     def effective_database_url(self) -> str:
-        return self.database_url or f"sqlite:///{self.data_dir / 'sandboxd.db'}"
+        return self.database.url or f"sqlite:///{self.data_dir / 'sandboxd.db'}"

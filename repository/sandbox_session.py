@@ -6,12 +6,8 @@ import threading
 from datetime import datetime
 from uuid import UUID
 
-from domain.errors import SandboxServiceError
+from domain.errors import SessionConflictError
 from domain.sandbox import SandboxSession, SandboxStatus
-
-
-class SessionConflictError(SandboxServiceError):
-    """A second current session for one chat: the store's one-per-chat rule was broken."""
 
 
 class InMemorySandboxSessionRepository:

@@ -20,9 +20,9 @@ from sqlalchemy import exc
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect, Engine
 
+from domain.errors import SessionConflictError
 from domain.sandbox import SandboxSession, SandboxStatus
 from repository.database import database_error, translated_errors
-from repository.sandbox_session import SessionConflictError
 
 # A record is *current* while its status is one of these. Spelled as literal SQL, identical in
 # the index predicates and in the queries, so that PostgreSQL and SQLite can both prove that the

@@ -1,4 +1,7 @@
-"""Leader election for the expiry sweep when everything runs in one process."""
+"""Leader election for the expiry sweep when everything runs in one process.
+
+Implements ``usecase.ports.SweepLeader``, as do the file and PostgreSQL leader locks.
+"""
 
 from __future__ import annotations
 

@@ -50,6 +50,14 @@ class SandboxLifecycleLocker(Protocol):
         ...
 
 
+class SweepLeader(Protocol):
+    """Elects the one sweeper (expiry cleanup and reconciliation) among the replicas."""
+
+    def try_lead(self) -> AbstractContextManager[bool]:
+        """Yield True while this caller is the one sweeper, False at once if another is."""
+        ...
+
+
 class SandboxSessionRepository(Protocol):
     """Session records. Each call is its own transaction.
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import grpc
 
-from entrypoint.error_codes import ListenError
+from entrypoint.errors import ListenError
 from entrypoint.grpc.generated import sandboxd_pb2_grpc as pb_grpc
 from entrypoint.grpc.servicer import SandboxServicer
 

@@ -12,10 +12,9 @@ from grpc.aio import ServicerContext as Ctx
 
 from domain.execution import ExecutionResult, OutputChunk, OutputStream
 from domain.sandbox import SandboxSession, parse_chat_id
-from entrypoint.api import SandboxApi
+from entrypoint.application.sandbox_api import SandboxApi
 from entrypoint.auth import ApiKeyAuthenticator
-from entrypoint.error_codes import error_code, public_message
-from entrypoint.grpc.errors import ERROR_CODE_METADATA_KEY, grpc_status
+from entrypoint.errors import error_row, public_message
 from entrypoint.grpc.generated import sandboxd_pb2 as pb
 from entrypoint.grpc.generated import sandboxd_pb2_grpc as pb_grpc
 from entrypoint.metrics import ServiceMetrics
@@ -25,6 +24,9 @@ from usecase.ports import Logger
 T = TypeVar("T")
 
 TRANSPORT = "grpc"
+# The stable error code (``entrypoint.errors``) travels in this trailing metadata key, so that
+# clients can branch on it exactly as HTTP clients do.
+ERROR_CODE_METADATA_KEY = "sandboxd-error-code"
 
 _STREAMS = {OutputStream.STDOUT: pb.OutputChunk.STDOUT, OutputStream.STDERR: pb.OutputChunk.STDERR}
 
@@ -122,9 +124,9 @@ class SandboxServicer(pb_grpc.SandboxServiceServicer):
         await self._abort(context, failure)
 
     async def _abort(self, context: Ctx, error: Exception) -> NoReturn:
-        code = error_code(error)
+        row = error_row(error)
+        code, status = row.code, row.grpc_status
         self._metrics.errors.labels(code, TRANSPORT).inc()
-        status = grpc_status(error)
         if status is grpc.StatusCode.INTERNAL:
             self._logger.error(
                 "grpc_unhandled_error", {"error": type(error).__name__, "detail": str(error)[:500]}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from entrypoint.api import SandboxApi
+from entrypoint.application.sandbox_api import SandboxApi
 from entrypoint.auth import ApiKeyAuthenticator
 from entrypoint.http.errors import install_error_handlers
 from entrypoint.http.middleware import RequestContextMiddleware

@@ -1,8 +1,5 @@
-"""The HTTP error table: every error becomes ``{"code", "message"}`` with one status.
-
-The first matching class wins, so subclasses come before their bases. LockTimeoutError is a 503
-(with Retry-After), not a 409: the chat is busy right now, nothing about the request conflicts,
-and retrying the same request later is the right move.
+"""HTTP errors: every error becomes ``{"code", "message"}`` with its status from the error table
+(``entrypoint.errors``); FastAPI's own validation and routing errors get codes of their own here.
 """
 
 from __future__ import annotations
@@ -14,42 +11,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from domain.errors import (
-    CodeTooLargeError,
-    InvalidInputError,
-    LockTimeoutError,
-    RepositoryUnavailableError,
-    RuntimeUnavailableError,
-    SandboxGoneError,
-    SandboxNotFoundError,
-    SandboxServiceError,
-    TooManyExecutionsError,
-)
-from entrypoint.error_codes import (
-    INTERNAL_ERROR,
-    ShuttingDownError,
-    UnauthenticatedError,
-    error_code,
-    public_message,
-)
+from domain.errors import SandboxServiceError
+from entrypoint.errors import INTERNAL_ERROR, error_row, public_message
 from entrypoint.metrics import ServiceMetrics
-from repository.sandbox_session import SessionConflictError
 from usecase.ports import Logger
-
-HTTP_STATUS: tuple[tuple[type[BaseException], int], ...] = (
-    (UnauthenticatedError, 401),
-    (CodeTooLargeError, 413),
-    (InvalidInputError, 422),
-    (SandboxNotFoundError, 404),
-    (SessionConflictError, 409),
-    (TooManyExecutionsError, 429),
-    (RuntimeUnavailableError, 503),
-    (RepositoryUnavailableError, 503),
-    (SandboxGoneError, 503),
-    (LockTimeoutError, 503),
-    (ShuttingDownError, 503),
-    (SandboxServiceError, 500),
-)
 
 _RETRY_AFTER_SECONDS = "1"
 
@@ -60,13 +25,6 @@ _HTTP_CODES = {
     413: "request_too_large",
     415: "unsupported_media_type",
 }
-
-
-def http_status(error: BaseException) -> int:
-    for error_type, status in HTTP_STATUS:
-        if isinstance(error, error_type):
-            return status
-    return 500
 
 
 def error_response(
@@ -81,7 +39,8 @@ def error_response(
 
 
 def response_for(error: BaseException) -> JSONResponse:
-    return error_response(http_status(error), error_code(error), public_message(error))
+    row = error_row(error)
+    return error_response(row.http_status, row.code, public_message(error))
 
 
 def install_error_handlers(app: FastAPI, metrics: ServiceMetrics, logger: Logger) -> None:
@@ -89,9 +48,8 @@ def install_error_handlers(app: FastAPI, metrics: ServiceMetrics, logger: Logger
         metrics.errors.labels(code, "http").inc()
 
     async def service_error(request: Request, exc: Exception) -> JSONResponse:
-        response = response_for(exc)
-        count(error_code(exc))
-        return response
+        count(error_row(exc).code)
+        return response_for(exc)
 
     async def validation_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)

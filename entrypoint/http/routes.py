@@ -15,9 +15,9 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from domain.errors import InvalidInputError
 from domain.execution import OutputChunk
 from domain.sandbox import SandboxStatus, parse_chat_id
-from entrypoint.api import SandboxApi, StreamEvent
+from entrypoint.application.sandbox_api import SandboxApi, StreamEvent
 from entrypoint.auth import ApiKeyAuthenticator
-from entrypoint.error_codes import error_code, public_message
+from entrypoint.errors import error_code, public_message
 from entrypoint.http.schemas import (
     ErrorBody,
     ExecuteBody,

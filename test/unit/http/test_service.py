@@ -15,8 +15,8 @@ import pytest
 
 from domain.sandbox import ManagedSandbox, SandboxSession, SandboxStatus
 from entrypoint.cli import main as cli_main
-from entrypoint.error_codes import ShuttingDownError
-from entrypoint.serve import InsecureConfigurationError, Service, serve
+from entrypoint.errors import InsecureConfigurationError, ShuttingDownError
+from entrypoint.serve import Service, serve
 from sandboxd_client import AsyncSandboxdClient, ExecutionResult, SandboxdClient, SandboxdError
 from sandboxd_client.models import OutputEvent
 from test.unit.http.fakes import API_KEY, ScriptedRuntime, make_container

@@ -9,20 +9,12 @@ process-local lock. A replica that is not the leader skips the round and tries a
 from __future__ import annotations
 
 import asyncio
-from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Protocol
 
 from entrypoint.metrics import ServiceMetrics
-from usecase.ports import Logger
+from usecase.ports import Logger, SweepLeader
 from usecase.reconcile import ReconcileSandboxes
 from usecase.sandbox import CleanupExpiredSandboxes
-
-
-class SweepLeader(Protocol):
-    def try_lead(self) -> AbstractContextManager[bool]:
-        """Yield True while this caller is the one sweeper, False at once if another is."""
-        ...
 
 
 @dataclass

@@ -20,7 +20,7 @@ from uuid import UUID
 from domain.errors import TooManyExecutionsError
 from domain.execution import ExecutionRequest, Language, OutputChunk
 from domain.sandbox import SandboxSession, SandboxStatus
-from entrypoint.error_codes import ShuttingDownError
+from entrypoint.errors import ShuttingDownError
 from entrypoint.metrics import ServiceMetrics, execution_outcome
 from usecase.execute import CodeExecution, ExecuteCode, ExecuteCodeCommand
 from usecase.ports import Logger, SandboxRuntime, SandboxSessionRepository
