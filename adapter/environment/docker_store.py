@@ -122,6 +122,7 @@ class DockerEnvironmentStore:
                 if found is not None:
                     self._logger.info("environment_found", {"key": key, "after_wait": True})
                     return found
+                self._remove_leftovers(key)
                 built = self._build(environment, key)
         except Timeout as exc:
             raise EnvironmentBuildError(f"timed out waiting for the build of {key}") from exc
@@ -258,6 +259,20 @@ class DockerEnvironmentStore:
         changes.append(f'LABEL {LABEL_PACKAGES}="{" ".join(environment.packages)}"')
         changes.append(f"LABEL {LABEL_CREATED}={self._clock.now().isoformat()}")
         return changes
+
+    def _remove_leftovers(self, key: str) -> None:
+        """Build containers and staging dirs of this key from a builder that crashed; safe under
+        the key's lock, since no other builder on this host is working on it."""
+        try:
+            stale = self._client.containers(all=True, filters={"label": f"{LABEL_BUILDER}={key}"})
+            for container in stale:
+                self._client.remove_container(container["Id"], force=True)
+        except (DockerException, requests.RequestException) as exc:
+            raise RuntimeUnavailableError(f"Docker engine: {exc}") from exc
+        for directory in (self._root / "staging").glob(f"{key}-*"):
+            shutil.rmtree(directory, ignore_errors=True)
+        if stale:
+            self._logger.warning("environment_build_leftovers_removed", {"key": key})
 
     # -- LRU eviction -------------------------------------------------------------------------
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 import tarfile
@@ -9,6 +10,7 @@ import threading
 from io import BytesIO
 from pathlib import Path
 
+import docker
 import pytest
 
 from adapter.environment.docker_store import LABEL_CREATED, LABEL_KEY, LABEL_PACKAGES
@@ -51,7 +53,7 @@ def test_builds_an_environment_that_a_sandbox_imports(make_store: StoreFactory, 
         )
         assert result.exit_code == 0, result.stderr
         assert result.stdout.startswith("0.9.0 /usr/local/lib/python3.11/dist-packages/")
-        # The sandbox still has no network and runs as the unprivileged user.
+        # The environment image keeps the base image's command and user: the agent runs as 1000.
         whoami = sandbox.run("import os; print(os.getuid())")
         assert whoami.stdout.strip() == "1000"
 
@@ -163,3 +165,24 @@ def test_a_javascript_environment_without_install_scripts(make_store: StoreFacto
         )
     assert result.exit_code == 0, result.stderr
     assert result.stdout.strip() == "true false"
+
+
+def test_leftovers_of_a_crashed_builder_are_cleared_before_building(
+    make_store: StoreFactory, client, base_image: str, tmp_path: Path
+) -> None:
+    from adapter.environment.docker_store import LABEL_BUILDER
+
+    store = make_store()
+    environment = Environment(Language.PYTHON, ("six==1.16.0",))
+    key = store.key_for(environment)
+    crashed = client.create_container(base_image, command=["true"], labels={LABEL_BUILDER: key})
+    staging = tmp_path / "data" / "environments" / "staging" / f"{key}-crashed"
+    staging.mkdir(parents=True)
+    try:
+        built = store.ensure(environment)
+        assert built.key == key
+        assert build_containers(client, key) == []
+        assert not staging.exists()
+    finally:
+        with contextlib.suppress(docker.errors.NotFound):  # removed by the store, as it should
+            client.remove_container(crashed["Id"], force=True)
