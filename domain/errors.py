@@ -52,3 +52,28 @@ class SessionConflictError(SandboxServiceError):
 
 class TooManyExecutionsError(SandboxServiceError):
     """The service is at its limit of executions in flight; retry later."""
+
+
+class InvalidPackageError(InvalidInputError):
+    """A package requirement of an environment is not a plain registry name (+ version): URLs,
+    paths, pip/npm options and odd characters are refused before anything is fetched."""
+
+    def __init__(self, requirement: str, reason: str) -> None:
+        super().__init__(f"package {requirement!r} refused: {reason}")
+        self.requirement = requirement
+        self.reason = reason
+
+
+class EnvironmentBuildError(SandboxServiceError):
+    """An environment could not be built (no wheel for a package, an install step failed).
+
+    ``package`` names the package at fault when it is known. Nothing is left tagged or cached.
+    """
+
+    def __init__(self, message: str, package: str | None = None) -> None:
+        super().__init__(message)
+        self.package = package
+
+
+class ArtifactStoreUnavailableError(SandboxServiceError):
+    """The shared artifact store (S3) is off, cannot be reached, or refused the operation."""

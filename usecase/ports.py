@@ -9,9 +9,11 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from datetime import datetime
+from pathlib import Path
 from typing import Protocol
 from uuid import UUID
 
+from domain.environment import ArtifactKind, BuiltEnvironment, Environment
 from domain.execution import ExecutionRequest, ExecutionResult, OutputChunk
 from domain.sandbox import ManagedSandbox, SandboxSession, SandboxStatus
 
@@ -126,4 +128,65 @@ class SandboxRuntime(Protocol):
 
     def list_managed(self) -> list[ManagedSandbox]:
         """Every object this service instance manages (found by its labels), alive or not."""
+        ...
+
+
+class EnvironmentStore(Protocol):
+    """L2: environments built on this host, one per cache key (a Docker image, a qcow2 disk).
+
+    Rules: packages are fetched by the host as built artifacts only (wheels, npm tarballs) and
+    installed inside an isolated build sandbox with no network; no package code runs on the
+    host. A key is built at most once at a time across processes of this host (per-key file
+    lock); a failed build leaves nothing behind under the key. Past the configured size budget
+    the least recently used environments are evicted (never the one just built or found).
+    """
+
+    def key_for(self, environment: Environment) -> str:
+        """The cache key of this environment over this store's base image (builds nothing)."""
+        ...
+
+    def find(self, key: str) -> BuiltEnvironment | None:
+        """The environment under ``key`` when present locally; marks it recently used."""
+        ...
+
+    def ensure(self, environment: Environment) -> BuiltEnvironment:
+        """Find or build the environment; return it ready for the runtime.
+
+        Raises EnvironmentBuildError (naming the package when known) when a package has no
+        installable artifact or its install fails, RuntimeUnavailableError when the engine
+        refuses.
+        """
+        ...
+
+    def remove(self, key: str) -> None:
+        """Drop the environment; idempotent. Sandboxes already running from it are unaffected."""
+        ...
+
+
+class ArtifactStore(Protocol):
+    """L3: built environments shared between hosts (S3), zstd-compressed, one object per key.
+
+    Object keys are ``images/{key}.tar.zst`` and ``snapshots/{key}.qcow2.zst``. Transfers stream
+    (no whole artifact in memory) and an interrupted transfer leaves no object and no local file.
+    When the store is not configured it is off: every call raises ArtifactStoreUnavailableError
+    saying so. Every backend failure is an ArtifactStoreUnavailableError too (logged).
+    """
+
+    @property
+    def enabled(self) -> bool:
+        """False when no bucket is configured (calls would raise)."""
+        ...
+
+    def upload(self, kind: ArtifactKind, key: str, source: Path) -> None:
+        """Compress and store the file; replaces an existing object atomically."""
+        ...
+
+    def download(self, kind: ArtifactKind, key: str, destination: Path) -> bool:
+        """Fetch and decompress into ``destination``; False when there is no such object."""
+        ...
+
+    def exists(self, kind: ArtifactKind, key: str) -> bool: ...
+
+    def delete(self, kind: ArtifactKind, key: str) -> None:
+        """Remove the object; idempotent."""
         ...

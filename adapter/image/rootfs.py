@@ -30,7 +30,21 @@ from filelock import FileLock
 # Bump when the build steps change in a way that changes the tree.
 BUILDER_VERSION = "3"
 SUITE = "bookworm"
-PACKAGES: tuple[str, ...] = ("python3", "nodejs")
+# The default environment serves chat as-is: data analysis and plots work with no settings, and
+# pip is there for offline installs of environments (adapter.environment) on top of this image.
+PACKAGES: tuple[str, ...] = (
+    "python3",
+    "nodejs",
+    "python3-numpy",
+    "python3-pandas",
+    "python3-matplotlib",
+    "python3-scipy",
+    "python3-pil",
+    "python3-pip",
+)
+# Sandboxes have no display: plots render to files (savefig) with the Agg backend, whatever
+# GUI toolkit a later install drags in.
+MATPLOTLIBRC = "etc/matplotlibrc"
 SANDBOX_USER = "sandbox"
 SANDBOX_UID = 1000
 AGENT_GUEST_PATH = "/opt/sandboxd/agent.py"
@@ -187,6 +201,18 @@ def _finish(root: Path) -> None:
         path.chmod(mode)
     os.chown(root / "workspace", SANDBOX_UID, SANDBOX_UID)
     (root / "etc/hostname").write_text("sandbox\n")
+    _default_to_agg(root)
+
+
+def _default_to_agg(root: Path) -> None:
+    # Debian's matplotlib reads /etc/matplotlibrc as its full defaults file: edit the backend
+    # line only, and leave a tree without matplotlib alone.
+    rc = root / MATPLOTLIBRC
+    if not rc.is_file():
+        return
+    lines = rc.read_text().splitlines()
+    kept = [line for line in lines if not re.match(r"^\s*#?\s*backend\s*:", line)]
+    rc.write_text("\n".join([*kept, "backend: Agg"]) + "\n")
 
 
 def _write_tarball(root: Path, tarball: Path) -> None:

@@ -1,0 +1,1 @@
+"""Local environment stores (L2): one built environment per cache key."""

@@ -1,0 +1,1 @@
+"""Shared artifact store (L3) on S3."""

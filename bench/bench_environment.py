@@ -1,0 +1,242 @@
+"""Benchmark of environments; prints one JSON object.
+
+- the default image: size of the root filesystem tree, its tarball, the Docker image and the QEMU
+  base qcow2 (when built), and the time to build them (``--cold`` builds the root filesystem from
+  scratch in a temporary data dir, about 5 minutes, instead of reporting the cached one);
+- a new chat's first ``import pandas, matplotlib`` plus a saved PNG in a Docker sandbox of the
+  default image (cold: first import in a fresh container);
+- an environment build (L2, Docker) for a small package: cold (download + offline install +
+  commit) and warm (found by key), and the size of its own layer;
+- an L3 round trip (S3 via moto on loopback, zstd) of the environment's image tarball: upload,
+  download, compressed vs raw size.
+
+    uv run python bench/bench_environment.py [--cold] [--package tabulate==0.9.0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from uuid import uuid4
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import docker
+
+from adapter.clock import SystemClock
+from adapter.docker.image import ensure_docker_image
+from adapter.docker.runtime import LABEL_INSTANCE, DockerSandboxConfig, DockerSandboxRuntime
+from adapter.environment.docker_store import DockerEnvironmentConfig, DockerEnvironmentStore
+from adapter.image.rootfs import build_rootfs
+from adapter.logging import StructlogLogger, configure_logging
+from adapter.qemu.image import load_qemu_image
+from bench.common import emit
+from domain.environment import ArtifactKind, Environment
+from domain.execution import ExecutionRequest, Language
+from entrypoint.settings import Settings
+
+# Fixed times: the runtime only records them.
+CREATED_AT = datetime(2030, 1, 1, tzinfo=UTC)
+EXPIRES_AT = CREATED_AT + timedelta(minutes=15)
+
+PLOT = (
+    "import pandas as pd, matplotlib.pyplot as plt\n"
+    "frame = pd.DataFrame({'x': range(50), 'y': [v * v for v in range(50)]})\n"
+    "frame.plot(x='x', y='y'); plt.savefig('/workspace/plot.png')\n"
+    "print('ok')\n"
+)
+
+
+def mb(size: float) -> float:
+    return round(size / 1e6, 1)
+
+
+def tree_bytes(path: Path) -> int:
+    out = subprocess.run(["du", "-sb", str(path)], capture_output=True, text=True, check=True)
+    return int(out.stdout.split()[0])
+
+
+def default_image(client: docker.APIClient, data_dir: Path, cold: bool) -> dict:
+    report: dict = {}
+    if cold:
+        scratch = Path(tempfile.mkdtemp(prefix="sbx-bench-env-"))
+        try:
+            started = time.monotonic()
+            artifact = build_rootfs(scratch)
+            report["rootfs_cold_build_s"] = round(time.monotonic() - started, 1)
+            report["rootfs_tree_mb"] = mb(tree_bytes(artifact.path))
+            report["rootfs_tar_mb"] = mb(artifact.tarball.stat().st_size)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+    started = time.monotonic()
+    tag = ensure_docker_image(client, data_dir)
+    report["docker_image_ensure_s"] = round(time.monotonic() - started, 2)
+    artifact = build_rootfs(data_dir)
+    report.setdefault("rootfs_tree_mb", mb(tree_bytes(artifact.path)))
+    report.setdefault("rootfs_tar_mb", mb(artifact.tarball.stat().st_size))
+    report["docker_image"] = tag
+    report["docker_image_mb"] = mb(client.inspect_image(tag)["Size"])
+    qemu = load_qemu_image(data_dir)
+    if qemu is not None and qemu.rootfs_hash == artifact.content_hash:
+        report["qemu_base_qcow2_mb"] = mb(qemu.base.stat().st_size)
+    return report
+
+
+def first_plot(client: docker.APIClient, image: str) -> dict:
+    instance_id = f"bench-{uuid4().hex[:12]}"
+    data_dir = Path(tempfile.mkdtemp(prefix="sbxb-", dir="/tmp"))
+    runtime = DockerSandboxRuntime(
+        client,
+        DockerSandboxConfig(image=image, instance_id=instance_id, data_dir=data_dir),
+        StructlogLogger("bench-environment"),
+    )
+    try:
+        session = runtime.create(
+            session_id=uuid4(), chat_id=uuid4(), created_at=CREATED_AT, expires_at=EXPIRES_AT
+        )
+        started = time.monotonic()
+        first = runtime.execute(
+            session.container_id, ExecutionRequest(PLOT, Language.PYTHON, 120.0)
+        )
+        cold = time.monotonic() - started
+        started = time.monotonic()
+        runtime.execute(session.container_id, ExecutionRequest(PLOT, Language.PYTHON, 120.0))
+        warm = time.monotonic() - started
+        rss = runtime.execute(
+            session.container_id,
+            ExecutionRequest(
+                "import resource; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)",
+                Language.PYTHON,
+                10.0,
+            ),
+        )
+        return {
+            "ok": first.stdout.strip() == "ok",
+            "first_import_and_plot_s": round(cold, 2),
+            "second_plot_s": round(warm, 3),
+            "interpreter_max_rss_mb": round(int(rss.stdout.strip() or 0) / 1024, 1),
+        }
+    finally:
+        ids = subprocess.run(
+            ["docker", "ps", "-aq", "--filter", f"label={LABEL_INSTANCE}={instance_id}"],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.split()
+        if ids:
+            subprocess.run(["docker", "rm", "-f", *ids], capture_output=True, check=False)
+        runtime.close()
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def environment_build(client: docker.APIClient, base: str, package: str) -> dict:
+    scratch = Path(tempfile.mkdtemp(prefix="sbx-bench-l2-"))
+    repository = f"sandboxd-env-bench-{uuid4().hex[:8]}"
+    logger = StructlogLogger("bench-environment")
+    store = DockerEnvironmentStore(
+        client,
+        DockerEnvironmentConfig(
+            base_image=base, data_dir=scratch, service_version="0.1.0", repository=repository
+        ),
+        SystemClock(),
+        logger,
+    )
+    environment = Environment(Language.PYTHON, (package,))
+    try:
+        started = time.monotonic()
+        built = store.ensure(environment)
+        cold = time.monotonic() - started
+        started = time.monotonic()
+        store.ensure(environment)
+        warm = time.monotonic() - started
+        report = {
+            "package": package,
+            "key": built.key,
+            "cold_build_s": round(cold, 2),
+            "warm_find_ms": round(warm * 1000, 1),
+            "own_layer_mb": mb(built.size_bytes),
+        }
+        report["l3"] = l3_round_trip(built.reference, built.key, scratch)
+        return report
+    finally:
+        for image in client.images(name=repository):
+            for tag in image.get("RepoTags") or []:
+                client.remove_image(tag, force=True)
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def l3_round_trip(reference: str, key: str, scratch: Path) -> dict:
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    from adapter.s3.artifact_store import S3ArtifactConfig, S3ArtifactStore
+
+    tarball = scratch / "image.tar"
+    subprocess.run(["docker", "save", "-o", str(tarball), reference], check=True)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = int(probe.getsockname()[1])
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    credentials = {"aws_access_key_id": "bench", "aws_secret_access_key": "bench"}
+    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", **credentials).create_bucket(
+        Bucket="sandboxd-bench"
+    )
+    store = S3ArtifactStore(
+        S3ArtifactConfig(
+            bucket="sandboxd-bench",
+            endpoint_url=endpoint,
+            access_key_id="bench",
+            secret_access_key="bench",
+        ),
+        StructlogLogger("bench-environment"),
+    )
+    try:
+        started = time.monotonic()
+        store.upload(ArtifactKind.IMAGE, key, tarball)
+        upload = time.monotonic() - started
+        head = boto3.client(
+            "s3", endpoint_url=endpoint, region_name="us-east-1", **credentials
+        ).head_object(Bucket="sandboxd-bench", Key=ArtifactKind.IMAGE.object_key(key))
+        started = time.monotonic()
+        store.download(ArtifactKind.IMAGE, key, scratch / "back.tar")
+        download = time.monotonic() - started
+        return {
+            "image_tar_mb": mb(tarball.stat().st_size),
+            "compressed_mb": mb(head["ContentLength"]),
+            "upload_s": round(upload, 2),
+            "download_s": round(download, 2),
+            "note": "docker save of the whole image (base layers included), moto on loopback",
+        }
+    finally:
+        store.close()
+        server.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--cold", action="store_true", help="also build the rootfs from scratch")
+    parser.add_argument("--package", default="tabulate==0.9.0")
+    parser.add_argument("--skip-l3", action="store_true")
+    args = parser.parse_args()
+    configure_logging("warning")
+    client = docker.APIClient(version="auto", timeout=600)
+    data_dir = Settings().data_dir
+    report: dict = {"benchmark": "environment"}
+    report["default_image"] = default_image(client, data_dir, args.cold)
+    image = report["default_image"]["docker_image"]
+    report["first_plot_docker"] = first_plot(client, image)
+    report["environment_build_docker"] = environment_build(client, image, args.package)
+    emit(report)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
