@@ -18,9 +18,12 @@ from dataclasses import dataclass
 import grpc
 
 from domain.errors import (
+    ArtifactStoreUnavailableError,
     CodeTooLargeError,
+    EnvironmentBuildError,
     InvalidChatIdError,
     InvalidInputError,
+    InvalidPackageError,
     InvalidTimeoutError,
     LockTimeoutError,
     RepositoryUnavailableError,
@@ -67,12 +70,17 @@ ERROR_TABLE: tuple[ErrorRow, ...] = (
     ErrorRow(CodeTooLargeError, "code_too_large", 413, _G.INVALID_ARGUMENT, 2),
     ErrorRow(UnsupportedLanguageError, "unsupported_language", 422, _G.INVALID_ARGUMENT, 2),
     ErrorRow(InvalidTimeoutError, "invalid_timeout", 422, _G.INVALID_ARGUMENT, 2),
+    ErrorRow(InvalidPackageError, "invalid_package", 422, _G.INVALID_ARGUMENT, 2),
+    # A package that has no wheel, or a version that does not exist: the caller's request cannot
+    # be served as asked, with the installer's message.
+    ErrorRow(EnvironmentBuildError, "environment_build_failed", 422, _G.FAILED_PRECONDITION, 2),
     ErrorRow(InsecureConfigurationError, "invalid_input", 422, _G.INVALID_ARGUMENT, 2),
     ErrorRow(InvalidInputError, "invalid_input", 422, _G.INVALID_ARGUMENT, 2),
     ErrorRow(SandboxNotFoundError, "sandbox_not_found", 404, _G.NOT_FOUND, 3),
     ErrorRow(SessionConflictError, "session_conflict", 409, _G.ALREADY_EXISTS, 1),
     ErrorRow(TooManyExecutionsError, "too_many_executions", 429, _G.RESOURCE_EXHAUSTED, 1),
     ErrorRow(RuntimeUnavailableError, "runtime_unavailable", 503, _G.UNAVAILABLE, 4),
+    ErrorRow(ArtifactStoreUnavailableError, "artifact_store_unavailable", 503, _G.UNAVAILABLE, 4),
     ErrorRow(RepositoryUnavailableError, "database_unavailable", 503, _G.UNAVAILABLE, 4),
     ErrorRow(SandboxGoneError, "sandbox_gone", 503, _G.UNAVAILABLE, 5),
     ErrorRow(LockTimeoutError, "lock_timeout", 503, _G.UNAVAILABLE, 6),
