@@ -57,10 +57,11 @@ def _docker_runtime(settings: Settings, logger: StructlogLogger) -> DockerSandbo
 
 
 def _qemu_runtime(settings: Settings, logger: StructlogLogger) -> QemuSandboxRuntime:
-    return QemuSandboxRuntime(
+    from adapter.qemu.config import QemuSandboxConfig
+
+    config = QemuSandboxConfig(
         data_dir=settings.data_dir,
         instance_id=settings.instance_id,
-        logger=logger,
         memory_mb=settings.qemu_memory_mb,
         vcpus=settings.qemu_vcpus,
         accel=settings.qemu_accel,
@@ -68,6 +69,7 @@ def _qemu_runtime(settings: Settings, logger: StructlogLogger) -> QemuSandboxRun
         max_output_bytes=settings.max_output_bytes,
         image_dir=settings.qemu_image_dir,
     )
+    return QemuSandboxRuntime(config, logger)
 
 
 def _execution_limits(settings: Settings) -> ExecutionLimits:

@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import re
+import secrets
 import shlex
 import signal
 import subprocess
@@ -202,6 +203,10 @@ def start_qemu(command: list[str], vm: VmDir) -> subprocess.Popen[bytes]:
     # Written by us rather than with -pidfile: it exists before QEMU gets to run at all.
     vm.pidfile.write_text(f"{process.pid}\n")
     return process
+
+
+def new_vm_id() -> str:
+    return f"qvm-{secrets.token_hex(10)}"
 
 
 def wait_until(condition: Callable[[], bool], timeout_s: float, interval_s: float = 0.02) -> bool:
