@@ -31,6 +31,11 @@ class QemuSandboxConfig:
     qemu_binary: str = "qemu-system-x86_64"
     boot_timeout_s: float = 60.0
     handover_poll_s: float | None = 0.1
+    # QEMU runs as this user when the service is root (None: as the service's own user); see
+    # adapter.qemu.process. scripts/setup.sh qemu creates it.
+    user: str | None = "sandboxd-qemu"
+    # Console and QEMU log: each file at most this big, one older file kept (adapter.qemu.logcap).
+    log_max_bytes: int = 1024 * 1024
 
     @property
     def images(self) -> Path:

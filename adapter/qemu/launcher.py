@@ -3,7 +3,7 @@ and destroys VMs. It hands back a RunningVm whose agent connection is ready for 
 
 from __future__ import annotations
 
-import shlex
+import os
 import shutil
 import socket
 import subprocess
@@ -15,9 +15,10 @@ from adapter.agent.client import AgentClient
 from adapter.qemu.connections import RunningVm
 from adapter.qemu.handshake import handshake
 from adapter.qemu.image import QemuImage
+from adapter.qemu.process import QemuUser, resolve_qemu_user, start_qemu
 from adapter.qemu.qmp import QmpConnection, QmpEventLoop
 from adapter.qemu.unix import connect_unix
-from adapter.qemu.vm import VmDir, VmSpec, qemu_command, start_qemu, wait_until
+from adapter.qemu.vm import VmDir, VmSpec, wait_until
 from domain.errors import RuntimeUnavailableError, SandboxGoneError
 from usecase.ports import Logger
 
@@ -29,21 +30,41 @@ class RestoreFailedError(Exception):
 
 
 class VmLauncher:
-    def __init__(self, boot_timeout_s: float, logger: Logger) -> None:
+    def __init__(
+        self, boot_timeout_s: float, user: str | None, log_max_bytes: int, logger: Logger
+    ) -> None:
         self._boot_timeout_s = boot_timeout_s
+        self._user_name = user
+        self._user: QemuUser | None = None
+        self._user_resolved = False
+        self._log_max_bytes = log_max_bytes
         self._logger = logger
         self._qmp_loop: QmpEventLoop | None = None
-        self._qmp_lock = threading.Lock()
+        self._lock = threading.Lock()
 
     def qmp(self, vm_dir: VmDir) -> QmpConnection:
-        with self._qmp_lock:
+        with self._lock:
             if self._qmp_loop is None:
                 self._qmp_loop = QmpEventLoop()
             loop = self._qmp_loop
         return QmpConnection(loop, vm_dir.qmp_socket, vm_dir.vm_id)
 
+    def _start(
+        self, spec: VmSpec, image: QemuImage, vm_dir: VmDir, memory: Path | None
+    ) -> subprocess.Popen[bytes]:
+        with self._lock:
+            if not self._user_resolved:
+                # Raises while the user is missing: never fall back to running QEMU as root.
+                self._user, reason = resolve_qemu_user(self._user_name)
+                self._user_resolved = True
+                self._logger.info(
+                    "qemu_user_selected",
+                    {"user": self._user.name if self._user else "", "reason": reason},
+                )
+        return start_qemu(spec, image, vm_dir, memory, self._user, self._log_max_bytes)
+
     def close(self) -> None:
-        with self._qmp_lock:
+        with self._lock:
             loop, self._qmp_loop = self._qmp_loop, None
         if loop is not None:
             loop.close()
@@ -51,7 +72,7 @@ class VmLauncher:
     # --- starting ---------------------------------------------------------------------------
 
     def cold_boot(self, vm_dir: VmDir, image: QemuImage, spec: VmSpec) -> RunningVm:
-        process = start_qemu(qemu_command(spec, image, vm_dir, incoming=None), vm_dir)
+        process = self._start(spec, image, vm_dir, None)
         vm = RunningVm(vm_dir, process)
         deadline = time.monotonic() + self._boot_timeout_s
         sock: socket.socket | None = None
@@ -70,7 +91,7 @@ class VmLauncher:
 
     def restore(self, vm_dir: VmDir, image: QemuImage, spec: VmSpec, memory: Path) -> RunningVm:
         """Start from a memory snapshot; RestoreFailedError when the VM is not usable."""
-        process = start_qemu(qemu_command(spec, image, vm_dir, memory), vm_dir)
+        process = self._start(spec, image, vm_dir, memory)
         vm = RunningVm(vm_dir, process)
         deadline = time.monotonic() + _RESTORE_TIMEOUT_S
         sock: socket.socket | None = None
@@ -90,7 +111,9 @@ class VmLauncher:
             if answer.get("type") != "reseeded":
                 raise RuntimeUnavailableError(f"agent refused the reseed: {answer}")
             if answer.get("ok") is not True:
-                self._logger.warning("qemu_reseed_not_credited", {"container_id": vm_dir.vm_id})
+                # VMs restored from one snapshot share the guest kernel's random state until
+                # it is reseeded: an uncredited reseed leaves this VM predictable to its twins.
+                raise RuntimeUnavailableError("the guest kernel did not credit the reseed")
             client = AgentClient(sock)
         except (RuntimeUnavailableError, SandboxGoneError) as exc:
             if sock is not None:
@@ -118,7 +141,14 @@ class VmLauncher:
         try:
             qmp.execute("migrate-set-parameters", {"max-bandwidth": 8 << 30})
             qmp.execute("stop")
-            qmp.execute("migrate", {"uri": f"exec:cat > {shlex.quote(str(memory))}"})
+            # Through a descriptor: QEMU's sandbox denies spawning (no `exec:`), and QEMU need
+            # not be able to open the snapshot directory itself.
+            fd = os.open(memory, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            try:
+                qmp.send_fd("snapshot", fd)
+            finally:
+                os.close(fd)
+            qmp.execute("migrate", {"uri": "fd:snapshot"})
             deadline = time.monotonic() + 120.0
             while True:
                 info = qmp.execute("query-migrate")

@@ -125,11 +125,9 @@ def start_qemu(
                 pass_fds=fds,
                 start_new_session=True,
                 cwd="/",
-                **(
-                    {"user": user.uid, "group": user.gid, "extra_groups": list(user.groups)}
-                    if user is not None
-                    else {}
-                ),
+                user=user.uid if user else None,
+                group=user.gid if user else None,
+                extra_groups=list(user.groups) if user else None,
             )
         except OSError as exc:
             raise RuntimeUnavailableError(f"cannot start {spec.binary}: {exc}") from exc

@@ -44,7 +44,9 @@ class QemuSandboxRuntime:
         self._config = config
         self._logger = logger
         self._vms_root = config.vms_root
-        self._launcher = VmLauncher(config.boot_timeout_s, logger)
+        self._launcher = VmLauncher(
+            config.boot_timeout_s, config.user, config.log_max_bytes, logger
+        )
         self._connections = AgentConnections(config.vms_root, config.handover_poll_s)
         self._snapshots = SnapshotLifecycle(
             SnapshotStore(qemu_dir(config.data_dir) / "snapshots"),

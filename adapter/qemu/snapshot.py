@@ -28,7 +28,8 @@ from domain.errors import RuntimeUnavailableError, SandboxGoneError
 from domain.execution import ExecutionRequest
 from usecase.ports import Logger
 
-FORMAT_VERSION = "1"
+# 2: QEMU sandboxed, console on stdio, disks and sockets passed as descriptors.
+FORMAT_VERSION = "2"
 PRUNE_AFTER_S = 3600.0
 _WARM_UP = "import random as _sandboxd_warm_up\ndel _sandboxd_warm_up\n"
 
