@@ -40,7 +40,7 @@ class VmLauncher:
         self._log_max_bytes = log_max_bytes
         self._logger = logger
         self._qmp_loop: QmpEventLoop | None = None
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the QMP loop and the QEMU user are made once
 
     def qmp(self, vm_dir: VmDir) -> QmpConnection:
         with self._lock:

@@ -7,6 +7,9 @@ the current key, and cold-booted otherwise; any restore failure falls back to a 
 logged with its reason. After a restore the agent gets fresh host entropy, so VMs restored from
 one snapshot do not share randomness.
 
+QEMU itself runs confined (adapter.qemu.process): seccomp sandbox with spawning denied, an
+unprivileged user, no file access of its own, console and log output capped.
+
 The work is split: VmLauncher starts, saves and destroys VMs; SnapshotLifecycle keeps a valid
 snapshot; AgentConnections holds the agent connections and hands them over between processes.
 """
