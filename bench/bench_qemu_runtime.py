@@ -25,6 +25,7 @@ from pathlib import Path
 from uuid import uuid4
 
 from adapter.logging import StructlogLogger, configure_logging
+from adapter.qemu.config import QemuSandboxConfig
 from adapter.qemu.runtime import QemuSandboxRuntime
 from domain.execution import ExecutionRequest
 from entrypoint.settings import Settings
@@ -71,16 +72,16 @@ def main() -> None:
     logger = StructlogLogger("bench")
 
     def runtime(snapshot: bool) -> QemuSandboxRuntime:
-        return QemuSandboxRuntime(
+        config = QemuSandboxConfig(
             data_dir=data_dir,
             instance_id=f"bench-{uuid4().hex[:8]}",
-            logger=logger,
             memory_mb=settings.qemu_memory_mb,
             vcpus=settings.qemu_vcpus,
             accel=settings.qemu_accel,
             snapshot=snapshot,
             image_dir=image_dir,
         )
+        return QemuSandboxRuntime(config, logger)
 
     cold_rt, warm_rt = runtime(False), runtime(True)
     started: list[tuple[QemuSandboxRuntime, str]] = []

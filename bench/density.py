@@ -159,6 +159,7 @@ def docker_density(count: int) -> dict[str, Any]:
 
 def qemu_density(count: int) -> dict[str, Any]:
     from adapter.logging import StructlogLogger
+    from adapter.qemu.config import QemuSandboxConfig
     from adapter.qemu.runtime import QemuSandboxRuntime
     from domain.execution import ExecutionRequest
     from entrypoint.settings import Settings
@@ -169,16 +170,16 @@ def qemu_density(count: int) -> dict[str, Any]:
     if unavailable is not None:
         return {"unavailable": unavailable}
     QEMU_BENCH_DIR.mkdir(exist_ok=True)
-    runtime = QemuSandboxRuntime(
+    config = QemuSandboxConfig(
         data_dir=QEMU_BENCH_DIR,
         instance_id=f"bench-density-{uuid.uuid4().hex[:10]}",
-        logger=StructlogLogger("bench"),
         memory_mb=settings.qemu_memory_mb,
         vcpus=settings.qemu_vcpus,
         accel=settings.qemu_accel,
         snapshot=settings.qemu_snapshot,
         image_dir=image_dir,
     )
+    runtime = QemuSandboxRuntime(config, StructlogLogger("bench"))
     try:
         started = time.perf_counter()
         snapshot = runtime.prepare_snapshot() if settings.qemu_snapshot else ""

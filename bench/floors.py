@@ -93,6 +93,7 @@ def docker_floors(image: str, runs: int, execs: int) -> dict[str, Any]:
 
 def qemu_floor(boots: int) -> dict[str, Any]:
     from adapter.logging import StructlogLogger
+    from adapter.qemu.config import QemuSandboxConfig
     from adapter.qemu.runtime import QemuSandboxRuntime
     from domain.execution import ExecutionRequest
     from entrypoint.settings import Settings
@@ -103,16 +104,16 @@ def qemu_floor(boots: int) -> dict[str, Any]:
     if unavailable is not None:
         return {"unavailable": unavailable}
     data_dir = Path(tempfile.mkdtemp(prefix="sandboxd-floors-qemu-", dir="/tmp"))
-    runtime = QemuSandboxRuntime(
+    config = QemuSandboxConfig(
         data_dir=data_dir,
         instance_id=f"bench-floors-{uuid.uuid4().hex[:10]}",
-        logger=StructlogLogger("bench"),
         memory_mb=settings.qemu_memory_mb,
         vcpus=settings.qemu_vcpus,
         accel=settings.qemu_accel,
         snapshot=False,
         image_dir=image_dir,
     )
+    runtime = QemuSandboxRuntime(config, StructlogLogger("bench"))
     boots_s: list[float] = []
     try:
         for _ in range(boots):

@@ -13,6 +13,7 @@ from adapter.clock import SystemClock
 from adapter.docker.image import default_image_tag
 from adapter.docker.runtime import DockerSandboxConfig, DockerSandboxRuntime
 from adapter.logging import StructlogLogger
+from adapter.qemu.config import QemuSandboxConfig
 from adapter.qemu.runtime import QemuSandboxRuntime
 from entrypoint import persistence
 from entrypoint.application.sandbox_api import SandboxApi
@@ -70,17 +71,19 @@ def _docker_runtime(settings: Settings, logger: Logger) -> SandboxRuntime:
 def _qemu_runtime(settings: Settings, logger: Logger) -> QemuSandboxRuntime:
     """The concrete class: image preparation also takes its memory snapshot."""
     qemu = settings.qemu
-    return QemuSandboxRuntime(
+    config = QemuSandboxConfig(
         data_dir=settings.data_dir,
         instance_id=settings.instance_id,
-        logger=logger,
         memory_mb=qemu.memory_mb,
         vcpus=qemu.vcpus,
         accel=qemu.accel,
         snapshot=qemu.snapshot,
         max_output_bytes=settings.limits.max_output_bytes,
         image_dir=qemu.image_dir,
+        user=qemu.user or None,
+        log_max_bytes=qemu.log_max_bytes,
     )
+    return QemuSandboxRuntime(config, logger)
 
 
 def _selected_runtime(

@@ -130,6 +130,11 @@ class QemuSettings(SettingsGroup):
     # initramfs and base image; empty means data_dir. VM work dirs and snapshots always live
     # under data_dir.
     image_dir: Path | None = None
+    # When the service runs as root, QEMU runs as this unprivileged user (scripts/setup.sh qemu
+    # creates it); empty runs QEMU as the service's own user, which root may not do.
+    user: str = "sandboxd-qemu"
+    # Each VM's console and QEMU log files are capped at this size (one older file kept).
+    log_max_bytes: int = Field(default=1024 * 1024, ge=4096)
 
 
 class DockerSettings(SettingsGroup):

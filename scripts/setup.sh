@@ -59,6 +59,16 @@ setup_image_tools() {
 setup_qemu() {
   apt_install qemu-system-x86 qemu-utils busybox-static zstd e2fsprogs
   command -v qemu-system-x86_64 >/dev/null || die "qemu-system-x86_64 missing after install"
+  # QEMU runs as this unprivileged system user when the service is root (adapter/qemu/process.py):
+  # no home, no shell, no files of its own; the host passes it descriptors for what it needs.
+  if ! getent passwd sandboxd-qemu >/dev/null; then
+    $SUDO useradd --system --user-group --no-create-home --home-dir /nonexistent \
+      --shell /usr/sbin/nologin sandboxd-qemu || die "cannot create user sandboxd-qemu"
+  fi
+  # KVM, where usable, needs /dev/kvm, which belongs to group kvm.
+  if getent group kvm >/dev/null; then
+    $SUDO usermod -a -G kvm sandboxd-qemu
+  fi
 }
 
 setup_postgres() {

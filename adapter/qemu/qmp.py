@@ -79,6 +79,15 @@ class QmpConnection:
     ) -> Any:
         return self._loop.run(self._client.execute(command, arguments), timeout_s)
 
+    def send_fd(self, name: str, fd: int) -> None:
+        """Hand QEMU a descriptor (SCM_RIGHTS) and name it, for ``fd:NAME`` URIs."""
+
+        async def send() -> None:
+            self._client.send_fd_scm(fd)
+
+        self._loop.run(send(), timeout_s=5.0)
+        self.execute("getfd", {"fdname": name})
+
     def close(self) -> None:
         # disconnect() re-raises whatever ended the session; it is over either way.
         with contextlib.suppress(Exception):

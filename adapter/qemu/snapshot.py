@@ -1,4 +1,5 @@
-"""Memory snapshots of a booted, agent-ready VM, keyed by everything that shapes them.
+"""Memory snapshots of a booted, agent-ready VM, keyed by everything that shapes them: the
+store (SnapshotStore) and the lifecycle that builds them when missing (SnapshotLifecycle).
 
 A snapshot restores only onto the same kernel, initramfs, disk contents, QEMU version, memory
 size, vCPU count and accelerator; its key is the hash of all of them. ``key.json`` next to the
@@ -13,12 +14,24 @@ import hashlib
 import json
 import os
 import shutil
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-FORMAT_VERSION = "1"
+from filelock import FileLock
+
+from adapter.qemu.image import QemuImage
+from adapter.qemu.launcher import VmLauncher
+from adapter.qemu.vm import VmDir, VmMeta, VmSpec, new_vm_id
+from domain.errors import RuntimeUnavailableError, SandboxGoneError
+from domain.execution import ExecutionRequest
+from usecase.ports import Logger
+
+# 2: QEMU sandboxed, console on stdio, disks and sockets passed as descriptors.
+FORMAT_VERSION = "2"
 PRUNE_AFTER_S = 3600.0
+_WARM_UP = "import random as _sandboxd_warm_up\ndel _sandboxd_warm_up\n"
 
 
 @dataclass(frozen=True)
@@ -108,3 +121,83 @@ class SnapshotStore:
                 continue
             if used < cutoff:
                 shutil.rmtree(entry, ignore_errors=True)
+
+
+class SnapshotLifecycle:
+    """The valid snapshot for a key, built from a cold-booted VM when there is none.
+
+    One build at a time per key, across threads and processes (a second service, the CLI); a
+    failed build is logged and gives None, so the caller cold-boots instead."""
+
+    def __init__(
+        self,
+        store: SnapshotStore,
+        launcher: VmLauncher,
+        vms_root: Path,
+        instance_id: str,
+        logger: Logger,
+    ) -> None:
+        self._store = store
+        self._launcher = launcher
+        self._vms_root = vms_root
+        self._instance_id = instance_id
+        self._logger = logger
+        self._lock = threading.Lock()
+        self._builders: set[str] = set()
+
+    def is_builder(self, vm_id: str) -> bool:
+        """True for the VM this process is taking a snapshot from right now."""
+        return vm_id in self._builders
+
+    def ensure(self, image: QemuImage, spec: VmSpec, key: SnapshotKey) -> Snapshot | None:
+        snapshot, reason = self._store.find(key)
+        if snapshot is not None:
+            return snapshot
+        with self._lock:
+            self._store.root.mkdir(parents=True, exist_ok=True)
+            with FileLock(str(self._store.lock_path(key))):
+                snapshot, reason = self._store.find(key)
+                if snapshot is not None:
+                    return snapshot
+                self._logger.info(
+                    "qemu_snapshot_building", {"key": key.digest[:16], "reason": reason}
+                )
+                started = time.monotonic()
+                try:
+                    snapshot = self._build(image, spec, key)
+                except (RuntimeUnavailableError, SandboxGoneError, OSError) as exc:
+                    self._logger.warning(
+                        "qemu_snapshot_failed",
+                        {"key": key.digest[:16], "error": str(exc), "fallback": "cold_boot"},
+                    )
+                    return None
+                self._logger.info(
+                    "qemu_snapshot_built",
+                    {
+                        "key": key.digest[:16],
+                        "bytes": snapshot.memory_file.stat().st_size,
+                        "duration_s": round(time.monotonic() - started, 3),
+                    },
+                )
+                return snapshot
+
+    def _build(self, image: QemuImage, spec: VmSpec, key: SnapshotKey) -> Snapshot:
+        staging = self._store.staging(key)
+        vm_dir = VmDir(self._vms_root / new_vm_id())
+        self._builders.add(vm_dir.vm_id)
+        try:
+            vm_dir.create(
+                VmMeta(vm_dir.vm_id, self._instance_id, None, None, purpose="snapshot"),
+                image.base,
+            )
+            vm = self._launcher.cold_boot(vm_dir, image, spec)
+            assert vm.client is not None
+            # One execution so the snapshot holds a python interpreter that has run code already,
+            # with the module the agent's reseed needs imported (a slow import under TCG).
+            vm.client.execute(ExecutionRequest(code=_WARM_UP, timeout_s=30.0), 1024, None)
+            self._launcher.save_memory(vm, staging / "memory.bin")
+            return self._store.commit(key, staging)
+        finally:
+            self._builders.discard(vm_dir.vm_id)
+            self._launcher.destroy(vm_dir, None)
+            shutil.rmtree(staging, ignore_errors=True)

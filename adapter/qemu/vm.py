@@ -12,7 +12,7 @@ import contextlib
 import json
 import os
 import re
-import shlex
+import secrets
 import signal
 import subprocess
 import time
@@ -21,8 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from uuid import UUID
 
-from adapter.qemu.image import QemuImage
-from adapter.qemu.initramfs import AGENT_PORT_NAME
 from domain.errors import RuntimeUnavailableError
 
 VM_ID_PATTERN = re.compile(r"^qvm-[0-9a-f]{20}$")
@@ -152,56 +150,8 @@ class VmDir:
         return " | ".join(texts)
 
 
-def qemu_command(spec: VmSpec, image: QemuImage, vm: VmDir, incoming: Path | None) -> list[str]:
-    """The QEMU command line. Restores need exactly the same devices as the snapshot's VM."""
-    machine = f"microvm,accel={spec.accel}"
-    command = [
-        spec.binary,
-        "-name", f"sandboxd-{vm.vm_id}",
-        "-M", machine,
-        # TCG's "max" CPU has RDRAND, which seeds the guest's CRNG at once; KVM keeps the default
-        # model because "host" fails on hosts that only take PVM guests.
-        *(["-cpu", "max"] if spec.accel == "tcg" else []),
-        "-m", str(spec.memory_mb),
-        "-smp", str(spec.vcpus),
-        "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
-        "-kernel", str(image.kernel),
-        "-initrd", str(image.initrd),
-        "-append", spec.kernel_cmdline,
-        "-chardev", f"file,id=console,path={vm.console_file}",
-        "-serial", "chardev:console",
-        "-drive", f"id=root,file={vm.overlay},format=qcow2,if=none,discard=unmap",
-        "-device", "virtio-blk-device,drive=root",
-        "-device", "virtio-serial-device",
-        # Socket paths relative to QEMU's working directory (the VM dir): absolute ones could pass
-        # the 108-byte limit of Unix socket names under a deep data directory.
-        "-chardev", f"socket,id=agent,path={vm.agent_socket.name},server=on,wait=off",
-        "-device", f"virtserialport,chardev=agent,name={AGENT_PORT_NAME}",
-        "-qmp", f"unix:{vm.qmp_socket.name},server=on,wait=off",
-    ]  # fmt: skip
-    if incoming is not None:
-        command += ["-incoming", f"exec:cat {shlex.quote(str(incoming))}"]
-    return command
-
-
-def start_qemu(command: list[str], vm: VmDir) -> subprocess.Popen[bytes]:
-    with vm.log_file.open("ab") as log:
-        try:
-            # A session of its own: QEMU must outlive a killed service (reconciliation finds it)
-            # and must not get the terminal's signals.
-            process = subprocess.Popen(
-                command,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                start_new_session=True,
-                cwd=vm.path,
-            )
-        except OSError as exc:
-            raise RuntimeUnavailableError(f"cannot start {command[0]}: {exc}") from exc
-    # Written by us rather than with -pidfile: it exists before QEMU gets to run at all.
-    vm.pidfile.write_text(f"{process.pid}\n")
-    return process
+def new_vm_id() -> str:
+    return f"qvm-{secrets.token_hex(10)}"
 
 
 def wait_until(condition: Callable[[], bool], timeout_s: float, interval_s: float = 0.02) -> bool:

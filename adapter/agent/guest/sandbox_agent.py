@@ -799,7 +799,9 @@ def _set_clock(now: object) -> None:
 
 
 def _add_kernel_entropy(entropy: bytes) -> bool:
-    """Credit the bytes to the kernel pool (root only); else just mix them in via /dev/urandom."""
+    """Credit the bytes to the kernel pool and reseed the CRNG from it (root with
+    CAP_SYS_ADMIN); True only when both happened. Otherwise the bytes are just mixed in via
+    /dev/urandom and the answer is False: the host treats that as a failed restore."""
     if os.geteuid() == 0:
         try:
             import fcntl
@@ -813,12 +815,11 @@ def _add_kernel_entropy(entropy: bytes) -> bool:
                 )
                 # Reseed the CRNG from the pool now: VMs restored from one memory snapshot share
                 # its CRNG state, and would otherwise keep giving the same bytes until the
-                # kernel's next periodic reseed.
-                with contextlib.suppress(OSError):
-                    fcntl.ioctl(f, rndreseedcrng)
+                # kernel's next periodic reseed. Credit without the reseed is not enough.
+                fcntl.ioctl(f, rndreseedcrng)
             return True
-        except OSError:
-            pass
+        except OSError as exc:
+            log(f"reseed not credited by the kernel: {exc!r}")
     try:
         with open("/dev/urandom", "wb") as f:
             f.write(entropy)

@@ -11,6 +11,7 @@ from uuid import uuid4
 
 import pytest
 
+from adapter.qemu.config import QemuSandboxConfig
 from adapter.qemu.runtime import QemuSandboxRuntime
 from test.integration.qemu.images import ensure_qemu_images
 
@@ -77,13 +78,13 @@ def make_runtime(
         **options: object,
     ) -> tuple[QemuSandboxRuntime, RecordingLogger]:
         logger = RecordingLogger()
-        runtime = QemuSandboxRuntime(
+        config = QemuSandboxConfig(
             data_dir=data_dir or (shared_qemu_data_dir if shared else tmp_path / "data"),
             instance_id=instance_id or f"test-{uuid4().hex[:8]}",
-            logger=logger,
             image_dir=qemu_image_dir,
             **options,  # type: ignore[arg-type]
         )
+        runtime = QemuSandboxRuntime(config, logger)
         made.append(runtime)
         return runtime, logger
 

@@ -12,15 +12,15 @@ from pathlib import Path
 from uuid import uuid4
 
 from adapter.logging import StructlogLogger, configure_logging
+from adapter.qemu.config import QemuSandboxConfig
 from adapter.qemu.runtime import QemuSandboxRuntime
 
 
 def main() -> None:
     data_dir, image_dir, instance_id = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
     configure_logging("warning", "json", sys.stderr)
-    runtime = QemuSandboxRuntime(
-        data_dir=data_dir, instance_id=instance_id, logger=StructlogLogger(), image_dir=image_dir
-    )
+    config = QemuSandboxConfig(data_dir=data_dir, instance_id=instance_id, image_dir=image_dir)
+    runtime = QemuSandboxRuntime(config, StructlogLogger())
     now = datetime.now(UTC)
     session = runtime.create(
         session_id=uuid4(), chat_id=uuid4(), created_at=now, expires_at=now + timedelta(hours=1)

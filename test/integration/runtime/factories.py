@@ -22,6 +22,7 @@ import pytest
 from adapter.docker.image import ensure_docker_image
 from adapter.docker.runtime import LABEL_INSTANCE, DockerSandboxConfig, DockerSandboxRuntime
 from adapter.logging import StructlogLogger
+from adapter.qemu.config import QemuSandboxConfig
 from adapter.qemu.runtime import QemuSandboxRuntime
 from adapter.qemu.vm import VmDir
 from entrypoint.settings import Settings
@@ -95,14 +96,14 @@ def qemu_runtime(**overrides: object) -> Iterator[QemuSandboxRuntime]:
 
     images = ensure_qemu_images(image_data_dir())
     data_dir = short_temp_dir("sbxq-")
-    runtime = QemuSandboxRuntime(
+    config = QemuSandboxConfig(
         data_dir=data_dir,
         instance_id=f"test-{uuid4().hex[:12]}",
-        logger=StructlogLogger("test-qemu-runtime"),
         max_output_bytes=CONFORMANCE_MAX_OUTPUT_BYTES,
         image_dir=images,
         **overrides,  # type: ignore[arg-type]
     )
+    runtime = QemuSandboxRuntime(config, StructlogLogger("test-qemu-runtime"))
     try:
         yield runtime
     finally:

@@ -1,0 +1,46 @@
+"""QemuSandboxConfig: everything the QEMU runtime is configured with, in one frozen value."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class QemuSandboxConfig:
+    """MicroVM settings; the defaults are the hardened ones.
+
+    ``data_dir`` holds VM work dirs and snapshots; ``image_dir`` (default: data_dir) the built
+    image set from ``sandboxd image build --runtime qemu``.
+
+    ``handover_poll_s``: QEMU serves one host connection per VM at a time, and a second process
+    (a CLI call, another replica taking its turn on the chat) is only accepted once the first
+    lets go. A process that wants a VM touches ``agent.want`` in its work dir before connecting;
+    every other process checks that file this often and closes its connection, when idle, if
+    someone asked after it connected. None never hands over.
+    """
+
+    data_dir: Path
+    instance_id: str
+    image_dir: Path | None = None
+    memory_mb: int = 256
+    vcpus: int = 1
+    accel: str = "auto"
+    snapshot: bool = True
+    max_output_bytes: int = 1024 * 1024
+    qemu_binary: str = "qemu-system-x86_64"
+    boot_timeout_s: float = 60.0
+    handover_poll_s: float | None = 0.1
+    # QEMU runs as this user when the service is root (None: as the service's own user); see
+    # adapter.qemu.process. scripts/setup.sh qemu creates it.
+    user: str | None = "sandboxd-qemu"
+    # Console and QEMU log: each file at most this big, one older file kept (adapter.qemu.logcap).
+    log_max_bytes: int = 1024 * 1024
+
+    @property
+    def images(self) -> Path:
+        return self.image_dir or self.data_dir
+
+    @property
+    def vms_root(self) -> Path:
+        return self.data_dir / "vms"
