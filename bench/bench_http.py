@@ -41,8 +41,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.common import KeepAliveConnection  # noqa: E402
-from test.e2e.service import API_KEY, ServiceProcess  # noqa: E402
-from test.integration.persistence.pg import temporary_database  # noqa: E402
+from testkit.pg import temporary_database  # noqa: E402
+from testkit.service import API_KEY, ServiceProcess  # noqa: E402
 
 
 class Pool:

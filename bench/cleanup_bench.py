@@ -188,7 +188,7 @@ def main() -> int:
     args = parser.parse_args()
     sigterm_as_interrupt()
     from adapter.logging import configure_logging
-    from test.integration.persistence.pg import temporary_database
+    from testkit.pg import temporary_database
 
     configure_logging("warning", "json")
     with (

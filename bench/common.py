@@ -127,14 +127,14 @@ def running_service(prefix: str, **settings: str) -> Iterator[Any]:
     the process is stopped, its containers are removed by its instance label, and the database
     and data directory are dropped.
     """
-    from test.e2e.service import ServiceProcess
-    from test.integration.persistence.pg import temporary_database
+    from testkit.pg import temporary_database
+    from testkit.service import ServiceProcess
 
     with (
         temporary_database(f"sandboxd_{prefix}") as database_url,
         tempfile.TemporaryDirectory(prefix=f"sandboxd-{prefix}-") as data_dir,
     ):
-        service = ServiceProcess(Path(data_dir), database_url=database_url, **settings)
+        service = ServiceProcess(Path(data_dir), database_url=database_url, **settings)  # type: ignore[arg-type]
         service.instance_id = f"bench-{prefix}-{os.urandom(5).hex()}"
         try:
             subprocess.run(

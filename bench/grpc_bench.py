@@ -178,7 +178,7 @@ async def measure(service: Any, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _api_key() -> str:
-    from test.e2e.service import API_KEY
+    from testkit.service import API_KEY
 
     return API_KEY
 

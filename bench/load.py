@@ -244,7 +244,7 @@ def main() -> int:
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args()
     sigterm_as_interrupt()
-    from test.e2e.service import API_KEY
+    from testkit.service import API_KEY
 
     with running_service(
         "load",

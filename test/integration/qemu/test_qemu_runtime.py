@@ -23,7 +23,8 @@ from domain.execution import ExecutionRequest, Language
 from domain.sandbox import SandboxSession
 from repository.sandbox_lock import ProcessLocalSandboxLifecycleLocker
 from repository.sandbox_session import InMemorySandboxSessionRepository
-from test.integration.qemu.conftest import RecordingLogger, RuntimeFactory
+from testkit.fakes import FakeLogger
+from testkit.qemu import RuntimeFactory
 from usecase.reconcile import ReconcileSandboxes
 
 pytestmark = pytest.mark.qemu
@@ -44,7 +45,7 @@ def _run(runtime: QemuSandboxRuntime, container_id: str, code: str, **kw: object
     return result.stdout
 
 
-def _started_modes(logger: RecordingLogger) -> list[object]:
+def _started_modes(logger: FakeLogger) -> list[object]:
     return [attrs["mode"] for attrs in logger.named("qemu_vm_started")]
 
 
@@ -227,7 +228,7 @@ def test_reconcile_after_service_killed(
     data_dir = shared_qemu_data_dir
     instance = f"test-{uuid4().hex[:8]}"
     holder = subprocess.Popen(
-        [sys.executable, "-m", "test.integration.qemu.vm_holder", str(data_dir),
+        [sys.executable, "-m", "testkit.vm_holder", str(data_dir),
          str(qemu_image_dir), instance],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )  # fmt: skip

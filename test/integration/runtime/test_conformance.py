@@ -14,8 +14,7 @@ import pytest
 from domain.errors import SandboxGoneError
 from domain.execution import Language, OutputChunk, OutputStream
 from domain.sandbox import SandboxStatus
-from test.integration.runtime.conftest import Sandbox, create_sandbox
-from test.integration.runtime.factories import CONFORMANCE_MAX_OUTPUT_BYTES
+from testkit.runtime import CONFORMANCE_MAX_OUTPUT_BYTES, Sandbox, create_sandbox
 from usecase.ports import SandboxRuntime
 
 CAP = CONFORMANCE_MAX_OUTPUT_BYTES
