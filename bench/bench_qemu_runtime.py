@@ -1,6 +1,6 @@
 """Benchmark of the QEMU microVM runtime; prints one JSON object.
 
-    uv run python bench/bench_qemu_runtime.py [--cold N] [--restores N] [--round-trips N]
+    uv run python -m bench.bench_qemu_runtime [--cold N] [--restores N] [--round-trips N]
 
 Measures, on the accelerator the runtime picks (TCG on these machines):
 - cold boot to a ready agent (snapshots off);

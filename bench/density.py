@@ -1,6 +1,6 @@
 """Density: how many idle sandboxes of each runtime fit in this machine's memory.
 
-    uv run python bench/density.py [--docker 8] [--qemu 3]
+    uv run python -m bench.density [--docker 8] [--qemu 3]
 
 Starts that many sandboxes per runtime (each with one ``print(1)`` run, so the agent and its
 python interpreter are up, as in an idle chat), lets them settle, and measures each one's host
@@ -31,8 +31,6 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import (
     emit,

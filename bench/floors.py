@@ -1,6 +1,6 @@
 """Floors: what the bare tools cost on this machine, measured in the same run as everything else.
 
-    uv run python bench/floors.py [--runs 10] [--execs 40] [--qemu-boots 2]
+    uv run python -m bench.floors [--runs 10] [--execs 40] [--qemu-boots 2]
 
 - ``docker run --rm IMAGE python3 -c 'print(1)'``: the floor of a new chat's first result;
 - ``docker exec CONTAINER true`` (and ``python3 -c 'print(1)'``) in a plain running container of
@@ -23,8 +23,6 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import (
     DOCKER,
