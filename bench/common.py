@@ -121,7 +121,7 @@ def remove_containers_of(instance_id: str) -> int:
 def running_service(prefix: str, **settings: str) -> Iterator[Any]:
     """A real ``sandboxd serve`` on free loopback ports with a throwaway PostgreSQL database.
 
-    Yields the ServiceProcess of test/e2e/service.py (ports, api key, instance id). At the end
+    Yields the ServiceProcess of testkit/service.py (ports, api key, instance id). At the end
     the process is stopped, its containers are removed by its instance label, and the database
     and data directory are dropped.
     """

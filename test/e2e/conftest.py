@@ -1,4 +1,4 @@
-"""End-to-end fixtures: the real service process, with either runtime (see service.py)."""
+"""End-to-end fixtures: the real service process, with either runtime (see testkit/service.py)."""
 
 from __future__ import annotations
 

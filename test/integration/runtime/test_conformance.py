@@ -1,6 +1,6 @@
 """Runtime conformance: what every SandboxRuntime must do, run against real engines.
 
-Parametrized over test/integration/runtime/factories.py. Abuse cases each get a fresh sandbox
+Parametrized over testkit/runtime.py. Abuse cases each get a fresh sandbox
 and check that it is contained with a clear result, and that the sandbox itself, a bystander
 sandbox and the runtime keep working.
 """
