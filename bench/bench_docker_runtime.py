@@ -6,7 +6,7 @@
   `docker run --rm` of the same image running python3 -c 'print(1)' (medians, interleaved);
 - resident memory of one idle sandbox: the RSS of every process in it (agent + python).
 
-    uv run python bench/bench_docker_runtime.py [--executes 500] [--starts 9]
+    uv run python -m bench.bench_docker_runtime [--executes 500] [--starts 9]
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """HTTP execute latency and throughput on existing chats, PostgreSQL store, Docker sandboxes.
 
-    uv run python bench/bench_http.py [--chats 16] [--rate 200] [--seconds 10] [--code 'print(1)']
+    uv run python -m bench.bench_http [--chats 16] [--rate 200] [--seconds 10] [--code 'print(1)']
 
 Starts a real ``sandboxd serve`` (its own instance id, data directory and a throwaway PostgreSQL
 database, migrated first), creates one sandbox per chat and warms up. Then two phases:
@@ -37,12 +37,11 @@ from typing import Any
 
 import docker
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from bench.common import KeepAliveConnection
+from testkit.pg import temporary_database
+from testkit.service import API_KEY, ServiceProcess
 
-from bench.common import KeepAliveConnection  # noqa: E402
-from test.e2e.service import API_KEY, ServiceProcess  # noqa: E402
-from test.integration.persistence.pg import temporary_database  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 class Pool:

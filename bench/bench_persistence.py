@@ -1,6 +1,6 @@
 """Persistence benchmark: prints one JSON document.
 
-    uv run python bench/bench_persistence.py [--iterations 2000] [--rows 100000]
+    uv run python -m bench.bench_persistence [--iterations 2000] [--rows 100000]
 
 On PostgreSQL (a throwaway database on SANDBOXD_TEST_POSTGRES_URL's server, default the sandboxd
 role on 127.0.0.1:5432; dropped at the end) and, for comparison, on a SQLite file in a temp dir:
@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 import uuid
@@ -27,8 +26,6 @@ from pathlib import Path
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from domain.sandbox import SandboxSession, SandboxStatus
 from repository.database import create_database_engine, migrate

@@ -1,6 +1,6 @@
 """Benchmark of the QEMU microVM runtime; prints one JSON object.
 
-    uv run python bench/bench_qemu_runtime.py [--cold N] [--restores N] [--round-trips N]
+    uv run python -m bench.bench_qemu_runtime [--cold N] [--restores N] [--round-trips N]
 
 Measures, on the accelerator the runtime picks (TCG on these machines):
 - cold boot to a ready agent (snapshots off);
@@ -75,9 +75,9 @@ def main() -> None:
         config = QemuSandboxConfig(
             data_dir=data_dir,
             instance_id=f"bench-{uuid4().hex[:8]}",
-            memory_mb=settings.qemu_memory_mb,
-            vcpus=settings.qemu_vcpus,
-            accel=settings.qemu_accel,
+            memory_mb=settings.qemu.memory_mb,
+            vcpus=settings.qemu.vcpus,
+            accel=settings.qemu.accel,
             snapshot=snapshot,
             image_dir=image_dir,
         )
@@ -134,8 +134,8 @@ def main() -> None:
             json.dumps(
                 {
                     "accel": warm_rt.accelerator,
-                    "memory_mb": settings.qemu_memory_mb,
-                    "vcpus": settings.qemu_vcpus,
+                    "memory_mb": settings.qemu.memory_mb,
+                    "vcpus": settings.qemu.vcpus,
                     "cold_boot_to_agent_ready_s": {
                         "n": len(cold),
                         "median": round(statistics.median(cold), 3),

@@ -1,6 +1,6 @@
 """The report's chart: latency distributions and the load ramp, one PNG (matplotlib, Agg).
 
-    uv run python bench/chart.py bench/results/<run>      # redraw chart.png from raw/*.json
+    uv run python -m bench.chart bench/results/<run>      # redraw chart.png from raw/*.json
 
 Panels: (1) HTTP execute latency per concurrency level of the load ramp, as distribution curves;
 (2) the ramp itself, executes per second and p50/p99 latency against concurrency, with the bend

@@ -1,6 +1,6 @@
 """Cleanup throughput: one sweep over 1,000 expired sessions, PostgreSQL store, Docker runtime.
 
-    uv run python bench/cleanup_bench.py [--sessions 1000] [--running 16]
+    uv run python -m bench.cleanup_bench [--sessions 1000] [--running 16]
 
 The sweep is the service's own (``container.sweeper().run_once()``, as ``sandboxd cleanup
 --once`` runs it: expiry cleanup under each chat's advisory lock, then reconciliation), wired by
@@ -32,8 +32,6 @@ from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import emit, remove_containers_of, sigterm_as_interrupt
 
@@ -188,7 +186,7 @@ def main() -> int:
     args = parser.parse_args()
     sigterm_as_interrupt()
     from adapter.logging import configure_logging
-    from test.integration.persistence.pg import temporary_database
+    from testkit.pg import temporary_database
 
     configure_logging("warning", "json")
     with (

@@ -21,8 +21,6 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 DOCKER = "/usr/bin/docker" if Path("/usr/bin/docker").exists() else "docker"
 INSTANCE_LABEL = "sandboxd.instance"
@@ -123,18 +121,18 @@ def remove_containers_of(instance_id: str) -> int:
 def running_service(prefix: str, **settings: str) -> Iterator[Any]:
     """A real ``sandboxd serve`` on free loopback ports with a throwaway PostgreSQL database.
 
-    Yields the ServiceProcess of test/e2e/service.py (ports, api key, instance id). At the end
+    Yields the ServiceProcess of testkit/service.py (ports, api key, instance id). At the end
     the process is stopped, its containers are removed by its instance label, and the database
     and data directory are dropped.
     """
-    from test.e2e.service import ServiceProcess
-    from test.integration.persistence.pg import temporary_database
+    from testkit.pg import temporary_database
+    from testkit.service import ServiceProcess
 
     with (
         temporary_database(f"sandboxd_{prefix}") as database_url,
         tempfile.TemporaryDirectory(prefix=f"sandboxd-{prefix}-") as data_dir,
     ):
-        service = ServiceProcess(Path(data_dir), database_url=database_url, **settings)
+        service = ServiceProcess(Path(data_dir), database_url=database_url, **settings)  # type: ignore[arg-type]
         service.instance_id = f"bench-{prefix}-{os.urandom(5).hex()}"
         try:
             subprocess.run(

@@ -1,6 +1,6 @@
 """Density: how many idle sandboxes of each runtime fit in this machine's memory.
 
-    uv run python bench/density.py [--docker 8] [--qemu 3]
+    uv run python -m bench.density [--docker 8] [--qemu 3]
 
 Starts that many sandboxes per runtime (each with one ``print(1)`` run, so the agent and its
 python interpreter are up, as in an idle chat), lets them settle, and measures each one's host
@@ -31,8 +31,6 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import (
     emit,
@@ -102,8 +100,8 @@ def docker_density(count: int) -> dict[str, Any]:
 
     settings = Settings()
     client = docker.APIClient(version="auto", timeout=120)
-    image = settings.docker_image or ensure_docker_image(
-        client, settings.data_dir, settings.docker_image_repository
+    image = settings.docker.image or ensure_docker_image(
+        client, settings.data_dir, settings.docker.image_repository
     )
     instance_id = f"bench-density-{uuid.uuid4().hex[:10]}"
     data_dir = Path(tempfile.mkdtemp(prefix="sandboxd-density-", dir="/tmp"))
@@ -113,7 +111,7 @@ def docker_density(count: int) -> dict[str, Any]:
             image=image,
             instance_id=instance_id,
             data_dir=data_dir,
-            memory_mb=settings.docker_memory_mb,
+            memory_mb=settings.docker.memory_mb,
         ),
         StructlogLogger("bench"),
     )
@@ -153,7 +151,7 @@ def docker_density(count: int) -> dict[str, Any]:
         "containerd_shim": _per_sandbox(shim_rss, shim_pss),
         "per_sandbox_pss_mb": round(total_pss_mb, 1),
         "mem_available_drop_mb_per_sandbox": round(drop_mb, 1),
-        **_fit(available_before, total_pss_mb, settings.docker_memory_mb, drop_mb),
+        **_fit(available_before, total_pss_mb, settings.docker.memory_mb, drop_mb),
     }
 
 
@@ -165,7 +163,7 @@ def qemu_density(count: int) -> dict[str, Any]:
     from entrypoint.settings import Settings
 
     settings = Settings()
-    image_dir = settings.qemu_image_dir or settings.data_dir
+    image_dir = settings.qemu.image_dir or settings.data_dir
     unavailable = qemu_unavailable(image_dir)
     if unavailable is not None:
         return {"unavailable": unavailable}
@@ -173,16 +171,16 @@ def qemu_density(count: int) -> dict[str, Any]:
     config = QemuSandboxConfig(
         data_dir=QEMU_BENCH_DIR,
         instance_id=f"bench-density-{uuid.uuid4().hex[:10]}",
-        memory_mb=settings.qemu_memory_mb,
-        vcpus=settings.qemu_vcpus,
-        accel=settings.qemu_accel,
-        snapshot=settings.qemu_snapshot,
+        memory_mb=settings.qemu.memory_mb,
+        vcpus=settings.qemu.vcpus,
+        accel=settings.qemu.accel,
+        snapshot=settings.qemu.snapshot,
         image_dir=image_dir,
     )
     runtime = QemuSandboxRuntime(config, StructlogLogger("bench"))
     try:
         started = time.perf_counter()
-        snapshot = runtime.prepare_snapshot() if settings.qemu_snapshot else ""
+        snapshot = runtime.prepare_snapshot() if settings.qemu.snapshot else ""
         prepare_s = time.perf_counter() - started
         available_before = mem_available_mb()
         ids = []
@@ -212,11 +210,11 @@ def qemu_density(count: int) -> dict[str, Any]:
         "accel": accelerator,
         "started_from": "snapshot" if snapshot else "cold boot",
         "snapshot_prepare_s": round(prepare_s, 2),
-        "guest_memory_mb": settings.qemu_memory_mb,
+        "guest_memory_mb": settings.qemu.memory_mb,
         "sandbox": _per_sandbox(rss, pss),
         "per_sandbox_pss_mb": round(per_vm_mb, 1),
         "mem_available_drop_mb_per_sandbox": round(drop_mb, 1),
-        **_fit(available_before, per_vm_mb, settings.qemu_memory_mb, drop_mb),
+        **_fit(available_before, per_vm_mb, settings.qemu.memory_mb, drop_mb),
     }
 
 

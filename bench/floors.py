@@ -1,6 +1,6 @@
 """Floors: what the bare tools cost on this machine, measured in the same run as everything else.
 
-    uv run python bench/floors.py [--runs 10] [--execs 40] [--qemu-boots 2]
+    uv run python -m bench.floors [--runs 10] [--execs 40] [--qemu-boots 2]
 
 - ``docker run --rm IMAGE python3 -c 'print(1)'``: the floor of a new chat's first result;
 - ``docker exec CONTAINER true`` (and ``python3 -c 'print(1)'``) in a plain running container of
@@ -23,8 +23,6 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import (
     DOCKER,
@@ -50,11 +48,11 @@ def docker_image() -> str:
     from entrypoint.settings import Settings
 
     settings = Settings()
-    if settings.docker_image:
-        return settings.docker_image
+    if settings.docker.image:
+        return settings.docker.image
     client = docker.APIClient(version="auto", timeout=600)
     try:
-        return ensure_docker_image(client, settings.data_dir, settings.docker_image_repository)
+        return ensure_docker_image(client, settings.data_dir, settings.docker.image_repository)
     finally:
         client.close()
 
@@ -99,7 +97,7 @@ def qemu_floor(boots: int) -> dict[str, Any]:
     from entrypoint.settings import Settings
 
     settings = Settings()
-    image_dir = settings.qemu_image_dir or settings.data_dir
+    image_dir = settings.qemu.image_dir or settings.data_dir
     unavailable = qemu_unavailable(image_dir)
     if unavailable is not None:
         return {"unavailable": unavailable}
@@ -107,9 +105,9 @@ def qemu_floor(boots: int) -> dict[str, Any]:
     config = QemuSandboxConfig(
         data_dir=data_dir,
         instance_id=f"bench-floors-{uuid.uuid4().hex[:10]}",
-        memory_mb=settings.qemu_memory_mb,
-        vcpus=settings.qemu_vcpus,
-        accel=settings.qemu_accel,
+        memory_mb=settings.qemu.memory_mb,
+        vcpus=settings.qemu.vcpus,
+        accel=settings.qemu.accel,
         snapshot=False,
         image_dir=image_dir,
     )
@@ -139,7 +137,7 @@ def qemu_floor(boots: int) -> dict[str, Any]:
     ordered = sorted(boots_s)
     return {
         "accel": accelerator,
-        "memory_mb": settings.qemu_memory_mb,
+        "memory_mb": settings.qemu.memory_mb,
         "cold_boot_to_agent_ready_s": {
             "n": len(ordered),
             "median": round(ordered[len(ordered) // 2], 3),

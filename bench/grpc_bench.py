@@ -1,6 +1,6 @@
 """gRPC Execute latency and throughput on existing chats, PostgreSQL store, Docker sandboxes.
 
-    uv run python bench/grpc_bench.py [--chats 16] [--serial 300] [--seconds 10]
+    uv run python -m bench.grpc_bench [--chats 16] [--serial 300] [--seconds 10]
 
 Starts a real ``sandboxd serve`` (own instance id, data directory and throwaway PostgreSQL
 database), gives every chat its sandbox and warms up, then:
@@ -24,10 +24,7 @@ import asyncio
 import sys
 import time
 import uuid
-from pathlib import Path
 from typing import Any
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import (
     cpu_seconds,
@@ -178,7 +175,7 @@ async def measure(service: Any, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _api_key() -> str:
-    from test.e2e.service import API_KEY
+    from testkit.service import API_KEY
 
     return API_KEY
 

@@ -1,6 +1,6 @@
 """Load test: N chats x M executes over HTTP, on a ramp of concurrency, against a real service.
 
-    uv run python bench/load.py [--chats 32] [--executes 20] [--levels 1,2,4,8,16,32,64]
+    uv run python -m bench.load [--chats 32] [--executes 20] [--levels 1,2,4,8,16,32,64]
 
 Starts a real ``sandboxd serve`` (PostgreSQL store, Docker sandboxes, its own instance id), gives
 each of the N chats its sandbox (the first-result latency is reported), then for every
@@ -23,18 +23,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import sys
 import time
 import uuid
 from collections import defaultdict
-from pathlib import Path
 from typing import Any
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import itertools
 
 from bench.common import (
     KeepAliveConnection,
@@ -244,7 +240,7 @@ def main() -> int:
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args()
     sigterm_as_interrupt()
-    from test.e2e.service import API_KEY
+    from testkit.service import API_KEY
 
     with running_service(
         "load",

@@ -1,7 +1,7 @@
 """The benchmark report: every figure of one run, its floor, its ratio to the floor, its target.
 
-    uv run python bench/report.py bench/results/<run>      # rebuild report.md from raw/*.json
-    uv run python bench/report.py --readme bench/results/<run>   # the README's figures block
+    uv run python -m bench.report bench/results/<run>      # rebuild report.md from raw/*.json
+    uv run python -m bench.report --readme bench/results/<run>   # the README's figures block
 
 ``build_report(steps, meta)`` turns the JSON of each benchmark script (as bench/run collected it)
 into one report dict; ``render_markdown(report)`` makes the Markdown table. The scripts belong to

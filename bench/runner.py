@@ -1,10 +1,11 @@
-"""Runs every benchmark in one go and writes the report (the body of ``bench/run``).
+"""Runs every benchmark in one go and writes the report (``python -m bench``, ``bench/run``).
 
     bench/run [--quick] [--only STEP,...] [--skip STEP,...] [--wait-quiet SECONDS] [--strict]
 
-Each benchmark is its own script printing one JSON object; they run one after another as
-subprocesses (each in its own process group, so a timeout or Ctrl-C reaches all of it and its
-``finally`` blocks remove what it started). Results land in bench/results/<time>-<mode>/:
+Each benchmark is its own module printing one JSON object; they run one after another as
+subprocesses, ``python -m bench.<module>`` from the project root, each in its own process group,
+so a timeout or Ctrl-C reaches all of it and its ``finally`` blocks remove what it started.
+Results land in bench/results/<time>-<mode>/:
 raw/<step>.json and raw/<step>.log per step, report.json, report.md and chart.png;
 bench/results/latest points at the newest run.
 
@@ -28,11 +29,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bench import report as report_module
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from bench import report as report_module  # noqa: E402
-
 RESULTS = ROOT / "bench" / "results"
 GRACE_S = 90.0  # after SIGINT, how long a step may take to clean up before it is killed
 
@@ -40,7 +39,7 @@ GRACE_S = 90.0  # after SIGINT, how long a step may take to clean up before it i
 @dataclass(frozen=True)
 class Step:
     name: str
-    script: str
+    module: str
     full: list[str] = field(default_factory=list)
     quick: list[str] = field(default_factory=list)
     timeout_s: float = 300.0
@@ -48,27 +47,27 @@ class Step:
 
 
 STEPS = [
-    Step("persistence", "bench/bench_persistence.py",
+    Step("persistence", "bench.bench_persistence",
          ["--iterations", "2000", "--rows", "100000"], ["--iterations", "200", "--rows", "10000"],
          timeout_s=420),
-    Step("floors", "bench/floors.py",
+    Step("floors", "bench.floors",
          ["--runs", "10", "--execs", "40", "--qemu-boots", "2"],
          ["--runs", "3", "--execs", "10", "--qemu-boots", "1"], timeout_s=300),
-    Step("docker_runtime", "bench/bench_docker_runtime.py",
+    Step("docker_runtime", "bench.bench_docker_runtime",
          ["--executes", "1000", "--starts", "15"], ["--executes", "100", "--starts", "3"]),
-    Step("qemu_runtime", "bench/bench_qemu_runtime.py",
+    Step("qemu_runtime", "bench.bench_qemu_runtime",
          ["--cold", "3", "--restores", "20", "--round-trips", "500", "--idle-vms", "3"],
          ["--cold", "1", "--restores", "3", "--round-trips", "50", "--idle-vms", "1"],
          timeout_s=420, needs_qemu=True),
-    Step("http", "bench/bench_http.py", ["--seconds", "10"], ["--seconds", "2", "--warmup", "2"]),
-    Step("grpc", "bench/grpc_bench.py", ["--seconds", "10"],
+    Step("http", "bench.bench_http", ["--seconds", "10"], ["--seconds", "2", "--warmup", "2"]),
+    Step("grpc", "bench.grpc_bench", ["--seconds", "10"],
          ["--seconds", "2", "--serial", "50", "--warmup", "1"]),
-    Step("load", "bench/load.py",
+    Step("load", "bench.load",
          ["--chats", "32", "--executes", "30", "--levels", "1,2,4,8,16,32,64"],
          ["--chats", "8", "--executes", "5", "--levels", "1,4,16"]),
-    Step("cleanup", "bench/cleanup_bench.py", ["--sessions", "1000", "--running", "16"],
+    Step("cleanup", "bench.cleanup_bench", ["--sessions", "1000", "--running", "16"],
          ["--sessions", "100", "--running", "3"]),
-    Step("density", "bench/density.py", ["--docker", "8", "--qemu", "3"],
+    Step("density", "bench.density", ["--docker", "8", "--qemu", "3"],
          ["--docker", "2", "--qemu", "1"]),
 ]  # fmt: skip
 
@@ -102,7 +101,7 @@ def run_process(command: list[str], log_path: Path, timeout_s: float) -> tuple[i
     """Run in its own process group; SIGINT on timeout (cleanup runs), SIGKILL after GRACE_S.
 
     Returns (exit status or None on timeout, stdout)."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with log_path.open("w") as stderr:
         process = subprocess.Popen(
             command,
@@ -147,7 +146,7 @@ def qemu_unavailable() -> str | None:
             sys.executable,
             "-c",
             "from entrypoint.settings import Settings; from adapter.qemu.image import "
-            "load_qemu_image; s = Settings(); d = s.qemu_image_dir or s.data_dir; "
+            "load_qemu_image; s = Settings(); d = s.qemu.image_dir or s.data_dir; "
             "print('ok' if load_qemu_image(d) else d)",
         ],
         cwd=ROOT,
@@ -228,7 +227,7 @@ def run_step(step: Step, args: argparse.Namespace, raw: Path, qemu_reason: str |
     if step.needs_qemu and qemu_reason:
         log(f"{step.name}: UNAVAILABLE: {qemu_reason}")
         return {"status": "unavailable", "error": qemu_reason, "seconds": 0}
-    command = [sys.executable, step.script, *(step.quick if args.quick else step.full)]
+    command = [sys.executable, "-m", step.module, *(step.quick if args.quick else step.full)]
     log(f"{step.name}: {' '.join(command[1:])}")
     started = time.monotonic()
     before = bench_container_ids()

@@ -142,15 +142,15 @@ def cmd_image_build(container: Container, args: argparse.Namespace) -> int:
 
 
 def cmd_bench(container: Container, args: argparse.Namespace) -> int:
-    """Hand over to bench/runner.py (in the source tree; benchmarks are not installed)."""
+    """Hand over to ``python -m bench`` (in the source tree; benchmarks are not installed)."""
     import subprocess
     from pathlib import Path
 
-    runner = Path(__file__).resolve().parents[1] / "bench" / "runner.py"
-    if not runner.exists():
-        print(f"sandboxd: no benchmarks here ({runner} is missing)", file=sys.stderr)
+    root = Path(__file__).resolve().parents[1]
+    if not (root / "bench" / "__main__.py").exists():
+        print(f"sandboxd: no benchmarks here ({root / 'bench'} is missing)", file=sys.stderr)
         return 2
-    return subprocess.call([sys.executable, str(runner), *args.bench_args])
+    return subprocess.call([sys.executable, "-m", "bench", *args.bench_args], cwd=root)
 
 
 def build_parser() -> argparse.ArgumentParser:

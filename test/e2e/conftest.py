@@ -1,15 +1,14 @@
-"""End-to-end fixtures: the real service process, with either runtime (see service.py)."""
+"""End-to-end fixtures: the real service process, with either runtime (see testkit/service.py)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import docker
 import pytest
 
-from sandboxd_client import SandboxdClient
-from test.e2e.service import API_KEY, ServiceProcess
+from testkit.service import ServiceFactory, ServiceProcess
 
 
 @pytest.fixture(scope="session")
@@ -21,9 +20,6 @@ def docker_client() -> Iterator[docker.DockerClient]:
         pytest.fail(f"the e2e tests need a running Docker engine: {exc}")
     yield client
     client.close()
-
-
-ServiceFactory = Callable[..., ServiceProcess]
 
 
 def _service_factory(
@@ -57,7 +53,3 @@ def services(
 ) -> Iterator[ServiceFactory]:
     """Services for one test that restarts or reconfigures them."""
     yield from _service_factory(tmp_path_factory, docker_client)
-
-
-def client_for(service: ServiceProcess, api_key: str | None = API_KEY) -> SandboxdClient:
-    return SandboxdClient(service.http_url, api_key=api_key, timeout_s=60)

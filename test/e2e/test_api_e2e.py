@@ -16,12 +16,11 @@ import docker
 import grpc
 import httpx
 import pytest
+from sandboxd_client import ExecutionResult, OutputEvent, SandboxdClient, SandboxdError
 
 from entrypoint.grpc.generated import sandboxd_pb2 as pb
 from entrypoint.grpc.generated import sandboxd_pb2_grpc as pb_grpc
-from sandboxd_client import ExecutionResult, OutputEvent, SandboxdClient, SandboxdError
-from test.e2e.conftest import ServiceFactory, client_for
-from test.e2e.service import API_KEY, ServiceProcess
+from testkit.service import API_KEY, ServiceFactory, ServiceProcess, client_for
 
 
 @pytest.fixture(
@@ -33,7 +32,7 @@ from test.e2e.service import API_KEY, ServiceProcess
 )
 def service(request: pytest.FixtureRequest, module_services: ServiceFactory) -> ServiceProcess:
     if request.param == "qemu":
-        from test.integration.qemu.images import ensure_qemu_images
+        from testkit.qemu import ensure_qemu_images
 
         return module_services(runtime="qemu", qemu_image_dir=ensure_qemu_images())
     return module_services()

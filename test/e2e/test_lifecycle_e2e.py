@@ -8,8 +8,7 @@ import uuid
 import docker
 import pytest
 
-from test.e2e.conftest import ServiceFactory, client_for
-from test.e2e.service import INSTANCE_LABEL
+from testkit.service import INSTANCE_LABEL, ServiceFactory, client_for
 
 pytestmark = pytest.mark.docker
 
@@ -53,6 +52,7 @@ def test_a_restart_loses_no_session_and_leaks_no_container(
     assert docker_client.containers.get(before.sandbox.container_id).status == "running"
     # A container of this instance that no record knows (as after a crash mid-create).
     image = docker_client.containers.get(before.sandbox.container_id).image
+    assert image is not None
     orphan = docker_client.containers.run(
         image,
         ["python3", "-c", "import time; time.sleep(600)"],
@@ -72,6 +72,7 @@ def test_a_restart_loses_no_session_and_leaks_no_container(
     assert after.stdout == "across the restart\n"
     assert after.sandbox_replaced is False
     assert after.sandbox.session_id == before.sandbox.session_id
+    assert orphan.id is not None
     assert not _exists(docker_client, orphan.id)
     remaining = {container.id for container in service.containers(docker_client)}  # type: ignore[attr-defined]
     assert remaining == {before.sandbox.container_id}

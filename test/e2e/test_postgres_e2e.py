@@ -3,8 +3,6 @@ one sweeper at a time (the advisory-lock leader)."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,9 +13,8 @@ from dependency_injector import providers
 
 from entrypoint.container import Container
 from entrypoint.settings import Settings
-from test.e2e.conftest import client_for
-from test.e2e.service import ROOT, ServiceProcess
-from test.integration.persistence.pg import temporary_database
+from testkit.pg import temporary_database
+from testkit.service import ServiceProcess, client_for, migrate
 
 pytestmark = [pytest.mark.docker, pytest.mark.postgres]
 
@@ -26,16 +23,6 @@ pytestmark = [pytest.mark.docker, pytest.mark.postgres]
 def database_url() -> Iterator[str]:
     with temporary_database("sandboxd_e2e") as url:
         yield url
-
-
-def migrate(service: ServiceProcess) -> None:
-    subprocess.run(
-        [sys.executable, "-m", "entrypoint.cli", "migrate"],
-        cwd=ROOT,
-        env=service.environment(),
-        check=True,
-        capture_output=True,
-    )
 
 
 def test_the_service_refuses_a_database_that_was_not_migrated(

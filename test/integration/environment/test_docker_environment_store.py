@@ -18,13 +18,8 @@ from adapter.environment.host_fetch import HostFetchConfig
 from domain.environment import Environment
 from domain.errors import EnvironmentBuildError
 from domain.execution import Language
-from test.integration.environment.conftest import (
-    RecordingLogger,
-    StoreFactory,
-    build_containers,
-    image_exists,
-    sandbox_from,
-)
+from testkit.environment import StoreFactory, build_containers, image_exists, sandbox_from
+from testkit.fakes import FakeLogger
 
 pytestmark = pytest.mark.docker
 
@@ -32,7 +27,7 @@ TABULATE = Environment(Language.PYTHON, ("tabulate==0.9.0",))
 
 
 def test_builds_an_environment_that_a_sandbox_imports(make_store: StoreFactory, client) -> None:
-    logger = RecordingLogger()
+    logger = FakeLogger()
     store = make_store(logger)
     built = store.ensure(TABULATE)
 
@@ -60,8 +55,8 @@ def test_builds_an_environment_that_a_sandbox_imports(make_store: StoreFactory, 
     # Found, not rebuilt, also by a second store of the same host.
     again = make_store(logger).ensure(TABULATE)
     assert again == built
-    assert logger.names().count("environment_built") == 1
-    assert "environment_found" in logger.names()
+    assert logger.events().count("environment_built") == 1
+    assert "environment_found" in logger.events()
     assert store.find(built.key) == built
 
 
@@ -108,7 +103,7 @@ def test_a_package_without_a_wheel_is_refused_on_the_host(
     assert marker.exists(), "the control download did not run the package's build step"
     marker.unlink()
 
-    logger = RecordingLogger()
+    logger = FakeLogger()
     store = make_store(logger, fetch=HostFetchConfig(pip_index_args=local_index))
     environment = Environment(Language.PYTHON, ("sandboxd-marker-pkg==0.1",))
     with pytest.raises(EnvironmentBuildError) as caught:
@@ -120,12 +115,12 @@ def test_a_package_without_a_wheel_is_refused_on_the_host(
     key = store.key_for(environment)
     assert not image_exists(f"{store._config.repository}:{key}")
     assert build_containers(client, key) == []
-    assert "environment_build_failed" in logger.names()
+    assert "environment_build_failed" in logger.events()
     assert list((tmp_path / "data" / "environments" / "staging").iterdir()) == []
 
 
 def test_two_builders_of_one_key_build_once(make_store: StoreFactory) -> None:
-    logger = RecordingLogger()
+    logger = FakeLogger()
     environment = Environment(Language.PYTHON, ("six==1.16.0",))
     results = []
 
@@ -138,13 +133,13 @@ def test_two_builders_of_one_key_build_once(make_store: StoreFactory) -> None:
     for thread in threads:
         thread.join()
     assert len(results) == 2 and results[0] == results[1]
-    assert logger.names().count("environment_built") == 1
+    assert logger.events().count("environment_built") == 1
 
 
 def test_least_recently_used_environments_are_evicted_past_the_budget(
     make_store: StoreFactory,
 ) -> None:
-    logger = RecordingLogger()
+    logger = FakeLogger()
     store = make_store(logger, max_total_mb=0)
     first = store.ensure(TABULATE)
     second = store.ensure(Environment(Language.PYTHON, ("six==1.16.0",)))
@@ -152,7 +147,7 @@ def test_least_recently_used_environments_are_evicted_past_the_budget(
     assert store.find(first.key) is None
     assert store.find(second.key) == second  # the one just built is never evicted
     assert [
-        attrs["key"] for _l, event, attrs in logger.events if event == "environment_evicted"
+        attrs["key"] for _l, event, attrs in logger.messages if event == "environment_evicted"
     ] == [first.key]
 
 

@@ -16,7 +16,7 @@ from repository.postgres_lock import PostgresAdvisorySandboxLifecycleLocker
 from repository.sandbox_lock import ProcessLocalSandboxLifecycleLocker
 from repository.sandbox_session import InMemorySandboxSessionRepository
 from repository.sqlalchemy_session import SqlAlchemySandboxSessionRepository, sandbox_sessions
-from test.integration.persistence.pg import server_url, temporary_database
+from testkit.pg import server_url, temporary_database
 
 
 @pytest.fixture(scope="session")

@@ -35,7 +35,7 @@ def test_concurrent_creates_in_8_processes_make_one_sandbox(engine: Engine, tmp_
             [
                 sys.executable,
                 "-m",
-                "test.integration.persistence.create_worker",
+                "testkit.create_worker",
                 url,
                 str(chat_id),
                 str(count_file),
@@ -49,6 +49,7 @@ def test_concurrent_creates_in_8_processes_make_one_sandbox(engine: Engine, tmp_
     ]
     try:
         for worker in workers:
+            assert worker.stdout is not None
             assert worker.stdout.readline().strip() == "ready"
         go_file.touch()
         outputs = [worker.communicate(timeout=120)[0].strip() for worker in workers]

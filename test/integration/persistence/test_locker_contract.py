@@ -116,7 +116,7 @@ def test_waiters_in_one_process_are_served_in_arrival_order(make_locker) -> None
 @contextmanager
 def holder_process(kind: str, scope: str, what: str) -> Iterator[subprocess.Popen[str]]:
     process = subprocess.Popen(
-        [sys.executable, "-m", "test.integration.persistence.lock_holder", kind, scope, what],
+        [sys.executable, "-m", "testkit.lock_holder", kind, scope, what],
         cwd=ROOT,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
@@ -147,6 +147,7 @@ def test_a_lock_held_by_another_process_times_out_then_is_freed_when_it_dies(
     locker = make_locker(timeout_s=0.3)
     chat_id = uuid4()
     with holder_process(locker_kind, scope, str(chat_id)) as holder:
+        assert holder.stdout is not None
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(LockTimeoutError), locker.lock(chat_id):
             pass
@@ -274,11 +275,14 @@ def test_leadership_held_by_another_process_passes_on_when_it_dies(
 ) -> None:
     if locker_kind == "file":
         scope = str(tmp_path / "locks")
-        leader = FileSweepLeaderLock(tmp_path / "locks")
+        leader: FileSweepLeaderLock | PostgresAdvisorySweepLeaderLock = FileSweepLeaderLock(
+            tmp_path / "locks"
+        )
     else:
         scope = str(request.getfixturevalue("postgres_url"))
         leader = PostgresAdvisorySweepLeaderLock(create_database_engine(scope))
     with holder_process(locker_kind, scope, "leader") as holder:
+        assert holder.stdout is not None
         assert holder.stdout.readline().strip() == "held"
         with leader.try_lead() as leading:
             assert leading is False

@@ -25,7 +25,7 @@ from repository.database import (
     prepare_database,
 )
 from repository.sqlalchemy_session import metadata
-from test.integration.persistence.pg import temporary_database
+from testkit.pg import temporary_database
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

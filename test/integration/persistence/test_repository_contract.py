@@ -8,9 +8,8 @@ from uuid import UUID, uuid4
 
 import pytest
 
-from domain.errors import SandboxServiceError
+from domain.errors import SandboxServiceError, SessionConflictError
 from domain.sandbox import SandboxSession, SandboxStatus
-from repository.sandbox_session import SessionConflictError
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 

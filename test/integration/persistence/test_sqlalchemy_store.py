@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
 from uuid import uuid4
 
 import pytest
@@ -37,7 +38,7 @@ def engine(request: pytest.FixtureRequest) -> Engine:
 
 
 def make_session(expires: timedelta = timedelta(minutes=15), **changes) -> SandboxSession:
-    values = {
+    values: dict[str, Any] = {
         "session_id": uuid4(),
         "chat_id": uuid4(),
         "container_id": "c",
@@ -218,7 +219,7 @@ def test_create_sandbox_with_the_database_gone_fails_cleanly_and_leaks_nothing(
     create = CreateSandbox(
         repository,
         ProcessLocalSandboxLifecycleLocker(),
-        runtime,
+        runtime,  # type: ignore[arg-type]  # CreateSandbox only creates and stops
         FixedClock(),
         NullLogger(),
         ttl=timedelta(minutes=15),

@@ -24,7 +24,7 @@ from repository.postgres_lock import (
 from repository.sandbox_lock import ProcessLocalSandboxLifecycleLocker
 from repository.sqlalchemy_session import SqlAlchemySandboxSessionRepository
 from repository.sweep_leader import ProcessLocalSweepLeaderLock
-from test.integration.persistence.pg import temporary_database
+from testkit.pg import temporary_database
 
 ROOT = Path(__file__).resolve().parents[3]
 

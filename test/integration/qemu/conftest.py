@@ -4,8 +4,7 @@ Every VM a test starts is stopped at teardown, found by the runtime's own instan
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 from uuid import uuid4
 
@@ -13,42 +12,15 @@ import pytest
 
 from adapter.qemu.config import QemuSandboxConfig
 from adapter.qemu.runtime import QemuSandboxRuntime
-from test.integration.qemu.images import ensure_qemu_images
+from testkit.fakes import FakeLogger
+from testkit.qemu import RuntimeFactory, ensure_qemu_images
 
 pytestmark = pytest.mark.qemu
-
-
-@dataclass
-class RecordingLogger:
-    """Logger port that keeps events, so tests can check what the runtime reported."""
-
-    events: list[tuple[str, str, dict[str, object]]] = field(default_factory=list)
-
-    def _record(self, level: str, message: str, attrs: object) -> None:
-        self.events.append((level, message, dict(attrs or {})))  # type: ignore[call-overload]
-
-    def debug(self, message: str, attrs: object = None) -> None:
-        self._record("debug", message, attrs)
-
-    def info(self, message: str, attrs: object = None) -> None:
-        self._record("info", message, attrs)
-
-    def warning(self, message: str, attrs: object = None) -> None:
-        self._record("warning", message, attrs)
-
-    def error(self, message: str, attrs: object = None) -> None:
-        self._record("error", message, attrs)
-
-    def named(self, message: str) -> list[dict[str, object]]:
-        return [attrs for _, name, attrs in self.events if name == message]
 
 
 @pytest.fixture(scope="session")
 def qemu_image_dir() -> Path:
     return ensure_qemu_images()
-
-
-RuntimeFactory = Callable[..., tuple[QemuSandboxRuntime, RecordingLogger]]
 
 
 def _stop_all(runtime: QemuSandboxRuntime) -> None:
@@ -76,8 +48,8 @@ def make_runtime(
         instance_id: str | None = None,
         shared: bool = False,
         **options: object,
-    ) -> tuple[QemuSandboxRuntime, RecordingLogger]:
-        logger = RecordingLogger()
+    ) -> tuple[QemuSandboxRuntime, FakeLogger]:
+        logger = FakeLogger()
         config = QemuSandboxConfig(
             data_dir=data_dir or (shared_qemu_data_dir if shared else tmp_path / "data"),
             instance_id=instance_id or f"test-{uuid4().hex[:8]}",

@@ -12,12 +12,12 @@ import pytest
 
 from adapter.qemu import launcher
 from adapter.qemu.accel import host_tsc_khz
+from adapter.qemu.handshake import handshake as real_handshake
 from adapter.qemu.image import load_qemu_image
 from adapter.qemu.process import resolve_qemu_user, start_qemu
 from adapter.qemu.vm import VmDir, VmMeta, VmSpec
 from domain.execution import Language
-from test.integration.qemu.conftest import RuntimeFactory
-from test.integration.qemu.test_qemu_runtime import _create, _run, _started_modes
+from testkit.qemu import RuntimeFactory, create_vm, run_ok, started_modes
 
 pytestmark = pytest.mark.qemu
 
@@ -32,7 +32,7 @@ def _status(pid: int) -> dict[str, str]:
 
 def test_qemu_runs_under_seccomp_as_unprivileged_user(make_runtime: RuntimeFactory) -> None:
     runtime, logger = make_runtime(shared=True)
-    session = _create(runtime)
+    session = create_vm(runtime)
     pid = int((runtime.work_dir(session.container_id) / "qemu.pid").read_text())
     status = _status(pid)
     # Seccomp mode 2: a filter is installed (QEMU's -sandbox); with spawn=deny the snapshot
@@ -40,8 +40,8 @@ def test_qemu_runs_under_seccomp_as_unprivileged_user(make_runtime: RuntimeFacto
     assert status["Seccomp"] == "2"
     assert set(status["Uid"].split()) == {str(pwd.getpwnam(QEMU_USER).pw_uid)}
     assert set(status["Gid"].split()) == {str(pwd.getpwnam(QEMU_USER).pw_gid)}
-    assert _started_modes(logger) == ["restore"]
-    assert _run(runtime, session.container_id, "print('confined')") == "confined\n"
+    assert started_modes(logger) == ["restore"]
+    assert run_ok(runtime, session.container_id, "print('confined')") == "confined\n"
 
 
 def _live_processes_naming(path: Path) -> list[int]:
@@ -97,7 +97,6 @@ def test_uncredited_reseed_discards_the_restored_vm(
 ) -> None:
     runtime, logger = make_runtime(shared=True)
     runtime.prepare_snapshot()
-    real_handshake = launcher.handshake
 
     def uncredited(*args: object, **kwargs: object) -> dict[str, object]:
         answer = real_handshake(*args, **kwargs)  # type: ignore[arg-type]
@@ -105,11 +104,11 @@ def test_uncredited_reseed_discards_the_restored_vm(
         return {**answer, "ok": False} if kwargs.get("reseed") else answer
 
     monkeypatch.setattr(launcher, "handshake", uncredited)
-    session = _create(runtime)
+    session = create_vm(runtime)
     [failure] = logger.named("qemu_restore_failed")
     assert "did not credit" in str(failure["reason"])
-    assert _started_modes(logger) == ["cold"]
-    assert _run(runtime, session.container_id, "print('fresh')") == "fresh\n"
+    assert started_modes(logger) == ["cold"]
+    assert run_ok(runtime, session.container_id, "print('fresh')") == "fresh\n"
     # The restored VM was discarded: one QEMU process (the cold-booted one) for the work dir.
     assert len(_live_processes_naming(runtime.work_dir(session.container_id))) == 1
 
@@ -118,12 +117,12 @@ def test_agent_reports_an_uncredited_reseed(make_runtime: RuntimeFactory) -> Non
     # User code is not root: the same function the agent runs for a reseed must say "not
     # credited" there, instead of claiming success after mixing bytes into /dev/urandom.
     runtime, _ = make_runtime(shared=True)
-    session = _create(runtime)
+    session = create_vm(runtime)
     code = (
         "import importlib.util as u\n"
         "s = u.spec_from_file_location('agent', '/opt/sandboxd/agent.py')\n"
         "m = u.module_from_spec(s); s.loader.exec_module(m)\n"
         "print(m._add_kernel_entropy(b'x' * 64))"
     )
-    assert _run(runtime, session.container_id, code) == "False\n"
-    assert _run(runtime, session.container_id, "id -u", language=Language.SHELL) != "0\n"
+    assert run_ok(runtime, session.container_id, code) == "False\n"
+    assert run_ok(runtime, session.container_id, "id -u", language=Language.SHELL) != "0\n"

@@ -10,42 +10,22 @@ import subprocess
 import sys
 import time
 from dataclasses import asdict, replace
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from uuid import uuid4
 
 import pytest
 
-from adapter.qemu.runtime import QemuSandboxRuntime
 from adapter.qemu.snapshot import SnapshotKey, SnapshotStore
 from domain.errors import SandboxGoneError
 from domain.execution import ExecutionRequest, Language
-from domain.sandbox import SandboxSession
 from repository.sandbox_lock import ProcessLocalSandboxLifecycleLocker
 from repository.sandbox_session import InMemorySandboxSessionRepository
-from test.integration.qemu.conftest import RecordingLogger, RuntimeFactory
+from testkit.qemu import RuntimeFactory, create_vm, run_ok, started_modes
 from usecase.reconcile import ReconcileSandboxes
 
 pytestmark = pytest.mark.qemu
 
 REPO = Path(__file__).resolve().parents[3]
-
-
-def _create(runtime: QemuSandboxRuntime) -> SandboxSession:
-    now = datetime.now(UTC)
-    return runtime.create(
-        session_id=uuid4(), chat_id=uuid4(), created_at=now, expires_at=now + timedelta(hours=1)
-    )
-
-
-def _run(runtime: QemuSandboxRuntime, container_id: str, code: str, **kw: object) -> str:
-    result = runtime.execute(container_id, ExecutionRequest(code=code, **kw))  # type: ignore[arg-type]
-    assert result.exit_code == 0, result
-    return result.stdout
-
-
-def _started_modes(logger: RecordingLogger) -> list[object]:
-    return [attrs["mode"] for attrs in logger.named("qemu_vm_started")]
 
 
 def _snapshot_dir(runtime_data: Path) -> Path:
@@ -90,12 +70,12 @@ def test_snapshot_key_covers_every_input(change: dict[str, object], tmp_path: Pa
 
 def test_snapshot_is_built_once_then_restored(make_runtime: RuntimeFactory) -> None:
     runtime, logger = make_runtime()
-    first = _create(runtime)
-    second = _create(runtime)
-    assert _started_modes(logger) == ["restore", "restore"]
+    first = create_vm(runtime)
+    second = create_vm(runtime)
+    assert started_modes(logger) == ["restore", "restore"]
     assert len(logger.named("qemu_snapshot_built")) == 1
-    assert _run(runtime, second.container_id, "print(6 * 7)") == "42\n"
-    assert _run(runtime, first.container_id, "print('first')") == "first\n"
+    assert run_ok(runtime, second.container_id, "print(6 * 7)") == "42\n"
+    assert run_ok(runtime, first.container_id, "print('first')") == "first\n"
 
 
 def test_stale_snapshot_is_rebuilt_before_use(make_runtime: RuntimeFactory, tmp_path: Path) -> None:
@@ -108,22 +88,22 @@ def test_stale_snapshot_is_rebuilt_before_use(make_runtime: RuntimeFactory, tmp_
     (snapshot / "key.json").write_text(json.dumps({**key, "qemu_version": "QEMU 0.1"}))
 
     fresh, logger = make_runtime()
-    session = _create(fresh)
+    session = create_vm(fresh)
     building = logger.named("qemu_snapshot_building")
     assert len(building) == 1
     assert "qemu_version" in str(building[0]["reason"])
-    assert _started_modes(logger) == ["restore"]
+    assert started_modes(logger) == ["restore"]
     assert json.loads((snapshot / "key.json").read_text())["qemu_version"] == real_version
-    assert _run(fresh, session.container_id, "print('ok')") == "ok\n"
+    assert run_ok(fresh, session.container_id, "print('ok')") == "ok\n"
 
 
 def test_changed_settings_use_another_snapshot(make_runtime: RuntimeFactory) -> None:
     small, _ = make_runtime()
     small.prepare_snapshot()
     bigger, bigger_log = make_runtime(memory_mb=320)
-    session = _create(bigger)
+    session = create_vm(bigger)
     assert len(bigger_log.named("qemu_snapshot_built")) == 1
-    assert _run(bigger, session.container_id, "print(open('/proc/meminfo').readline())")
+    assert run_ok(bigger, session.container_id, "print(open('/proc/meminfo').readline())")
 
 
 def test_restore_failure_falls_back_to_cold_boot(
@@ -135,22 +115,22 @@ def test_restore_failure_falls_back_to_cold_boot(
     # Same key, unusable content: QEMU fails to load it.
     memory.write_bytes(b"QEVM\0\0\0\3" + os.urandom(4096))
 
-    session = _create(runtime)
+    session = create_vm(runtime)
     failures = logger.named("qemu_restore_failed")
     assert len(failures) == 1
     assert failures[0]["fallback"] == "cold_boot"
     assert failures[0]["reason"]
-    assert _started_modes(logger) == ["cold"]
-    assert _run(runtime, session.container_id, "x = 5\nprint(x)") == "5\n"
-    assert _run(runtime, session.container_id, "print(x * 2)") == "10\n"
+    assert started_modes(logger) == ["cold"]
+    assert run_ok(runtime, session.container_id, "x = 5\nprint(x)") == "5\n"
+    assert run_ok(runtime, session.container_id, "print(x * 2)") == "10\n"
 
 
 def test_restored_vms_get_fresh_randomness(make_runtime: RuntimeFactory) -> None:
     runtime, logger = make_runtime(shared=True)
-    vms = [_create(runtime), _create(runtime)]
-    assert _started_modes(logger) == ["restore", "restore"]
+    vms = [create_vm(runtime), create_vm(runtime)]
+    assert started_modes(logger) == ["restore", "restore"]
     code = "import os, random\nprint(os.urandom(16).hex(), random.getrandbits(64))"
-    first, second = (_run(runtime, vm.container_id, code) for vm in vms)
+    first, second = (run_ok(runtime, vm.container_id, code) for vm in vms)
     kernel_a, python_a = first.split()
     kernel_b, python_b = second.split()
     assert kernel_a != kernel_b
@@ -161,32 +141,32 @@ def test_guest_clock_is_current_after_restore(make_runtime: RuntimeFactory) -> N
     runtime, _ = make_runtime(shared=True)
     runtime.prepare_snapshot()
     time.sleep(3)  # the snapshot's clock is now behind by at least this much
-    session = _create(runtime)
-    guest = float(_run(runtime, session.container_id, "import time\nprint(time.time())"))
+    session = create_vm(runtime)
+    guest = float(run_ok(runtime, session.container_id, "import time\nprint(time.time())"))
     assert abs(guest - time.time()) < 2.0
 
 
 def test_guest_isolation_basics(make_runtime: RuntimeFactory) -> None:
     runtime, _ = make_runtime(shared=True)
-    session = _create(runtime)
+    session = create_vm(runtime)
     cid = session.container_id
-    assert _run(runtime, cid, "id -un", language=Language.SHELL) == "sandbox\n"
-    assert _run(runtime, cid, "console.log(2 ** 10)", language=Language.JAVASCRIPT) == "1024\n"
+    assert run_ok(runtime, cid, "id -un", language=Language.SHELL) == "sandbox\n"
+    assert run_ok(runtime, cid, "console.log(2 ** 10)", language=Language.JAVASCRIPT) == "1024\n"
     # Only a loopback interface: no network device is attached.
-    interfaces = _run(runtime, cid, "ls /sys/class/net", language=Language.SHELL).split()
+    interfaces = run_ok(runtime, cid, "ls /sys/class/net", language=Language.SHELL).split()
     assert interfaces == ["lo"]
     # The root file system is read-only; the workspace is writable.
     denied = runtime.execute(cid, ExecutionRequest(code="touch /usr/x", language=Language.SHELL))
     assert denied.exit_code != 0
     assert (
-        _run(runtime, cid, "echo hi > /workspace/f && cat /workspace/f", language=Language.SHELL)
+        run_ok(runtime, cid, "echo hi > /workspace/f && cat /workspace/f", language=Language.SHELL)
         == "hi\n"
     )
 
 
 def test_stop_is_idempotent_and_removes_everything(make_runtime: RuntimeFactory) -> None:
     runtime, _ = make_runtime(shared=True)
-    session = _create(runtime)
+    session = create_vm(runtime)
     vm_dir = runtime.work_dir(session.container_id)
     pid = int((vm_dir / "qemu.pid").read_text())
     assert runtime.is_alive(session.container_id)
@@ -206,7 +186,7 @@ def test_stop_is_idempotent_and_removes_everything(make_runtime: RuntimeFactory)
 
 def test_vm_killed_from_outside_is_gone(make_runtime: RuntimeFactory) -> None:
     runtime, _ = make_runtime(shared=True)
-    session = _create(runtime)
+    session = create_vm(runtime)
     pid = int((runtime.work_dir(session.container_id) / "qemu.pid").read_text())
     os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + 10
@@ -227,7 +207,7 @@ def test_reconcile_after_service_killed(
     data_dir = shared_qemu_data_dir
     instance = f"test-{uuid4().hex[:8]}"
     holder = subprocess.Popen(
-        [sys.executable, "-m", "test.integration.qemu.vm_holder", str(data_dir),
+        [sys.executable, "-m", "testkit.vm_holder", str(data_dir),
          str(qemu_image_dir), instance],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )  # fmt: skip
@@ -267,8 +247,8 @@ def test_two_processes_take_turns_on_one_vm(
 ) -> None:
     # QEMU accepts one host connection per VM at a time: a runtime hands an idle one over.
     first, _ = make_runtime(shared=True, handover_poll_s=0.1)
-    session = _create(first)
-    assert _run(first, session.container_id, "shared = 'state'\nprint('set')") == "set\n"
+    session = create_vm(first)
+    assert run_ok(first, session.container_id, "shared = 'state'\nprint('set')") == "set\n"
     second, _ = make_runtime(data_dir=shared_qemu_data_dir, handover_poll_s=0.1)
-    assert _run(second, session.container_id, "print(shared)") == "state\n"
-    assert _run(first, session.container_id, "print(shared * 2)") == "statestate\n"
+    assert run_ok(second, session.container_id, "print(shared)") == "state\n"
+    assert run_ok(first, session.container_id, "print(shared * 2)") == "statestate\n"

@@ -10,9 +10,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from sandboxd_client import SandboxdClient
-from test.e2e.service import ServiceProcess
+
+from testkit.service import ServiceProcess
 
 pytestmark = pytest.mark.qemu
 
@@ -54,7 +54,7 @@ def qemu_service(
 
 
 def _client(service: ServiceProcess) -> SandboxdClient:
-    from test.e2e.service import API_KEY
+    from testkit.service import API_KEY
 
     return SandboxdClient(service.http_url, api_key=API_KEY, timeout_s=120)
 

@@ -1,6 +1,6 @@
 """Runtime conformance: what every SandboxRuntime must do, run against real engines.
 
-Parametrized over test/integration/runtime/factories.py. Abuse cases each get a fresh sandbox
+Parametrized over testkit/runtime.py. Abuse cases each get a fresh sandbox
 and check that it is contained with a clear result, and that the sandbox itself, a bystander
 sandbox and the runtime keep working.
 """
@@ -14,8 +14,7 @@ import pytest
 from domain.errors import SandboxGoneError
 from domain.execution import Language, OutputChunk, OutputStream
 from domain.sandbox import SandboxStatus
-from test.integration.runtime.conftest import Sandbox, create_sandbox
-from test.integration.runtime.factories import CONFORMANCE_MAX_OUTPUT_BYTES
+from testkit.runtime import CONFORMANCE_MAX_OUTPUT_BYTES, Sandbox, create_sandbox
 from usecase.ports import SandboxRuntime
 
 CAP = CONFORMANCE_MAX_OUTPUT_BYTES

@@ -18,7 +18,7 @@ from uuid import uuid4
 import pytest
 
 from adapter.docker.image import ensure_docker_image
-from test.integration.runtime.factories import (
+from testkit.runtime import (
     docker_client,
     image_data_dir,
     remove_instance_containers,

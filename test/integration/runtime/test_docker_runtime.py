@@ -24,8 +24,8 @@ from adapter.docker.runtime import (
 from adapter.logging import StructlogLogger
 from domain.errors import RuntimeUnavailableError, SandboxGoneError
 from domain.execution import ExecutionRequest
-from test.integration.runtime.conftest import create_sandbox
-from test.integration.runtime.factories import (
+from testkit.runtime import (
+    create_sandbox,
     docker_client,
     docker_runtime,
     short_temp_dir,

@@ -7,7 +7,7 @@ The first imports get 120 s: under QEMU with TCG (no usable KVM here) a fresh in
 
 from __future__ import annotations
 
-from test.integration.runtime.conftest import Sandbox
+from testkit.runtime import Sandbox
 
 
 def test_pandas_dataframe_and_a_matplotlib_png_in_the_workspace(sandbox: Sandbox) -> None:

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import socket
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from uuid import uuid4
 
 import boto3
@@ -11,39 +10,8 @@ import pytest
 from moto.server import ThreadedMotoServer
 
 from adapter.s3.artifact_store import S3ArtifactConfig, S3ArtifactStore
-
-CREDENTIALS = {"access_key_id": "testing", "secret_access_key": "testing"}
-
-
-class RecordingLogger:
-    """Keeps (level, event, attrs) so tests can check the one event per outcome."""
-
-    def __init__(self) -> None:
-        self.events: list[tuple[str, str, dict[str, object]]] = []
-
-    def _record(self, level: str, message: str, attrs: Mapping[str, object] | None) -> None:
-        self.events.append((level, message, dict(attrs or {})))
-
-    def debug(self, message: str, attrs: Mapping[str, object] | None = None) -> None:
-        self._record("debug", message, attrs)
-
-    def info(self, message: str, attrs: Mapping[str, object] | None = None) -> None:
-        self._record("info", message, attrs)
-
-    def warning(self, message: str, attrs: Mapping[str, object] | None = None) -> None:
-        self._record("warning", message, attrs)
-
-    def error(self, message: str, attrs: Mapping[str, object] | None = None) -> None:
-        self._record("error", message, attrs)
-
-    def names(self) -> list[str]:
-        return [event for _level, event, _attrs in self.events]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+from testkit.fakes import FakeLogger
+from testkit.s3 import CREDENTIALS, free_port
 
 
 @pytest.fixture(scope="session")
@@ -71,12 +39,12 @@ def bucket(s3_endpoint: str) -> str:
 
 
 @pytest.fixture
-def logger() -> RecordingLogger:
-    return RecordingLogger()
+def logger() -> FakeLogger:
+    return FakeLogger()
 
 
 @pytest.fixture
-def store(s3_endpoint: str, bucket: str, logger: RecordingLogger) -> Iterator[S3ArtifactStore]:
+def store(s3_endpoint: str, bucket: str, logger: FakeLogger) -> Iterator[S3ArtifactStore]:
     made = S3ArtifactStore(
         S3ArtifactConfig(bucket=bucket, endpoint_url=s3_endpoint, **CREDENTIALS), logger
     )

@@ -13,7 +13,8 @@ import zstandard
 from adapter.s3.artifact_store import S3ArtifactConfig, S3ArtifactStore
 from domain.environment import ArtifactKind
 from domain.errors import ArtifactStoreUnavailableError
-from test.integration.s3.conftest import CREDENTIALS, RecordingLogger, free_port
+from testkit.fakes import FakeLogger
+from testkit.s3 import CREDENTIALS, free_port
 
 KEY = "python-v0.1-01234567-00112233445566aa"
 
@@ -43,7 +44,7 @@ def raw_client(endpoint: str):
 
 
 def test_round_trip_of_a_multi_megabyte_object(
-    store: S3ArtifactStore, s3_endpoint: str, bucket: str, tmp_path: Path, logger: RecordingLogger
+    store: S3ArtifactStore, s3_endpoint: str, bucket: str, tmp_path: Path, logger: FakeLogger
 ) -> None:
     source = multi_mb_file(tmp_path / "image.tar")
     store.upload(ArtifactKind.IMAGE, KEY, source)
@@ -61,8 +62,8 @@ def test_round_trip_of_a_multi_megabyte_object(
     assert store.download(ArtifactKind.IMAGE, KEY, target) is True
     assert sha256(target) == sha256(source)
     assert [p.name for p in target.parent.iterdir()] == ["image.tar"]  # no partial left
-    assert "artifact_uploaded" in logger.names()
-    assert "artifact_downloaded" in logger.names()
+    assert "artifact_uploaded" in logger.events()
+    assert "artifact_downloaded" in logger.events()
 
 
 def test_snapshots_live_under_their_own_prefix(
@@ -89,14 +90,14 @@ def test_an_empty_file_round_trips(store: S3ArtifactStore, tmp_path: Path) -> No
 
 
 def test_a_missing_key_is_false_and_leaves_nothing(
-    store: S3ArtifactStore, tmp_path: Path, logger: RecordingLogger
+    store: S3ArtifactStore, tmp_path: Path, logger: FakeLogger
 ) -> None:
     target = tmp_path / "never.tar"
     assert store.download(ArtifactKind.IMAGE, KEY, target) is False
     assert not target.exists()
     assert list(tmp_path.iterdir()) == []
     assert not store.exists(ArtifactKind.IMAGE, KEY)
-    assert "artifact_missing" in logger.names()
+    assert "artifact_missing" in logger.events()
 
 
 def test_a_corrupted_object_is_refused_and_the_destination_untouched(
@@ -122,7 +123,7 @@ def test_a_corrupted_object_is_refused_and_the_destination_untouched(
 
 
 def test_a_missing_bucket_is_a_clear_error(
-    s3_endpoint: str, tmp_path: Path, logger: RecordingLogger
+    s3_endpoint: str, tmp_path: Path, logger: FakeLogger
 ) -> None:
     store = S3ArtifactStore(
         S3ArtifactConfig(bucket="no-such-bucket-here", endpoint_url=s3_endpoint, **CREDENTIALS),
@@ -135,12 +136,10 @@ def test_a_missing_bucket_is_a_clear_error(
             store.upload(ArtifactKind.IMAGE, KEY, source)
     finally:
         store.close()
-    assert ("error", "artifact_store_failed") in [(lv, ev) for lv, ev, _ in logger.events]
+    assert ("error", "artifact_store_failed") in [(lv, ev) for lv, ev, _ in logger.messages]
 
 
-def test_a_server_that_is_down_fails_fast_and_clearly(
-    tmp_path: Path, logger: RecordingLogger
-) -> None:
+def test_a_server_that_is_down_fails_fast_and_clearly(tmp_path: Path, logger: FakeLogger) -> None:
     # Nothing listens on this port: connection refused, retried once, then our error.
     store = S3ArtifactStore(
         S3ArtifactConfig(
@@ -166,25 +165,23 @@ def test_a_server_that_is_down_fails_fast_and_clearly(
     finally:
         store.close()
     assert not (tmp_path / "out").exists()
-    failures = [attrs for _lv, event, attrs in logger.events if event == "artifact_store_failed"]
+    failures = [attrs for _lv, event, attrs in logger.messages if event == "artifact_store_failed"]
     assert [f["operation"] for f in failures] == ["upload", "download", "exists"]
     assert all(f["error"] == "EndpointConnectionError" for f in failures)
 
 
-def test_without_a_bucket_the_store_is_off_and_says_so(
-    tmp_path: Path, logger: RecordingLogger
-) -> None:
+def test_without_a_bucket_the_store_is_off_and_says_so(tmp_path: Path, logger: FakeLogger) -> None:
     store = S3ArtifactStore(S3ArtifactConfig(bucket=None), logger)
     assert store.enabled is False
     with pytest.raises(ArtifactStoreUnavailableError, match="off: no bucket"):
         store.upload(ArtifactKind.IMAGE, KEY, tmp_path / "whatever")
     with pytest.raises(ArtifactStoreUnavailableError, match="off: no bucket"):
         store.download(ArtifactKind.SNAPSHOT, KEY, tmp_path / "whatever")
-    assert logger.names() == ["artifact_store_disabled", "artifact_store_disabled"]
+    assert logger.events() == ["artifact_store_disabled", "artifact_store_disabled"]
 
 
 def test_uploads_beyond_the_limit_wait_for_a_slot(
-    s3_endpoint: str, bucket: str, tmp_path: Path, logger: RecordingLogger
+    s3_endpoint: str, bucket: str, tmp_path: Path, logger: FakeLogger
 ) -> None:
     import threading
 

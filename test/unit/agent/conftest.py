@@ -1,64 +1,16 @@
-"""The guest agent, run as a local process listening on a Unix socket in a temporary directory."""
+"""Fixtures: the guest agent as a local process (testkit.agent) and a client connected to it."""
 
 from __future__ import annotations
 
 import shutil
-import socket
-import subprocess
-import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from adapter.agent.client import AgentClient
-
-AGENT = Path(__file__).resolve().parents[3] / "adapter" / "agent" / "guest" / "sandbox_agent.py"
-
-
-class AgentProcess:
-    def __init__(self, directory: Path, *extra_args: str) -> None:
-        self.directory = directory
-        self.socket = directory / "agent.sock"
-        self.workdir = directory / "work"
-        self.workdir.mkdir()
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                str(AGENT),
-                "--listen",
-                str(self.socket),
-                "--workdir",
-                str(self.workdir),
-                *extra_args,
-            ],
-            stderr=subprocess.PIPE,
-        )
-
-    def connect(self, margin_s: float = 5.0) -> AgentClient:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                return AgentClient.connect_unix(str(self.socket), margin_s=margin_s)
-            except OSError:
-                if time.monotonic() > deadline or self.process.poll() is not None:
-                    raise
-                time.sleep(0.01)
-
-    def raw(self) -> socket.socket:
-        """A plain socket to the agent, for speaking the protocol by hand."""
-        self.connect().close()  # waits until the agent listens
-        sock = socket.socket(socket.AF_UNIX)
-        sock.connect(str(self.socket))
-        return sock
-
-    def stop(self) -> None:
-        self.process.kill()
-        self.process.wait(timeout=10)
-        assert self.process.stderr is not None
-        self.process.stderr.close()
+from testkit.agent import AgentProcess
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ import pytest
 from adapter.agent.client import AgentClient, AgentUnansweredError
 from domain.errors import SandboxGoneError
 from domain.execution import ExecutionRequest, Language, OutputChunk, OutputStream
-from test.unit.agent.conftest import AgentProcess
+from testkit.agent import AgentProcess
 
 LIMIT = 64 * 1024
 

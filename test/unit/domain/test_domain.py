@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 from uuid import UUID, uuid4
 
 import pytest
@@ -13,7 +14,7 @@ NOW = datetime(2026, 4, 2, 12, 0, tzinfo=UTC)
 
 
 def session(**overrides) -> SandboxSession:
-    values = dict(
+    values: dict[str, Any] = dict(
         session_id=UUID(int=1),
         chat_id=UUID(int=2),
         container_id="c",

@@ -12,7 +12,7 @@ from entrypoint.cli import main
 from entrypoint.container import Container
 from repository.sandbox_lock import ProcessLocalSandboxLifecycleLocker
 from repository.sandbox_session import InMemorySandboxSessionRepository
-from test.unit.fakes import FakeRuntime
+from testkit.fakes import FakeRuntime
 
 CHAT = "11111111-1111-1111-1111-111111111111"
 

@@ -13,21 +13,22 @@ import pytest
 from entrypoint.grpc import codegen
 from entrypoint.grpc.generated import sandboxd_pb2 as pb
 from entrypoint.grpc.generated import sandboxd_pb2_grpc as pb_grpc
-from test.unit.http.fakes import API_KEY, ScriptedRuntime, make_container
-from test.unit.http.live import LiveService, live_service
+from testkit.container import API_KEY, make_container
+from testkit.fakes import FakeRuntime
+from testkit.live import LiveService, live_service
 
 AUTH = (("authorization", f"Bearer {API_KEY}"),)
 
 
 @pytest.fixture
-def runtime() -> Iterator[ScriptedRuntime]:
-    runtime = ScriptedRuntime()
+def runtime() -> Iterator[FakeRuntime]:
+    runtime = FakeRuntime()
     yield runtime
     runtime.gate.set()
 
 
 @pytest.fixture
-def live(runtime: ScriptedRuntime) -> Iterator[LiveService]:
+def live(runtime: FakeRuntime) -> Iterator[LiveService]:
     with live_service(make_container(runtime, max_inflight_executions=1)) as live:
         yield live
 
@@ -39,7 +40,7 @@ def stub(live: LiveService) -> Iterator[Any]:
 
 
 def error_code(error: grpc.RpcError) -> str:
-    return dict(error.trailing_metadata())["sandboxd-error-code"]  # type: ignore[attr-defined]
+    return dict(error.trailing_metadata())["sandboxd-error-code"]
 
 
 def test_execute_runs_code_and_returns_the_sandbox(stub: Any) -> None:
@@ -121,13 +122,13 @@ def test_sandbox_lifecycle(stub: Any) -> None:
 )
 def test_errors_map_to_grpc_status_codes(
     stub: Any,
-    runtime: ScriptedRuntime,
+    runtime: FakeRuntime,
     metadata: tuple[tuple[str, str], ...],
     request_: dict[str, str],
     status: grpc.StatusCode,
     code: str,
 ) -> None:
-    fields = {"chat_id": str(uuid.uuid4()), **request_}
+    fields: dict[str, Any] = {"chat_id": str(uuid.uuid4()), **request_}
     with pytest.raises(grpc.RpcError) as failure:
         stub.Execute(pb.ExecuteRequest(**fields), metadata=metadata)
     with pytest.raises(grpc.RpcError) as streamed:
@@ -140,7 +141,7 @@ def test_errors_map_to_grpc_status_codes(
     assert runtime.executed == []
 
 
-def test_too_many_executions_is_resource_exhausted(stub: Any, runtime: ScriptedRuntime) -> None:
+def test_too_many_executions_is_resource_exhausted(stub: Any, runtime: FakeRuntime) -> None:
     blocked = threading.Thread(
         target=lambda: stub.Execute(
             pb.ExecuteRequest(chat_id=str(uuid.uuid4()), code="block"), metadata=AUTH

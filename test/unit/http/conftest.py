@@ -6,7 +6,8 @@ from collections.abc import Iterator
 import pytest
 
 from entrypoint.container import Container
-from test.unit.http.fakes import ScriptedRuntime, make_container
+from testkit.container import make_container
+from testkit.fakes import FakeRuntime
 
 # Starlette's TestClient still runs on httpx, and says so on import; nothing for us to act on.
 warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
@@ -15,14 +16,14 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 
 @pytest.fixture
-def runtime() -> Iterator[ScriptedRuntime]:
-    runtime = ScriptedRuntime()
+def runtime() -> Iterator[FakeRuntime]:
+    runtime = FakeRuntime()
     yield runtime
     runtime.gate.set()
 
 
 @pytest.fixture
-def container(runtime: ScriptedRuntime) -> Container:
+def container(runtime: FakeRuntime) -> Container:
     return make_container(runtime)
 
 

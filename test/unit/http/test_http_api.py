@@ -5,18 +5,21 @@ from __future__ import annotations
 import json
 import threading
 import uuid
+from typing import Any
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 
 from domain.errors import RepositoryUnavailableError, RuntimeUnavailableError
 from entrypoint.container import Container
-from test.unit.http.fakes import AUTH, ScriptedRuntime, make_container
+from testkit.container import AUTH, make_container, recorded
+from testkit.fakes import FakeRuntime
 
 CHAT = "3f2d6a0e-8c1b-4c2e-9a55-0d7f1b2c3d4e"
 
 
-def execute(client: TestClient, code: str, chat: str = CHAT, **body: object) -> object:
+def execute(client: TestClient, code: str, chat: str = CHAT, **body: object) -> httpx.Response:
     return client.post(f"/v1/chats/{chat}/executions", json={"code": code, **body}, headers=AUTH)
 
 
@@ -55,7 +58,7 @@ def test_a_timed_out_execution_is_a_200_with_timed_out(client: TestClient) -> No
 
 
 def test_a_sandbox_that_dies_is_replaced_and_the_result_says_so(
-    client: TestClient, runtime: ScriptedRuntime
+    client: TestClient, runtime: FakeRuntime
 ) -> None:
     before = execute(client, "x").json()["session"]["session_id"]
 
@@ -75,7 +78,7 @@ def test_a_sandbox_that_dies_is_replaced_and_the_result_says_so(
     ],
 )
 def test_requests_without_a_valid_key_get_401(
-    client: TestClient, runtime: ScriptedRuntime, headers: dict[str, str], expected_message: str
+    client: TestClient, runtime: FakeRuntime, headers: dict[str, str], expected_message: str
 ) -> None:
     response = client.post(f"/v1/chats/{CHAT}/executions", json={"code": "x"}, headers=headers)
 
@@ -96,7 +99,7 @@ def test_health_endpoints_and_the_openapi_document_need_no_key(client: TestClien
 
 
 def test_a_malformed_chat_id_is_422_invalid_chat_id(
-    client: TestClient, runtime: ScriptedRuntime
+    client: TestClient, runtime: FakeRuntime
 ) -> None:
     response = execute(client, "x", chat="not-a-uuid")
 
@@ -113,7 +116,7 @@ def test_any_uuid_spelling_names_the_same_chat(client: TestClient) -> None:
     assert compact["session_id"] == canonical["session_id"]
 
 
-def test_code_over_the_limit_is_413(runtime: ScriptedRuntime) -> None:
+def test_code_over_the_limit_is_413(runtime: FakeRuntime) -> None:
     container = make_container(runtime, max_code_bytes=1000)
     with TestClient(container.http_app()) as client:
         response = execute(client, "é" * 501)  # 1002 UTF-8 bytes
@@ -158,7 +161,7 @@ def test_every_response_carries_a_request_id(client: TestClient, container: Cont
     assert mine.headers["x-request-id"] == "abc-123"
     assert len(generated.headers["x-request-id"]) == 32
     assert forged.headers["x-request-id"] != "bad id\nwith newline"
-    lines = container.access_logger().named("http_request")
+    lines = recorded(container.access_logger()).named("http_request")
     assert len(lines) == 3
     assert lines[0]["request_id"] == "abc-123"
     assert lines[1]["route"] == "/v1/chats/{chat_id}/executions"
@@ -210,7 +213,7 @@ def test_list_sandboxes_pages_and_filters(client: TestClient) -> None:
     assert bad.json()["code"] == "invalid_input"
 
 
-def test_too_many_executions_in_flight_is_429(runtime: ScriptedRuntime) -> None:
+def test_too_many_executions_in_flight_is_429(runtime: FakeRuntime) -> None:
     container = make_container(runtime, max_inflight_executions=1)
     with TestClient(container.http_app()) as client:
         first: dict[str, object] = {}
@@ -237,7 +240,7 @@ def test_too_many_executions_in_flight_is_429(runtime: ScriptedRuntime) -> None:
     ],
 )
 def test_unavailable_dependencies_are_503(
-    client: TestClient, runtime: ScriptedRuntime, failure: Exception, code: str
+    client: TestClient, runtime: FakeRuntime, failure: Exception, code: str
 ) -> None:
     runtime.fail_create = failure
 
@@ -249,7 +252,7 @@ def test_unavailable_dependencies_are_503(
 
 
 def test_readyz_is_503_when_the_runtime_does_not_answer(
-    client: TestClient, runtime: ScriptedRuntime
+    client: TestClient, runtime: FakeRuntime
 ) -> None:
     runtime.fail_list = RuntimeUnavailableError("engine down")
 
@@ -306,7 +309,7 @@ def test_metrics_count_executions_and_errors(client: TestClient) -> None:
     assert "sandboxd_execution_duration_seconds_bucket" in text
 
 
-def parse_sse(text: str) -> list[tuple[str, dict[str, object]]]:
+def parse_sse(text: str) -> list[tuple[str, dict[str, Any]]]:
     events = []
     for block in text.strip().split("\n\n"):
         fields = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line)

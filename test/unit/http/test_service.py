@@ -12,15 +12,16 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
+from sandboxd_client import AsyncSandboxdClient, ExecutionResult, SandboxdClient, SandboxdError
+from sandboxd_client.models import OutputEvent
 
 from domain.sandbox import ManagedSandbox, SandboxSession, SandboxStatus
 from entrypoint.cli import main as cli_main
 from entrypoint.errors import InsecureConfigurationError, ShuttingDownError
 from entrypoint.serve import Service, serve
-from sandboxd_client import AsyncSandboxdClient, ExecutionResult, SandboxdClient, SandboxdError
-from sandboxd_client.models import OutputEvent
-from test.unit.http.fakes import API_KEY, ScriptedRuntime, make_container
-from test.unit.http.live import live_service
+from testkit.container import API_KEY, make_container, recorded
+from testkit.fakes import FakeRuntime
+from testkit.live import live_service
 
 
 def test_serve_refuses_to_start_without_api_keys(capsys: pytest.CaptureFixture[str]) -> None:
@@ -39,11 +40,11 @@ def test_insecure_dev_mode_serves_without_keys() -> None:
             f"{live.http_url}/v1/chats/{uuid.uuid4()}/executions", json={"code": "hi"}
         )
     assert response.status_code == 200
-    assert container.logger().named("authentication_disabled")
+    assert recorded(container.logger()).named("authentication_disabled")
 
 
 def test_startup_removes_orphans_and_marks_vanished_sandboxes_dead() -> None:
-    runtime = ScriptedRuntime()
+    runtime = FakeRuntime()
     runtime.orphans["orphan-1"] = ManagedSandbox("orphan-1", uuid.uuid4(), uuid.uuid4())
     container = make_container(runtime)
     now = datetime.now(UTC)
@@ -98,7 +99,7 @@ def test_the_sync_client_drives_the_whole_api() -> None:
 def test_the_async_client_executes_and_streams() -> None:
     chat = uuid.uuid4()
 
-    async def scenario(url: str) -> tuple[ExecutionResult, list[object]]:
+    async def scenario(url: str) -> tuple[ExecutionResult, list[OutputEvent | ExecutionResult]]:
         async with AsyncSandboxdClient(url, api_key=API_KEY) as client:
             result = await client.execute(chat, "hi", timeout_s=5)
             streamed = [item async for item in client.execute_stream(chat, "stderr:oops")]
@@ -113,7 +114,7 @@ def test_the_async_client_executes_and_streams() -> None:
 
 
 def test_shutdown_lets_the_execution_in_flight_finish() -> None:
-    runtime = ScriptedRuntime()
+    runtime = FakeRuntime()
     container = make_container(runtime, drain_seconds=10)
     outcome: dict[str, ExecutionResult] = {}
     with live_service(container) as live:
@@ -133,11 +134,11 @@ def test_shutdown_lets_the_execution_in_flight_finish() -> None:
         client.close()
 
     assert outcome["result"].stdout == "unblocked"
-    assert container.logger().named("service_stopped") == [{"drained": True}]
+    assert recorded(container.logger()).named("service_stopped") == [{"drained": True}]
 
 
 def test_drain_refuses_new_executions_and_is_bounded() -> None:
-    runtime = ScriptedRuntime()
+    runtime = FakeRuntime()
     container = make_container(runtime)
     api = container.api()
 
@@ -167,7 +168,7 @@ def test_drain_refuses_new_executions_and_is_bounded() -> None:
 
 
 def test_the_worker_cleans_up_expired_sandboxes_while_serving() -> None:
-    runtime = ScriptedRuntime()
+    runtime = FakeRuntime()
     container = make_container(runtime, ttl_seconds=0.3, cleanup_interval_seconds=0.1)
     chat = uuid.uuid4()
     with (
@@ -190,7 +191,7 @@ def test_the_worker_cleans_up_expired_sandboxes_while_serving() -> None:
 
 
 def test_cleanup_once_runs_the_workers_sweep(capsys: pytest.CaptureFixture[str]) -> None:
-    runtime = ScriptedRuntime()
+    runtime = FakeRuntime()
     container = make_container(runtime)
     now = datetime.now(UTC)
     expired = SandboxSession(
@@ -221,4 +222,4 @@ def test_a_sweep_is_skipped_while_another_sweeper_leads() -> None:
         report = container.sweeper().run_once()
 
     assert report.leader is False
-    assert container.logger().named("sweep_skipped")
+    assert recorded(container.logger()).named("sweep_skipped")

@@ -1,35 +1,10 @@
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import timedelta
-from uuid import UUID
-
 import pytest
 
-from repository.sandbox_session import InMemorySandboxSessionRepository
-from test.unit.fakes import FakeClock, FakeLogger, FakeRuntime, RecordingLocker
-
-CHAT = UUID("11111111-1111-1111-1111-111111111111")
-OTHER_CHAT = UUID("22222222-2222-2222-2222-222222222222")
-TTL = timedelta(minutes=5)
-MAX_LIFETIME = timedelta(minutes=12)
-
-
-@dataclass
-class World:
-    repository: InMemorySandboxSessionRepository
-    runtime: FakeRuntime
-    clock: FakeClock
-    logger: FakeLogger
-    locker: RecordingLocker
+from testkit.world import World
 
 
 @pytest.fixture
 def world() -> World:
-    return World(
-        repository=InMemorySandboxSessionRepository(),
-        runtime=FakeRuntime(),
-        clock=FakeClock(),
-        logger=FakeLogger(),
-        locker=RecordingLocker(),
-    )
+    return World.fresh()

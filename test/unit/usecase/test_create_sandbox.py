@@ -4,7 +4,7 @@ import pytest
 
 from domain.errors import RepositoryUnavailableError, RuntimeUnavailableError
 from domain.sandbox import SandboxStatus
-from test.unit.usecase.conftest import CHAT, OTHER_CHAT, TTL, World
+from testkit.world import CHAT, OTHER_CHAT, TTL, World
 from usecase.sandbox import CreateSandbox, CreateSandboxCommand
 
 
@@ -56,7 +56,7 @@ def test_expired_session_is_stopped_and_replaced(world: World) -> None:
     second = create(world).execute(CreateSandboxCommand(CHAT))
 
     assert second.session_id != first.session_id
-    assert world.runtime.stop_calls == [first.container_id]
+    assert world.runtime.stopped == [first.container_id]
     assert world.repository.get(first.session_id) is None
     assert world.logger.events() == ["sandbox_created", "sandbox_replaced", "sandbox_created"]
 
@@ -96,7 +96,7 @@ def test_store_failing_after_create_stops_the_new_sandbox(world: World) -> None:
         create(world).execute(CreateSandboxCommand(CHAT))
 
     assert world.runtime.alive == {}
-    assert len(world.runtime.stop_calls) == 1
+    assert len(world.runtime.stopped) == 1
 
 
 def test_failing_stop_of_an_expired_session_keeps_its_record(world: World) -> None:
@@ -133,4 +133,4 @@ def test_sessions_of_other_chats_are_left_alone(world: World) -> None:
     create(world).execute(CreateSandboxCommand(CHAT))
 
     assert world.repository.get_active_by_chat_id(OTHER_CHAT) == other
-    assert world.runtime.stop_calls == []
+    assert world.runtime.stopped == []

@@ -9,7 +9,7 @@ import pytest
 from domain.errors import CodeTooLargeError, InvalidTimeoutError, SandboxGoneError
 from domain.execution import ExecutionRequest, ExecutionResult, Language, OutputChunk
 from repository.sandbox_lock import ProcessLocalSandboxLifecycleLocker
-from test.unit.usecase.conftest import CHAT, MAX_LIFETIME, TTL, World
+from testkit.world import CHAT, MAX_LIFETIME, TTL, World
 from usecase.execute import ExecuteCode, ExecuteCodeCommand, ExecutionLimits
 
 
@@ -35,7 +35,7 @@ def test_first_message_creates_the_sandbox_and_runs_the_code(world: World) -> No
 
     assert execution.result.stdout == "x = 1"
     assert execution.result.sandbox_replaced is False
-    assert world.runtime.execute_calls == [(execution.session.container_id, "x = 1")]
+    assert world.runtime.executed == [(CHAT, "x = 1")]
     assert world.repository.get_active_by_chat_id(CHAT) == execution.session
     assert world.logger.events() == ["sandbox_created", "code_executed"]
 

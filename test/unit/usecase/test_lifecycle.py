@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import threading
 from datetime import timedelta
+from typing import Any
 
 import pytest
 
 from domain.errors import RuntimeUnavailableError, SandboxNotFoundError
 from domain.sandbox import SandboxStatus
 from repository.sandbox_lock import ProcessLocalSandboxLifecycleLocker
-from test.unit.usecase.conftest import CHAT, OTHER_CHAT, TTL, World
+from testkit.world import CHAT, OTHER_CHAT, TTL, World
 from usecase.sandbox import (
     CleanupExpiredSandboxes,
     CreateSandbox,
@@ -93,7 +94,7 @@ def test_destroy_stops_and_deletes_and_is_idempotent(world: World) -> None:
 
     assert destroy.execute(CHAT) == session
     assert destroy.execute(CHAT) is None
-    assert world.runtime.stop_calls == [session.container_id]
+    assert world.runtime.stopped == [session.container_id]
     assert world.repository.get_active_by_chat_id(CHAT) is None
 
 
@@ -114,7 +115,7 @@ def test_cleanup_removes_expired_and_dead_sessions_only(world: World) -> None:
 
     assert cleanup(world).execute() == [expired]
     assert world.repository.get_active_by_chat_id(OTHER_CHAT) == live
-    assert world.runtime.stop_calls == [expired.container_id]
+    assert world.runtime.stopped == [expired.container_id]
 
 
 def test_cleanup_skips_a_session_renewed_after_the_listing(world: World) -> None:
@@ -126,7 +127,7 @@ def test_cleanup_skips_a_session_renewed_after_the_listing(world: World) -> None
     world.repository.list_expired = lambda now: stale_listing  # type: ignore[method-assign]
 
     assert sweep.execute() == []
-    assert world.runtime.stop_calls == []
+    assert world.runtime.stopped == []
 
 
 def test_cleanup_racing_a_create_for_the_same_chat_keeps_the_new_sandbox(world: World) -> None:
@@ -144,7 +145,7 @@ def test_cleanup_racing_a_create_for_the_same_chat_keeps_the_new_sandbox(world: 
         return original_create(**kwargs)
 
     world.runtime.create = blocking_create  # type: ignore[method-assign]
-    results = {}
+    results: dict[str, Any] = {}
     creator = threading.Thread(target=lambda: results.update(new=create(world, locker=locker)))
     creator.start()
     assert create_started.wait(5)
@@ -160,7 +161,7 @@ def test_cleanup_racing_a_create_for_the_same_chat_keeps_the_new_sandbox(world: 
 
     assert results["cleaned"] == []
     assert world.repository.get_active_by_chat_id(CHAT) == results["new"]
-    assert world.runtime.stop_calls == [old.container_id]  # by the create, once
+    assert world.runtime.stopped == [old.container_id]  # by the create, once
     assert results["new"].container_id in world.runtime.alive
 
 

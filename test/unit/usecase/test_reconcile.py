@@ -4,7 +4,7 @@ from uuid import uuid4
 
 from domain.errors import RuntimeUnavailableError
 from domain.sandbox import ManagedSandbox, SandboxStatus
-from test.unit.usecase.conftest import CHAT, OTHER_CHAT, TTL, World
+from testkit.world import CHAT, OTHER_CHAT, TTL, World
 from usecase.reconcile import ReconcileSandboxes
 from usecase.sandbox import CreateSandbox, CreateSandboxCommand
 
@@ -27,7 +27,7 @@ def test_objects_without_a_record_are_removed_and_live_ones_kept(world: World) -
     report = reconcile(world).execute()
 
     assert report.removed_orphans == [orphan.container_id]
-    assert world.runtime.stop_calls == [orphan.container_id]
+    assert world.runtime.stopped == [orphan.container_id]
     assert live.container_id in world.runtime.alive
     assert report.marked_dead == []
 
@@ -39,7 +39,8 @@ def test_records_whose_object_is_gone_are_marked_dead(world: World) -> None:
     report = reconcile(world).execute()
 
     assert [s.session_id for s in report.marked_dead] == [session.session_id]
-    assert world.repository.get_active_by_chat_id(CHAT).status is SandboxStatus.DEAD
+    marked = world.repository.get_active_by_chat_id(CHAT)
+    assert marked is not None and marked.status is SandboxStatus.DEAD
     assert "sandbox_marked_dead" in world.logger.events()
 
 
@@ -49,7 +50,7 @@ def test_an_object_of_a_dead_record_is_removed_as_an_orphan(world: World) -> Non
 
     reconcile(world).execute()
 
-    assert world.runtime.stop_calls == [session.container_id]
+    assert world.runtime.stopped == [session.container_id]
 
 
 def test_a_failure_on_one_item_is_logged_and_the_pass_goes_on(world: World) -> None:

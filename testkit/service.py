@@ -13,12 +13,14 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import docker
 import httpx
+from sandboxd_client import SandboxdClient
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 API_KEY = "e2e-" + uuid.uuid4().hex
 INSTANCE_LABEL = "sandboxd.instance"
 # The first start may have to build the sandbox image (debootstrap, about a minute).
@@ -172,3 +174,21 @@ def _read(path: Path) -> str:
         return path.read_text()
     except OSError:
         return ""
+
+
+ServiceFactory = Callable[..., ServiceProcess]
+
+
+def client_for(service: ServiceProcess, api_key: str | None = API_KEY) -> SandboxdClient:
+    return SandboxdClient(service.http_url, api_key=api_key, timeout_s=60)
+
+
+def migrate(service: ServiceProcess) -> None:
+    """``sandboxd migrate`` against the service's database, with the service's settings."""
+    subprocess.run(
+        [sys.executable, "-m", "entrypoint.cli", "migrate"],
+        cwd=ROOT,
+        env=service.environment(),
+        check=True,
+        capture_output=True,
+    )

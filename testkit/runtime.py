@@ -13,6 +13,8 @@ import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from uuid import uuid4
 
@@ -25,8 +27,10 @@ from adapter.logging import StructlogLogger
 from adapter.qemu.config import QemuSandboxConfig
 from adapter.qemu.runtime import QemuSandboxRuntime
 from adapter.qemu.vm import VmDir
+from domain.execution import ExecutionRequest, ExecutionResult, Language
+from domain.sandbox import SandboxSession
 from entrypoint.settings import Settings
-from usecase.ports import SandboxRuntime
+from usecase.ports import OutputSink, SandboxRuntime
 
 CONFORMANCE_MAX_OUTPUT_BYTES = 64 * 1024
 
@@ -92,7 +96,7 @@ def docker_runtime(**overrides: object) -> Iterator[DockerSandboxRuntime]:
 
 @contextmanager
 def qemu_runtime(**overrides: object) -> Iterator[QemuSandboxRuntime]:
-    from test.integration.qemu.images import ensure_qemu_images
+    from testkit.qemu import ensure_qemu_images
 
     images = ensure_qemu_images(image_data_dir())
     data_dir = short_temp_dir("sbxq-")
@@ -118,3 +122,34 @@ FACTORIES: dict[str, RuntimeFactory] = {
     "docker": docker_runtime,
     "qemu": qemu_runtime,
 }
+
+
+# Fixed times: the runtime only records them.
+CREATED_AT = datetime(2030, 1, 1, tzinfo=UTC)
+EXPIRES_AT = CREATED_AT + timedelta(minutes=15)
+
+
+@dataclass
+class Sandbox:
+    runtime: SandboxRuntime
+    session: SandboxSession
+
+    @property
+    def id(self) -> str:
+        return self.session.container_id
+
+    def run(
+        self,
+        code: str,
+        language: Language = Language.PYTHON,
+        timeout_s: float = 20.0,
+        on_output: OutputSink | None = None,
+    ) -> ExecutionResult:
+        return self.runtime.execute(self.id, ExecutionRequest(code, language, timeout_s), on_output)
+
+
+def create_sandbox(runtime: SandboxRuntime) -> Sandbox:
+    session = runtime.create(
+        session_id=uuid4(), chat_id=uuid4(), created_at=CREATED_AT, expires_at=EXPIRES_AT
+    )
+    return Sandbox(runtime, session)

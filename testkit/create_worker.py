@@ -1,6 +1,6 @@
 """One of the processes of the cross-process CreateSandbox test.
 
-    python -m test.integration.persistence.create_worker DATABASE_URL CHAT_ID COUNT_FILE GO_FILE
+    python -m testkit.create_worker DATABASE_URL CHAT_ID COUNT_FILE GO_FILE
 
 Wires CreateSandbox the way the container does for DATABASE_URL (SQLAlchemy store; PostgreSQL
 advisory locker or file locker), with a runtime that records every create in COUNT_FILE. Prints
@@ -70,7 +70,7 @@ def main() -> None:
     create = CreateSandbox(
         SqlAlchemySandboxSessionRepository(engine),
         locker,  # type: ignore[arg-type]
-        CountingRuntime(Path(count_file)),
+        CountingRuntime(Path(count_file)),  # type: ignore[arg-type]  # only creates
         SystemClock(),
         QuietLogger(),
         ttl=timedelta(minutes=15),

@@ -1,6 +1,6 @@
 """A separate process that takes a chat lock or the sweep leadership and holds it.
 
-    python -m test.integration.persistence.lock_holder KIND SCOPE CHAT_ID|leader
+    python -m testkit.lock_holder KIND SCOPE CHAT_ID|leader
 
 KIND is file (SCOPE = lock directory) or postgres (SCOPE = database URL). Prints "held" once it
 holds, then keeps holding until killed or its standard input closes.

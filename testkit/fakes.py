@@ -1,0 +1,207 @@
+"""Hand-written fakes of the ports, for unit tests of use cases and of the API layers.
+
+``FakeRuntime`` keeps its sandboxes in memory. The code sent decides what it does, so tests read
+like requests:
+  "stream:a,b,c"  -> three stdout chunks, then a result whose stdout is "abc"
+  "stderr:oops"   -> one stderr chunk "oops", exit code 1
+  "block"         -> waits until ``runtime.gate`` is set (for in-flight and drain tests)
+  "timeout"       -> a timed-out result (exit_code None, state_lost)
+  "kill"          -> the sandbox dies under the code (SandboxGoneError), once per chat
+anything else     -> echoed on stdout.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+from domain.errors import SandboxGoneError
+from domain.execution import ExecutionRequest, ExecutionResult, OutputChunk, OutputStream
+from domain.sandbox import ManagedSandbox, SandboxSession, SandboxStatus
+from usecase.ports import OutputSink
+
+T0 = datetime(2026, 4, 2, 12, 0, tzinfo=UTC)
+
+
+class FakeClock:
+    def __init__(self, now: datetime = T0) -> None:
+        self._now = now
+
+    def now(self) -> datetime:
+        return self._now
+
+    def advance(self, delta: timedelta) -> None:
+        self._now += delta
+
+
+class FakeLogger:
+    """Keeps every event with its level and attributes; safe to share between threads."""
+
+    def __init__(self) -> None:
+        self.messages: list[tuple[str, str, dict[str, Any]]] = []
+        self._lock = threading.Lock()
+
+    def _record(self, level: str, message: str, attrs: Mapping[str, object] | None) -> None:
+        with self._lock:
+            self.messages.append((level, message, dict(attrs or {})))
+
+    def debug(
+        self, message: str, attrs: Mapping[str, str | int | float | bool] | None = None
+    ) -> None:
+        self._record("debug", message, attrs)
+
+    def info(
+        self, message: str, attrs: Mapping[str, str | int | float | bool] | None = None
+    ) -> None:
+        self._record("info", message, attrs)
+
+    def warning(
+        self, message: str, attrs: Mapping[str, str | int | float | bool] | None = None
+    ) -> None:
+        self._record("warning", message, attrs)
+
+    def error(
+        self, message: str, attrs: Mapping[str, str | int | float | bool] | None = None
+    ) -> None:
+        self._record("error", message, attrs)
+
+    def events(self) -> list[str]:
+        """The event names, in order."""
+        with self._lock:
+            return [message for _, message, _ in self.messages]
+
+    def named(self, message: str) -> list[dict[str, Any]]:
+        """The attributes of every event with this name."""
+        with self._lock:
+            return [attrs for _, name, attrs in self.messages if name == message]
+
+
+class RecordingLocker:
+    """Counts lock acquisitions and whether a lock is held right now."""
+
+    def __init__(self) -> None:
+        self.chat_ids: list[UUID] = []
+        self.held: set[UUID] = set()
+
+    @contextmanager
+    def lock(self, chat_id: UUID) -> Iterator[None]:
+        self.chat_ids.append(chat_id)
+        self.held.add(chat_id)
+        try:
+            yield
+        finally:
+            self.held.discard(chat_id)
+
+
+class FakeRuntime:
+    """In-memory sandboxes that run scripted code (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self.alive: dict[str, SandboxSession] = {}
+        # Managed sandboxes no session points to, as list_managed reports them.
+        self.orphans: dict[str, ManagedSandbox] = {}
+        self.create_calls: list[UUID] = []
+        self.stopped: list[str] = []
+        self.executed: list[tuple[UUID, str]] = []
+        self.fail_create: Exception | None = None
+        self.fail_stop: Exception | None = None
+        self.fail_list: Exception | None = None
+        # Container ids that die the next time code runs in them.
+        self.die_on_execute: set[str] = set()
+        self.die_on_every_execute = False
+        self.gate = threading.Event()
+        self.blocked = threading.Semaphore(0)  # released once per execution that starts blocking
+        self._killed: set[UUID] = set()
+        self._lock = threading.Lock()
+
+    def create(
+        self, *, session_id: UUID, chat_id: UUID, created_at: datetime, expires_at: datetime
+    ) -> SandboxSession:
+        with self._lock:
+            self.create_calls.append(session_id)
+            if self.fail_create is not None:
+                raise self.fail_create
+            session = SandboxSession(
+                session_id=session_id,
+                chat_id=chat_id,
+                container_id=f"fake-{session_id.hex[:12]}",
+                status=SandboxStatus.RUNNING,
+                created_at=created_at,
+                expires_at=expires_at,
+                runtime_kind="fake",
+            )
+            self.alive[session.container_id] = session
+            return session
+
+    def stop(self, container_id: str) -> None:
+        with self._lock:
+            self.stopped.append(container_id)
+            if self.fail_stop is not None:
+                raise self.fail_stop
+            self.alive.pop(container_id, None)
+            self.orphans.pop(container_id, None)
+
+    def execute(
+        self, container_id: str, request: ExecutionRequest, on_output: OutputSink | None = None
+    ) -> ExecutionResult:
+        with self._lock:
+            session = self.alive.get(container_id)
+            if session is None:
+                raise SandboxGoneError(f"{container_id} is gone")
+            if self._dies(session, request.code):
+                del self.alive[container_id]
+                raise SandboxGoneError(f"{container_id} died")
+            self.executed.append((session.chat_id, request.code))
+        return self._run(request, on_output or (lambda chunk: None))
+
+    def _dies(self, session: SandboxSession, code: str) -> bool:
+        if self.die_on_every_execute or session.container_id in self.die_on_execute:
+            self.die_on_execute.discard(session.container_id)
+            return True
+        if code == "kill" and session.chat_id not in self._killed:
+            self._killed.add(session.chat_id)
+            return True
+        return False
+
+    def _run(self, request: ExecutionRequest, emit: OutputSink) -> ExecutionResult:
+        code = request.code
+        if code == "block":
+            self.blocked.release()
+            self.gate.wait(timeout=30)
+            return ExecutionResult(stdout="unblocked", stderr="", exit_code=0, duration_s=0.01)
+        if code == "timeout":
+            return ExecutionResult(
+                stdout="partial",
+                stderr="",
+                exit_code=None,
+                duration_s=request.timeout_s,
+                timed_out=True,
+                state_lost=True,
+            )
+        if code.startswith("stream:"):
+            parts = code.removeprefix("stream:").split(",")
+            for part in parts:
+                emit(OutputChunk(OutputStream.STDOUT, part))
+            return ExecutionResult(stdout="".join(parts), stderr="", exit_code=0, duration_s=0.01)
+        if code.startswith("stderr:"):
+            text = code.removeprefix("stderr:")
+            emit(OutputChunk(OutputStream.STDERR, text))
+            return ExecutionResult(stdout="", stderr=text, exit_code=1, duration_s=0.01)
+        emit(OutputChunk(OutputStream.STDOUT, code))
+        return ExecutionResult(stdout=code, stderr="", exit_code=0, duration_s=0.001)
+
+    def is_alive(self, container_id: str) -> bool:
+        return container_id in self.alive
+
+    def list_managed(self) -> list[ManagedSandbox]:
+        if self.fail_list is not None:
+            raise self.fail_list
+        with self._lock:
+            live = [
+                ManagedSandbox(s.container_id, s.session_id, s.chat_id) for s in self.alive.values()
+            ]
+            return live + list(self.orphans.values())
