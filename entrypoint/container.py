@@ -202,6 +202,8 @@ class Container(containers.DeclarativeContainer):
         logger=logger,
         max_inflight_executions=limits.max_inflight_executions,
         default_timeout_s=limits.default_timeout_s,
+        readiness_cache_s=settings.provided.server.readiness_cache_seconds,
+        stream_buffer_chars=limits.max_stream_buffer_chars,
     )
     http_app = providers.Singleton(
         create_app,

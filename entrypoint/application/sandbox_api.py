@@ -10,17 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 from uuid import UUID
 
 from domain.errors import TooManyExecutionsError
 from domain.execution import ExecutionRequest, Language, OutputChunk
 from domain.sandbox import SandboxSession, SandboxStatus
-from entrypoint.errors import ShuttingDownError
+from entrypoint.application.output_relay import OutputRelay
+from entrypoint.errors import ShuttingDownError, SlowClientError
 from entrypoint.metrics import ServiceMetrics, execution_outcome
 from usecase.execute import CodeExecution, ExecuteCode, ExecuteCodeCommand
 from usecase.ports import Logger, SandboxRuntime, SandboxSessionRepository
@@ -38,6 +39,9 @@ T = TypeVar("T")
 StreamEvent = OutputChunk | CodeExecution
 
 _COUNT_PAGE = 1000
+# Streamed output: frames gather for up to this long, and are at most this big.
+STREAM_COALESCE_S = 0.02
+STREAM_FRAME_CHARS = 64 * 1024
 # Other calls (ensure, get, destroy...) may run next to the executions; they get a few threads
 # of their own so that a full house of executions cannot starve a DELETE.
 _EXTRA_THREADS = 8
@@ -52,11 +56,75 @@ class ReadinessReport:
         return all(value == "ok" for value in self.checks.values())
 
 
-class _Done:
-    pass
+class ExecutionStream:
+    """One streamed execution: ``async for`` gives output frames then the CodeExecution.
 
+    Transports send each frame through ``deliver``, which gives up on a client whose send stays
+    blocked while the relay's buffer fills (SlowClientError; the caller drops the connection).
+    """
 
-_DONE = _Done()
+    def __init__(
+        self,
+        relay: OutputRelay,
+        task: asyncio.Future[CodeExecution],
+        logger: Logger,
+        transport: str,
+        chat_id: UUID,
+    ) -> None:
+        self._relay = relay
+        self._task = task
+        self._logger = logger
+        self._transport = transport
+        self._chat_id = chat_id
+        self._frames: list[OutputChunk] = []
+        self._finished = False
+
+    def __aiter__(self) -> ExecutionStream:
+        return self
+
+    async def __anext__(self) -> StreamEvent:
+        if self._finished:
+            raise StopAsyncIteration
+        if not self._frames:
+            frames = await self._relay.take()
+            if frames is None:
+                if self._relay.overflowed:
+                    self._drop()
+                self._finished = True
+                return await asyncio.shield(self._task)
+            self._frames = frames
+        return self._frames.pop(0)
+
+    async def deliver(self, sending: Awaitable[None]) -> None:
+        """Await a transport's send; raise SlowClientError if the buffer overflows first."""
+        send_task = asyncio.ensure_future(sending)
+        if self._relay.dropped.is_set():
+            send_task.cancel()
+            self._drop()
+        dropped = asyncio.ensure_future(self._relay.dropped.wait())
+        try:
+            await asyncio.wait({send_task, dropped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            dropped.cancel()
+        if send_task.done():
+            send_task.result()
+            return
+        send_task.cancel()
+        self._drop()
+
+    async def aclose(self) -> None:
+        if not self._task.done():
+            # The caller went away; the execution still finishes (its slot stays held).
+            self._task.add_done_callback(_consume_result)
+
+    def _drop(self) -> NoReturn:
+        self._finished = True
+        self._task.add_done_callback(_consume_result)
+        self._logger.warning(
+            "stream_client_dropped",
+            {"chat_id": str(self._chat_id), "transport": self._transport},
+        )
+        raise SlowClientError("the client did not read its output fast enough")
 
 
 class SandboxApi:
@@ -76,6 +144,8 @@ class SandboxApi:
         max_inflight_executions: int,
         default_timeout_s: float,
         readiness_timeout_s: float = 5.0,
+        readiness_cache_s: float = 1.0,
+        stream_buffer_chars: int = 1024 * 1024,
     ) -> None:
         self._execute_code = execute_code
         self._create_sandbox = create_sandbox
@@ -90,6 +160,15 @@ class SandboxApi:
         self._max_inflight = max_inflight_executions
         self._default_timeout_s = default_timeout_s
         self._readiness_timeout_s = readiness_timeout_s
+        self._readiness_cache_s = readiness_cache_s
+        self._readiness_cache: tuple[float, ReadinessReport] | None = None
+        self._readiness_probe: asyncio.Future[ReadinessReport] | None = None
+        # Readiness probes never queue behind executions: they have threads of their own (two,
+        # the database and the runtime, probed at once).
+        self._probe_executor = ThreadPoolExecutor(
+            max_workers=2, thread_name_prefix="sandboxd-ready"
+        )
+        self._stream_buffer_chars = stream_buffer_chars
         self._executor = ThreadPoolExecutor(
             max_workers=max_inflight_executions + _EXTRA_THREADS, thread_name_prefix="sandboxd"
         )
@@ -145,31 +224,23 @@ class SandboxApi:
         future.add_done_callback(finished)
         return await asyncio.shield(future)
 
-    async def execute_stream(
+    def execute_stream(
         self, chat_id: UUID, request: ExecutionRequest, transport: str
-    ) -> AsyncGenerator[StreamEvent, None]:
-        """Output chunks as they come, then the CodeExecution; errors are raised in place."""
+    ) -> ExecutionStream:
+        """Output frames as they come (coalesced, bounded), then the CodeExecution; errors are
+        raised in place. Call on the event loop."""
         loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[OutputChunk | _Done] = asyncio.Queue()
-
-        def sink(chunk: OutputChunk) -> None:
-            loop.call_soon_threadsafe(queue.put_nowait, chunk)
-
-        task = asyncio.ensure_future(self.execute(chat_id, request, transport, sink))
-        # Chunks are queued with call_soon_threadsafe before the thread's future resolves, so the
-        # done marker always comes after the last chunk.
-        task.add_done_callback(lambda _: queue.put_nowait(_DONE))
-        try:
-            while True:
-                item = await queue.get()
-                if isinstance(item, _Done):
-                    break
-                yield item
-            yield task.result()
-        finally:
-            if not task.done():
-                # The caller went away; the execution still finishes (its slot stays held).
-                task.add_done_callback(_consume_result)
+        relay = OutputRelay(
+            loop,
+            max_buffered_chars=self._stream_buffer_chars,
+            max_frame_chars=STREAM_FRAME_CHARS,
+            coalesce_s=STREAM_COALESCE_S,
+        )
+        task = asyncio.ensure_future(self.execute(chat_id, request, transport, relay.put))
+        # Output is put by the worker thread before the thread's future resolves, so closing
+        # on completion never cuts off the last frames.
+        task.add_done_callback(lambda _: relay.close())
+        return ExecutionStream(relay, task, self._logger, transport, chat_id)
 
     async def ensure_sandbox(self, chat_id: UUID) -> SandboxSession:
         return await self._call(self._create_sandbox.execute, CreateSandboxCommand(chat_id))
@@ -191,12 +262,29 @@ class SandboxApi:
         )
 
     async def readiness(self) -> ReadinessReport:
-        """The session store and the runtime both answer within the readiness timeout."""
+        """The session store and the runtime both answer within the readiness timeout.
+
+        Answered from a cache of ``readiness_cache_s``, and probed on threads of its own (one
+        probe at a time, shared by concurrent callers): a flood of /readyz costs nothing, and
+        executions holding every worker thread cannot delay it.
+        """
+        cached = self._readiness_cache
+        if cached is not None and time.monotonic() - cached[0] < self._readiness_cache_s:
+            return cached[1]
+        loop = asyncio.get_running_loop()
+        probe = self._readiness_probe
+        if probe is None or probe.done() or probe.get_loop() is not loop:
+            probe = self._readiness_probe = asyncio.ensure_future(self._probe_readiness())
+        return await asyncio.shield(probe)
+
+    async def _probe_readiness(self) -> ReadinessReport:
         checks = await asyncio.gather(
             self._check(partial(self._repository.list_sessions, limit=1)),
             self._check(self._runtime.list_managed),
         )
-        return ReadinessReport({"database": checks[0], "runtime": checks[1]})
+        report = ReadinessReport({"database": checks[0], "runtime": checks[1]})
+        self._readiness_cache = (time.monotonic(), report)
+        return report
 
     async def render_metrics(self) -> bytes:
         return await self._call(self._metrics.render)
@@ -227,6 +315,7 @@ class SandboxApi:
     def close(self) -> None:
         # Threads still running (past the drain) finish on their own; nothing waits for them.
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self._probe_executor.shutdown(wait=False, cancel_futures=True)
 
     # -- internals -----------------------------------------------------------------------------
 
@@ -251,8 +340,12 @@ class SandboxApi:
         return await loop.run_in_executor(self._executor, partial(fn, *args))
 
     async def _check(self, probe: Callable[[], object]) -> str:
+        loop = asyncio.get_running_loop()
         try:
-            await asyncio.wait_for(self._call(probe), timeout=self._readiness_timeout_s)
+            await asyncio.wait_for(
+                loop.run_in_executor(self._probe_executor, probe),
+                timeout=self._readiness_timeout_s,
+            )
         except TimeoutError:
             return "timeout"
         except Exception as exc:

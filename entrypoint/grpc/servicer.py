@@ -18,6 +18,7 @@ from entrypoint.errors import error_row, public_message
 from entrypoint.grpc.generated import sandboxd_pb2 as pb
 from entrypoint.grpc.generated import sandboxd_pb2_grpc as pb_grpc
 from entrypoint.metrics import ServiceMetrics
+from entrypoint.wire import clamp_exit_code
 from usecase.execute import CodeExecution
 from usecase.ports import Logger
 
@@ -163,7 +164,7 @@ def result_message(result: ExecutionResult) -> Any:
     return pb.ExecutionResult(
         stdout=result.stdout,
         stderr=result.stderr,
-        exit_code=result.exit_code,
+        exit_code=clamp_exit_code(result.exit_code),
         duration_s=result.duration_s,
         timed_out=result.timed_out,
         stdout_truncated=result.stdout_truncated,
