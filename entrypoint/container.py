@@ -18,6 +18,7 @@ from entrypoint import persistence
 from entrypoint.application.sandbox_api import SandboxApi
 from entrypoint.application.sweep import CleanupWorker, Sweeper
 from entrypoint.auth import ApiKeyAuthenticator
+from entrypoint.grpc.interceptor import ApiKeyInterceptor
 from entrypoint.grpc.servicer import SandboxServicer
 from entrypoint.http.app import create_app
 from entrypoint.images import prepare_runtime_image
@@ -213,6 +214,9 @@ class Container(containers.DeclarativeContainer):
         logger=logger,
         access_logger=access_logger,
         max_code_bytes=limits.max_code_bytes,
+    )
+    grpc_interceptor = providers.Singleton(
+        ApiKeyInterceptor, authenticator=authenticator, metrics=metrics
     )
     grpc_servicer = providers.Singleton(
         SandboxServicer, api=api, authenticator=authenticator, metrics=metrics, logger=logger

@@ -28,7 +28,7 @@ from usecase.ports import Logger
 
 REQUEST_ID_HEADER = "x-request-id"
 # A caller's own id is echoed only when it is short and plain, so that it cannot forge log lines.
-_SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 # Generated ids: a random per-process prefix and a counter, unique without a syscall per request.
 _ID_PREFIX = uuid.uuid4().hex[:16]
 _ID_COUNTER = itertools.count(1)
@@ -66,7 +66,7 @@ class RequestContextMiddleware:
         started = time.perf_counter()
         headers = _headers(scope)
         request_id = headers.get(REQUEST_ID_HEADER, "")
-        if not _SAFE_REQUEST_ID.match(request_id):
+        if not SAFE_REQUEST_ID.match(request_id):
             request_id = new_request_id()
         scope.setdefault("state", {})["request_id"] = request_id
         status = 500
