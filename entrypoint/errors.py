@@ -38,6 +38,7 @@ from domain.errors import (
     TooManyExecutionsError,
     UnsupportedLanguageError,
 )
+from usecase.ports import Logger
 
 
 class UnauthenticatedError(SandboxServiceError):
@@ -161,3 +162,21 @@ def public_message(error: BaseException, request_id: str = "") -> str:
     if row.public is None:
         return str(error) or type(error).__name__
     return f"{row.public} (request id {request_id})" if request_id else row.public
+
+
+def log_error_detail(
+    logger: Logger, event: str, error: BaseException, request_id: str, transport: str
+) -> None:
+    """The detail a caller does not see (host paths, engine and database messages)."""
+    row = error_row(error)
+    attrs = {
+        "request_id": request_id,
+        "transport": transport,
+        "code": row.code,
+        "error": type(error).__name__,
+        "detail": str(error)[:2000],
+    }
+    if row.http_status >= 500:
+        logger.error(event, attrs)
+    else:
+        logger.warning(event, attrs)

@@ -16,14 +16,12 @@ from grpc.aio import ServicerContext as Ctx
 from domain.execution import ExecutionResult, OutputChunk, OutputStream
 from domain.sandbox import SandboxSession, parse_chat_id
 from entrypoint.application.sandbox_api import SandboxApi
-from entrypoint.auth import ApiKeyAuthenticator
-from entrypoint.errors import error_row, is_generic, public_message
+from entrypoint.errors import error_row, is_generic, log_error_detail, public_message
 from entrypoint.grpc.generated import sandboxd_pb2 as pb
 from entrypoint.grpc.generated import sandboxd_pb2_grpc as pb_grpc
 from entrypoint.grpc.interceptor import ERROR_CODE_METADATA_KEY, metadata_value
-from entrypoint.http.errors import log_error_detail
-from entrypoint.http.middleware import SAFE_REQUEST_ID, new_request_id
 from entrypoint.metrics import ServiceMetrics
+from entrypoint.request_ids import request_id_or_new
 from entrypoint.wire import clamp_exit_code
 from usecase.execute import CodeExecution
 from usecase.ports import Logger
@@ -40,12 +38,10 @@ class SandboxServicer(pb_grpc.SandboxServiceServicer):
     def __init__(
         self,
         api: SandboxApi,
-        authenticator: ApiKeyAuthenticator,
         metrics: ServiceMetrics,
         logger: Logger,
     ) -> None:
         self._api = api
-        self._authenticator = authenticator
         self._metrics = metrics
         self._logger = logger
 
@@ -142,8 +138,7 @@ class SandboxServicer(pb_grpc.SandboxServiceServicer):
 
 
 def _request_id(context: Ctx) -> str:
-    given = metadata_value(context.invocation_metadata(), REQUEST_ID_METADATA_KEY) or ""
-    return given if SAFE_REQUEST_ID.match(given) else new_request_id()
+    return request_id_or_new(metadata_value(context.invocation_metadata(), REQUEST_ID_METADATA_KEY))
 
 
 def _timestamp(value: datetime | None) -> Timestamp | None:

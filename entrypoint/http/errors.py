@@ -12,7 +12,13 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from domain.errors import SandboxServiceError
-from entrypoint.errors import INTERNAL_ERROR, error_row, is_generic, public_message
+from entrypoint.errors import (
+    INTERNAL_ERROR,
+    error_row,
+    is_generic,
+    log_error_detail,
+    public_message,
+)
 from entrypoint.metrics import ServiceMetrics
 from usecase.ports import Logger
 
@@ -48,24 +54,6 @@ def error_response(
 
 def request_id_of(request: Request) -> str:
     return str(getattr(request.state, "request_id", ""))
-
-
-def log_error_detail(
-    logger: Logger, event: str, error: BaseException, request_id: str, transport: str
-) -> None:
-    """The detail a caller does not see (host paths, engine and database messages)."""
-    row = error_row(error)
-    attrs = {
-        "request_id": request_id,
-        "transport": transport,
-        "code": row.code,
-        "error": type(error).__name__,
-        "detail": str(error)[:2000],
-    }
-    if row.http_status >= 500:
-        logger.error(event, attrs)
-    else:
-        logger.warning(event, attrs)
 
 
 def install_error_handlers(app: FastAPI, metrics: ServiceMetrics, logger: Logger) -> None:

@@ -12,11 +12,8 @@ it passes the limit; the application reads the buffered copy.
 
 from __future__ import annotations
 
-import itertools
 import json
-import re
 import time
-import uuid
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -24,23 +21,15 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from entrypoint.auth import ApiKeyAuthenticator
 from entrypoint.errors import UnauthenticatedError
 from entrypoint.metrics import ServiceMetrics
+from entrypoint.request_ids import request_id_or_new
 from usecase.ports import Logger
 
 REQUEST_ID_HEADER = "x-request-id"
-# A caller's own id is echoed only when it is short and plain, so that it cannot forge log lines.
-SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-# Generated ids: a random per-process prefix and a counter, unique without a syscall per request.
-_ID_PREFIX = uuid.uuid4().hex[:16]
-_ID_COUNTER = itertools.count(1)
 # Paths that need a key (the routers' dependency checks it again, and documents it in OpenAPI).
 _PROTECTED_PREFIXES = ("/v1/",)
 _PROTECTED_PATHS = frozenset({"/metrics"})
 # What an unauthenticated request may make the service read (and discard) at most.
 _DRAIN_LIMIT = 16 * 1024
-
-
-def new_request_id() -> str:
-    return f"{_ID_PREFIX}{next(_ID_COUNTER):016x}"
 
 
 class RequestContextMiddleware:
@@ -65,9 +54,7 @@ class RequestContextMiddleware:
             return
         started = time.perf_counter()
         headers = _headers(scope)
-        request_id = headers.get(REQUEST_ID_HEADER, "")
-        if not SAFE_REQUEST_ID.match(request_id):
-            request_id = new_request_id()
+        request_id = request_id_or_new(headers.get(REQUEST_ID_HEADER))
         scope.setdefault("state", {})["request_id"] = request_id
         status = 500
 

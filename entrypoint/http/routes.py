@@ -18,8 +18,14 @@ from domain.execution import OutputChunk
 from domain.sandbox import SandboxStatus, parse_chat_id
 from entrypoint.application.sandbox_api import ExecutionStream, SandboxApi, StreamEvent
 from entrypoint.auth import ApiKeyAuthenticator
-from entrypoint.errors import SlowClientError, error_code, is_generic, public_message
-from entrypoint.http.errors import log_error_detail, request_id_of
+from entrypoint.errors import (
+    SlowClientError,
+    error_code,
+    is_generic,
+    log_error_detail,
+    public_message,
+)
+from entrypoint.http.errors import request_id_of
 from entrypoint.http.schemas import (
     ErrorBody,
     ExecuteBody,
