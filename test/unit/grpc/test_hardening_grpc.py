@@ -3,8 +3,10 @@ message size caps, host details in error details, byte-at-a-time floods, exit co
 
 from __future__ import annotations
 
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import grpc
 import pytest
@@ -117,3 +119,46 @@ def test_exit_codes_past_int32_are_clamped(channel: grpc.Channel, code: int, exp
 
     assert response.result.exit_code == expected
     assert streamed[-1].result.result.exit_code == expected
+
+
+def _rss_bytes() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+def _wait_for(condition: Callable[[], object], what: str) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"gave up waiting for {what}")
+
+
+def test_a_stream_client_that_never_reads_cannot_grow_the_service_memory(
+    channel: grpc.Channel, runtime: ScriptedRuntime, live: LiveService
+) -> None:
+    chunks = 3000  # about 200 MB of output
+    stub = pb_grpc.SandboxServiceStub(channel)
+    before = _rss_bytes()
+
+    call = stub.ExecuteStream(
+        pb.ExecuteRequest(chat_id=str(uuid.uuid4()), code=f"bigflood:{chunks}"), metadata=AUTH
+    )
+    try:
+        # Never read: the execution still runs to its end and is recorded.
+        _wait_for(lambda: f"bigflood:{chunks}" in runtime.finished, "the flood to finish")
+        grown = _rss_bytes() - before
+
+        assert grown < 100 * 1024 * 1024, f"RSS grew by {grown // 2**20} MiB"
+        other = stub.Execute(
+            pb.ExecuteRequest(chat_id=str(uuid.uuid4()), code="still here"), metadata=AUTH
+        )
+        assert other.result.stdout == "still here"
+        _wait_for(
+            lambda: live.container.logger().named("stream_client_dropped"), "the slow client drop"
+        )
+    finally:
+        call.cancel()
