@@ -4,8 +4,9 @@ User code may flush a byte at a time, and a client may stop reading, so neither 
 frames nor the buffered bytes may follow what the code writes:
 - the worker thread appends to a buffer under a lock and wakes the event loop at most once per
   take (one pending callback, never one per chunk);
-- the sender takes everything buffered at once, at most every ``coalesce_s``, merged into one
-  frame per run of one stream (split at ``max_frame_chars``);
+- the sender takes everything buffered at once, at most every ``coalesce_s`` (sooner once a
+  whole frame is waiting, so that fast output does not fill the buffer of a client that does
+  read), merged into one frame per run of one stream (split at ``max_frame_chars``);
 - when more than ``max_buffered_chars`` wait (the sender is stuck on a client that does not
   read), the buffer is dropped and the relay is marked overflowed: the stream ends for that
   client, while the execution runs on and its result is recorded as always.
@@ -14,6 +15,7 @@ frames nor the buffered bytes may follow what the code writes:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 
@@ -37,11 +39,13 @@ class OutputRelay:
         self._runs: list[tuple[OutputStream, list[str]]] = []
         self._buffered = 0
         self._wake_scheduled = False
+        self._urgent_scheduled = False
         self._overflowed = False
         self._closed = False
         self._last_take = 0.0
         # Loop-thread only.
         self._wakeup = asyncio.Event()
+        self._urgent = asyncio.Event()
         self.dropped = asyncio.Event()
 
     # -- the worker thread ---------------------------------------------------------------------
@@ -60,10 +64,14 @@ class OutputRelay:
                 self._runs[-1][1].append(chunk.data)
             else:
                 self._runs.append((chunk.stream, [chunk.data]))
-            if self._wake_scheduled:
-                return
+            wake = not self._wake_scheduled
+            urgent = self._buffered >= self._max_frame and not self._urgent_scheduled
             self._wake_scheduled = True
-        self._loop.call_soon_threadsafe(self._wakeup.set)
+            self._urgent_scheduled |= urgent
+        if wake:
+            self._loop.call_soon_threadsafe(self._wakeup.set)
+        if urgent:
+            self._loop.call_soon_threadsafe(self._urgent.set)
 
     # -- the event loop ------------------------------------------------------------------------
 
@@ -83,7 +91,9 @@ class OutputRelay:
                 runs, self._runs = self._runs, []
                 self._buffered = 0
                 self._wake_scheduled = False
+                self._urgent_scheduled = False
                 self._wakeup.clear()
+                self._urgent.clear()
             if self._overflowed:
                 return None
             if runs:
@@ -94,7 +104,8 @@ class OutputRelay:
             # Let a burst gather: at most one take per coalescing window.
             wait = self._last_take + self._coalesce_s - time.monotonic()
             if wait > 0:
-                await asyncio.sleep(wait)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._urgent.wait(), timeout=wait)
             self._last_take = time.monotonic()
 
     def _frames(self, runs: list[tuple[OutputStream, list[str]]]) -> list[OutputChunk]:
