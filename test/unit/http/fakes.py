@@ -49,6 +49,7 @@ class ScriptedRuntime:
         # When set, create() waits for it: pins worker threads in sandbox creation.
         self.create_gate: threading.Event | None = None
         self.finished: list[str] = []  # codes whose execution returned, in order
+        self.list_calls = 0
         self._killed: set[UUID] = set()
         self._lock = threading.Lock()
 
@@ -141,6 +142,7 @@ class ScriptedRuntime:
         return container_id in self.alive
 
     def list_managed(self) -> list[ManagedSandbox]:
+        self.list_calls += 1
         if self.fail_list is not None:
             raise self.fail_list
         with self._lock:

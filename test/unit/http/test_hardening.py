@@ -140,6 +140,20 @@ def test_readyz_answers_while_executions_hold_every_worker_thread(
         runtime.create_gate.set()
 
 
+def test_a_flood_of_readyz_probes_the_dependencies_once_per_cache_window(
+    runtime: ScriptedRuntime,
+) -> None:
+    container = make_container(runtime, readiness_cache_seconds=3600)
+    with TestClient(container.http_app()) as client:
+        first = client.get("/readyz")
+        probes = runtime.list_calls
+        answers = [client.get("/readyz").status_code for _ in range(50)]
+    container.api().close()
+
+    assert first.status_code == 200 and set(answers) == {200}
+    assert runtime.list_calls == probes == 1
+
+
 @pytest.mark.parametrize(
     "error",
     [
