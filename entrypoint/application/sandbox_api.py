@@ -10,18 +10,23 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
-from typing import NoReturn, TypeVar
+from typing import TypeVar
 from uuid import UUID
 
 from domain.errors import TooManyExecutionsError
 from domain.execution import ExecutionRequest, Language, OutputChunk
 from domain.sandbox import SandboxSession, SandboxStatus
-from entrypoint.application.output_relay import OutputRelay
-from entrypoint.errors import ShuttingDownError, SlowClientError
+from entrypoint.application.streaming import (
+    STREAM_COALESCE_S,
+    STREAM_FRAME_CHARS,
+    ExecutionStream,
+    OutputRelay,
+)
+from entrypoint.errors import ShuttingDownError
 from entrypoint.metrics import ServiceMetrics, execution_outcome
 from usecase.execute import CodeExecution, ExecuteCode, ExecuteCodeCommand
 from usecase.ports import Logger, SandboxRuntime, SandboxSessionRepository
@@ -36,12 +41,7 @@ from usecase.sandbox import (
 
 T = TypeVar("T")
 
-StreamEvent = OutputChunk | CodeExecution
-
 _COUNT_PAGE = 1000
-# Streamed output: frames gather for up to this long, and are at most this big.
-STREAM_COALESCE_S = 0.02
-STREAM_FRAME_CHARS = 64 * 1024
 # Other calls (ensure, get, destroy...) may run next to the executions; they get a few threads
 # of their own so that a full house of executions cannot starve a DELETE.
 _EXTRA_THREADS = 8
@@ -54,77 +54,6 @@ class ReadinessReport:
     @property
     def ready(self) -> bool:
         return all(value == "ok" for value in self.checks.values())
-
-
-class ExecutionStream:
-    """One streamed execution: ``async for`` gives output frames then the CodeExecution.
-
-    Transports send each frame through ``deliver``, which gives up on a client whose send stays
-    blocked while the relay's buffer fills (SlowClientError; the caller drops the connection).
-    """
-
-    def __init__(
-        self,
-        relay: OutputRelay,
-        task: asyncio.Future[CodeExecution],
-        logger: Logger,
-        transport: str,
-        chat_id: UUID,
-    ) -> None:
-        self._relay = relay
-        self._task = task
-        self._logger = logger
-        self._transport = transport
-        self._chat_id = chat_id
-        self._frames: list[OutputChunk] = []
-        self._finished = False
-
-    def __aiter__(self) -> ExecutionStream:
-        return self
-
-    async def __anext__(self) -> StreamEvent:
-        if self._finished:
-            raise StopAsyncIteration
-        if not self._frames:
-            frames = await self._relay.take()
-            if frames is None:
-                if self._relay.overflowed:
-                    self._drop()
-                self._finished = True
-                return await asyncio.shield(self._task)
-            self._frames = frames
-        return self._frames.pop(0)
-
-    async def deliver(self, sending: Awaitable[None]) -> None:
-        """Await a transport's send; raise SlowClientError if the buffer overflows first."""
-        send_task = asyncio.ensure_future(sending)
-        if self._relay.dropped.is_set():
-            send_task.cancel()
-            self._drop()
-        dropped = asyncio.ensure_future(self._relay.dropped.wait())
-        try:
-            await asyncio.wait({send_task, dropped}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            dropped.cancel()
-        if send_task.done():
-            send_task.result()
-            return
-        send_task.cancel()
-        self._drop()
-
-    async def aclose(self) -> None:
-        if not self._task.done():
-            # The caller went away; the execution still finishes (its slot stays held).
-            self._task.add_done_callback(_consume_result)
-
-    def _drop(self) -> NoReturn:
-        self._finished = True
-        self._task.add_done_callback(_consume_result)
-        self._logger.warning(
-            "stream_client_dropped",
-            {"chat_id": str(self._chat_id), "transport": self._transport},
-        )
-        raise SlowClientError("the client did not read its output fast enough")
 
 
 class SandboxApi:
@@ -369,8 +298,3 @@ class SandboxApi:
                 self._logger.warning("metrics_count_failed", {"error": type(exc).__name__})
                 return
             self._metrics.live_sandboxes.labels(status.value).set(total)
-
-
-def _consume_result(task: asyncio.Future[CodeExecution]) -> None:
-    if not task.cancelled():
-        task.exception()

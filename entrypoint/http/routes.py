@@ -16,7 +16,8 @@ from starlette.types import Receive, Scope, Send
 from domain.errors import InvalidInputError
 from domain.execution import OutputChunk
 from domain.sandbox import SandboxStatus, parse_chat_id
-from entrypoint.application.sandbox_api import ExecutionStream, SandboxApi, StreamEvent
+from entrypoint.application.sandbox_api import SandboxApi
+from entrypoint.application.streaming import ExecutionStream, StreamEvent
 from entrypoint.auth import ApiKeyAuthenticator
 from entrypoint.errors import (
     SlowClientError,

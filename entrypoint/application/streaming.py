@@ -1,4 +1,4 @@
-"""The bounded path from a runtime's output callback (a worker thread) to an async sender.
+"""Streaming, bounded: from a runtime's output callback (a worker thread) to an async sender.
 
 User code may flush a byte at a time, and a client may stop reading, so neither the number of
 frames nor the buffered bytes may follow what the code writes:
@@ -18,8 +18,19 @@ import asyncio
 import contextlib
 import threading
 import time
+from collections.abc import Awaitable
+from typing import NoReturn
+from uuid import UUID
 
 from domain.execution import OutputChunk, OutputStream
+from entrypoint.errors import SlowClientError
+from usecase.execute import CodeExecution
+from usecase.ports import Logger
+
+StreamEvent = OutputChunk | CodeExecution
+# Streamed output: frames gather for up to this long, and are at most this big.
+STREAM_COALESCE_S = 0.02
+STREAM_FRAME_CHARS = 64 * 1024
 
 
 class OutputRelay:
@@ -115,3 +126,80 @@ class OutputRelay:
             for start in range(0, len(data), self._max_frame):
                 frames.append(OutputChunk(stream, data[start : start + self._max_frame]))
         return frames
+
+
+class ExecutionStream:
+    """One streamed execution: ``async for`` gives output frames then the CodeExecution.
+
+    Transports send each frame through ``deliver``, which gives up on a client whose send stays
+    blocked while the relay's buffer fills (SlowClientError; the caller drops the connection).
+    """
+
+    def __init__(
+        self,
+        relay: OutputRelay,
+        task: asyncio.Future[CodeExecution],
+        logger: Logger,
+        transport: str,
+        chat_id: UUID,
+    ) -> None:
+        self._relay = relay
+        self._task = task
+        self._logger = logger
+        self._transport = transport
+        self._chat_id = chat_id
+        self._frames: list[OutputChunk] = []
+        self._finished = False
+
+    def __aiter__(self) -> ExecutionStream:
+        return self
+
+    async def __anext__(self) -> StreamEvent:
+        if self._finished:
+            raise StopAsyncIteration
+        if not self._frames:
+            frames = await self._relay.take()
+            if frames is None:
+                if self._relay.overflowed:
+                    self._drop()
+                self._finished = True
+                return await asyncio.shield(self._task)
+            self._frames = frames
+        return self._frames.pop(0)
+
+    async def deliver(self, sending: Awaitable[None]) -> None:
+        """Await a transport's send; raise SlowClientError if the buffer overflows first."""
+        send_task = asyncio.ensure_future(sending)
+        if self._relay.dropped.is_set():
+            send_task.cancel()
+            self._drop()
+        dropped = asyncio.ensure_future(self._relay.dropped.wait())
+        try:
+            await asyncio.wait({send_task, dropped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            dropped.cancel()
+        if send_task.done():
+            send_task.result()
+            return
+        send_task.cancel()
+        self._drop()
+
+    async def aclose(self) -> None:
+        if not self._task.done():
+            # The caller went away; the execution still finishes (its slot stays held).
+            self._task.add_done_callback(consume_result)
+
+    def _drop(self) -> NoReturn:
+        self._finished = True
+        self._task.add_done_callback(consume_result)
+        self._logger.warning(
+            "stream_client_dropped",
+            {"chat_id": str(self._chat_id), "transport": self._transport},
+        )
+        raise SlowClientError("the client did not read its output fast enough")
+
+
+def consume_result(task: asyncio.Future[CodeExecution]) -> None:
+    """Mark the outcome of an execution nobody waits for any more as seen."""
+    if not task.cancelled():
+        task.exception()
