@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
@@ -206,7 +206,7 @@ async def _stream(
     logger: Logger = request.app.state.logger
     request_id = request_id_of(request)
 
-    async def frames() -> AsyncIterator[bytes]:
+    async def frames() -> AsyncGenerator[bytes, None]:
         try:
             if first_event is None:
                 yield b": running\n\n"
@@ -234,7 +234,7 @@ class _EventStreamResponse(Response):
 
     media_type = EVENT_STREAM
 
-    def __init__(self, stream: ExecutionStream, frames: AsyncIterator[bytes]) -> None:
+    def __init__(self, stream: ExecutionStream, frames: AsyncGenerator[bytes, None]) -> None:
         super().__init__(
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             media_type=EVENT_STREAM,
@@ -254,6 +254,7 @@ class _EventStreamResponse(Response):
             # Returning without ending the body makes the server close the connection.
             return
         finally:
+            await self._frames.aclose()
             await self._stream.aclose()
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
