@@ -17,6 +17,7 @@ from domain.sandbox import SandboxSession, SandboxStatus, parse_chat_id
 from entrypoint.container import Container
 from entrypoint.errors import error_row
 from entrypoint.serve import serve
+from entrypoint.wire import clamp_exit_code, process_exit_status
 from usecase.execute import ExecuteCodeCommand
 from usecase.sandbox import CreateSandboxCommand
 
@@ -43,7 +44,8 @@ def cmd_exec(container: Container, args: argparse.Namespace) -> int:
     execution = container.execute_code().execute(ExecuteCodeCommand(chat_id, request))
     result = execution.result
     if args.json:
-        _print_json({"session": session_json(execution.session), "result": asdict(result)})
+        shown = {**asdict(result), "exit_code": clamp_exit_code(result.exit_code)}
+        _print_json({"session": session_json(execution.session), "result": shown})
     else:
         sys.stdout.write(result.stdout)
         sys.stderr.write(result.stderr)
@@ -62,7 +64,7 @@ def cmd_exec(container: Container, args: argparse.Namespace) -> int:
             print(f"[sandboxd: {'; '.join(notes)}]", file=sys.stderr)
     if result.timed_out:
         return 124
-    return result.exit_code if result.exit_code is not None else 1
+    return process_exit_status(result.exit_code) if result.exit_code is not None else 1
 
 
 def cmd_sandbox(container: Container, args: argparse.Namespace) -> int:

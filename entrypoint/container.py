@@ -19,6 +19,7 @@ from entrypoint import persistence
 from entrypoint.application.sandbox_api import SandboxApi
 from entrypoint.application.sweep import CleanupWorker, Sweeper
 from entrypoint.auth import ApiKeyAuthenticator
+from entrypoint.grpc.interceptor import ApiKeyInterceptor
 from entrypoint.grpc.servicer import SandboxServicer
 from entrypoint.http.app import create_app
 from entrypoint.images import prepare_runtime_image
@@ -205,6 +206,8 @@ class Container(containers.DeclarativeContainer):
         logger=logger,
         max_inflight_executions=limits.max_inflight_executions,
         default_timeout_s=limits.default_timeout_s,
+        readiness_cache_s=settings.provided.server.readiness_cache_seconds,
+        stream_buffer_chars=limits.max_stream_buffer_chars,
     )
     http_app = providers.Singleton(
         create_app,
@@ -215,6 +218,7 @@ class Container(containers.DeclarativeContainer):
         access_logger=access_logger,
         max_code_bytes=limits.max_code_bytes,
     )
-    grpc_servicer = providers.Singleton(
-        SandboxServicer, api=api, authenticator=authenticator, metrics=metrics, logger=logger
+    grpc_interceptor = providers.Singleton(
+        ApiKeyInterceptor, authenticator=authenticator, metrics=metrics
     )
+    grpc_servicer = providers.Singleton(SandboxServicer, api=api, metrics=metrics, logger=logger)

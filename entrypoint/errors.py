@@ -7,6 +7,12 @@ class defined elsewhere (an adapter's or a repository's subclass) is looked up t
 nearest base class that has a row. Anything else is a bug: ``internal_error``, 500, INTERNAL,
 exit 1.
 
+What a caller reads: errors about the request itself (bad input, unknown key, too many
+executions) keep their own text, which names only what the caller sent. Errors from the machinery
+(runtime, database, a bug) carry a fixed public message per code plus the request id
+(``public_message``): their own text may hold host paths, engine messages or database host and
+user names, so it goes only to the log, under the same request id.
+
 LockTimeoutError is a 503 (with Retry-After), not a 409: the chat is busy right now, nothing
 about the request conflicts, and retrying the same request later is the right move.
 """
@@ -35,6 +41,7 @@ from domain.errors import (
     TooManyExecutionsError,
     UnsupportedLanguageError,
 )
+from usecase.ports import Logger
 
 
 class UnauthenticatedError(SandboxServiceError):
@@ -53,6 +60,16 @@ class InsecureConfigurationError(InvalidInputError):
     """No API keys and no explicit permission to run without them (a configuration error)."""
 
 
+class SandboxUidConflictError(InvalidInputError):
+    """The service runs under the uid its sandboxes run as: the channel directory it hands to
+    a sandbox would then be the service's own files (a configuration error, refused at start)."""
+
+
+class SlowClientError(SandboxServiceError):
+    """A streaming client did not read its output fast enough; it is dropped (the execution
+    still completes and is recorded)."""
+
+
 @dataclass(frozen=True)
 class ErrorRow:
     error: type[BaseException]
@@ -60,6 +77,9 @@ class ErrorRow:
     http_status: int
     grpc_status: grpc.StatusCode
     exit_code: int
+    # None: the error's own text is safe to show (it is about the request). Otherwise the fixed
+    # text shown instead of it.
+    public: str | None = None
 
 
 _G = grpc.StatusCode
@@ -77,20 +97,57 @@ ERROR_TABLE: tuple[ErrorRow, ...] = (
     ErrorRow(InsecureConfigurationError, "invalid_input", 422, _G.INVALID_ARGUMENT, 2),
     ErrorRow(InvalidInputError, "invalid_input", 422, _G.INVALID_ARGUMENT, 2),
     ErrorRow(SandboxNotFoundError, "sandbox_not_found", 404, _G.NOT_FOUND, 3),
-    ErrorRow(SessionConflictError, "session_conflict", 409, _G.ALREADY_EXISTS, 1),
+    ErrorRow(
+        SandboxUidConflictError,
+        "invalid_input",
+        422,
+        _G.INVALID_ARGUMENT,
+        2,
+        "invalid configuration",
+    ),
+    ErrorRow(
+        SessionConflictError,
+        "session_conflict",
+        409,
+        _G.ALREADY_EXISTS,
+        1,
+        "conflicting session records",
+    ),
     ErrorRow(TooManyExecutionsError, "too_many_executions", 429, _G.RESOURCE_EXHAUSTED, 1),
-    ErrorRow(RuntimeUnavailableError, "runtime_unavailable", 503, _G.UNAVAILABLE, 4),
-    ErrorRow(ArtifactStoreUnavailableError, "artifact_store_unavailable", 503, _G.UNAVAILABLE, 4),
-    ErrorRow(RepositoryUnavailableError, "database_unavailable", 503, _G.UNAVAILABLE, 4),
-    ErrorRow(SandboxGoneError, "sandbox_gone", 503, _G.UNAVAILABLE, 5),
-    ErrorRow(LockTimeoutError, "lock_timeout", 503, _G.UNAVAILABLE, 6),
+    ErrorRow(
+        RuntimeUnavailableError,
+        "runtime_unavailable",
+        503,
+        _G.UNAVAILABLE,
+        4,
+        "runtime unavailable",
+    ),
+    ErrorRow(
+        ArtifactStoreUnavailableError,
+        "artifact_store_unavailable",
+        503,
+        _G.UNAVAILABLE,
+        4,
+        "artifact store unavailable",
+    ),
+    ErrorRow(
+        RepositoryUnavailableError,
+        "database_unavailable",
+        503,
+        _G.UNAVAILABLE,
+        4,
+        "database unavailable",
+    ),
+    ErrorRow(SandboxGoneError, "sandbox_gone", 503, _G.UNAVAILABLE, 5, "the sandbox is gone"),
+    ErrorRow(LockTimeoutError, "lock_timeout", 503, _G.UNAVAILABLE, 6, "the chat is busy"),
     ErrorRow(ShuttingDownError, "shutting_down", 503, _G.UNAVAILABLE, 1),
-    ErrorRow(ListenError, "service_error", 500, _G.INTERNAL, 1),
-    ErrorRow(SandboxServiceError, "service_error", 500, _G.INTERNAL, 1),
+    ErrorRow(SlowClientError, "slow_client", 503, _G.RESOURCE_EXHAUSTED, 1),
+    ErrorRow(ListenError, "service_error", 500, _G.INTERNAL, 1, "service error"),
+    ErrorRow(SandboxServiceError, "service_error", 500, _G.INTERNAL, 1, "service error"),
 )
 
 INTERNAL_ERROR = "internal_error"
-UNEXPECTED_ERROR = ErrorRow(Exception, INTERNAL_ERROR, 500, _G.INTERNAL, 1)
+UNEXPECTED_ERROR = ErrorRow(Exception, INTERNAL_ERROR, 500, _G.INTERNAL, 1, "internal error")
 
 _ROWS = {row.error: row for row in ERROR_TABLE}
 
@@ -108,8 +165,33 @@ def error_code(error: BaseException) -> str:
     return error_row(error).code
 
 
-def public_message(error: BaseException) -> str:
-    """What the caller may read: our own errors' text; never the text of an unexpected bug."""
-    if isinstance(error, SandboxServiceError):
+def is_generic(error: BaseException) -> bool:
+    """True when the caller gets the row's fixed text: the error's own goes only to the log."""
+    return error_row(error).public is not None
+
+
+def public_message(error: BaseException, request_id: str = "") -> str:
+    """What the caller may read: the text of an error about the request, else the row's fixed
+    text plus the request id under which the log holds the detail."""
+    row = error_row(error)
+    if row.public is None:
         return str(error) or type(error).__name__
-    return "internal error; see the service log"
+    return f"{row.public} (request id {request_id})" if request_id else row.public
+
+
+def log_error_detail(
+    logger: Logger, event: str, error: BaseException, request_id: str, transport: str
+) -> None:
+    """The detail a caller does not see (host paths, engine and database messages)."""
+    row = error_row(error)
+    attrs = {
+        "request_id": request_id,
+        "transport": transport,
+        "code": row.code,
+        "error": type(error).__name__,
+        "detail": str(error)[:2000],
+    }
+    if row.http_status >= 500:
+        logger.error(event, attrs)
+    else:
+        logger.warning(event, attrs)

@@ -1,6 +1,7 @@
 """``sandboxd serve``: HTTP, gRPC and the cleanup worker in one process.
 
-Start-up, in order: refuse to run without API keys (unless SANDBOXD_INSECURE_DEV=true); prepare
+Start-up, in order: refuse to run without API keys (unless SANDBOXD_INSECURE_DEV=true), or
+under the uid of the container sandboxes (SANDBOXD_DOCKER_USER); prepare
 the runtime (the sandbox image is built on first run, with progress on stderr); check the
 database schema (SQLite is migrated on first use, PostgreSQL must have been migrated with
 ``sandboxd migrate``); one sweep (expired sandboxes, then reconciliation: orphans removed,
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import socket
 import sys
@@ -26,7 +28,12 @@ from typing import TYPE_CHECKING, Any
 import uvicorn
 
 from domain.errors import SandboxServiceError
-from entrypoint.errors import InsecureConfigurationError, ListenError, error_row
+from entrypoint.errors import (
+    InsecureConfigurationError,
+    ListenError,
+    SandboxUidConflictError,
+    error_row,
+)
 from entrypoint.grpc.server import host_port, start_grpc_server
 
 if TYPE_CHECKING:
@@ -48,6 +55,18 @@ def check_api_keys(keys: list[str], insecure_dev: bool) -> None:
         raise InsecureConfigurationError(
             "no API keys: set SANDBOXD_API_KEYS=key1,key2 (or SANDBOXD_INSECURE_DEV=true to run "
             "without authentication on a development machine)"
+        )
+
+
+def check_sandbox_uid(*, own_uid: int, runtime: str, docker_user: str) -> None:
+    """Container sandboxes run as SANDBOXD_DOCKER_USER and get a channel directory the service
+    creates: under the same uid, user code would own the service's files (and could reach
+    everything else the service owns). MicroVM users live in the guest, so only docker counts."""
+    sandbox_uid = int(docker_user.partition(":")[0])
+    if runtime == "docker" and own_uid == sandbox_uid:
+        raise SandboxUidConflictError(
+            f"the service runs as uid {own_uid}, the uid its sandboxes run as: run it as "
+            "another user, or set SANDBOXD_DOCKER_USER to a uid the service does not use"
         )
 
 
@@ -92,6 +111,10 @@ class Service:
         server = container.settings().server
         logger = container.logger()
         check_api_keys(server.api_key_list, server.insecure_dev)
+        settings = container.settings()
+        check_sandbox_uid(
+            own_uid=os.getuid(), runtime=settings.runtime, docker_user=settings.docker.user
+        )
         if not server.api_key_list:
             logger.warning("authentication_disabled", {"reason": "SANDBOXD_INSECURE_DEV=true"})
 
@@ -114,7 +137,12 @@ class Service:
         http_server = _HttpServer(config)
         http_task = asyncio.create_task(http_server.serve(sockets=[sock]), name="http")
         grpc_server, grpc_port = await start_grpc_server(
-            container.grpc_servicer(), server.host, server.grpc_port
+            container.grpc_servicer(),
+            server.host,
+            server.grpc_port,
+            interceptor=container.grpc_interceptor(),
+            max_receive_message_bytes=server.grpc_max_receive_message_bytes,
+            max_send_message_bytes=server.grpc_max_send_message_bytes,
         )
         worker = container.cleanup_worker()
         worker.start()

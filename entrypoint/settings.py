@@ -96,6 +96,9 @@ class LimitSettings(SettingsGroup):
     max_output_bytes: int = Field(default=1024 * 1024, gt=0)
     # Executions running at once across HTTP and gRPC; past it callers get 429 / RESOURCE_EXHAUSTED.
     max_inflight_executions: int = Field(default=64, gt=0)
+    # Streamed output waiting for a client that does not read; past it the client is dropped
+    # (the execution completes and is recorded).
+    max_stream_buffer_chars: int = Field(default=1024 * 1024, gt=0)
 
 
 class ServerSettings(SettingsGroup):
@@ -110,6 +113,12 @@ class ServerSettings(SettingsGroup):
     cleanup_interval_seconds: float = Field(default=60.0, gt=0)
     # On shutdown, how long executions in flight may still finish.
     drain_seconds: float = Field(default=30.0, ge=0)
+    # /readyz answers from a cache this old at most (probes never queue behind executions).
+    readiness_cache_seconds: float = Field(default=1.0, ge=0)
+    # gRPC message caps. A request is code (max_code_bytes) plus a little; a response carries
+    # stdout and stderr (max_output_bytes each, UTF-8 may need up to 4 bytes per character).
+    grpc_max_receive_message_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    grpc_max_send_message_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
 
     @property
     def api_key_list(self) -> list[str]:

@@ -7,6 +7,9 @@ like requests:
   "block"         -> waits until ``runtime.gate`` is set (for in-flight and drain tests)
   "timeout"       -> a timed-out result (exit_code None, state_lost)
   "kill"          -> the sandbox dies under the code (SandboxGoneError), once per chat
+  "flood:N"       -> N one-character stdout chunks (output flushed a byte at a time)
+  "bigflood:N"    -> N distinct 64 KiB stdout chunks (a firehose for a client that never reads)
+  "exit:N"        -> exit code N (any int, also outside int32)
 anything else     -> echoed on stdout.
 """
 
@@ -115,12 +118,19 @@ class FakeRuntime:
         self.die_on_every_execute = False
         self.gate = threading.Event()
         self.blocked = threading.Semaphore(0)  # released once per execution that starts blocking
+        # When set, create() waits for it: pins worker threads in sandbox creation.
+        self.create_gate: threading.Event | None = None
+        self.finished: list[str] = []  # codes whose execution returned, in order
+        self.list_calls = 0
         self._killed: set[UUID] = set()
         self._lock = threading.Lock()
 
     def create(
         self, *, session_id: UUID, chat_id: UUID, created_at: datetime, expires_at: datetime
     ) -> SandboxSession:
+        if self.create_gate is not None:
+            self.blocked.release()
+            self.create_gate.wait(timeout=30)
         with self._lock:
             self.create_calls.append(session_id)
             if self.fail_create is not None:
@@ -156,7 +166,10 @@ class FakeRuntime:
                 del self.alive[container_id]
                 raise SandboxGoneError(f"{container_id} died")
             self.executed.append((session.chat_id, request.code))
-        return self._run(request, on_output or (lambda chunk: None))
+        result = self._run(request, on_output or (lambda chunk: None))
+        with self._lock:
+            self.finished.append(request.code)
+        return result
 
     def _dies(self, session: SandboxSession, code: str) -> bool:
         if self.die_on_every_execute or session.container_id in self.die_on_execute:
@@ -187,6 +200,20 @@ class FakeRuntime:
             for part in parts:
                 emit(OutputChunk(OutputStream.STDOUT, part))
             return ExecutionResult(stdout="".join(parts), stderr="", exit_code=0, duration_s=0.01)
+        if code.startswith("flood:"):
+            count = int(code.removeprefix("flood:"))
+            for _ in range(count):
+                emit(OutputChunk(OutputStream.STDOUT, "x"))
+            return ExecutionResult(stdout="x" * count, stderr="", exit_code=0, duration_s=0.01)
+        if code.startswith("bigflood:"):
+            count = int(code.removeprefix("bigflood:"))
+            for index in range(count):
+                # A new string per chunk: shared ones would cost no memory when queued.
+                emit(OutputChunk(OutputStream.STDOUT, f"{index:08d}".ljust(64 * 1024, "y")))
+            return ExecutionResult(stdout="", stderr="", exit_code=0, duration_s=0.01)
+        if code.startswith("exit:"):
+            exit_code = int(code.removeprefix("exit:"))
+            return ExecutionResult(stdout="", stderr="", exit_code=exit_code, duration_s=0.01)
         if code.startswith("stderr:"):
             text = code.removeprefix("stderr:")
             emit(OutputChunk(OutputStream.STDERR, text))
@@ -198,6 +225,7 @@ class FakeRuntime:
         return container_id in self.alive
 
     def list_managed(self) -> list[ManagedSandbox]:
+        self.list_calls += 1
         if self.fail_list is not None:
             raise self.fail_list
         with self._lock:

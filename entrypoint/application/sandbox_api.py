@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -20,6 +20,12 @@ from uuid import UUID
 from domain.errors import TooManyExecutionsError
 from domain.execution import ExecutionRequest, Language, OutputChunk
 from domain.sandbox import SandboxSession, SandboxStatus
+from entrypoint.application.streaming import (
+    STREAM_COALESCE_S,
+    STREAM_FRAME_CHARS,
+    ExecutionStream,
+    OutputRelay,
+)
 from entrypoint.errors import ShuttingDownError
 from entrypoint.metrics import ServiceMetrics, execution_outcome
 from usecase.execute import CodeExecution, ExecuteCode, ExecuteCodeCommand
@@ -35,8 +41,6 @@ from usecase.sandbox import (
 
 T = TypeVar("T")
 
-StreamEvent = OutputChunk | CodeExecution
-
 _COUNT_PAGE = 1000
 # Other calls (ensure, get, destroy...) may run next to the executions; they get a few threads
 # of their own so that a full house of executions cannot starve a DELETE.
@@ -50,13 +54,6 @@ class ReadinessReport:
     @property
     def ready(self) -> bool:
         return all(value == "ok" for value in self.checks.values())
-
-
-class _Done:
-    pass
-
-
-_DONE = _Done()
 
 
 class SandboxApi:
@@ -76,6 +73,8 @@ class SandboxApi:
         max_inflight_executions: int,
         default_timeout_s: float,
         readiness_timeout_s: float = 5.0,
+        readiness_cache_s: float = 1.0,
+        stream_buffer_chars: int = 1024 * 1024,
     ) -> None:
         self._execute_code = execute_code
         self._create_sandbox = create_sandbox
@@ -90,6 +89,15 @@ class SandboxApi:
         self._max_inflight = max_inflight_executions
         self._default_timeout_s = default_timeout_s
         self._readiness_timeout_s = readiness_timeout_s
+        self._readiness_cache_s = readiness_cache_s
+        self._readiness_cache: tuple[float, ReadinessReport] | None = None
+        self._readiness_probe: asyncio.Future[ReadinessReport] | None = None
+        # Readiness probes never queue behind executions: they have threads of their own (two,
+        # the database and the runtime, probed at once).
+        self._probe_executor = ThreadPoolExecutor(
+            max_workers=2, thread_name_prefix="sandboxd-ready"
+        )
+        self._stream_buffer_chars = stream_buffer_chars
         self._executor = ThreadPoolExecutor(
             max_workers=max_inflight_executions + _EXTRA_THREADS, thread_name_prefix="sandboxd"
         )
@@ -145,31 +153,23 @@ class SandboxApi:
         future.add_done_callback(finished)
         return await asyncio.shield(future)
 
-    async def execute_stream(
+    def execute_stream(
         self, chat_id: UUID, request: ExecutionRequest, transport: str
-    ) -> AsyncGenerator[StreamEvent, None]:
-        """Output chunks as they come, then the CodeExecution; errors are raised in place."""
+    ) -> ExecutionStream:
+        """Output frames as they come (coalesced, bounded), then the CodeExecution; errors are
+        raised in place. Call on the event loop."""
         loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[OutputChunk | _Done] = asyncio.Queue()
-
-        def sink(chunk: OutputChunk) -> None:
-            loop.call_soon_threadsafe(queue.put_nowait, chunk)
-
-        task = asyncio.ensure_future(self.execute(chat_id, request, transport, sink))
-        # Chunks are queued with call_soon_threadsafe before the thread's future resolves, so the
-        # done marker always comes after the last chunk.
-        task.add_done_callback(lambda _: queue.put_nowait(_DONE))
-        try:
-            while True:
-                item = await queue.get()
-                if isinstance(item, _Done):
-                    break
-                yield item
-            yield task.result()
-        finally:
-            if not task.done():
-                # The caller went away; the execution still finishes (its slot stays held).
-                task.add_done_callback(_consume_result)
+        relay = OutputRelay(
+            loop,
+            max_buffered_chars=self._stream_buffer_chars,
+            max_frame_chars=STREAM_FRAME_CHARS,
+            coalesce_s=STREAM_COALESCE_S,
+        )
+        task = asyncio.ensure_future(self.execute(chat_id, request, transport, relay.put))
+        # Output is put by the worker thread before the thread's future resolves, so closing
+        # on completion never cuts off the last frames.
+        task.add_done_callback(lambda _: relay.close())
+        return ExecutionStream(relay, task, self._logger, transport, chat_id)
 
     async def ensure_sandbox(self, chat_id: UUID) -> SandboxSession:
         return await self._call(self._create_sandbox.execute, CreateSandboxCommand(chat_id))
@@ -191,12 +191,29 @@ class SandboxApi:
         )
 
     async def readiness(self) -> ReadinessReport:
-        """The session store and the runtime both answer within the readiness timeout."""
+        """The session store and the runtime both answer within the readiness timeout.
+
+        Answered from a cache of ``readiness_cache_s``, and probed on threads of its own (one
+        probe at a time, shared by concurrent callers): a flood of /readyz costs nothing, and
+        executions holding every worker thread cannot delay it.
+        """
+        cached = self._readiness_cache
+        if cached is not None and time.monotonic() - cached[0] < self._readiness_cache_s:
+            return cached[1]
+        loop = asyncio.get_running_loop()
+        probe = self._readiness_probe
+        if probe is None or probe.done() or probe.get_loop() is not loop:
+            probe = self._readiness_probe = asyncio.ensure_future(self._probe_readiness())
+        return await asyncio.shield(probe)
+
+    async def _probe_readiness(self) -> ReadinessReport:
         checks = await asyncio.gather(
             self._check(partial(self._repository.list_sessions, limit=1)),
             self._check(self._runtime.list_managed),
         )
-        return ReadinessReport({"database": checks[0], "runtime": checks[1]})
+        report = ReadinessReport({"database": checks[0], "runtime": checks[1]})
+        self._readiness_cache = (time.monotonic(), report)
+        return report
 
     async def render_metrics(self) -> bytes:
         return await self._call(self._metrics.render)
@@ -227,6 +244,7 @@ class SandboxApi:
     def close(self) -> None:
         # Threads still running (past the drain) finish on their own; nothing waits for them.
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self._probe_executor.shutdown(wait=False, cancel_futures=True)
 
     # -- internals -----------------------------------------------------------------------------
 
@@ -251,8 +269,12 @@ class SandboxApi:
         return await loop.run_in_executor(self._executor, partial(fn, *args))
 
     async def _check(self, probe: Callable[[], object]) -> str:
+        loop = asyncio.get_running_loop()
         try:
-            await asyncio.wait_for(self._call(probe), timeout=self._readiness_timeout_s)
+            await asyncio.wait_for(
+                loop.run_in_executor(self._probe_executor, probe),
+                timeout=self._readiness_timeout_s,
+            )
         except TimeoutError:
             return "timeout"
         except Exception as exc:
@@ -276,8 +298,3 @@ class SandboxApi:
                 self._logger.warning("metrics_count_failed", {"error": type(exc).__name__})
                 return
             self._metrics.live_sandboxes.labels(status.value).set(total)
-
-
-def _consume_result(task: asyncio.Future[CodeExecution]) -> None:
-    if not task.cancelled():
-        task.exception()

@@ -6,10 +6,8 @@ import grpc
 
 from entrypoint.errors import ListenError
 from entrypoint.grpc.generated import sandboxd_pb2_grpc as pb_grpc
+from entrypoint.grpc.interceptor import ApiKeyInterceptor
 from entrypoint.grpc.servicer import SandboxServicer
-
-# Code is capped by SANDBOXD_MAX_CODE_BYTES well below this; the cap is for the message as a whole.
-_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 
 def host_port(host: str, port: int) -> str:
@@ -17,16 +15,24 @@ def host_port(host: str, port: int) -> str:
 
 
 async def start_grpc_server(
-    servicer: SandboxServicer, host: str, port: int
+    servicer: SandboxServicer,
+    host: str,
+    port: int,
+    *,
+    interceptor: ApiKeyInterceptor,
+    max_receive_message_bytes: int,
+    max_send_message_bytes: int,
 ) -> tuple[grpc.aio.Server, int]:
     """Start serving; returns the server and the port it bound (useful with port 0)."""
     server = grpc.aio.server(
+        interceptors=[interceptor],
         options=[
-            ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
+            # Past these a call fails with RESOURCE_EXHAUSTED before it reaches the servicer.
+            ("grpc.max_receive_message_length", max_receive_message_bytes),
+            ("grpc.max_send_message_length", max_send_message_bytes),
             # One process per port: a second service on the same port must fail, not share it.
             ("grpc.so_reuseport", 0),
-        ]
+        ],
     )
     pb_grpc.add_SandboxServiceServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
     try:

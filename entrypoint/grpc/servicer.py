@@ -1,32 +1,35 @@
-"""The SandboxService servicer: parse, call the SandboxApi facade, convert to messages."""
+"""The SandboxService servicer: parse, call the SandboxApi facade, convert to messages.
+
+API keys are checked before any of this, in ``entrypoint.grpc.interceptor``. Every call has a
+request id (the caller's ``x-request-id`` metadata when it is plain, else a new one); a failed
+call returns it in its trailing metadata, and the log holds the detail under it."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any, NoReturn, TypeVar
 
-import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from grpc.aio import ServicerContext as Ctx
 
 from domain.execution import ExecutionResult, OutputChunk, OutputStream
 from domain.sandbox import SandboxSession, parse_chat_id
 from entrypoint.application.sandbox_api import SandboxApi
-from entrypoint.auth import ApiKeyAuthenticator
-from entrypoint.errors import error_row, public_message
+from entrypoint.errors import error_row, is_generic, log_error_detail, public_message
 from entrypoint.grpc.generated import sandboxd_pb2 as pb
 from entrypoint.grpc.generated import sandboxd_pb2_grpc as pb_grpc
+from entrypoint.grpc.interceptor import ERROR_CODE_METADATA_KEY, metadata_value
 from entrypoint.metrics import ServiceMetrics
+from entrypoint.request_ids import request_id_or_new
+from entrypoint.wire import clamp_exit_code
 from usecase.execute import CodeExecution
 from usecase.ports import Logger
 
 T = TypeVar("T")
 
 TRANSPORT = "grpc"
-# The stable error code (``entrypoint.errors``) travels in this trailing metadata key, so that
-# clients can branch on it exactly as HTTP clients do.
-ERROR_CODE_METADATA_KEY = "sandboxd-error-code"
+REQUEST_ID_METADATA_KEY = "x-request-id"
 
 _STREAMS = {OutputStream.STDOUT: pb.OutputChunk.STDOUT, OutputStream.STDERR: pb.OutputChunk.STDERR}
 
@@ -35,12 +38,10 @@ class SandboxServicer(pb_grpc.SandboxServiceServicer):
     def __init__(
         self,
         api: SandboxApi,
-        authenticator: ApiKeyAuthenticator,
         metrics: ServiceMetrics,
         logger: Logger,
     ) -> None:
         self._api = api
-        self._authenticator = authenticator
         self._metrics = metrics
         self._logger = logger
 
@@ -53,22 +54,25 @@ class SandboxServicer(pb_grpc.SandboxServiceServicer):
 
         return await self._guard(context, run)
 
-    async def ExecuteStream(  # noqa: N802
-        self, request: Any, context: Ctx
-    ) -> AsyncIterator[Any]:
+    async def ExecuteStream(self, request: Any, context: Ctx) -> None:  # noqa: N802
+        # Written with context.write (not yielded), so each write can be raced against the
+        # stream's buffer: a client that stops reading is dropped instead of holding memory.
         failure: Exception | None = None
         try:
-            self._authenticate(context)
-            events = self._api.execute_stream(
+            stream = self._api.execute_stream(
                 parse_chat_id(request.chat_id), self._execution_request(request), TRANSPORT
             )
-            async for event in events:
-                if isinstance(event, OutputChunk):
-                    yield pb.ExecuteEvent(
-                        output=pb.OutputChunk(stream=_STREAMS[event.stream], data=event.data)
-                    )
-                else:
-                    yield pb.ExecuteEvent(result=execute_response(event))
+            try:
+                async for event in stream:
+                    if isinstance(event, OutputChunk):
+                        message = pb.ExecuteEvent(
+                            output=pb.OutputChunk(stream=_STREAMS[event.stream], data=event.data)
+                        )
+                    else:
+                        message = pb.ExecuteEvent(result=execute_response(event))
+                    await stream.deliver(context.write(message))
+            finally:
+                await stream.aclose()
         except Exception as exc:
             failure = exc
         if failure is not None:
@@ -107,16 +111,8 @@ class SandboxServicer(pb_grpc.SandboxServiceServicer):
         timeout_s = request.timeout_s if request.HasField("timeout_s") else None
         return self._api.build_request(request.code, request.language or None, timeout_s)
 
-    def _authenticate(self, context: Ctx) -> None:
-        authorization = None
-        for key, value in context.invocation_metadata() or ():
-            if key == "authorization":
-                authorization = value if isinstance(value, str) else value.decode("latin-1")
-        self._authenticator.check_header(authorization)
-
     async def _guard(self, context: Ctx, call: Callable[[], Awaitable[T]]) -> T:
         try:
-            self._authenticate(context)
             return await call()
         except Exception as exc:
             failure = exc
@@ -127,14 +123,22 @@ class SandboxServicer(pb_grpc.SandboxServiceServicer):
         row = error_row(error)
         code, status = row.code, row.grpc_status
         self._metrics.errors.labels(code, TRANSPORT).inc()
-        if status is grpc.StatusCode.INTERNAL:
-            self._logger.error(
-                "grpc_unhandled_error", {"error": type(error).__name__, "detail": str(error)[:500]}
-            )
+        request_id = _request_id(context)
+        if is_generic(error):
+            log_error_detail(self._logger, "grpc_request_failed", error, request_id, TRANSPORT)
         await context.abort(
-            status, public_message(error), trailing_metadata=((ERROR_CODE_METADATA_KEY, code),)
+            status,
+            public_message(error, request_id),
+            trailing_metadata=(
+                (ERROR_CODE_METADATA_KEY, code),
+                (REQUEST_ID_METADATA_KEY, request_id),
+            ),
         )
         raise AssertionError("context.abort returned")  # pragma: no cover
+
+
+def _request_id(context: Ctx) -> str:
+    return request_id_or_new(metadata_value(context.invocation_metadata(), REQUEST_ID_METADATA_KEY))
 
 
 def _timestamp(value: datetime | None) -> Timestamp | None:
@@ -163,7 +167,7 @@ def result_message(result: ExecutionResult) -> Any:
     return pb.ExecutionResult(
         stdout=result.stdout,
         stderr=result.stderr,
-        exit_code=result.exit_code,
+        exit_code=clamp_exit_code(result.exit_code),
         duration_s=result.duration_s,
         timed_out=result.timed_out,
         stdout_truncated=result.stdout_truncated,

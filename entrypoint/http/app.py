@@ -39,6 +39,7 @@ def create_app(
     app.state.api = api
     app.state.authenticator = authenticator
     app.state.metrics = metrics
+    app.state.logger = logger
     app.include_router(v1)
     app.include_router(health)
     app.include_router(protected)
@@ -48,5 +49,6 @@ def create_app(
         logger=access_logger,
         metrics=metrics,
         max_body_bytes=max_code_bytes * _JSON_GROWTH + _BODY_OVERHEAD,
+        authenticator=authenticator,
     )
     return app

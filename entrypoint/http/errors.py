@@ -12,7 +12,13 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from domain.errors import SandboxServiceError
-from entrypoint.errors import INTERNAL_ERROR, error_row, public_message
+from entrypoint.errors import (
+    INTERNAL_ERROR,
+    error_row,
+    is_generic,
+    log_error_detail,
+    public_message,
+)
 from entrypoint.metrics import ServiceMetrics
 from usecase.ports import Logger
 
@@ -27,20 +33,27 @@ _HTTP_CODES = {
 }
 
 
+def error_body(code: str, message: str, request_id: str) -> dict[str, str]:
+    return {"code": code, "message": message, "request_id": request_id}
+
+
 def error_response(
-    status: int, code: str, message: str, headers: dict[str, str] | None = None
+    status: int,
+    code: str,
+    message: str,
+    headers: dict[str, str] | None = None,
+    request_id: str = "",
 ) -> JSONResponse:
     extra = dict(headers or {})
     if status in (429, 503):
         extra.setdefault("Retry-After", _RETRY_AFTER_SECONDS)
     if status == 401:
         extra.setdefault("WWW-Authenticate", "Bearer")
-    return JSONResponse({"code": code, "message": message}, status_code=status, headers=extra)
+    return JSONResponse(error_body(code, message, request_id), status_code=status, headers=extra)
 
 
-def response_for(error: BaseException) -> JSONResponse:
-    row = error_row(error)
-    return error_response(row.http_status, row.code, public_message(error))
+def request_id_of(request: Request) -> str:
+    return str(getattr(request.state, "request_id", ""))
 
 
 def install_error_handlers(app: FastAPI, metrics: ServiceMetrics, logger: Logger) -> None:
@@ -48,27 +61,44 @@ def install_error_handlers(app: FastAPI, metrics: ServiceMetrics, logger: Logger
         metrics.errors.labels(code, "http").inc()
 
     async def service_error(request: Request, exc: Exception) -> JSONResponse:
-        count(error_row(exc).code)
-        return response_for(exc)
+        row = error_row(exc)
+        count(row.code)
+        request_id = request_id_of(request)
+        if is_generic(exc):
+            log_error_detail(logger, "http_request_failed", exc, request_id, "http")
+        return error_response(
+            row.http_status, row.code, public_message(exc, request_id), request_id=request_id
+        )
 
     async def validation_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
         count("invalid_request")
-        return error_response(422, "invalid_request", _describe_validation(exc.errors()))
+        return error_response(
+            422,
+            "invalid_request",
+            _describe_validation(exc.errors()),
+            request_id=request_id_of(request),
+        )
 
     async def http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
         code = _HTTP_CODES.get(exc.status_code, f"http_{exc.status_code}")
         count(code)
-        return error_response(exc.status_code, code, str(exc.detail), dict(exc.headers or {}))
+        return error_response(
+            exc.status_code,
+            code,
+            str(exc.detail),
+            dict(exc.headers or {}),
+            request_id=request_id_of(request),
+        )
 
     async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
         count(INTERNAL_ERROR)
-        logger.error(
-            "http_unhandled_error",
-            {"error": type(exc).__name__, "detail": str(exc)[:500], "path": request.url.path},
+        request_id = request_id_of(request)
+        log_error_detail(logger, "http_unhandled_error", exc, request_id, "http")
+        return error_response(
+            500, INTERNAL_ERROR, public_message(exc, request_id), request_id=request_id
         )
-        return error_response(500, INTERNAL_ERROR, public_message(exc))
 
     app.add_exception_handler(SandboxServiceError, service_error)
     app.add_exception_handler(RequestValidationError, validation_error)

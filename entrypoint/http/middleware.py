@@ -1,43 +1,53 @@
-"""Request id, body-size guard and the access log, as one plain ASGI middleware.
+"""Request id, API key, body-size guard and the access log, as one plain ASGI middleware.
 
-Plain ASGI rather than BaseHTTPMiddleware: it adds no task or body copy per request and it
-passes streamed (SSE) responses through untouched.
+Plain ASGI rather than BaseHTTPMiddleware: it adds no task per request and it passes streamed
+(SSE) responses through untouched.
+
+An unauthenticated request must cost almost nothing, so on the protected paths the key is
+checked from the headers before the body is read: at most 16 KiB of it is read and dropped
+(so that a client sees the 401 rather than a reset); past that the 401 closes the connection and
+the rest of an upload is never read. The body is then read here, counting the bytes that
+actually arrive (chunked bodies have no Content-Length to trust), and refused with 413 as soon as
+it passes the limit; the application reads the buffered copy.
 """
 
 from __future__ import annotations
 
-import itertools
 import json
-import re
 import time
-import uuid
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from entrypoint.auth import ApiKeyAuthenticator
+from entrypoint.errors import UnauthenticatedError
 from entrypoint.metrics import ServiceMetrics
+from entrypoint.request_ids import request_id_or_new
 from usecase.ports import Logger
 
 REQUEST_ID_HEADER = "x-request-id"
-# A caller's own id is echoed only when it is short and plain, so that it cannot forge log lines.
-_SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-# Generated ids: a random per-process prefix and a counter, unique without a syscall per request.
-_ID_PREFIX = uuid.uuid4().hex[:16]
-_ID_COUNTER = itertools.count(1)
-
-
-def new_request_id() -> str:
-    return f"{_ID_PREFIX}{next(_ID_COUNTER):016x}"
+# Paths that need a key (the routers' dependency checks it again, and documents it in OpenAPI).
+_PROTECTED_PREFIXES = ("/v1/",)
+_PROTECTED_PATHS = frozenset({"/metrics"})
+# What an unauthenticated request may make the service read (and discard) at most.
+_DRAIN_LIMIT = 16 * 1024
 
 
 class RequestContextMiddleware:
     def __init__(
-        self, app: ASGIApp, *, logger: Logger, metrics: ServiceMetrics, max_body_bytes: int
+        self,
+        app: ASGIApp,
+        *,
+        logger: Logger,
+        metrics: ServiceMetrics,
+        max_body_bytes: int,
+        authenticator: ApiKeyAuthenticator,
     ) -> None:
         self._app = app
         self._logger = logger
         self._metrics = metrics
         self._max_body_bytes = max_body_bytes
+        self._authenticator = authenticator
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -45,9 +55,7 @@ class RequestContextMiddleware:
             return
         started = time.perf_counter()
         headers = _headers(scope)
-        request_id = headers.get(REQUEST_ID_HEADER, "")
-        if not _SAFE_REQUEST_ID.match(request_id):
-            request_id = new_request_id()
+        request_id = request_id_or_new(headers.get(REQUEST_ID_HEADER))
         scope.setdefault("state", {})["request_id"] = request_id
         status = 500
 
@@ -63,13 +71,56 @@ class RequestContextMiddleware:
             await send(message)
 
         try:
+            has_body = _has_body(headers)
+            refusal = self._unauthenticated(scope, headers)
+            if refusal is not None:
+                self._metrics.errors.labels("unauthenticated", "http").inc()
+                # A small body is read and dropped, so that the client sees the 401 rather than
+                # a reset; anything more is never read, and the connection closes.
+                unread = has_body and not await _drain(receive, _DRAIN_LIMIT)
+                await _reject(send_with_id, 401, "unauthenticated", refusal, request_id, unread)
+                return
             if self._too_large(headers):
-                self._metrics.errors.labels("code_too_large", "http").inc()
-                await _reject_too_large(send_with_id, self._max_body_bytes)
-            else:
-                await self._app(scope, receive, send_with_id)
+                await self._reject_too_large(send_with_id, request_id)
+                return
+            if has_body:
+                body = await self._read_body(receive)
+                if body is None:
+                    await self._reject_too_large(send_with_id, request_id)
+                    return
+                receive = _replay(body, receive)
+            await self._app(scope, receive, send_with_id)
         finally:
             self._log(scope, status, request_id, time.perf_counter() - started)
+
+    def _unauthenticated(self, scope: Scope, headers: dict[str, str]) -> str | None:
+        if not is_protected(scope.get("path", "")):
+            return None
+        try:
+            self._authenticator.check_header(headers.get("authorization"))
+        except UnauthenticatedError as error:
+            return str(error)
+        return None
+
+    async def _read_body(self, receive: Receive) -> list[Message] | None:
+        """The request's messages, or None once more than the limit has arrived."""
+        messages: list[Message] = []
+        received = 0
+        while True:
+            message = await receive()
+            messages.append(message)
+            if message["type"] != "http.request":
+                return messages
+            received += len(message.get("body", b""))
+            if received > self._max_body_bytes:
+                return None
+            if not message.get("more_body", False):
+                return messages
+
+    async def _reject_too_large(self, send: Send, request_id: str) -> None:
+        self._metrics.errors.labels("code_too_large", "http").inc()
+        message = f"request body is larger than {self._max_body_bytes} bytes"
+        await _reject(send, 413, "code_too_large", message, request_id, True)
 
     def _too_large(self, headers: dict[str, str]) -> bool:
         length = headers.get("content-length", "")
@@ -100,21 +151,54 @@ def _headers(scope: Scope) -> dict[str, str]:
     return {key.decode("latin-1"): value.decode("latin-1") for key, value in raw}
 
 
-async def _reject_too_large(send: Send, limit: int) -> None:
-    body: dict[str, Any] = {
-        "code": "code_too_large",
-        "message": f"request body is larger than {limit} bytes",
-    }
+def is_protected(path: str) -> bool:
+    """Whether a path needs an API key (a unit test holds this to the routers' dependencies)."""
+    return path.startswith(_PROTECTED_PREFIXES) or path in _PROTECTED_PATHS
+
+
+def _has_body(headers: dict[str, str]) -> bool:
+    return "transfer-encoding" in headers or headers.get("content-length", "0") not in ("", "0")
+
+
+async def _drain(receive: Receive, limit: int) -> bool:
+    """Read and discard a body of at most ``limit`` bytes; False when it is longer."""
+    received = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return True
+        received += len(message.get("body", b""))
+        if received > limit:
+            return False
+        if not message.get("more_body", False):
+            return True
+
+
+def _replay(messages: list[Message], receive: Receive) -> Receive:
+    """The buffered body first, then the connection's own messages (a disconnect)."""
+    pending = list(messages)
+
+    async def replayed() -> Message:
+        if pending:
+            return pending.pop(0)
+        return await receive()
+
+    return replayed
+
+
+async def _reject(
+    send: Send, status: int, code: str, message: str, request_id: str, close: bool
+) -> None:
+    body: dict[str, Any] = {"code": code, "message": message, "request_id": request_id}
     payload = json.dumps(body).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 413,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(payload)).encode()),
-                (b"connection", b"close"),
-            ],
-        }
-    )
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(payload)).encode()),
+    ]
+    if status == 401:
+        headers.append((b"www-authenticate", b"Bearer"))
+    if close:
+        # The unread rest of the body is never read: the connection ends with the response.
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": payload})

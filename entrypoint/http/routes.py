@@ -5,19 +5,28 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.types import Receive, Scope, Send
 
 from domain.errors import InvalidInputError
 from domain.execution import OutputChunk
 from domain.sandbox import SandboxStatus, parse_chat_id
-from entrypoint.application.sandbox_api import SandboxApi, StreamEvent
+from entrypoint.application.sandbox_api import SandboxApi
+from entrypoint.application.streaming import ExecutionStream, StreamEvent
 from entrypoint.auth import ApiKeyAuthenticator
-from entrypoint.errors import error_code, public_message
+from entrypoint.errors import (
+    SlowClientError,
+    error_code,
+    is_generic,
+    log_error_detail,
+    public_message,
+)
+from entrypoint.http.errors import request_id_of
 from entrypoint.http.schemas import (
     ErrorBody,
     ExecuteBody,
@@ -28,6 +37,7 @@ from entrypoint.http.schemas import (
     sandbox_json,
 )
 from entrypoint.metrics import METRICS_CONTENT_TYPE, ServiceMetrics
+from usecase.ports import Logger
 
 TRANSPORT = "http"
 EVENT_STREAM = "text/event-stream"
@@ -184,8 +194,8 @@ def _parse_status(value: str | None) -> SandboxStatus | None:
 async def _stream(
     api: SandboxApi, request: Request, chat_id: Any, execution_request: Any
 ) -> Response:
-    events = api.execute_stream(chat_id, execution_request, TRANSPORT)
-    first = asyncio.ensure_future(anext(events))
+    stream = api.execute_stream(chat_id, execution_request, TRANSPORT)
+    first = asyncio.ensure_future(anext(stream))
     done, _ = await asyncio.wait({first}, timeout=STREAM_HEADER_WAIT_S)
     if done:
         # Raises here, before any header went out, so the error table picks the status.
@@ -193,28 +203,60 @@ async def _stream(
     else:
         first_event = None
     metrics: ServiceMetrics = request.app.state.metrics
+    logger: Logger = request.app.state.logger
+    request_id = request_id_of(request)
 
-    async def body() -> AsyncIterator[bytes]:
+    async def frames() -> AsyncGenerator[bytes, None]:
         try:
             if first_event is None:
                 yield b": running\n\n"
                 yield _sse(await first)
             else:
                 yield _sse(first_event)
-            async for event in events:
+            async for event in stream:
                 yield _sse(event)
+        except SlowClientError:
+            raise
         except Exception as exc:
             code = error_code(exc)
             metrics.errors.labels(code, TRANSPORT).inc()
-            yield _frame("error", {"code": code, "message": public_message(exc)})
-        finally:
-            await events.aclose()
+            if is_generic(exc):
+                log_error_detail(logger, "http_request_failed", exc, request_id, TRANSPORT)
+            message = public_message(exc, request_id)
+            yield _frame("error", {"code": code, "message": message, "request_id": request_id})
 
-    return StreamingResponse(
-        body(),
-        media_type=EVENT_STREAM,
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+    return _EventStreamResponse(stream, frames())
+
+
+class _EventStreamResponse(Response):
+    """SSE whose every send is raced against the stream's buffer: a client that does not read
+    while its output piles up is dropped (the connection closes), instead of holding memory."""
+
+    media_type = EVENT_STREAM
+
+    def __init__(self, stream: ExecutionStream, frames: AsyncGenerator[bytes, None]) -> None:
+        super().__init__(
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            media_type=EVENT_STREAM,
+        )
+        # The length is unknown: Response put a Content-Length of the empty body.
+        self.raw_headers = [(k, v) for k, v in self.raw_headers if k != b"content-length"]
+        self._stream = stream
+        self._frames = frames
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+        try:
+            async for frame in self._frames:
+                message = {"type": "http.response.body", "body": frame, "more_body": True}
+                await self._stream.deliver(send(message))
+        except SlowClientError:
+            # Returning without ending the body makes the server close the connection.
+            return
+        finally:
+            await self._frames.aclose()
+            await self._stream.aclose()
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 def _sse(event: StreamEvent) -> bytes:

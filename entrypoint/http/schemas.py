@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from domain.execution import ExecutionResult
 from domain.sandbox import SandboxSession
+from entrypoint.wire import clamp_exit_code
 from usecase.execute import CodeExecution
 
 
@@ -25,6 +26,7 @@ class ExecuteBody(BaseModel):
 class ErrorBody(BaseModel):
     code: str = Field(description="Stable snake_case error code; see the README's error table.")
     message: str
+    request_id: str = Field(description="The request's x-request-id; the log has the detail.")
 
 
 class SandboxView(BaseModel):
@@ -81,7 +83,7 @@ def result_json(result: ExecutionResult) -> dict[str, Any]:
     return {
         "stdout": result.stdout,
         "stderr": result.stderr,
-        "exit_code": result.exit_code,
+        "exit_code": clamp_exit_code(result.exit_code),
         "duration_s": result.duration_s,
         "timed_out": result.timed_out,
         "stdout_truncated": result.stdout_truncated,

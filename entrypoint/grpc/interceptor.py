@@ -1,0 +1,66 @@
+"""API keys for every gRPC method, checked in one server interceptor before the request message
+is deserialised or any servicer code runs (a new method cannot forget it)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from grpc.aio import ServicerContext
+
+from entrypoint.auth import ApiKeyAuthenticator
+from entrypoint.errors import UnauthenticatedError
+from entrypoint.metrics import ServiceMetrics
+
+ERROR_CODE_METADATA_KEY = "sandboxd-error-code"
+_CODE = "unauthenticated"
+
+
+def metadata_value(metadata: Any, name: str) -> str | None:
+    for key, value in metadata or ():
+        if key == name:
+            return value if isinstance(value, str) else value.decode("latin-1")
+    return None
+
+
+class ApiKeyInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    def __init__(self, authenticator: ApiKeyAuthenticator, metrics: ServiceMetrics) -> None:
+        self._authenticator = authenticator
+        self._metrics = metrics
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        metadata = handler_call_details.invocation_metadata
+        try:
+            self._authenticator.check_header(metadata_value(metadata, "authorization"))
+        except UnauthenticatedError as error:
+            self._metrics.errors.labels(_CODE, "grpc").inc()
+            handler = await continuation(handler_call_details)
+            return _refusal(handler, str(error))
+        return await continuation(handler_call_details)
+
+
+def _refusal(handler: grpc.RpcMethodHandler | None, message: str) -> Any:
+    """A handler of the same kind that aborts; no deserialiser, so the request stays bytes."""
+
+    async def abort(context: ServicerContext[Any, Any]) -> None:
+        await context.abort(
+            grpc.StatusCode.UNAUTHENTICATED,
+            message,
+            trailing_metadata=((ERROR_CODE_METADATA_KEY, _CODE),),
+        )
+
+    async def unary(request: bytes, context: ServicerContext[Any, Any]) -> None:
+        await abort(context)
+
+    async def stream(request: bytes, context: ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+        await abort(context)
+        yield  # pragma: no cover - makes this an async generator
+
+    if handler is not None and handler.response_streaming:
+        return grpc.unary_stream_rpc_method_handler(stream)
+    return grpc.unary_unary_rpc_method_handler(unary)
