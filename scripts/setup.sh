@@ -61,6 +61,12 @@ setup_qemu() {
   command -v qemu-system-x86_64 >/dev/null || die "qemu-system-x86_64 missing after install"
 }
 
+setup_browser() {
+  # Headless Chromium for the tests of the service's web pages (/docs); the service never needs it.
+  apt_install chromium fonts-dejavu-core
+  command -v chromium >/dev/null || die "chromium missing after install"
+}
+
 setup_postgres() {
   if pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then return 0; fi
   command -v pg_ctlcluster >/dev/null 2>&1 || apt_install postgresql
@@ -105,6 +111,7 @@ for component in "$@"; do
     image-tools) setup_image_tools ;;
     qemu) setup_qemu ;;
     postgres) setup_postgres; setup_postgres_role ;;
+    browser) setup_browser ;;
     image) setup_image ;;
     *) die "unknown component $component" ;;
   esac
