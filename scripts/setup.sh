@@ -61,10 +61,14 @@ setup_qemu() {
   command -v qemu-system-x86_64 >/dev/null || die "qemu-system-x86_64 missing after install"
 }
 
-setup_browser() {
-  # Headless Chromium for the tests of the service's web pages (/docs); the service never needs it.
-  apt_install chromium fonts-dejavu-core
-  command -v chromium >/dev/null || die "chromium missing after install"
+setup_ops_tools() {
+  # Only the tests of the operator-facing files need these; the service never does: headless
+  # Chromium renders /docs, promtool checks the alert rules, systemd-analyze the unit file and
+  # docker-compose the compose file.
+  apt_install chromium fonts-dejavu-core prometheus systemd docker-compose
+  for tool in chromium promtool systemd-analyze docker-compose; do
+    command -v "$tool" >/dev/null || die "$tool missing after install"
+  done
 }
 
 setup_postgres() {
@@ -111,7 +115,7 @@ for component in "$@"; do
     image-tools) setup_image_tools ;;
     qemu) setup_qemu ;;
     postgres) setup_postgres; setup_postgres_role ;;
-    browser) setup_browser ;;
+    ops-tools) setup_ops_tools ;;
     image) setup_image ;;
     *) die "unknown component $component" ;;
   esac

@@ -82,7 +82,7 @@ def test_fastapi_cdn_pages_are_gone(service: ServiceProcess) -> None:
 def chromium() -> str:
     binary = chromium_binary()
     if binary is None:
-        pytest.fail("chromium is not installed: scripts/setup.sh browser")
+        pytest.fail("chromium is not installed: scripts/setup.sh ops-tools")
     return binary
 
 
