@@ -113,7 +113,9 @@ def check_gvisor(settings: Settings) -> Check:
 
     wanted = configured_docker_runtime(settings)
     if settings.runtime != "docker" or wanted != "runsc":
-        return Check("gvisor", Status.SKIP, "not configured (SANDBOXD_DOCKER_RUNTIME is not runsc)")
+        return Check(
+            "gvisor", Status.SKIP, "not configured (sandboxes use the engine's default runtime)"
+        )
     registration = (
         '/etc/docker/daemon.json: {"runtimes": {"runsc": {"path": "/usr/bin/runsc", '
         '"runtimeArgs": ["--platform=ptrace", "--network=none", "--host-uds=create"]}}}, '

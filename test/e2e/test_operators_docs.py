@@ -2,7 +2,7 @@
 
 A real ``sandboxd serve``; a real headless Chromium loads the pages through a recording proxy that
 forwards only to the service and refuses (and records) anything else; the rendered DOM lists every
-route of the OpenAPI document. ``SANDBOXD_UPDATE_SCREENSHOT=1`` also writes docs/api-docs.png.
+route of the OpenAPI document. ``UPDATE_DOCS_SCREENSHOT=1`` also writes docs/api-docs.png.
 """
 
 from __future__ import annotations
@@ -112,7 +112,7 @@ def test_chromium_renders_every_route_offline(
     assert proxy.refused == []
     assert shot.returncode == 0 and screenshot.stat().st_size > 20_000, shot.stderr[-1000:]
     assert screenshot.read_bytes().startswith(b"\x89PNG")
-    if os.environ.get("SANDBOXD_UPDATE_SCREENSHOT"):
+    if os.environ.get("UPDATE_DOCS_SCREENSHOT"):
         shutil.copyfile(screenshot, ROOT / "docs" / "api-docs.png")
 
 
