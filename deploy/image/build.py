@@ -185,7 +185,23 @@ def build(client: docker.DockerClient, tag_latest: bool = True) -> str:
             )
         if tag_latest:
             client.images.get(tag).tag(REPOSITORY, "latest")
+    prune_old_tags(client, keep=tag)
     return tag
+
+
+def prune_old_tags(client: docker.DockerClient, keep: str, min_age_s: float = 3600) -> None:
+    """Drop older builds (an hour old or more, so not a concurrent build's) except :latest;
+    the engine refuses, and we skip, those a container still uses."""
+    for image in client.api.images(name=REPOSITORY):
+        if time.time() - float(image.get("Created") or time.time()) < min_age_s:
+            continue
+        for old in image.get("RepoTags") or []:
+            if old not in (keep, f"{REPOSITORY}:latest"):
+                try:
+                    client.api.remove_image(old)
+                    log(f"removed old image {old}")
+                except docker.errors.APIError:
+                    pass
 
 
 def main() -> int:
