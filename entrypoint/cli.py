@@ -143,6 +143,19 @@ def cmd_image_build(container: Container, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_doctor(container: Container, args: argparse.Namespace) -> int:
+    """Check this host for what the service needs; exit 1 when the configured runtime can't work."""
+    from entrypoint.doctor import exit_status, run_checks
+
+    results = run_checks(container.settings())
+    if args.json:
+        _print_json([result.as_json() for result in results])
+    else:
+        for result in results:
+            print(result.line())
+    return exit_status(results)
+
+
 def cmd_bench(container: Container, args: argparse.Namespace) -> int:
     """Hand over to ``python -m bench`` (in the source tree; benchmarks are not installed)."""
     import subprocess
@@ -208,6 +221,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--runtime", choices=["docker", "qemu"], help="default: SANDBOXD_RUNTIME"
     )
     image_build.set_defaults(handler=cmd_image_build)
+
+    doctor = commands.add_parser(
+        "doctor", help="check Docker, gVisor, QEMU/KVM, images, database, disk, memory, S3"
+    )
+    doctor.add_argument("--json", action="store_true", help="print the checks as JSON")
+    doctor.set_defaults(handler=cmd_doctor)
 
     # Its own prefix character, so that --quick, -h etc. all reach bench/run untouched.
     bench = commands.add_parser(

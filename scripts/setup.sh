@@ -71,6 +71,23 @@ setup_qemu() {
   fi
 }
 
+setup_ops_tools() {
+  # Only the tests of the operator-facing files need these; the service never does: headless
+  # Chromium renders /docs, promtool checks the alert rules, systemd-analyze the unit file and
+  # docker-compose the compose file; node runs the TypeScript client's tests, whose one dev
+  # dependency (typescript, pinned in package-lock.json) comes from the npm registry here, so
+  # that the tests themselves need no network.
+  command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || apt_install nodejs npm
+  apt_install chromium fonts-dejavu-core prometheus systemd docker-compose
+  for tool in chromium promtool systemd-analyze docker-compose node npm; do
+    command -v "$tool" >/dev/null || die "$tool missing after install"
+  done
+  if [ ! -x clients/typescript/node_modules/.bin/tsc ]; then
+    log "npm ci in clients/typescript"
+    (cd clients/typescript && npm ci --no-audit --no-fund --loglevel=error) || die "npm ci (clients/typescript)"
+  fi
+}
+
 setup_postgres() {
   if pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then return 0; fi
   command -v pg_ctlcluster >/dev/null 2>&1 || apt_install postgresql
@@ -115,6 +132,7 @@ for component in "$@"; do
     image-tools) setup_image_tools ;;
     qemu) setup_qemu ;;
     postgres) setup_postgres; setup_postgres_role ;;
+    ops-tools) setup_ops_tools ;;
     image) setup_image ;;
     *) die "unknown component $component" ;;
   esac

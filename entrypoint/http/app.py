@@ -6,6 +6,7 @@ from fastapi import FastAPI
 
 from entrypoint.application.sandbox_api import SandboxApi
 from entrypoint.auth import ApiKeyAuthenticator
+from entrypoint.http.docs import mount_docs
 from entrypoint.http.errors import install_error_handlers
 from entrypoint.http.middleware import RequestContextMiddleware
 from entrypoint.http.routes import health, protected, v1
@@ -35,7 +36,15 @@ def create_app(
     access_logger: Logger,
     max_code_bytes: int,
 ) -> FastAPI:
-    app = FastAPI(title="sandboxd", version="1", description=DESCRIPTION.strip())
+    # FastAPI's own /docs and /redoc load their assets from a CDN; mount_docs serves them itself.
+    app = FastAPI(
+        title="sandboxd",
+        version="1",
+        description=DESCRIPTION.strip(),
+        docs_url=None,
+        redoc_url=None,
+    )
+    mount_docs(app)
     app.state.api = api
     app.state.authenticator = authenticator
     app.state.metrics = metrics
