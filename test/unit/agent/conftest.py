@@ -8,7 +8,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -19,13 +19,14 @@ AGENT = Path(__file__).resolve().parents[3] / "adapter" / "agent" / "guest" / "s
 
 
 class AgentProcess:
-    def __init__(self, directory: Path, *extra_args: str) -> None:
+    def __init__(self, directory: Path, *extra_args: str, prefix: Sequence[str] = ()) -> None:
         self.directory = directory
         self.socket = directory / "agent.sock"
         self.workdir = directory / "work"
         self.workdir.mkdir()
         self.process = subprocess.Popen(
             [
+                *prefix,
                 sys.executable,
                 str(AGENT),
                 "--listen",
