@@ -18,6 +18,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import subprocess
 import tarfile
 import time
@@ -27,8 +28,10 @@ from pathlib import Path
 
 from filelock import FileLock
 
-# Bump when the build steps change in a way that changes the tree.
+# Bump when the build steps change in a way that changes the tree: BUILDER_VERSION for the
+# debootstrap layer, FINISH_VERSION for what _finish does on top of it (no new debootstrap).
 BUILDER_VERSION = "3"
+FINISH_VERSION = "2"
 SUITE = "bookworm"
 PACKAGES: tuple[str, ...] = ("python3", "nodejs")
 SANDBOX_USER = "sandbox"
@@ -90,6 +93,7 @@ def rootfs_hash(mirror: str | None = None, packages: tuple[str, ...] = PACKAGES)
         json.dumps(
             {
                 "base": base_hash(mirror or configured_mirror(), packages),
+                "finish": FINISH_VERSION,
                 "agent": agent,
                 "user": [SANDBOX_USER, SANDBOX_UID],
             },
@@ -187,6 +191,22 @@ def _finish(root: Path) -> None:
         path.chmod(mode)
     os.chown(root / "workspace", SANDBOX_UID, SANDBOX_UID)
     (root / "etc/hostname").write_text("sandbox\n")
+    _strip_setid_bits(root)
+
+
+def _strip_setid_bits(root: Path) -> None:
+    """No setuid/setgid program in the sandbox: nothing there may run with more than its caller.
+
+    debootstrap brings some (su, mount, passwd, ...). Directories keep their setgid bit: it only
+    makes new files inherit the group.
+    """
+    setid = stat.S_ISUID | stat.S_ISGID
+    for directory, _dirs, files in os.walk(root):
+        for name in files:
+            path = os.path.join(directory, name)
+            mode = os.lstat(path).st_mode
+            if stat.S_ISREG(mode) and mode & setid:
+                os.chmod(path, stat.S_IMODE(mode) & ~setid)
 
 
 def _write_tarball(root: Path, tarball: Path) -> None:
