@@ -487,6 +487,9 @@ class Interpreter:
                             done_data += data
                             if b"\n" in done_data:
                                 line = done_data.split(b"\n", 1)[0]
+                                # Whatever the code left running dies before its output is
+                                # read to the end: nothing writes into the pipes any more.
+                                self._agent.sweep()
                                 self._drain(buffers)
                                 return "done", int(json.loads(line)["exit_code"])
                         elif data is not None:
@@ -500,8 +503,9 @@ class Interpreter:
 
     def _died(self, buffers: dict[int, OutputBuffer]) -> tuple[str, int | None]:
         status = self.wait_exit(KILL_GRACE_S)
-        self._drain(buffers)
         # Anything it started dies with it, so nothing keeps writing into a dead session.
+        self._agent.sweep()
+        self._drain(buffers)
         self.kill()
         return "died", exit_code_from_status(status) if status is not None else 137
 
@@ -752,11 +756,11 @@ class Agent:
         double fork, nohup): all descendants of the agent except the live interpreters. Orphans
         are re-parented to the agent (PID 1, or a child subreaper), so none is missed.
         """
-        state_lost = outcome in ("timeout", "died")
         if outcome == "timeout":
             interpreter.kill()
-        self.sweep()
-        return state_lost
+            self.sweep()
+        # "done" and "died" swept before reading the rest of the output (Interpreter.run).
+        return outcome in ("timeout", "died")
 
     def sweep(self) -> None:
         """SIGKILL every descendant that is not a live interpreter, until there is none.

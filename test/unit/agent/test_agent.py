@@ -597,3 +597,11 @@ def test_the_byte_budget_stops_a_fast_endless_stream() -> None:
             client.execute(ExecutionRequest("print(1)", timeout_s=30), 1000, lambda chunk: None)
     finally:
         guest.close()
+
+
+def test_a_background_writer_does_not_hold_up_the_result(agent: AgentClient) -> None:
+    # `yes` inherits the interpreter's stdout and keeps filling it after the execution ended.
+    code = "import subprocess, time; subprocess.Popen(['yes']); time.sleep(0.3); kept = 1"
+    result = run(agent, code, limit=1000)
+    assert result.exit_code == 0 and result.stdout_truncated
+    assert run(agent, "print(kept)").stdout == "1\n"
