@@ -534,13 +534,19 @@ def _read(fd: int) -> bytes | None:
         raise
 
 
-def _descendants(root: int, keep: set[int]) -> list[int]:
+def _signal_all(pids: list[int], signum: int) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signum)
+
+
+def _descendants(root: int, keep: set[int]) -> list[tuple[int, bytes]]:
     """Live processes below ``root`` in the process tree (parent links in /proc), minus ``keep``.
 
     The processes in ``keep`` are left out, their descendants are not. Zombies are left out:
     they are dead already, and their children were handed to a reaper when they died.
     """
-    children: dict[int, list[int]] = {}
+    children: dict[int, list[tuple[int, bytes]]] = {}
     try:
         entries = os.listdir("/proc")
     except OSError:
@@ -555,13 +561,13 @@ def _descendants(root: int, keep: set[int]) -> list[int]:
             continue
         fields = stat[stat.rfind(b")") + 2 :].split()
         if len(fields) > 1 and fields[0] not in (b"Z", b"X"):
-            children.setdefault(int(fields[1]), []).append(int(entry))
-    found: list[int] = []
+            children.setdefault(int(fields[1]), []).append((int(entry), fields[0]))
+    found: list[tuple[int, bytes]] = []
     stack = [root]
     while stack:
-        for child in children.get(stack.pop(), ()):
+        for child, state in children.get(stack.pop(), ()):
             if child not in keep:
-                found.append(child)
+                found.append((child, state))
             stack.append(child)
     return found
 
@@ -763,10 +769,12 @@ class Agent:
         return outcome in ("timeout", "died")
 
     def sweep(self) -> None:
-        """SIGKILL every descendant that is not a live interpreter, until there is none.
+        """Kill every descendant that is not a live interpreter.
 
-        A process with a SIGKILL pending cannot fork any more, so each round only has to catch
-        what was forked while the previous one was being listed.
+        Stop them all first, then kill: a stopped process cannot fork, and it keeps its slot
+        under the pids limit, so a fork bomb cannot refill what the sweep frees while /proc is
+        being read (a slow read under TCG). Stopping goes on until a listing finds nothing that
+        still runs; a SIGKILL then ends them all.
         """
         keep = {
             interpreter.process.pid
@@ -774,17 +782,22 @@ class Agent:
             if interpreter.alive and interpreter.process is not None
         }
         deadline = time.monotonic() + KILL_GRACE_S
-        while True:
+        strays = _descendants(os.getpid(), keep)
+        if not strays:
+            return
+        while time.monotonic() < deadline:
+            running = [pid for pid, state in strays if state not in (b"T", b"t")]
+            if not running:
+                break
+            _signal_all(running, signal.SIGSTOP)
             strays = _descendants(os.getpid(), keep)
-            if not strays:
-                return
-            for pid in strays:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(pid, signal.SIGKILL)
+        while strays:
+            _signal_all([pid for pid, _state in strays], signal.SIGKILL)
             if time.monotonic() > deadline:
                 log(f"{len(strays)} processes survived the sweep")
                 return
             time.sleep(0.001)
+            strays = _descendants(os.getpid(), keep)
 
     def _reseed(self, frame: dict[str, Any]) -> bool:
         try:
