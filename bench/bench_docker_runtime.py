@@ -63,7 +63,7 @@ def rss_mb(client: docker.APIClient, container_id: str) -> tuple[float, list[str
     return total_kb / 1024, names
 
 
-# Runs inside the sandbox (as root, like the agent): the sweep's /proc walk, 2000 times.
+# Runs inside the sandbox (as root, like the agent): the sweep's /proc scan, 2000 times.
 SWEEP_TIMER = """
 import statistics, sys, time
 sys.path.insert(0, '/opt/sandboxd')
@@ -71,7 +71,7 @@ import agent
 samples = []
 for _ in range(2000):
     started = time.perf_counter()
-    agent._descendants(1, set())
+    agent._strays(1, set(), 1000)
     samples.append(time.perf_counter() - started)
 print(statistics.median(samples) * 1e6)
 """

@@ -540,13 +540,17 @@ def _signal_all(pids: list[int], signum: int) -> None:
             os.kill(pid, signum)
 
 
-def _descendants(root: int, keep: set[int]) -> list[tuple[int, bytes]]:
-    """Live processes below ``root`` in the process tree (parent links in /proc), minus ``keep``.
+def _strays(root: int, keep: set[int], sandbox_uid: int | None) -> list[tuple[int, bytes]]:
+    """Live processes (pid, state) left by user code: everything but ``keep`` and the agent.
 
-    The processes in ``keep`` are left out, their descendants are not. Zombies are left out:
-    they are dead already, and their children were handed to a reaper when they died.
+    With ``sandbox_uid`` (the agent is PID 1 of a sandbox of its own and user code has a uid of
+    its own): every process with that uid, read from /proc/PID/status, so no change of parent,
+    session or dumpability hides one. Otherwise (a local agent, the tests): the processes below
+    ``root`` in the process tree; orphans are re-parented to the agent, a child subreaper.
+    Zombies are left out: they are dead already, and the reaper collects them.
     """
-    children: dict[int, list[tuple[int, bytes]]] = {}
+    states: dict[int, bytes] = {}
+    children: dict[int, list[int]] = {}
     try:
         entries = os.listdir("/proc")
     except OSError:
@@ -554,22 +558,39 @@ def _descendants(root: int, keep: set[int]) -> list[tuple[int, bytes]]:
     for entry in entries:
         if not entry.isdigit():
             continue
+        pid = int(entry)
         try:
             with open(f"/proc/{entry}/stat", "rb") as f:
                 stat = f.read()
+            fields = stat[stat.rfind(b")") + 2 :].split()
+            if len(fields) < 2 or fields[0] in (b"Z", b"X") or pid in keep or pid == root:
+                continue
+            if sandbox_uid is not None:
+                if _uids(pid) & {sandbox_uid}:
+                    states[pid] = fields[0]
+                continue
         except OSError:
             continue
-        fields = stat[stat.rfind(b")") + 2 :].split()
-        if len(fields) > 1 and fields[0] not in (b"Z", b"X"):
-            children.setdefault(int(fields[1]), []).append((int(entry), fields[0]))
+        states[pid] = fields[0]
+        children.setdefault(int(fields[1]), []).append(pid)
+    if sandbox_uid is not None:
+        return list(states.items())
     found: list[tuple[int, bytes]] = []
-    stack = [root]
+    stack = [root, *keep]
     while stack:
-        for child, state in children.get(stack.pop(), ()):
-            if child not in keep:
-                found.append((child, state))
+        for child in children.get(stack.pop(), ()):
+            found.append((child, states[child]))
             stack.append(child)
     return found
+
+
+def _uids(pid: int) -> set[int]:
+    """Real, effective, saved and filesystem uid of a process."""
+    with open(f"/proc/{pid}/status", "rb") as f:
+        for line in f:
+            if line.startswith(b"Uid:"):
+                return {int(value) for value in line.split()[1:]}
+    return set()
 
 
 def _execute_arguments(
@@ -663,6 +684,8 @@ class Agent:
             "NODE_DISABLE_COLORS": "1",
             "NO_COLOR": "1",
         }
+        # PID 1 with interpreters under a uid of their own: the whole sandbox is ours to sweep.
+        self._sweep_uid = self.user_uid if os.getpid() == 1 else None
         _become_subreaper()
         self.reaper = Reaper()
         self.interpreters = {language: Interpreter(language, self) for language in LANGUAGES}
@@ -782,7 +805,7 @@ class Agent:
             if interpreter.alive and interpreter.process is not None
         }
         deadline = time.monotonic() + KILL_GRACE_S
-        strays = _descendants(os.getpid(), keep)
+        strays = _strays(os.getpid(), keep, self._sweep_uid)
         if not strays:
             return
         while time.monotonic() < deadline:
@@ -790,14 +813,14 @@ class Agent:
             if not running:
                 break
             _signal_all(running, signal.SIGSTOP)
-            strays = _descendants(os.getpid(), keep)
+            strays = _strays(os.getpid(), keep, self._sweep_uid)
         while strays:
             _signal_all([pid for pid, _state in strays], signal.SIGKILL)
             if time.monotonic() > deadline:
                 log(f"{len(strays)} processes survived the sweep")
                 return
             time.sleep(0.001)
-            strays = _descendants(os.getpid(), keep)
+            strays = _strays(os.getpid(), keep, self._sweep_uid)
 
     def _reseed(self, frame: dict[str, Any]) -> bool:
         try:
