@@ -605,3 +605,45 @@ def test_a_background_writer_does_not_hold_up_the_result(agent: AgentClient) -> 
     result = run(agent, code, limit=1000)
     assert result.exit_code == 0 and result.stdout_truncated
     assert run(agent, "print(kept)").stdout == "1\n"
+
+
+LIVE_PROCESSES = r"""
+import os
+for pid in filter(str.isdigit, os.listdir('/proc')):
+    try:
+        stat = open('/proc/%s/stat' % pid).read()
+    except OSError:
+        continue
+    if stat[stat.rfind(')') + 2] != 'Z':
+        print(stat[: stat.rfind(')') + 1])
+"""
+
+
+def test_as_pid_1_the_sweep_takes_every_process_of_the_sandbox_user() -> None:
+    """As in a container or a microVM: PID 1 of its own pid namespace, interpreters as nobody."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("needs root and unshare(1) to give the agent a pid namespace")
+    directory = Path(tempfile.mkdtemp(prefix="sbx-agent-", dir="/tmp"))
+    directory.chmod(0o711)
+    agent_process = AgentProcess(
+        directory,
+        "--user",
+        f"{NOBODY}:{NOBODY}",
+        "--max-processes",
+        "40",
+        prefix=["unshare", "--pid", "--fork", "--mount-proc"],
+    )
+    agent_process.workdir.chmod(0o777)
+    client = agent_process.connect()
+    try:
+        assert run(client, "echo $PPID; ulimit -u", Language.SHELL).stdout.split() == ["1", "40"]
+        run(client, "kept=yes; bomb() { bomb | bomb & }; bomb", Language.SHELL, timeout_s=3)
+        assert run(client, ESCAPES).stdout.split()[1] == "3"
+        left = run(client, LIVE_PROCESSES).stdout
+        # The agent (1), the python interpreter and the shell interpreter, nothing else.
+        assert len(left.splitlines()) == 3, left
+        assert run(client, "echo $kept", Language.SHELL).stdout == "yes\n"
+    finally:
+        client.close()
+        agent_process.stop()
+        shutil.rmtree(directory, ignore_errors=True)
