@@ -77,6 +77,8 @@ KILL_GRACE_S = 2.0
 # The output left in the pipes after an execution is read for at most this long: a process that
 # keeps writing must not keep the agent from answering.
 DRAIN_S = 1.0
+# How long the sweep may take to stop what an execution left (a fork bomb under TCG: seconds).
+SWEEP_S = 5.0
 PR_SET_DUMPABLE = 4
 PR_SET_CHILD_SUBREAPER = 36
 PR_SET_NO_NEW_PRIVS = 38
@@ -584,6 +586,29 @@ def _strays(root: int, keep: set[int], sandbox_uid: int | None) -> list[tuple[in
     return found
 
 
+def _last_pid() -> bytes:
+    """The last pid handed out in this pid namespace; b"" where /proc/loadavg lacks it."""
+    try:
+        with open("/proc/loadavg", "rb") as f:
+            return f.read().split()[-1]
+    except (OSError, IndexError):
+        return b""
+
+
+def _orphan_zombies(parent: int) -> int:
+    """Zombies whose parent is ``parent`` (the agent: orphans the reaper has yet to collect)."""
+    count = 0
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as f:
+                    fields = f.read().rsplit(b")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            count += fields[0] == b"Z" and int(fields[1]) == parent
+    return count
+
+
 def _uids(pid: int) -> set[int]:
     """Real, effective, saved and filesystem uid of a process."""
     with open(f"/proc/{pid}/status", "rb") as f:
@@ -792,35 +817,44 @@ class Agent:
         return outcome in ("timeout", "died")
 
     def sweep(self) -> None:
-        """Kill every descendant that is not a live interpreter.
+        """Kill every process user code left: all but the agent and the live interpreters.
 
-        Stop them all first, then kill: a stopped process cannot fork, and it keeps its slot
-        under the pids limit, so a fork bomb cannot refill what the sweep frees while /proc is
-        being read (a slow read under TCG). Stopping goes on until a listing finds nothing that
-        still runs; a SIGKILL then ends them all.
+        A fork bomb is a moving target: its processes fork and exit faster than /proc can be
+        read (a listing under TCG can take seconds), so a listing that finds nothing proves
+        nothing unless no process was created while it ran (/proc/loadavg's last pid, which is
+        per pid namespace, did not move). Everything found is stopped first: a stopped process
+        cannot fork and keeps its slot under the process limit, so the bomb cannot refill what
+        the sweep frees. Once a quiet listing finds nothing that still runs, SIGKILL ends them.
         """
         keep = {
             interpreter.process.pid
             for interpreter in self.interpreters.values()
             if interpreter.alive and interpreter.process is not None
         }
-        deadline = time.monotonic() + KILL_GRACE_S
-        strays = _strays(os.getpid(), keep, self._sweep_uid)
-        if not strays:
-            return
-        while time.monotonic() < deadline:
+        me = os.getpid()
+        deadline = time.monotonic() + SWEEP_S
+        while True:
+            before = _last_pid()
+            strays = _strays(me, keep, self._sweep_uid)
             running = [pid for pid, state in strays if state not in (b"T", b"t")]
-            if not running:
+            if not running and _last_pid() == before:
+                break
+            if time.monotonic() > deadline:
                 break
             _signal_all(running, signal.SIGSTOP)
-            strays = _strays(os.getpid(), keep, self._sweep_uid)
+        if not strays:
+            return
+        deadline = time.monotonic() + KILL_GRACE_S
         while strays:
             _signal_all([pid for pid, _state in strays], signal.SIGKILL)
             if time.monotonic() > deadline:
                 log(f"{len(strays)} processes survived the sweep")
                 return
             time.sleep(0.001)
-            strays = _strays(os.getpid(), keep, self._sweep_uid)
+            strays = _strays(me, keep, self._sweep_uid)
+        # The dead still count against the process limit until the reaper has collected them.
+        while _orphan_zombies(me) and time.monotonic() < deadline:
+            time.sleep(0.001)
 
     def _reseed(self, frame: dict[str, Any]) -> bool:
         try:
