@@ -34,10 +34,12 @@ re-parented to it; a reaper thread collects every exit status so they do not pil
 against the pids limit.
 
 Nothing outlives its execution: when an execution ends (normally, by error, by timeout or by
-the interpreter's death), every process below the agent other than the live interpreters is
-killed with SIGKILL before the result is sent, whatever it did to get away (setsid, a double
-fork, nohup). The interpreters' own state (variables, functions, the shell's directory) stays.
-A background job or server started by one execution does not survive into the next.
+the interpreter's death), every process user code started is stopped and then killed before the
+result is sent, whatever it did to get away (setsid, a double fork, nohup, a fork bomb): as PID 1
+with --user (a container, a microVM), every process of that user but the live interpreters;
+otherwise every process below the agent (a child subreaper) but the interpreters. The
+interpreters' own state (variables, functions, the shell's directory) stays. A background job
+or server started by one execution does not survive into the next. See Agent.sweep.
 
 User code cannot reach the agent. Run as root with --user (a container started as root with
 only the capabilities it needs, a microVM's PID 1), the interpreters run as that user with no
