@@ -4,7 +4,9 @@
   `docker exec` in the same run (`true`, and `python3 -c 'print(1)'` for the same work);
 - a new chat's first result through ExecuteCode (create + first execution), against a bare
   `docker run --rm` of the same image running python3 -c 'print(1)' (medians, interleaved);
-- resident memory of one idle sandbox: the RSS of every process in it (agent + python).
+- resident memory of one idle sandbox: the RSS of every process in it (agent + python);
+- the agent's per-execution process sweep (the /proc walk that finds what an execution left),
+  timed inside a sandbox with the agent's own function: its share of the execute round trip.
 
     uv run python -m bench.bench_docker_runtime [--executes 500] [--starts 9]
 """
@@ -61,6 +63,30 @@ def rss_mb(client: docker.APIClient, container_id: str) -> tuple[float, list[str
     return total_kb / 1024, names
 
 
+# Runs inside the sandbox (as root, like the agent): the sweep's /proc scan, 2000 times.
+SWEEP_TIMER = """
+import statistics, sys, time
+sys.path.insert(0, '/opt/sandboxd')
+import agent
+samples = []
+for _ in range(2000):
+    started = time.perf_counter()
+    agent._strays(1, set(), 1000)
+    samples.append(time.perf_counter() - started)
+print(statistics.median(samples) * 1e6)
+"""
+
+
+def sweep_cost_us(container_id: str) -> float:
+    done = subprocess.run(
+        [DOCKER, "exec", container_id, "python3", "-c", SWEEP_TIMER],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return float(done.stdout.strip())
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--executes", type=int, default=500)
@@ -109,6 +135,7 @@ def main() -> int:
         exec_python = [
             timed([DOCKER, "exec", container_id, "python3", "-c", "print(1)"]) for _ in range(30)
         ]
+        sweep_us = sweep_cost_us(container_id)
         time.sleep(1)
         idle_rss, processes = rss_mb(client, container_id)
         runtime.stop(container_id)
@@ -126,6 +153,8 @@ def main() -> int:
                 "p99": round(percentile(round_trips, 0.99) * 1000, 3),
                 "target_p50": 5.0,
             },
+            "process_sweep_p50_us": round(sweep_us, 1),
+            "process_sweep_target_us": 1000,
             "bare_docker_exec_true_p50_ms": round(exec_true_p50, 2),
             "bare_docker_exec_python_print1_p50_ms": round(exec_python_p50, 2),
             "execute_vs_docker_exec_true_ratio": round(p50 / exec_true_p50, 4),

@@ -6,6 +6,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from adapter.agent.client import AgentClient
@@ -14,13 +15,14 @@ AGENT = Path(__file__).resolve().parents[1] / "adapter" / "agent" / "guest" / "s
 
 
 class AgentProcess:
-    def __init__(self, directory: Path, *extra_args: str) -> None:
+    def __init__(self, directory: Path, *extra_args: str, prefix: Sequence[str] = ()) -> None:
         self.directory = directory
         self.socket = directory / "agent.sock"
         self.workdir = directory / "work"
         self.workdir.mkdir()
         self.process = subprocess.Popen(
             [
+                *prefix,
                 sys.executable,
                 str(AGENT),
                 "--listen",

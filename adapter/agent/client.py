@@ -2,7 +2,10 @@
 
 Used by every runtime: the Docker channel and the QEMU chardev are both Unix sockets on the host.
 The guest is untrusted: frames are size-capped and type-checked, and anything that is not a valid
-answer to the request in flight is treated like a dead agent.
+answer to the request in flight is treated like a dead agent. Every request has a total deadline
+(an execution: its timeout plus a margin) and a byte budget for everything the agent sends back,
+so a wedged or hijacked agent that trickles bytes or streams frames for ever cannot hold the
+caller (a chat lock, a worker thread, a lock connection) past that deadline.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import itertools
 import json
 import socket
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -23,6 +27,12 @@ from domain.execution import ExecutionRequest, ExecutionResult, OutputChunk, Out
 # output, a loaded host.
 DEFAULT_MARGIN_S = 10.0
 CONTROL_TIMEOUT_S = 10.0
+CONTROL_BUDGET_BYTES = 64 * 1024
+RECV_CHUNK = 65536
+# JSON escaping makes one byte of output at most 6 characters ("\u00XX").
+_JSON_EXPANSION = 6
+# Room for a frame's own fields (id, type, flags, duration) around its data.
+_FRAME_OVERHEAD = 256
 
 
 class AgentProtocolError(SandboxGoneError):
@@ -48,7 +58,7 @@ class AgentClient:
 
     def __init__(self, sock: socket.socket, margin_s: float = DEFAULT_MARGIN_S) -> None:
         self._sock = sock
-        self._reader = sock.makefile("rb")
+        self._buffer = bytearray()
         self._margin_s = margin_s
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
@@ -74,9 +84,8 @@ class AgentClient:
 
     def close(self) -> None:
         self._closed = True
-        for closer in (self._reader.close, self._sock.close):
-            with contextlib.suppress(OSError):
-                closer()
+        with contextlib.suppress(OSError):
+            self._sock.close()
 
     def ping(self, timeout_s: float = CONTROL_TIMEOUT_S) -> str:
         """The agent's version."""
@@ -112,9 +121,8 @@ class AgentClient:
             request.timeout_s + self._margin_s,
             expect="result",
             on_output=on_output,
-            # Each of stdout and stderr is at most max_output_bytes of UTF-8; JSON escaping
-            # makes a byte at most 6 characters.
-            max_frame=12 * max_output_bytes + 64 * 1024,
+            max_frame=_result_frame_bytes(max_output_bytes),
+            budget=execute_budget_bytes(max_output_bytes, stream=on_output is not None),
         )
         exit_code = frame.get("exit_code")
         if exit_code is not None and (
@@ -141,17 +149,19 @@ class AgentClient:
         timeout_s: float,
         expect: str,
         on_output: Callable[[OutputChunk], None] | None = None,
-        max_frame: int = 1024 * 1024,
+        max_frame: int = CONTROL_BUDGET_BYTES,
+        budget: int = CONTROL_BUDGET_BYTES,
     ) -> dict[str, Any]:
         with self._lock:
             if self._closed:
                 raise SandboxGoneError("the agent connection is closed")
             request_id = next(self._ids)
             frames_seen = [0]
+            exchange = _Exchange(time.monotonic() + timeout_s, budget, max_frame)
             try:
                 self._sock.settimeout(timeout_s)
                 self._sock.sendall((json.dumps({"id": request_id, **request}) + "\n").encode())
-                return self._answer(request_id, expect, on_output, max_frame, frames_seen)
+                return self._answer(request_id, expect, on_output, exchange, frames_seen)
             except (SandboxGoneError, _ClosedError, OSError) as exc:
                 self.close()
                 gone = _as_gone(exc, answered=frames_seen[0] > 0, timeout_s=timeout_s)
@@ -164,11 +174,11 @@ class AgentClient:
         request_id: int,
         expect: str,
         on_output: Callable[[OutputChunk], None] | None,
-        max_frame: int,
+        exchange: _Exchange,
         frames_seen: list[int],
     ) -> dict[str, Any]:
         while True:
-            frame = self._read_frame(request_id, max_frame)
+            frame = self._read_frame(request_id, exchange)
             frames_seen[0] += 1
             kind = frame.get("type")
             if kind == expect:
@@ -187,12 +197,8 @@ class AgentClient:
                 )
             raise AgentProtocolError(f"unexpected frame type {kind!r}")
 
-    def _read_frame(self, request_id: int, max_frame: int) -> dict[str, Any]:
-        line = self._reader.readline(max_frame + 1)
-        if not line:
-            raise _ClosedError("the agent closed the connection")
-        if not line.endswith(b"\n"):
-            raise AgentProtocolError("agent frame too large or cut off")
+    def _read_frame(self, request_id: int, exchange: _Exchange) -> dict[str, Any]:
+        line = self._read_line(exchange)
         try:
             frame = json.loads(line)
         except ValueError as exc:
@@ -200,6 +206,52 @@ class AgentClient:
         if not isinstance(frame, dict) or frame.get("id") != request_id:
             raise AgentProtocolError("agent frame for another request")
         return frame
+
+    def _read_line(self, exchange: _Exchange) -> bytes:
+        searched = 0
+        while True:
+            newline = self._buffer.find(b"\n", searched)
+            if newline >= 0:
+                line = bytes(self._buffer[: newline + 1])
+                del self._buffer[: newline + 1]
+                return line
+            searched = len(self._buffer)
+            if searched > exchange.max_frame:
+                raise AgentProtocolError("agent frame too large")
+            remaining = exchange.deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError("request deadline passed")
+            self._sock.settimeout(remaining)
+            data = self._sock.recv(RECV_CHUNK)
+            if not data:
+                raise _ClosedError("the agent closed the connection")
+            exchange.budget -= len(data)
+            if exchange.budget < 0:
+                raise AgentProtocolError("agent sent more than the request's byte budget")
+            self._buffer += data
+
+
+class _Exchange:
+    """The limits of one request: a total deadline (monotonic) and bytes the agent may send."""
+
+    def __init__(self, deadline: float, budget: int, max_frame: int) -> None:
+        self.deadline = deadline
+        self.budget = budget
+        self.max_frame = max_frame
+
+
+def _result_frame_bytes(max_output_bytes: int) -> int:
+    # Each of stdout and stderr is at most max_output_bytes of UTF-8.
+    return 2 * _JSON_EXPANSION * max_output_bytes + 64 * 1024
+
+
+def execute_budget_bytes(max_output_bytes: int, stream: bool) -> int:
+    """Everything an honest agent can send for one execution: the result frame, and with
+    ``stream`` the same output again in output frames, at worst one kept byte per frame."""
+    budget = _result_frame_bytes(max_output_bytes)
+    if stream:
+        budget += 2 * max_output_bytes * (_JSON_EXPANSION + _FRAME_OVERHEAD)
+    return budget
 
 
 class _ClosedError(Exception):

@@ -1,5 +1,7 @@
 """DockerSandboxRuntime: one hardened container per chat, code runs through its guest agent.
 
+Who runs as what, and the channel's permissions: adapter/docker/container_spec.py.
+
 Channel: a per-sandbox host directory (``<data_dir>/sandboxes/<session hex>``) is bind-mounted at
 /run/sandboxd, the agent listens on a Unix socket there, and the runtime keeps one connection per
 container open (reconnecting on demand, e.g. in a new process). That bind mount is the only host
@@ -19,7 +21,6 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -29,55 +30,39 @@ import docker
 import docker.utils
 import requests
 from docker.errors import DockerException, ImageNotFound, NotFound
-from docker.types import LogConfig
 
 from adapter.agent.client import DEFAULT_MARGIN_S, AgentClient, AgentUnansweredError
-from adapter.docker.image import AGENT_SOCKET_DIR
-from adapter.image.rootfs import AGENT_GUEST_PATH
+from adapter.docker.container_spec import (
+    AGENT_USER,
+    SOCKET_NAME,
+    DockerSandboxConfig,
+    agent_command,
+    host_config,
+    make_channel,
+    seal_channel,
+)
 from domain.errors import RuntimeUnavailableError, SandboxGoneError
 from domain.execution import ExecutionRequest, ExecutionResult
 from domain.sandbox import ManagedSandbox, SandboxSession, SandboxStatus
 from usecase.ports import Logger, OutputSink
 
+__all__ = [
+    "LABEL_CHANNEL",
+    "LABEL_CHAT",
+    "LABEL_INSTANCE",
+    "LABEL_SESSION",
+    "DockerSandboxConfig",
+    "DockerSandboxRuntime",
+]
+
 LABEL_SESSION = "sandboxd.session_id"
 LABEL_CHAT = "sandboxd.chat_id"
 LABEL_INSTANCE = "sandboxd.instance"
 LABEL_CHANNEL = "sandboxd.channel"
-SOCKET_NAME = "agent.sock"
 # sun_path holds 108 bytes; longer socket paths are reached through /proc/self/fd/<dir fd>.
 _MAX_SOCKET_PATH = 100
 # Sends of one request over fresh connections when the agent closed them unanswered.
 _SEND_ATTEMPTS = 3
-
-
-@dataclass(frozen=True)
-class DockerSandboxConfig:
-    """Container settings; the defaults are the hardened ones."""
-
-    image: str
-    instance_id: str
-    data_dir: Path
-    memory_mb: int = 512
-    cpus: float = 1.0
-    pids_limit: int = 128
-    workspace_mb: int = 256
-    tmp_mb: int = 16
-    user: str = "1000:1000"
-    network: str = "none"
-    read_only_root: bool = True
-    drop_all_capabilities: bool = True
-    no_new_privileges: bool = True
-    max_output_bytes: int = 1024 * 1024
-    start_timeout_s: float = 30.0
-    agent_command: tuple[str, ...] = ("python3", AGENT_GUEST_PATH)
-
-    @property
-    def uid_gid(self) -> tuple[int, int]:
-        uid, _, gid = self.user.partition(":")
-        try:
-            return int(uid), int(gid or uid)
-        except ValueError as exc:
-            raise ValueError(f"docker user must be numeric uid[:gid], got {self.user!r}") from exc
 
 
 @contextmanager
@@ -121,19 +106,15 @@ class DockerSandboxRuntime:
         self, *, session_id: UUID, chat_id: UUID, created_at: datetime, expires_at: datetime
     ) -> SandboxSession:
         started = time.monotonic()
-        channel = self._make_channel(session_id)
+        channel = make_channel(self._channels, session_id.hex)
         container_id = ""
         try:
             with _engine("create container"):
                 try:
                     container_id = self._api.create_container(
                         self._config.image,
-                        command=[
-                            *self._config.agent_command,
-                            "--listen",
-                            f"{AGENT_SOCKET_DIR}/{SOCKET_NAME}",
-                        ],
-                        user=self._config.user,
+                        command=agent_command(self._config),
+                        user=AGENT_USER,
                         working_dir="/workspace",
                         hostname="sandbox",
                         labels={
@@ -143,7 +124,7 @@ class DockerSandboxRuntime:
                             LABEL_CHANNEL: str(channel),
                         },
                         network_disabled=self._config.network == "none",
-                        host_config=self._host_config(channel),
+                        host_config=host_config(self._api, self._config, channel),
                         name=f"sandboxd-{session_id}",
                     )["Id"]
                 except ImageNotFound as exc:
@@ -153,7 +134,7 @@ class DockerSandboxRuntime:
                     ) from exc
                 self._api.start(container_id)
             agent = self._wait_for_agent(container_id, channel)
-            _seal_channel(channel)
+            seal_channel(channel)
         except BaseException:
             self._discard(container_id, channel)
             raise
@@ -177,45 +158,6 @@ class DockerSandboxRuntime:
             expires_at=expires_at,
             runtime_kind=self.kind,
         )
-
-    def _host_config(self, channel: Path) -> dict[str, Any]:
-        config = self._config
-        uid, gid = config.uid_gid
-        return self._api.create_host_config(
-            network_mode=config.network,
-            read_only=config.read_only_root,
-            tmpfs={
-                "/workspace": f"size={config.workspace_mb}m,uid={uid},gid={gid},mode=0700,exec",
-                # The container's own /tmp, a small tmpfs: not a host path.
-                "/tmp": f"size={config.tmp_mb}m,uid={uid},gid={gid},mode=1777",  # noqa: S108
-            },
-            cap_drop=["ALL"] if config.drop_all_capabilities else None,
-            security_opt=["no-new-privileges"] if config.no_new_privileges else None,
-            pids_limit=config.pids_limit,
-            mem_limit=f"{config.memory_mb}m",
-            # Same as mem_limit: no swap, so a memory bomb hits the limit instead of the disk.
-            memswap_limit=f"{config.memory_mb}m",
-            nano_cpus=int(config.cpus * 1e9),
-            binds={str(channel): {"bind": AGENT_SOCKET_DIR, "mode": "rw"}},
-            log_config=LogConfig(type="json-file", config={"max-size": "1m", "max-file": "1"}),
-        )
-
-    def _make_channel(self, session_id: UUID) -> Path:
-        channel = self._channels / session_id.hex
-        try:
-            self._channels.mkdir(parents=True, exist_ok=True, mode=0o700)
-            channel.mkdir(mode=0o700)
-            uid, gid = self._config.uid_gid
-            try:
-                os.chown(channel, uid, gid)
-            except PermissionError:
-                # Not root: the agent's user must still be able to create its socket here.
-                channel.chmod(0o777)
-        except OSError as exc:
-            raise RuntimeUnavailableError(
-                f"cannot create the agent channel {channel}: {exc}"
-            ) from exc
-        return channel
 
     def _wait_for_agent(self, container_id: str, channel: Path) -> AgentClient:
         deadline = time.monotonic() + self._config.start_timeout_s
@@ -435,17 +377,3 @@ def _uuid_or_none(value: str | None) -> UUID | None:
         return UUID(value) if value else None
     except ValueError:
         return None
-
-
-def _seal_channel(channel: Path) -> None:
-    """Take the channel directory back from the sandbox user once the agent's socket is in it.
-
-    The agent (PID 1) keeps its listening socket for the container's life and never writes here
-    again. Until now its user could create files in this host directory; from now on code in the
-    sandbox cannot put anything on the host's disk.
-    """
-    try:
-        os.chown(channel, os.getuid(), os.getgid())
-        channel.chmod(0o755)
-    except OSError as exc:
-        raise RuntimeUnavailableError(f"cannot seal the agent channel {channel}: {exc}") from exc

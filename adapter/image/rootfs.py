@@ -18,6 +18,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import subprocess
 import tarfile
 import time
@@ -27,8 +28,10 @@ from pathlib import Path
 
 from filelock import FileLock
 
-# Bump when the build steps change in a way that changes the tree.
+# Bump when the build steps change in a way that changes the tree: BUILDER_VERSION for the
+# debootstrap layer, FINISH_VERSION for what _finish does on top of it (no new debootstrap).
 BUILDER_VERSION = "3"
+FINISH_VERSION = "2"
 SUITE = "bookworm"
 # The default environment serves chat as-is: data analysis and plots work with no settings, and
 # pip is there for offline installs of environments (adapter.environment) on top of this image.
@@ -104,6 +107,7 @@ def rootfs_hash(mirror: str | None = None, packages: tuple[str, ...] = PACKAGES)
         json.dumps(
             {
                 "base": base_hash(mirror or configured_mirror(), packages),
+                "finish": FINISH_VERSION,
                 "agent": agent,
                 "user": [SANDBOX_USER, SANDBOX_UID],
             },
@@ -202,6 +206,7 @@ def _finish(root: Path) -> None:
     os.chown(root / "workspace", SANDBOX_UID, SANDBOX_UID)
     (root / "etc/hostname").write_text("sandbox\n")
     _default_to_agg(root)
+    _strip_setid_bits(root)
 
 
 def _default_to_agg(root: Path) -> None:
@@ -213,6 +218,21 @@ def _default_to_agg(root: Path) -> None:
     lines = rc.read_text().splitlines()
     kept = [line for line in lines if not re.match(r"^\s*#?\s*backend\s*:", line)]
     rc.write_text("\n".join([*kept, "backend: Agg"]) + "\n")
+
+
+def _strip_setid_bits(root: Path) -> None:
+    """No setuid/setgid program in the sandbox: nothing there may run with more than its caller.
+
+    debootstrap brings some (su, mount, passwd, ...). Directories keep their setgid bit: it only
+    makes new files inherit the group.
+    """
+    setid = stat.S_ISUID | stat.S_ISGID
+    for directory, _dirs, files in os.walk(root):
+        for name in files:
+            path = os.path.join(directory, name)
+            mode = os.lstat(path).st_mode
+            if stat.S_ISREG(mode) and mode & setid:
+                os.chmod(path, stat.S_IMODE(mode) & ~setid)
 
 
 def _write_tarball(root: Path, tarball: Path) -> None:

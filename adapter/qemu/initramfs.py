@@ -42,7 +42,8 @@ while [ ! -b /dev/vda ]; do
     i=$((i + 1)); [ $i -gt 500 ] && fail "no /dev/vda"; sleep 0.01
 done
 # Read-only root: the disk never changes, so a memory snapshot restores onto any fresh overlay.
-mount -t ext4 -o ro,noatime /dev/vda /newroot || fail "cannot mount root"
+# nosuid,nodev: no file on it can raise privileges or open a device, whatever the image holds.
+mount -t ext4 -o ro,noatime,nosuid,nodev /dev/vda /newroot || fail "cannot mount root"
 mount -t tmpfs -o size={TMP_SIZE},mode=1777,nosuid,nodev tmpfs /newroot/tmp \\
     || fail "cannot mount /tmp"
 ids=$(awk -F: '$1 == "{SANDBOX_USER}" {{ print $3 ":" $4 }}' /newroot/etc/passwd)
@@ -61,6 +62,10 @@ done
 while [ ! -c "$port" ]; do sleep 0.01; done
 mkdir -p /dev/shm
 mount -t tmpfs -o size={TMP_SIZE},mode=1777,nosuid,nodev tmpfs /dev/shm
+# No user namespaces: user code cannot make itself root of one to reach kernel code that is
+# otherwise root's (the container runtime's seccomp profile blocks them there).
+userns=/proc/sys/user/max_user_namespaces
+[ ! -e $userns ] || echo 0 > $userns || fail "cannot disable user namespaces"
 mount --move /dev /newroot/dev
 mount --move /proc /newroot/proc
 mount --move /sys /newroot/sys

@@ -32,6 +32,21 @@ group and session; the interpreter is started again (python at once, others on n
 When the agent is PID 1 (a container) or a child subreaper, orphaned processes of user code are
 re-parented to it; a reaper thread collects every exit status so they do not pile up as zombies
 against the pids limit.
+
+Nothing outlives its execution: when an execution ends (normally, by error, by timeout or by
+the interpreter's death), every process user code started is stopped and then killed before the
+result is sent, whatever it did to get away (setsid, a double fork, nohup, a fork bomb): as PID 1
+with --user (a container, a microVM), every process of that user but the live interpreters;
+otherwise every process below the agent (a child subreaper) but the interpreters. The
+interpreters' own state (variables, functions, the shell's directory) stays. A background job
+or server started by one execution does not survive into the next. See Agent.sweep.
+
+User code cannot reach the agent. Run as root with --user (a container started as root with
+only the capabilities it needs, a microVM's PID 1), the interpreters run as that user with no
+capabilities, no_new_privs (inherited from the agent) and oom_score_adj 1000. The agent is not
+dumpable (no ptrace, no /proc/PID/mem, not even for its own uid), user code cannot signal it
+(another uid), its socket is the channel directory owner's alone (0600) and a connecting peer
+is checked with SO_PEERCRED (PeerPolicy); a virtio port is root's alone.
 """
 
 from __future__ import annotations
@@ -48,6 +63,7 @@ import select
 import selectors
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -60,18 +76,23 @@ DEFAULT_MAX_OUTPUT = 1024 * 1024
 MAX_REQUEST_BYTES = 16 * 1024 * 1024
 READ_CHUNK = 65536
 KILL_GRACE_S = 2.0
-# Past this share of the cgroup's pids limit after an execution, the interpreter sessions holding
-# the most processes are killed: background fork bombs would otherwise keep the sandbox unable to
-# start anything until it expires.
-PIDS_PRESSURE = 0.75
-PIDS_FILES = (
-    ("/sys/fs/cgroup/pids.max", "/sys/fs/cgroup/pids.current"),
-    ("/sys/fs/cgroup/pids/pids.max", "/sys/fs/cgroup/pids/pids.current"),
-)
+# The output left in the pipes after an execution is read for at most this long: a process that
+# keeps writing must not keep the agent from answering.
+DRAIN_S = 1.0
+# How long the sweep may take to stop what an execution left (a fork bomb under TCG: seconds).
+SWEEP_S = 5.0
+PR_SET_DUMPABLE = 4
+PR_SET_CHILD_SUBREAPER = 36
+PR_SET_NO_NEW_PRIVS = 38
 
 PYTHON_RUNNER = r"""
 import builtins, json, linecache, os, sys, traceback, types
 def _sandboxd_runner(ctl_fd, done_fd):
+    try:
+        with open("/proc/self/oom_score_adj", "w") as f:
+            f.write("1000")
+    except OSError:
+        pass
     for fd in (ctl_fd, done_fd):
         os.set_inheritable(fd, False)
     ctl = os.fdopen(ctl_fd, "rb")
@@ -129,6 +150,7 @@ const report = (e) => {
 };
 process.on('uncaughtException', report);
 process.on('unhandledRejection', report);
+try { fs.writeFileSync('/proc/self/oom_score_adj', '1000'); } catch (_) {}
 const finish = (code) => fs.writeSync(doneFd, JSON.stringify({ exit_code: code }) + '\n');
 let cell = 0;
 async function run(request) {
@@ -176,6 +198,7 @@ exec 3<&"$1" 4>&"$2"
 [ "$1" -ne 3 ] && [ "$1" -ne 4 ] && eval "exec $1<&-"
 [ "$2" -ne 3 ] && [ "$2" -ne 4 ] && eval "exec $2>&-"
 shift 2
+{ echo 1000 > /proc/self/oom_score_adj; } 2>/dev/null
 while IFS= read -r -u 3 __sandboxd_op; do
   IFS= read -r -u 3 __sandboxd_end || exit 0
   __sandboxd_code=
@@ -308,8 +331,6 @@ class Interpreter:
         os.set_blocking(self._wake_r, False)
         self.ctl_w = -1
         self.done_r = -1
-        # Set when the agent killed this interpreter outside of one of its executions.
-        self.state_lost_pending = False
 
     @property
     def alive(self) -> bool:
@@ -368,7 +389,6 @@ class Interpreter:
         assert process.stdout is not None and process.stderr is not None
         for fd in (ctl_w, done_r, process.stdout.fileno(), process.stderr.fileno()):
             os.set_blocking(fd, False)
-        _prefer_for_oom_kill(process.pid)
 
     def exited(self, process: subprocess.Popen[bytes], status: int) -> None:
         process.returncode = exit_code_from_status(status)
@@ -391,21 +411,14 @@ class Interpreter:
         return self.status
 
     def kill(self) -> None:
-        """Kill the interpreter with everything it started: its process group and session."""
+        """Kill the interpreter and its process group; the agent's sweep gets everything else."""
         if self.process is None:
             return
         leader = self.process.pid
-        deadline = time.monotonic() + KILL_GRACE_S
-        while True:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(leader, signal.SIGKILL)
-            stragglers = _live_session_members(leader)
-            for pid in stragglers:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(pid, signal.SIGKILL)
-            if not stragglers or time.monotonic() > deadline:
-                break
-            time.sleep(0.01)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(leader, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(leader, signal.SIGKILL)
         self.wait_exit(KILL_GRACE_S)
         self.close()
 
@@ -478,6 +491,9 @@ class Interpreter:
                             done_data += data
                             if b"\n" in done_data:
                                 line = done_data.split(b"\n", 1)[0]
+                                # Whatever the code left running dies before its output is
+                                # read to the end: nothing writes into the pipes any more.
+                                self._agent.sweep()
                                 self._drain(buffers)
                                 return "done", int(json.loads(line)["exit_code"])
                         elif data is not None:
@@ -491,16 +507,19 @@ class Interpreter:
 
     def _died(self, buffers: dict[int, OutputBuffer]) -> tuple[str, int | None]:
         status = self.wait_exit(KILL_GRACE_S)
-        self._drain(buffers)
         # Anything it started dies with it, so nothing keeps writing into a dead session.
+        self._agent.sweep()
+        self._drain(buffers)
         self.kill()
         return "died", exit_code_from_status(status) if status is not None else 137
 
     @staticmethod
     def _drain(buffers: dict[int, OutputBuffer]) -> None:
-        # Everything written before the done line is already in the pipes: read until empty.
+        # Everything written before the done line is already in the pipes: read until empty, but
+        # not for ever: a background process of the code may still be writing into them.
+        deadline = time.monotonic() + DRAIN_S
         for fd, buffer in buffers.items():
-            while True:
+            while time.monotonic() < deadline:
                 data = _read(fd)
                 if not data:
                     break
@@ -519,33 +538,86 @@ def _read(fd: int) -> bytes | None:
         raise
 
 
-def _prefer_for_oom_kill(pid: int) -> None:
-    # Raising a score needs no privilege, and children inherit it; the agent keeps its default.
-    # Written from here rather than in a preexec_fn so that spawning can use vfork.
-    with contextlib.suppress(OSError), open(f"/proc/{pid}/oom_score_adj", "w") as f:
-        f.write("1000")
+def _signal_all(pids: list[int], signum: int) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signum)
 
 
-def _live_session_members(session: int) -> list[int]:
-    """Processes (not zombies) of one session, found in /proc; [] when /proc is unavailable."""
-    members: list[int] = []
+def _strays(root: int, keep: set[int], sandbox_uid: int | None) -> list[tuple[int, bytes]]:
+    """Live processes (pid, state) left by user code: everything but ``keep`` and the agent.
+
+    With ``sandbox_uid`` (the agent is PID 1 of a sandbox of its own and user code has a uid of
+    its own): every process with that uid, read from /proc/PID/status, so no change of parent,
+    session or dumpability hides one. Otherwise (a local agent, the tests): the processes below
+    ``root`` in the process tree; orphans are re-parented to the agent, a child subreaper.
+    Zombies are left out: they are dead already, and the reaper collects them.
+    """
+    states: dict[int, bytes] = {}
+    children: dict[int, list[int]] = {}
     try:
         entries = os.listdir("/proc")
     except OSError:
-        return members
-    me = os.getpid()
+        return []
     for entry in entries:
-        if not entry.isdigit() or int(entry) == me:
+        if not entry.isdigit():
             continue
+        pid = int(entry)
         try:
             with open(f"/proc/{entry}/stat", "rb") as f:
                 stat = f.read()
+            fields = stat[stat.rfind(b")") + 2 :].split()
+            if len(fields) < 2 or fields[0] in (b"Z", b"X") or pid in keep or pid == root:
+                continue
+            if sandbox_uid is not None:
+                if _uids(pid) & {sandbox_uid}:
+                    states[pid] = fields[0]
+                continue
         except OSError:
             continue
-        fields = stat[stat.rfind(b")") + 2 :].split()
-        if len(fields) > 3 and fields[0] != b"Z" and int(fields[3]) == session:
-            members.append(int(entry))
-    return members
+        states[pid] = fields[0]
+        children.setdefault(int(fields[1]), []).append(pid)
+    if sandbox_uid is not None:
+        return list(states.items())
+    found: list[tuple[int, bytes]] = []
+    stack = [root, *keep]
+    while stack:
+        for child in children.get(stack.pop(), ()):
+            found.append((child, states[child]))
+            stack.append(child)
+    return found
+
+
+def _last_pid() -> bytes:
+    """The last pid handed out in this pid namespace; b"" where /proc/loadavg lacks it."""
+    try:
+        with open("/proc/loadavg", "rb") as f:
+            return f.read().split()[-1]
+    except (OSError, IndexError):
+        return b""
+
+
+def _orphan_zombies(parent: int) -> int:
+    """Zombies whose parent is ``parent`` (the agent: orphans the reaper has yet to collect)."""
+    count = 0
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as f:
+                    fields = f.read().rsplit(b")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            count += fields[0] == b"Z" and int(fields[1]) == parent
+    return count
+
+
+def _uids(pid: int) -> set[int]:
+    """Real, effective, saved and filesystem uid of a process."""
+    with open(f"/proc/{pid}/status", "rb") as f:
+        for line in f:
+            if line.startswith(b"Uid:"):
+                return {int(value) for value in line.split()[1:]}
+    return set()
 
 
 def _execute_arguments(
@@ -566,30 +638,45 @@ def _execute_arguments(
     return language, code, float(timeout_s), limit
 
 
-def _pids_pressure() -> bool:
-    for limit_file, current_file in PIDS_FILES:
-        try:
-            with open(limit_file) as f:
-                limit = f.read().strip()
-            with open(current_file) as f:
-                current = int(f.read())
-        except (OSError, ValueError):
-            continue
-        return limit != "max" and current >= int(limit) * PIDS_PRESSURE
-    return False
-
-
 def _become_subreaper() -> None:
     """Outside PID 1, become the reaper of orphaned grandchildren (Linux prctl); best effort."""
-    if os.getpid() == 1:
-        return
+    if os.getpid() != 1:
+        _prctl(PR_SET_CHILD_SUBREAPER, 1)
+
+
+def _user_ids(user: str) -> tuple[int, int]:
+    """``NAME`` (from the passwd file) or numeric ``UID[:GID]`` (any image, no passwd entry)."""
+    uid, _, gid = user.partition(":")
+    if uid.isdigit() and (not gid or gid.isdigit()):
+        return int(uid), int(gid or uid)
+    import pwd
+
+    entry = pwd.getpwnam(user)
+    return entry.pw_uid, entry.pw_gid
+
+
+def _prctl(option: int, value: int) -> bool:
     try:
         import ctypes
 
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+        return bool(libc.prctl(option, value, 0, 0, 0) == 0)
     except (OSError, AttributeError):
-        pass
+        return False
+
+
+def _protect_self() -> None:
+    """Keep user code away from the agent's memory and from privileges it could gain.
+
+    Not dumpable: its /proc/PID files (mem, environ, fd) belong to root and ptrace is refused,
+    even for a process of the same uid. No new privileges: inherited by every interpreter and
+    everything user code starts, so no setuid binary or file capability ever raises them (the
+    agent itself never needs to gain any, and setuid() for the interpreters is not an exec).
+    """
+    if not _prctl(PR_SET_DUMPABLE, 0):
+        log("cannot make the agent non-dumpable")
+    if not _prctl(PR_SET_NO_NEW_PRIVS, 1):
+        log("cannot set no_new_privs")
 
 
 class Agent:
@@ -605,10 +692,7 @@ class Agent:
         self.user_gid: int | None = None
         home = workdir
         if user and os.getuid() == 0:
-            import pwd
-
-            entry = pwd.getpwnam(user)
-            self.user_uid, self.user_gid = entry.pw_uid, entry.pw_gid
+            self.user_uid, self.user_gid = _user_ids(user)
         if max_processes and self.user_uid is not None:
             import resource
 
@@ -627,6 +711,8 @@ class Agent:
             "NODE_DISABLE_COLORS": "1",
             "NO_COLOR": "1",
         }
+        # PID 1 with interpreters under a uid of their own: the whole sandbox is ours to sweep.
+        self._sweep_uid = self.user_uid if os.getpid() == 1 else None
         _become_subreaper()
         self.reaper = Reaper()
         self.interpreters = {language: Interpreter(language, self) for language in LANGUAGES}
@@ -699,7 +785,7 @@ class Agent:
             outcome, exit_code = interpreter.run(
                 interpreter.encode("run", code), started + timeout_s, stdout, stderr
             )
-        state_lost = self._settle(interpreter, outcome, stderr)
+        state_lost = self._settle(interpreter, outcome)
         send(
             {
                 "id": request_id,
@@ -719,53 +805,58 @@ class Agent:
             with contextlib.suppress(OSError):
                 self._start("python")
 
-    def _settle(self, interpreter: Interpreter, outcome: str, stderr: OutputBuffer) -> bool:
-        """Clean up after one execution; True when the interpreter's state is gone."""
-        state_lost = outcome in ("timeout", "died")
+    def _settle(self, interpreter: Interpreter, outcome: str) -> bool:
+        """Clean up after one execution; True when the interpreter's state is gone.
+
+        Every process the execution started dies here, whatever it did to get away (setsid, a
+        double fork, nohup): all descendants of the agent except the live interpreters. Orphans
+        are re-parented to the agent (PID 1, or a child subreaper), so none is missed.
+        """
         if outcome == "timeout":
             interpreter.kill()
-        if interpreter.state_lost_pending:
-            interpreter.state_lost_pending = False
-            state_lost = True
-        for victim in self._relieve_pids_pressure():
-            if victim is interpreter:
-                state_lost = True
-                stderr.feed(
-                    b"\n[sandboxd] too many processes: this interpreter and everything it "
-                    b"started were killed\n"
-                )
-            else:
-                victim.state_lost_pending = True
-        return state_lost
+            self.sweep()
+        # "done" and "died" swept before reading the rest of the output (Interpreter.run).
+        return outcome in ("timeout", "died")
 
-    def _user_process_pressure(self) -> bool:
-        """Without a pids cgroup (microVMs): count the sandbox user's processes against the cap."""
-        if not self.max_processes or self.user_uid is None:
-            return False
-        count = 0
-        for entry in os.listdir("/proc"):
-            if entry.isdigit():
-                with contextlib.suppress(OSError):
-                    count += os.stat(f"/proc/{entry}").st_uid == self.user_uid
-        return count >= self.max_processes * PIDS_PRESSURE
+    def sweep(self) -> None:
+        """Kill every process user code left: all but the agent and the live interpreters.
 
-    def _relieve_pids_pressure(self) -> list[Interpreter]:
-        """Kill the interpreter sessions that hold most processes when the pids limit is near."""
-        if not _pids_pressure() and not self._user_process_pressure():
-            return []
-        counts = {
-            interpreter: len(_live_session_members(interpreter.process.pid))
+        A fork bomb is a moving target: its processes fork and exit faster than /proc can be
+        read (a listing under TCG can take seconds), so a listing that finds nothing proves
+        nothing unless no process was created while it ran (/proc/loadavg's last pid, which is
+        per pid namespace, did not move). Everything found is stopped first: a stopped process
+        cannot fork and keeps its slot under the process limit, so the bomb cannot refill what
+        the sweep frees. Once a quiet listing finds nothing that still runs, SIGKILL ends them.
+        """
+        keep = {
+            interpreter.process.pid
             for interpreter in self.interpreters.values()
             if interpreter.alive and interpreter.process is not None
         }
-        if not counts:
-            return []
-        worst = max(counts.values())
-        victims = [i for i, count in counts.items() if count >= max(worst // 2, 2)]
-        for victim in victims:
-            log(f"pids limit nearly reached: killing the {victim.language} interpreter")
-            victim.kill()
-        return victims
+        me = os.getpid()
+        deadline = time.monotonic() + SWEEP_S
+        while True:
+            before = _last_pid()
+            strays = _strays(me, keep, self._sweep_uid)
+            running = [pid for pid, state in strays if state not in (b"T", b"t")]
+            if not running and _last_pid() == before:
+                break
+            if time.monotonic() > deadline:
+                break
+            _signal_all(running, signal.SIGSTOP)
+        if not strays:
+            return
+        deadline = time.monotonic() + KILL_GRACE_S
+        while strays:
+            _signal_all([pid for pid, _state in strays], signal.SIGKILL)
+            if time.monotonic() > deadline:
+                log(f"{len(strays)} processes survived the sweep")
+                return
+            time.sleep(0.001)
+            strays = _strays(me, keep, self._sweep_uid)
+        # The dead still count against the process limit until the reaper has collected them.
+        while _orphan_zombies(me) and time.monotonic() < deadline:
+            time.sleep(0.001)
 
     def _reseed(self, frame: dict[str, Any]) -> bool:
         try:
@@ -875,6 +966,49 @@ def serve_stream(
 class HandOverError(Exception):
     """Another host connection is waiting while the current one is idle."""
 
+    def __init__(self, waiting: socket.socket) -> None:
+        super().__init__("handing over to a waiting connection")
+        self.waiting = waiting
+
+
+class PeerPolicy:
+    """Who may talk to the agent on its socket: the host, never code in the sandbox.
+
+    SO_PEERCRED gives the connecting process's uid and its pid as seen from the agent's pid
+    namespace. Refused: the interpreters' uid (``--user``), and, when the agent is PID 1 (a
+    container: its own pid namespace), any peer with a pid, because the host's processes live
+    outside that namespace and show as pid 0. A refused connection is closed at once, before it
+    can send a byte or cost the host its own connection (no hand-over).
+    """
+
+    def __init__(self, sandbox_uid: int | None, host_outside_pid_namespace: bool) -> None:
+        self.sandbox_uid = sandbox_uid
+        self.host_outside_pid_namespace = host_outside_pid_namespace
+
+    def refusal(self, connection: socket.socket) -> str | None:
+        """Why the peer is refused, or None when it may be served."""
+        try:
+            creds = connection.getsockopt(
+                socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")
+            )
+        except OSError as exc:
+            return f"no peer credentials: {exc}"
+        pid, uid, _gid = struct.unpack("3i", creds)
+        if self.sandbox_uid is not None and uid == self.sandbox_uid:
+            return f"peer uid {uid} is the sandbox user"
+        if self.host_outside_pid_namespace and pid != 0:
+            return f"peer pid {pid} is inside the sandbox"
+        return None
+
+    def accept(self, server: socket.socket) -> socket.socket | None:
+        connection, _ = server.accept()
+        reason = self.refusal(connection)
+        if reason is None:
+            return connection
+        log(f"refused a connection: {reason}")
+        connection.close()
+        return None
+
 
 class ConnectionReader:
     """Lines from one host connection, watching the listening socket between requests.
@@ -885,9 +1019,12 @@ class ConnectionReader:
     the middle of a request is never interrupted.
     """
 
-    def __init__(self, connection: socket.socket, server: socket.socket) -> None:
+    def __init__(
+        self, connection: socket.socket, server: socket.socket, policy: PeerPolicy
+    ) -> None:
         self._connection = connection
         self._server = server
+        self._policy = policy
         self._buffer = bytearray()
 
     def read_line(self) -> bytes:
@@ -908,7 +1045,9 @@ class ConnectionReader:
                     return rest
                 self._buffer += data
             elif self._server in readable:
-                raise HandOverError
+                waiting = self._policy.accept(self._server)
+                if waiting is not None:
+                    raise HandOverError(waiting)
 
 
 def listen(agent: Agent, path: str) -> None:
@@ -916,23 +1055,48 @@ def listen(agent: Agent, path: str) -> None:
         os.unlink(path)
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     server.bind(path)
-    os.chmod(path, 0o660)
+    _restrict_socket(path)
     server.listen(8)
+    policy = PeerPolicy(agent.user_uid, host_outside_pid_namespace=os.getpid() == 1)
     log(f"listening on {path}")
+    waiting: socket.socket | None = None
     while True:
-        connection, _ = server.accept()
+        connection = waiting or policy.accept(server)
+        waiting = None
+        if connection is None:
+            continue
         try:
-            serve_stream(agent, ConnectionReader(connection, server).read_line, connection.sendall)
-        except HandOverError:
-            pass
+            reader = ConnectionReader(connection, server, policy)
+            serve_stream(agent, reader.read_line, connection.sendall)
+        except HandOverError as handover:
+            waiting = handover.waiting
         except (OSError, HostGoneError) as exc:
             log(f"connection lost: {exc}")
         finally:
             connection.close()
 
 
+def _restrict_socket(path: str) -> None:
+    """Only the owner of the channel directory (the host's service user) may connect.
+
+    Best effort: gVisor refuses chmod on a socket bound on a host mount; the peer check and the
+    directory's own permissions still hold there.
+    """
+    try:
+        owner = os.stat(os.path.dirname(path) or ".")
+        here = os.stat(path)
+        if (here.st_uid, here.st_gid) != (owner.st_uid, owner.st_gid):
+            os.chown(path, owner.st_uid, owner.st_gid)
+        os.chmod(path, 0o600)
+    except OSError as exc:
+        log(f"cannot restrict the socket's permissions: {exc}")
+
+
 def serve_device(agent: Agent, path: str) -> None:
     fd = os.open(path, os.O_RDWR | os.O_NOCTTY)
+    # Root's alone (devtmpfs makes it so; make sure): user code must never open the port.
+    with contextlib.suppress(OSError):
+        os.chmod(path, 0o600)
     if os.isatty(fd):
         import termios
         import tty
@@ -961,7 +1125,9 @@ def main(argv: list[str] | None = None) -> int:
     channel = parser.add_mutually_exclusive_group(required=True)
     channel.add_argument("--listen", metavar="PATH", help="Unix socket to listen on")
     channel.add_argument("--device", metavar="PATH", help="character device to serve on")
-    parser.add_argument("--user", help="run interpreters as this user (when started as root)")
+    parser.add_argument(
+        "--user", help="run interpreters as this user, NAME or UID[:GID] (when started as root)"
+    )
     parser.add_argument("--workdir", default="/workspace", help="interpreters' working directory")
     parser.add_argument(
         "--max-processes",
@@ -971,6 +1137,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     # The host closing its end must never kill the agent.
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    _protect_self()
     agent = Agent(args.workdir, args.user, args.max_processes)
     if args.listen:
         listen(agent, args.listen)

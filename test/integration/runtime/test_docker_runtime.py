@@ -47,7 +47,9 @@ def test_container_is_hardened(runtime: DockerSandboxRuntime) -> None:
         host = info["HostConfig"]
         assert host["NetworkMode"] == "none"
         assert host["ReadonlyRootfs"] is True
-        assert host["CapDrop"] == ["ALL"] and not host["CapAdd"]
+        # Only the agent (root in the container) has these; user code runs as 1000 with none.
+        assert host["CapDrop"] == ["ALL"]
+        assert sorted(host["CapAdd"]) == ["KILL", "SETGID", "SETUID"]
         assert host["SecurityOpt"] == ["no-new-privileges"]
         assert host["Privileged"] is False
         assert host["PidsLimit"] == 128
@@ -55,7 +57,8 @@ def test_container_is_hardened(runtime: DockerSandboxRuntime) -> None:
         assert host["NanoCpus"] == 1_000_000_000
         assert set(host["Tmpfs"]) == {"/workspace", "/tmp"}
         assert "size=256m" in host["Tmpfs"]["/workspace"]
-        assert info["Config"]["User"] == "1000:1000"
+        assert info["Config"]["User"] == "0:0"
+        assert info["Config"]["Cmd"][-2:] == ["--user", "1000:1000"]
         # The agent's channel is the only host path in the container.
         mounts = info["Mounts"]
         assert [(m["Type"], m["Destination"]) for m in mounts] == [("bind", "/run/sandboxd")]

@@ -6,9 +6,12 @@ import json
 import os
 import shutil
 import socket
+import subprocess
+import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -330,28 +333,316 @@ def test_a_busy_connection_is_not_interrupted(agent_process: AgentProcess) -> No
         second.close()
 
 
-def test_without_a_pids_cgroup_max_processes_bounds_a_background_fork_bomb() -> None:
-    """As in a microVM: the agent runs as root and its interpreters as another user."""
+@pytest.fixture
+def agent_as_root_for_another_user() -> Iterator[AgentProcess]:
+    """As in a container or a microVM: the agent runs as root and its interpreters as nobody."""
     if os.geteuid() != 0:
         pytest.skip("needs root to run interpreters as another user")
     directory = Path(tempfile.mkdtemp(prefix="sbx-agent-", dir="/tmp"))
     directory.chmod(0o711)
-    agent_process = AgentProcess(directory, "--user", "nobody", "--max-processes", "40")
+    agent_process = AgentProcess(directory, "--user", f"{NOBODY}:{NOBODY}", "--max-processes", "40")
     agent_process.workdir.chmod(0o777)
-    client = agent_process.connect()
+    try:
+        yield agent_process
+    finally:
+        agent_process.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+NOBODY = 65534
+
+
+def test_without_a_pids_cgroup_max_processes_bounds_a_background_fork_bomb(
+    agent_as_root_for_another_user: AgentProcess,
+) -> None:
+    client = agent_as_root_for_another_user.connect()
     try:
         # Never start a bomb on this host unless the limit is really in place.
         limit = run(client, "ulimit -u; id -u", Language.SHELL)
-        assert limit.stdout.split() == ["40", "65534"], limit
-        results = [run(client, "bomb() { bomb | bomb & }; bomb", Language.SHELL, timeout_s=3)]
-        deadline = time.monotonic() + 15
-        while not results[-1].state_lost and time.monotonic() < deadline:
-            time.sleep(0.5)
-            results.append(run(client, "echo next", Language.SHELL))
-        assert results[-1].state_lost
-        assert "too many processes" in results[-1].stderr
-        after = run(client, "ls / > /dev/null && echo forked", Language.SHELL)
-        assert (after.stdout, after.state_lost) == ("forked\n", False)
+        assert limit.stdout.split() == ["40", str(NOBODY)], limit
+        run(client, "bomb() { bomb | bomb & }; bomb", Language.SHELL, timeout_s=3)
+        # The bomb's execution ended: nothing of it is left, and the sandbox forks again.
+        after = run(
+            client, "ls / > /dev/null && echo forked; ps -e -o comm= | wc -l", Language.SHELL
+        )
+        assert after.stdout.split()[0] == "forked"
+    finally:
+        client.close()
+
+
+# Three ways to get away from an execution: a new session, a double fork, nohup in the
+# background. Each sleep carries the execution's marker in its duration, so it can be found.
+ESCAPES = r"""
+import os, random, subprocess, time
+kept = str(random.randrange(10**8, 10**9))
+subprocess.Popen(['sleep', '1000.' + kept], start_new_session=True)
+if os.fork() == 0:
+    if os.fork() == 0:
+        os.execvp('sleep', ['sleep', '1001.' + kept])
+    os._exit(0)
+os.wait()
+subprocess.run(['sh', '-c', 'nohup sleep 1002.' + kept + ' >/dev/null 2>&1 &'])
+running = 0
+for _ in range(400):  # until all three are up
+    running = 0
+    for pid in os.listdir('/proc'):
+        try:
+            running += kept.encode() in open('/proc/%s/cmdline' % pid, 'rb').read()
+        except OSError:
+            pass
+    if running == 3:
+        break
+    time.sleep(0.05)
+print(kept, running)
+"""
+
+SURVIVORS = r"""
+import os
+found = []
+for pid in os.listdir('/proc'):
+    try:
+        argv = open('/proc/%s/cmdline' % pid, 'rb').read().split(b'\0')
+    except OSError:
+        continue
+    if any(kept.encode() in arg for arg in argv[1:]) and argv[0] != b'python3':
+        found.append(pid)
+print(kept, found)
+"""
+
+
+def test_an_execution_leaves_no_process_behind(agent: AgentClient) -> None:
+    marker, started = run(agent, ESCAPES).stdout.split()
+    assert started == "3"  # all three were running when the execution ended
+    # Seen from the next execution: the variable survived, none of its processes did.
+    assert run(agent, SURVIVORS).stdout == f"{marker} []\n"
+
+
+def test_a_shell_background_job_dies_with_its_execution(agent: AgentClient) -> None:
+    started = run(
+        agent,
+        "M=$RANDOM$RANDOM; (setsid sleep 1003.$M &); nohup sleep 1004.$M >/dev/null 2>&1 &\n"
+        'sleep 0.2; pgrep -f "sleep 100[34][.]$M" | wc -l',
+        Language.SHELL,
+    )
+    assert started.stdout.strip() == "2"
+    left = run(agent, 'echo $M; pgrep -f "sleep 100[34][.]$M" | wc -l', Language.SHELL)
+    assert left.stdout.split()[1] == "0"
+
+
+def test_user_code_cannot_touch_the_agent(
+    agent_as_root_for_another_user: AgentProcess,
+) -> None:
+    client = agent_as_root_for_another_user.connect()
+    socket_path = str(agent_as_root_for_another_user.socket)
+    try:
+        code = f"""
+import ctypes, os, signal, socket
+agent = os.getppid()
+def attempt(name, action):
+    try:
+        action()
+        print(name, 'succeeded')
+    except OSError as exc:
+        print(name, type(exc).__name__)
+def connect():
+    s = socket.socket(socket.AF_UNIX)
+    s.connect({socket_path!r})
+    s.sendall(b'{{"id": 1, "op": "ping"')
+    if not s.recv(100):
+        raise ConnectionResetError('closed without an answer')
+attempt('connect', connect)
+attempt('signal', lambda: os.kill(agent, signal.SIGTERM))
+attempt('mem', lambda: open('/proc/%d/mem' % agent, 'rb'))
+libc = ctypes.CDLL(None, use_errno=True)
+def ptrace():
+    if libc.ptrace(16, agent, 0, 0) != 0:  # PTRACE_ATTACH
+        raise OSError(ctypes.get_errno(), 'ptrace')
+attempt('ptrace', ptrace)
+print(open('/proc/self/status').read().split('NoNewPrivs:')[1].split()[0])
+"""
+        lines = run(client, code).stdout.splitlines()
+        assert lines[0] in ("connect PermissionError", "connect ConnectionResetError"), lines
+        assert lines[1:] == [
+            "signal PermissionError",
+            "mem PermissionError",
+            "ptrace PermissionError",
+            "1",
+        ]
+        assert client.ping() == "1"  # the agent served on, its host connection untouched
+    finally:
+        client.close()
+
+
+PEER_AS_NOBODY = r"""
+import os, socket, sys
+os.setgid(NOBODY)
+os.setuid(NOBODY)
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+try:
+    s.sendall(b'{"id": 1, "op": "ping"}\n')
+    print(s.recv(100))
+except ConnectionError:
+    print(b'')
+"""
+
+
+def test_a_peer_with_the_sandbox_uid_is_refused(
+    agent_as_root_for_another_user: AgentProcess,
+) -> None:
+    """Even with a socket it could open: the agent checks who connects (SO_PEERCRED)."""
+    host = agent_as_root_for_another_user.connect()
+    agent_as_root_for_another_user.socket.chmod(0o666)
+    agent_as_root_for_another_user.directory.chmod(0o755)
+    script = PEER_AS_NOBODY.replace("NOBODY", str(NOBODY))
+    try:
+        out = subprocess.run(
+            [sys.executable, "-c", script, str(agent_as_root_for_another_user.socket)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        ).stdout
+        assert out == "b''\n"
+        assert host.ping() == "1"  # the refused peer did not take the host's connection over
+    finally:
+        host.close()
+
+
+# The agent checks its listening socket only while idle: connect in one execution, look at the
+# answer in the next one.
+PEER_INSIDE = r"""
+import os, socket
+peer = socket.socket(socket.AF_UNIX)
+peer.connect(PATH)
+peer.sendall(b'{"id": 1, "op": "ping"}\n')
+print(os.getuid(), os.getppid())
+"""
+
+
+def test_a_peer_inside_the_agents_pid_namespace_is_refused() -> None:
+    """The agent as PID 1 of a pid namespace, like a container's: only the host may talk."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("needs root and unshare(1) to give the agent a pid namespace")
+    directory = Path(tempfile.mkdtemp(prefix="sbx-agent-", dir="/tmp"))
+    agent_process = AgentProcess(directory, prefix=["unshare", "--pid", "--fork", "--mount-proc"])
+    client = agent_process.connect()
+    try:
+        code = PEER_INSIDE.replace("PATH", repr(str(agent_process.socket)))
+        assert run(client, code).stdout == "0 1\n"
+        time.sleep(0.5)  # the agent is idle now, and sees the waiting connection
+        answer = run(
+            client,
+            "peer.settimeout(5)\n"
+            "try:\n    print(peer.recv(100))\nexcept OSError as e:\n    print(type(e).__name__)",
+        )
+        assert answer.stdout in ("b''\n", "ConnectionResetError\n"), answer
+        assert client.ping() == "1"
+    finally:
+        client.close()
+        agent_process.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+# --- the client's deadline and byte budget ---------------------------------------------------
+
+
+def _feed_forever(guest: socket.socket, chunk: bytes, pause_s: float) -> None:
+    try:
+        while True:
+            guest.sendall(chunk)
+            time.sleep(pause_s)
+    except OSError:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("chunk", "pause_s"),
+    [
+        (b"x", 0.01),  # a frame that trickles in and never ends
+        (b'{"id": 1, "type": "output", "stream": "stdout", "data": "x"}\n', 0.0),  # endless frames
+    ],
+    ids=["trickle", "endless-output"],
+)
+def test_a_hijacked_agent_cannot_hold_the_client_past_its_deadline(
+    chunk: bytes, pause_s: float
+) -> None:
+    client, guest = _client_with_peer(margin_s=0.5)
+    feeder = threading.Thread(target=_feed_forever, args=(guest, chunk, pause_s), daemon=True)
+    feeder.start()
+    outcome: list[BaseException | None] = []
+
+    def call() -> None:
+        try:
+            client.execute(ExecutionRequest("print(1)", timeout_s=0.5), 1000, lambda chunk: None)
+            outcome.append(None)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    caller = threading.Thread(target=call, daemon=True)
+    caller.start()
+    caller.join(timeout=30)
+    guest.close()
+    assert not caller.is_alive(), "the client was still waiting on the agent"
+    assert isinstance(outcome[0], SandboxGoneError)
+    assert client.closed
+
+
+def test_the_byte_budget_stops_a_fast_endless_stream() -> None:
+    client, guest = _client_with_peer(margin_s=30)
+    frame = b'{"id": 1, "type": "output", "stream": "stdout", "data": "' + b"x" * 900 + b'"}\n'
+    threading.Thread(target=_feed_forever, args=(guest, frame * 64, 0.0), daemon=True).start()
+    try:
+        with pytest.raises(SandboxGoneError, match="budget"):
+            client.execute(ExecutionRequest("print(1)", timeout_s=30), 1000, lambda chunk: None)
+    finally:
+        guest.close()
+
+
+def test_a_background_writer_does_not_hold_up_the_result(agent: AgentClient) -> None:
+    # `yes` inherits the interpreter's stdout and keeps filling it after the execution ended.
+    code = "import subprocess, time; subprocess.Popen(['yes']); time.sleep(0.3); kept = 1"
+    result = run(agent, code, limit=1000)
+    assert result.exit_code == 0 and result.stdout_truncated
+    assert run(agent, "print(kept)").stdout == "1\n"
+
+
+LIVE_PROCESSES = r"""
+import os
+for pid in filter(str.isdigit, os.listdir('/proc')):
+    try:
+        stat = open('/proc/%s/stat' % pid).read()
+    except OSError:
+        continue
+    if stat[stat.rfind(')') + 2] != 'Z':
+        print(stat[: stat.rfind(')') + 1])
+"""
+
+
+def test_as_pid_1_the_sweep_takes_every_process_of_the_sandbox_user() -> None:
+    """As in a container or a microVM: PID 1 of its own pid namespace, interpreters as nobody."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("needs root and unshare(1) to give the agent a pid namespace")
+    directory = Path(tempfile.mkdtemp(prefix="sbx-agent-", dir="/tmp"))
+    directory.chmod(0o711)
+    agent_process = AgentProcess(
+        directory,
+        "--user",
+        f"{NOBODY}:{NOBODY}",
+        "--max-processes",
+        "40",
+        prefix=["unshare", "--pid", "--fork", "--mount-proc"],
+    )
+    agent_process.workdir.chmod(0o777)
+    client = agent_process.connect()
+    try:
+        assert run(client, "echo $PPID; ulimit -u", Language.SHELL).stdout.split() == ["1", "40"]
+        run(client, "kept=yes; bomb() { bomb | bomb & }; bomb", Language.SHELL, timeout_s=3)
+        assert run(client, ESCAPES).stdout.split()[1] == "3"
+        left = run(client, LIVE_PROCESSES).stdout
+        # The agent (1), the python interpreter and the shell interpreter, nothing else.
+        assert len(left.splitlines()) == 3, left
+        assert run(client, "echo $kept", Language.SHELL).stdout == "yes\n"
     finally:
         client.close()
         agent_process.stop()
