@@ -64,6 +64,10 @@ class InvalidPackageError(InvalidInputError):
         self.reason = reason
 
 
+class PackageNotAllowedError(SandboxServiceError):
+    """A package is not on the service's allow-list (SANDBOXD_PACKAGE_ALLOWLIST)."""
+
+
 class EnvironmentBuildError(SandboxServiceError):
     """An environment could not be built (no wheel for a package, an install step failed).
 

@@ -26,6 +26,7 @@ from domain.errors import (
     InvalidPackageError,
     InvalidTimeoutError,
     LockTimeoutError,
+    PackageNotAllowedError,
     RepositoryUnavailableError,
     RuntimeUnavailableError,
     SandboxGoneError,
@@ -74,6 +75,7 @@ ERROR_TABLE: tuple[ErrorRow, ...] = (
     # A package that has no wheel, or a version that does not exist: the caller's request cannot
     # be served as asked, with the installer's message.
     ErrorRow(EnvironmentBuildError, "environment_build_failed", 422, _G.FAILED_PRECONDITION, 2),
+    ErrorRow(PackageNotAllowedError, "package_not_allowed", 403, _G.PERMISSION_DENIED, 2),
     ErrorRow(InsecureConfigurationError, "invalid_input", 422, _G.INVALID_ARGUMENT, 2),
     ErrorRow(InvalidInputError, "invalid_input", 422, _G.INVALID_ARGUMENT, 2),
     ErrorRow(SandboxNotFoundError, "sandbox_not_found", 404, _G.NOT_FOUND, 3),
