@@ -117,6 +117,7 @@ class SandboxApi:
         request: ExecutionRequest,
         transport: str,
         on_output: Callable[[OutputChunk], None] | None = None,
+        packages: tuple[str, ...] = (),
     ) -> CodeExecution:
         """Run one execution; ``on_output`` is called from a worker thread."""
         loop = asyncio.get_running_loop()
@@ -126,7 +127,9 @@ class SandboxApi:
             future = loop.run_in_executor(
                 self._executor,
                 partial(
-                    self._execute_code.execute, ExecuteCodeCommand(chat_id, request), on_output
+                    self._execute_code.execute,
+                    ExecuteCodeCommand(chat_id, request, packages),
+                    on_output,
                 ),
             )
         except BaseException:
@@ -146,7 +149,11 @@ class SandboxApi:
         return await asyncio.shield(future)
 
     async def execute_stream(
-        self, chat_id: UUID, request: ExecutionRequest, transport: str
+        self,
+        chat_id: UUID,
+        request: ExecutionRequest,
+        transport: str,
+        packages: tuple[str, ...] = (),
     ) -> AsyncGenerator[StreamEvent, None]:
         """Output chunks as they come, then the CodeExecution; errors are raised in place."""
         loop = asyncio.get_running_loop()
@@ -155,7 +162,9 @@ class SandboxApi:
         def sink(chunk: OutputChunk) -> None:
             loop.call_soon_threadsafe(queue.put_nowait, chunk)
 
-        task = asyncio.ensure_future(self.execute(chat_id, request, transport, sink))
+        task = asyncio.ensure_future(
+            self.execute(chat_id, request, transport, sink, packages=packages)
+        )
         # Chunks are queued with call_soon_threadsafe before the thread's future resolves, so the
         # done marker always comes after the last chunk.
         task.add_done_callback(lambda _: queue.put_nowait(_DONE))
@@ -171,8 +180,13 @@ class SandboxApi:
                 # The caller went away; the execution still finishes (its slot stays held).
                 task.add_done_callback(_consume_result)
 
-    async def ensure_sandbox(self, chat_id: UUID) -> SandboxSession:
-        return await self._call(self._create_sandbox.execute, CreateSandboxCommand(chat_id))
+    async def ensure_sandbox(
+        self, chat_id: UUID, packages: tuple[str, ...] = (), language: str | None = None
+    ) -> SandboxSession:
+        command = CreateSandboxCommand(
+            chat_id, packages, Language.parse(language) if language else Language.PYTHON
+        )
+        return await self._call(self._create_sandbox.execute, command)
 
     async def get_sandbox(self, chat_id: UUID) -> SandboxSession:
         return await self._call(self._get_sandbox.execute, chat_id)

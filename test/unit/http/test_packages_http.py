@@ -1,0 +1,185 @@
+"""Packages over HTTP: PUT /v1/chats/{id}/sandbox and executions (JSON and SSE), and the error
+rows: invalid_package (422), environment_build_failed (422), package_not_allowed (403), and a
+runtime without environments (503, naming qemu there)."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from datetime import datetime
+from uuid import UUID
+
+from dependency_injector import providers
+
+from domain.environment import BuiltEnvironment, Environment
+from domain.errors import EnvironmentBuildError
+from domain.sandbox import SandboxSession
+from test.unit.http.fakes import AUTH, ScriptedRuntime, make_container
+from usecase.environment import EnvironmentProvisioning, PackageAllowList
+
+warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
+from fastapi.testclient import TestClient  # noqa: E402
+
+CHAT = "3f2d6a0e-8c1b-4c2e-9a55-0d7f1b2c3d4e"
+
+
+class FakeStore:
+    def __init__(self, fail: Exception | None = None) -> None:
+        self.fail = fail
+        self.ensured: list[Environment] = []
+
+    def key_for(self, environment: Environment) -> str:
+        return "python-v0.1-00000000-0000000000000001"
+
+    def find(self, key: str) -> BuiltEnvironment | None:
+        return None
+
+    def ensure(self, environment: Environment) -> BuiltEnvironment:
+        if self.fail is not None:
+            raise self.fail
+        self.ensured.append(environment)
+        return BuiltEnvironment(self.key_for(environment), environment, "img", 1)
+
+    def remove(self, key: str) -> None:
+        pass
+
+
+class FakeEnvironmentRuntime:
+    def __init__(self, runtime: ScriptedRuntime) -> None:
+        self.runtime = runtime
+        self.installed: list[Environment] = []
+
+    def create_from(
+        self,
+        environment: BuiltEnvironment,
+        *,
+        session_id: UUID,
+        chat_id: UUID,
+        created_at: datetime,
+        expires_at: datetime,
+    ) -> SandboxSession:
+        return self.runtime.create(
+            session_id=session_id, chat_id=chat_id, created_at=created_at, expires_at=expires_at
+        )
+
+    def install_packages(self, container_id: str, environment: Environment) -> None:
+        self.installed.append(environment)
+
+
+def client_with(
+    store: FakeStore | None, allow: frozenset[str] | None = None, runtime_kind: str = "docker"
+):
+    runtime = ScriptedRuntime()
+    container = make_container(runtime)
+    settings = container.settings().model_copy(update={"runtime": runtime_kind})
+    container.settings.override(providers.Object(settings))
+    if store is not None:
+        provisioning = EnvironmentProvisioning(
+            store, FakeEnvironmentRuntime(runtime), PackageAllowList(allow)
+        )
+        container.environments.override(providers.Object(provisioning))
+    return TestClient(container.http_app(), raise_server_exceptions=False), runtime, container
+
+
+def test_put_with_packages_creates_from_the_environment_and_shows_them() -> None:
+    store = FakeStore()
+    client, _, container = client_with(store)
+    with client:
+        response = client.put(
+            f"/v1/chats/{CHAT}/sandbox", json={"packages": ["Pandas>=2"]}, headers=AUTH
+        )
+        assert response.status_code == 200, response.text
+        assert response.json()["packages"] == ["pandas>=2"]
+        assert [env.packages for env in store.ensured] == [("pandas>=2",)]
+        # A PUT without a body still works and keeps the sandbox's packages.
+        again = client.put(f"/v1/chats/{CHAT}/sandbox", headers=AUTH)
+        assert again.status_code == 200 and again.json()["packages"] == ["pandas>=2"]
+    container.api().close()
+
+
+def test_execute_with_packages_json_and_sse() -> None:
+    store = FakeStore()
+    client, _, container = client_with(store)
+    with client:
+        body = {"code": "print(1)", "packages": ["tabulate==0.9.0"]}
+        response = client.post(f"/v1/chats/{CHAT}/executions", json=body, headers=AUTH)
+        assert response.status_code == 200, response.text
+        assert response.json()["session"]["packages"] == ["tabulate==0.9.0"]
+        streamed = client.post(
+            f"/v1/chats/{CHAT}/executions",
+            json={"code": "print(2)", "packages": ["requests"]},
+            headers={**AUTH, "Accept": "text/event-stream"},
+        )
+        assert streamed.status_code == 200
+        assert "event: result" in streamed.text
+        result = next(
+            line
+            for line in streamed.text.splitlines()
+            if line.startswith("data:") and "session" in line
+        )
+        assert json.loads(result[5:])["session"]["packages"] == ["requests", "tabulate==0.9.0"]
+    container.api().close()
+
+
+def test_a_malformed_requirement_is_422_invalid_package() -> None:
+    client, _, container = client_with(FakeStore())
+    with client:
+        response = client.put(
+            f"/v1/chats/{CHAT}/sandbox",
+            json={"packages": ["git+https://example.com/x.git"]},
+            headers=AUTH,
+        )
+    assert response.status_code == 422
+    assert response.json()["code"] == "invalid_package"
+    assert "git+https://example.com/x.git" in response.json()["message"]
+    container.api().close()
+
+
+def test_an_unknown_package_is_422_environment_build_failed_with_pips_message() -> None:
+    message = "No matching distribution found for no-such-package-xyz"
+    client, _, container = client_with(FakeStore(EnvironmentBuildError(message, "x")))
+    with client:
+        response = client.post(
+            f"/v1/chats/{CHAT}/executions",
+            json={"code": "1", "packages": ["no-such-package-xyz"]},
+            headers=AUTH,
+        )
+    assert response.status_code == 422
+    assert response.json() == {"code": "environment_build_failed", "message": message}
+    container.api().close()
+
+
+def test_a_package_off_the_allow_list_is_403() -> None:
+    client, _, container = client_with(FakeStore(), allow=frozenset({"pandas"}))
+    with client:
+        response = client.put(
+            f"/v1/chats/{CHAT}/sandbox", json={"packages": ["requests"]}, headers=AUTH
+        )
+    assert response.status_code == 403
+    assert response.json()["code"] == "package_not_allowed"
+    assert "requests" in response.json()["message"]
+    container.api().close()
+
+
+def test_the_allow_list_file_is_read_from_settings(tmp_path) -> None:
+    allow = tmp_path / "allow.txt"
+    allow.write_text("# data\nPandas\n\nscikit_learn  # ml\n")
+    from entrypoint.container import _allow_list
+    from entrypoint.settings import Settings
+
+    assert _allow_list(Settings(package_allowlist=allow)).names == frozenset(
+        {"pandas", "scikit-learn"}
+    )
+
+
+def test_packages_on_qemu_fail_clearly_and_the_base_still_works() -> None:
+    client, _, container = client_with(None, runtime_kind="qemu")
+    with client:
+        refused = client.put(
+            f"/v1/chats/{CHAT}/sandbox", json={"packages": ["pandas"]}, headers=AUTH
+        )
+        assert refused.status_code == 503
+        assert refused.json()["code"] == "runtime_unavailable"
+        assert "not available on the qemu runtime yet" in refused.json()["message"]
+        assert client.put(f"/v1/chats/{CHAT}/sandbox", headers=AUTH).status_code == 200
+    container.api().close()
