@@ -493,9 +493,41 @@ class DockerEnvironmentStore:
         """When the key was last used here (epoch seconds; 0.0 when never recorded)."""
         return self._last_used(key)
 
-    def sizes(self) -> dict[str, int]:
-        """Own size of every environment image of this store, by key."""
-        return self._sizes()
+    def inventory(self) -> list[tuple[BuiltEnvironment, float]]:
+        """Every local environment with when it was last used; marks none as used."""
+        try:
+            images = self._client.images(name=self._config.repository, filters={"label": LABEL_KEY})
+        except (DockerException, requests.RequestException) as exc:
+            raise RuntimeUnavailableError(f"Docker engine: {exc}") from exc
+        sizes = self._sizes()
+        found = []
+        for image in images:
+            labels = image.get("Labels") or {}
+            key = labels.get(LABEL_KEY, "")
+            if not is_cache_key(key):
+                continue
+            environment = Environment(
+                Language(key.split("-v", 1)[0]), tuple(labels.get(LABEL_PACKAGES, "").split())
+            )
+            built = BuiltEnvironment(key, environment, self._tag(key), sizes.get(key, 0))
+            found.append((built, self._last_used(key)))
+        return sorted(found, key=lambda item: item[0].key)
+
+    def prune(self, remove_all: bool = False) -> list[str]:
+        """Evict down to the size budget (least recently used first), or remove every
+        environment; returns the keys removed. Images in use by a sandbox are skipped."""
+        before = set(self._sizes())
+        if remove_all:
+            for key in sorted(before):
+                try:
+                    self.remove(key)
+                except RuntimeUnavailableError as exc:
+                    self._logger.warning(
+                        "environment_evict_skipped", {"key": key, "error": str(exc)}
+                    )
+        else:
+            self._evict(keep="")
+        return sorted(before - set(self._sizes()))
 
     # -- LRU eviction -------------------------------------------------------------------------
 
