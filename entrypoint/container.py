@@ -127,6 +127,7 @@ def _environment_store(
             data_dir=settings.data_dir,
             service_version=SERVICE_VERSION,
             max_total_mb=settings.environments.env_cache_max_mb,
+            repository=settings.environments.env_image_repository,
             fetch=HostFetchConfig(),
         ),
         clock,

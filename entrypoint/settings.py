@@ -168,6 +168,8 @@ class EnvironmentSettings(SettingsGroup):
 
     # Local environment images past this total are evicted least recently used first.
     env_cache_max_mb: int = Field(default=8192, gt=0)
+    # Docker: environments are tagged <env_image_repository>:<key>.
+    env_image_repository: str = "sandboxd-env"
     # Empty bucket: no L3, environments are only built and kept locally.
     s3_bucket: str = ""
     s3_endpoint_url: str = ""

@@ -64,6 +64,7 @@ VARIABLES: dict[str, tuple[str, str, Any]] = {
     "SANDBOXD_LOG_LEVEL": ("log.level", "debug", "debug"),
     "SANDBOXD_LOG_FORMAT": ("log.format", "json", "json"),
     "SANDBOXD_ENV_CACHE_MAX_MB": ("environments.env_cache_max_mb", "512", 512),
+    "SANDBOXD_ENV_IMAGE_REPOSITORY": ("environments.env_image_repository", "envs", "envs"),
     "SANDBOXD_S3_BUCKET": ("environments.s3_bucket", "envs", "envs"),
     "SANDBOXD_S3_ENDPOINT_URL": (
         "environments.s3_endpoint_url",
