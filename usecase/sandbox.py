@@ -22,7 +22,7 @@ from domain.environment import (
     recorded_environment,
     recorded_packages,
 )
-from domain.errors import RuntimeUnavailableError, SandboxNotFoundError
+from domain.errors import RuntimeUnavailableError, SandboxGoneError, SandboxNotFoundError
 from domain.execution import Language
 from domain.sandbox import SandboxSession, SandboxStatus, capped_deadline
 from usecase.environment import EnvironmentProvisioning
@@ -119,7 +119,12 @@ class SandboxProvisioner:
             )
         if current.is_usable(now):
             self._logger.info("sandbox_reused", session_attrs(current))
-            return EnsuredSandbox(self._add_packages(current, wanted), replaced_dead=False)
+            try:
+                return EnsuredSandbox(self._add_packages(current, wanted), replaced_dead=False)
+            except SandboxGoneError:
+                # Died under us: replaced (with the packages), and the caller told state was lost.
+                self._logger.warning("sandbox_found_dead", session_attrs(current))
+                return EnsuredSandbox(self.replace(current, wanted), replaced_dead=True)
         dead = current.status is SandboxStatus.DEAD
         if dead:
             self._logger.warning("sandbox_found_dead", session_attrs(current))
@@ -161,25 +166,25 @@ class SandboxProvisioner:
         max_expires_at = (
             None if self._lifetime.max_lifetime is None else now + self._lifetime.max_lifetime
         )
-        ids = {
-            "session_id": _new_session_id(),
-            "chat_id": chat_id,
-            "created_at": now,
-            "expires_at": capped_deadline(now + self._lifetime.ttl, max_expires_at),
-        }
+        session_id = _new_session_id()
+        expires_at = capped_deadline(now + self._lifetime.ttl, max_expires_at)
         with_packages = [
             env
             for env in (recorded_environment(packages, lang) for lang in PACKAGE_LANGUAGES)
             if not env.is_base
         ]
         if not with_packages:
-            session = self._runtime.create(**ids)  # type: ignore[arg-type]
+            session = self._runtime.create(
+                session_id=session_id, chat_id=chat_id, created_at=now, expires_at=expires_at
+            )
         else:
             if self._environments is None:
                 raise RuntimeUnavailableError(self._no_environments_reason)
             # One environment is the image; a second language's packages (rare) go in live.
             built = self._environments.store.ensure(with_packages[0])
-            session = self._environments.runtime.create_from(built, **ids)  # type: ignore[arg-type]
+            session = self._environments.runtime.create_from(
+                built, session_id=session_id, chat_id=chat_id, created_at=now, expires_at=expires_at
+            )
             try:
                 for extra in with_packages[1:]:
                     self._environments.runtime.install_packages(session.container_id, extra)

@@ -13,6 +13,7 @@ from domain.errors import (
     InvalidPackageError,
     PackageNotAllowedError,
     RuntimeUnavailableError,
+    SandboxGoneError,
 )
 from domain.execution import ExecutionRequest, Language
 from domain.sandbox import SandboxSession
@@ -237,3 +238,15 @@ def test_execute_code_installs_missing_packages_then_runs(world, store, env_runt
     third = use_case.execute(ExecuteCodeCommand(CHAT, request))
     assert third.result.sandbox_replaced
     assert store.ensured[-1] == Environment(Language.PYTHON, ("pandas", "scipy"))
+
+
+def test_a_sandbox_that_died_before_the_install_is_replaced_with_the_packages(
+    world, store, env_runtime
+):
+    use_case = create_use_case(world, store, env_runtime)
+    first = use_case.execute(CreateSandboxCommand(CHAT, ("pandas",)))
+    env_runtime.fail_install = SandboxGoneError(first.container_id)
+    second = use_case.execute(CreateSandboxCommand(CHAT, ("requests",)))
+    assert second.session_id != first.session_id
+    assert store.ensured[-1] == Environment(Language.PYTHON, ("pandas", "requests"))
+    assert second.packages == ("pandas", "requests")
