@@ -19,6 +19,7 @@ from adapter.environment.live_install import DockerEnvironmentRuntime
 from adapter.logging import StructlogLogger
 from adapter.qemu.runtime import QemuSandboxRuntime
 from adapter.s3.artifact_store import S3ArtifactConfig, S3ArtifactStore
+from domain.errors import InvalidInputError
 from entrypoint import persistence
 from entrypoint.application.sandbox_api import SandboxApi
 from entrypoint.application.sweep import CleanupWorker, Sweeper
@@ -141,8 +142,12 @@ def _allow_list(settings: Settings) -> PackageAllowList:
     path = settings.environments.package_allowlist
     if path is None:
         return PackageAllowList()
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise InvalidInputError(f"SANDBOXD_PACKAGE_ALLOWLIST: cannot read {path}: {exc}") from exc
     names = set()
-    for line in path.read_text().splitlines():
+    for line in text.splitlines():
         name = line.split("#", 1)[0].strip()
         if name:
             # Python names in PEP 503 form; npm names are lowercase already.

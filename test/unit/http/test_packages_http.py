@@ -9,10 +9,11 @@ import warnings
 from datetime import datetime
 from uuid import UUID
 
+import pytest
 from dependency_injector import providers
 
 from domain.environment import BuiltEnvironment, Environment
-from domain.errors import EnvironmentBuildError
+from domain.errors import EnvironmentBuildError, InvalidInputError
 from domain.sandbox import SandboxSession
 from test.unit.http.fakes import AUTH, ScriptedRuntime, make_container
 from usecase.environment import EnvironmentProvisioning, PackageAllowList
@@ -170,6 +171,14 @@ def test_the_allow_list_file_is_read_from_settings(tmp_path) -> None:
     assert _allow_list(Settings(package_allowlist=allow)).names == frozenset(
         {"pandas", "scikit-learn"}
     )
+
+
+def test_an_unreadable_allow_list_is_a_clear_configuration_error(tmp_path) -> None:
+    from entrypoint.container import _allow_list
+    from entrypoint.settings import Settings
+
+    with pytest.raises(InvalidInputError, match="SANDBOXD_PACKAGE_ALLOWLIST"):
+        _allow_list(Settings(package_allowlist=tmp_path / "missing.txt"))
 
 
 def test_packages_on_qemu_fail_clearly_and_the_base_still_works() -> None:
