@@ -192,3 +192,40 @@ def test_packages_on_qemu_fail_clearly_and_the_base_still_works() -> None:
         assert "not available on the qemu runtime yet" in refused.json()["message"]
         assert client.put(f"/v1/chats/{CHAT}/sandbox", headers=AUTH).status_code == 200
     container.api().close()
+
+
+def test_the_python_client_sends_packages() -> None:
+    import asyncio
+
+    from sandboxd_client import AsyncSandboxdClient, SandboxdClient
+    from test.unit.http.fakes import API_KEY
+    from test.unit.http.live import live_service
+
+    runtime = ScriptedRuntime()
+    container = make_container(runtime)
+    store = FakeStore()
+    container.environments.override(
+        providers.Object(EnvironmentProvisioning(store, FakeEnvironmentRuntime(runtime)))
+    )
+    try:
+        with (
+            live_service(container) as live,
+            SandboxdClient(live.http_url, api_key=API_KEY) as client,
+        ):
+            ensured = client.ensure_sandbox(CHAT, packages=["is-number"], language="javascript")
+            assert ensured.packages == ("npm:is-number",)
+            result = client.execute(CHAT, "x", packages=["six"])
+            assert result.sandbox.packages == ("six", "npm:is-number")
+            streamed = list(client.execute_stream(CHAT, "y", packages=["tabulate"]))
+            assert "tabulate" in streamed[-1].sandbox.packages
+            assert client.ensure_sandbox(CHAT).packages == ("six", "tabulate", "npm:is-number")
+
+            async def run_async() -> tuple[str, ...]:
+                async with AsyncSandboxdClient(live.http_url, api_key=API_KEY) as aclient:
+                    await aclient.ensure_sandbox(CHAT, packages=["toolz"])
+                    done = await aclient.execute(CHAT, "z", packages=["attrs"])
+                    return done.sandbox.packages
+
+            assert {"toolz", "attrs"} <= set(asyncio.run(run_async()))
+    finally:
+        runtime.gate.set()
