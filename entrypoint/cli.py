@@ -176,8 +176,10 @@ def cmd_env_build(container: Container, args: argparse.Namespace) -> int:
 
 
 def cmd_env_list(container: Container, args: argparse.Namespace) -> int:
+    """Local environments (L2), with whether S3 has them, then those only in S3 (L3)."""
     store = container.environment_store()
-    rows = [
+    in_s3 = store.artifact_keys()  # None: no bucket configured, or it cannot be reached
+    rows: list[dict[str, Any]] = [
         {
             "key": built.key,
             "packages": list(built.environment.packages),
@@ -186,10 +188,22 @@ def cmd_env_list(container: Container, args: argparse.Namespace) -> int:
                 datetime.fromtimestamp(last_used, UTC).isoformat() if last_used else None
             ),
             "l2": True,
-            # None: no bucket configured, or it cannot be reached.
-            "l3": store.in_artifact_store(built.key),
+            "l3": None if in_s3 is None else built.key in in_s3,
         }
         for built, last_used in store.inventory()
+    ]
+    local = {row["key"] for row in rows}
+    rows += [
+        {
+            "key": key,
+            "packages": None,
+            "size_bytes": None,
+            "last_used": None,
+            "l2": False,
+            "l3": True,
+        }
+        for key in in_s3 or []
+        if key not in local
     ]
     _print_json(rows)
     return 0

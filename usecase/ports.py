@@ -187,6 +187,10 @@ class ArtifactStore(Protocol):
 
     def exists(self, kind: ArtifactKind, key: str) -> bool: ...
 
+    def list_keys(self, kind: ArtifactKind) -> list[str]:
+        """Cache keys stored under the kind's prefix (objects of other shapes are skipped)."""
+        ...
+
     def delete(self, kind: ArtifactKind, key: str) -> None:
         """Remove the object; idempotent."""
         ...

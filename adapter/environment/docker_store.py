@@ -489,6 +489,15 @@ class DockerEnvironmentStore:
         except ArtifactStoreUnavailableError:
             return None
 
+    def artifact_keys(self) -> list[str] | None:
+        """Keys in the artifact store (None: no artifact store, or it cannot be reached)."""
+        if self._artifacts is None:
+            return None
+        try:
+            return self._artifacts.list_keys(ArtifactKind.IMAGE)
+        except ArtifactStoreUnavailableError:
+            return None
+
     def last_used(self, key: str) -> float:
         """When the key was last used here (epoch seconds; 0.0 when never recorded)."""
         return self._last_used(key)

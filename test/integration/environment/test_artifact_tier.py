@@ -4,12 +4,14 @@ without building it. S3 trouble never fails a request."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from uuid import uuid4
 
 import docker
 import pytest
+from dependency_injector import providers
 
 from adapter.clock import SystemClock
 from adapter.environment.docker_store import DockerEnvironmentConfig, DockerEnvironmentStore
@@ -17,6 +19,8 @@ from adapter.environment.host_fetch import HostFetchConfig
 from adapter.s3.artifact_store import S3ArtifactConfig, S3ArtifactStore
 from domain.environment import ArtifactKind, Environment
 from domain.execution import Language
+from entrypoint.cli import main
+from entrypoint.container import Container
 from test.integration.environment.conftest import SERVICE_VERSION, RecordingLogger, sandbox_from
 from test.integration.s3.conftest import CREDENTIALS, bucket, free_port, s3_endpoint
 
@@ -91,7 +95,7 @@ def service_factory(client: docker.APIClient, base_image: str, tmp_path: Path) -
 
 
 def test_a_second_service_gets_the_environment_from_s3_without_building(
-    service_factory, s3_endpoint: str, bucket: str, client
+    service_factory, s3_endpoint: str, bucket: str, client, capsys
 ) -> None:
     first, first_log, first_seen = service_factory("a", s3_endpoint, bucket)
     built = first.ensure(TABULATE)
@@ -101,6 +105,12 @@ def test_a_second_service_gets_the_environment_from_s3_without_building(
     assert first.in_artifact_store(built.key) is True
 
     second, second_log, second_seen = service_factory("b", s3_endpoint, bucket, fetch=NO_PIP)
+    cli = Container()
+    cli.environment_store.override(providers.Object(second))
+    assert main(["env", "list"], cli) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [(row["key"], row["l2"], row["l3"]) for row in listed] == [(built.key, False, True)]
+
     loaded = second.ensure(TABULATE)
     assert loaded.key == built.key and loaded.reference != built.reference
     assert second_seen.hits == ["l3"] and second_seen.builds == 0
@@ -110,6 +120,7 @@ def test_a_second_service_gets_the_environment_from_s3_without_building(
         result = sandbox.run("import tabulate; print(tabulate.__version__)")
     assert result.exit_code == 0, result.stderr
     assert result.stdout.strip() == "0.9.0"
+    assert second.artifact_keys() == [built.key]
     # Now local: the next request is an L2 hit.
     second.ensure(TABULATE)
     assert second_seen.hits == ["l3", "l2"]
