@@ -9,13 +9,21 @@
   commit) and warm (found by key), and the size of its own layer;
 - an L3 round trip (S3 via moto on loopback, zstd) of the environment's image tarball: upload,
   download, compressed vs raw size.
+- package environments (``--packages``, three by default): a new chat's first result (create +
+  ``print(1)``) from the cached environment vs from the base image (target <= 1.2x); the cold
+  build (host download + offline install + commit) vs ``pip install`` of the same set in a fresh
+  container with network (the usual way); an L3 hit (download + zstd decompress + load the
+  environment's own layer, a second store with its own data dir and repository) vs the cold build
+  (target <= 0.5x).
 
     uv run python bench/bench_environment.py [--cold] [--package tabulate==0.9.0]
+        [--packages "tabulate==0.9.0 tomli-w==1.0.0 humanize==4.9.0"] [--only-packages]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import socket
 import subprocess
@@ -218,20 +226,195 @@ def l3_round_trip(reference: str, key: str, scratch: Path) -> dict:
         server.stop()
 
 
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[len(ordered) // 2]
+
+
+def first_result_s(runtime: DockerSandboxRuntime, image: str | None, rounds: int) -> float:
+    """Median of create + first ``print(1)`` for a new chat (the sandbox removed after each)."""
+    times = []
+    for _ in range(rounds):
+        started = time.monotonic()
+        session = runtime.create(
+            session_id=uuid4(),
+            chat_id=uuid4(),
+            created_at=CREATED_AT,
+            expires_at=EXPIRES_AT,
+            image=image,
+        )
+        result = runtime.execute(session.container_id, ExecutionRequest("print(1)"))
+        times.append(time.monotonic() - started)
+        assert result.stdout.strip() == "1", result.stderr
+        runtime.stop(session.container_id)
+    return _median(times)
+
+
+def pip_in_fresh_container(base: str, packages: tuple[str, ...]) -> dict:
+    """``pip install`` of the set in a fresh container (what the L2 replaces), configured as the
+    host's pip is: host network (the bridge has no route to PyPI here), the host's PIP_*
+    variables, pip.conf, CA bundle and local wheel directories mounted read-only."""
+    mounts: list[str] = []
+    config_files = {
+        "/etc/ssl/certs": "/etc/ssl/certs",
+        "/etc/pip.conf": "/etc/pip.conf",
+        str(Path.home() / ".config/pip/pip.conf"): "/root/.config/pip/pip.conf",
+    }
+    for path, target in config_files.items():
+        if Path(path).exists():
+            mounts += ["-v", f"{path}:{target}:ro"]
+    for variable, value in os.environ.items():
+        if variable.startswith("PIP_"):
+            mounts += ["-e", f"{variable}={value}"]
+    for directory in ("/opt/wheels", "/opt/pypi", "/opt/pypi-more"):
+        if Path(directory).is_dir():
+            mounts += ["-v", f"{directory}:{directory}:ro"]
+    started = time.monotonic()
+    done = subprocess.run(
+        [
+            "docker", "run", "--rm", "--network", "host", "--user", "0", *mounts, base,
+            "python3", "-m", "pip", "install", "--break-system-packages", "--no-cache-dir",
+            "--disable-pip-version-check", "--root-user-action=ignore", *packages,
+        ],
+        capture_output=True, text=True, check=False, timeout=900,
+    )  # fmt: skip
+    seconds = time.monotonic() - started
+    if done.returncode != 0:
+        return {"ok": False, "error": done.stderr.strip().splitlines()[-1:]}
+    return {"ok": True, "s": round(seconds, 2)}
+
+
+def package_environments(client: docker.APIClient, base: str, packages: tuple[str, ...]) -> dict:
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    from adapter.s3.artifact_store import S3ArtifactConfig, S3ArtifactStore
+
+    scratch = Path(tempfile.mkdtemp(prefix="sbx-bench-pkg-", dir="/tmp"))
+    repositories = [f"sandboxd-env-bench-{uuid4().hex[:8]}" for _ in range(2)]
+    logger = StructlogLogger("bench-environment")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = int(probe.getsockname()[1])
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="bench",
+        aws_secret_access_key="bench",
+    ).create_bucket(Bucket="sandboxd-bench-envs")
+    artifacts = S3ArtifactStore(
+        S3ArtifactConfig(
+            bucket="sandboxd-bench-envs",
+            endpoint_url=endpoint,
+            access_key_id="bench",
+            secret_access_key="bench",
+        ),
+        logger,
+    )
+
+    def store(index: int) -> DockerEnvironmentStore:
+        return DockerEnvironmentStore(
+            client,
+            DockerEnvironmentConfig(
+                base_image=base,
+                data_dir=scratch / f"service-{index}",
+                service_version="0.1.0",
+                repository=repositories[index],
+            ),
+            SystemClock(),
+            logger,
+            artifacts=artifacts,
+        )
+
+    instance_id = f"bench-{uuid4().hex[:12]}"
+    runtime = DockerSandboxRuntime(
+        client,
+        DockerSandboxConfig(image=base, instance_id=instance_id, data_dir=scratch / "sandboxes"),
+        logger,
+    )
+    environment = Environment(Language.PYTHON, packages)
+    try:
+        first = store(0)
+        started = time.monotonic()
+        built = first.ensure(environment)
+        cold_build = time.monotonic() - started
+        first.wait_for_uploads()
+        second = store(1)
+        started = time.monotonic()
+        loaded = second.ensure(environment)
+        l3 = time.monotonic() - started
+        first_result_s(runtime, None, 1)  # warm the engine's caches for both images alike
+        first_result_s(runtime, loaded.reference, 1)
+        # Alternated, so that drift in the shared machine's load hits both alike.
+        base_times, env_times = [], []
+        for _ in range(7):
+            base_times.append(first_result_s(runtime, None, 1))
+            env_times.append(first_result_s(runtime, loaded.reference, 1))
+        base_first, env_first = _median(base_times), _median(env_times)
+        return {
+            "packages": list(packages),
+            "own_layer_mb": mb(built.size_bytes),
+            "first_result_base_s": round(base_first, 3),
+            "first_result_environment_s": round(env_first, 3),
+            "first_result_ratio": round(env_first / base_first, 2),
+            "first_result_target": "<= 1.2",
+            "cold_build_s": round(cold_build, 2),
+            "pip_install_fresh_container": pip_in_fresh_container(base, packages),
+            "l3_download_decompress_load_s": round(l3, 2),
+            "l3_vs_cold_build_ratio": round(l3 / cold_build, 2),
+            "l3_target": "<= 0.5",
+        }
+    finally:
+        ids = subprocess.run(
+            ["docker", "ps", "-aq", "--filter", f"label={LABEL_INSTANCE}={instance_id}"],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.split()
+        if ids:
+            subprocess.run(["docker", "rm", "-f", *ids], capture_output=True, check=False)
+        runtime.close()
+        artifacts.close()
+        server.stop()
+        for repository in repositories:
+            for image in client.images(name=repository):
+                for tag in image.get("RepoTags") or []:
+                    client.remove_image(tag, force=True)
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--cold", action="store_true", help="also build the rootfs from scratch")
     parser.add_argument("--package", default="tabulate==0.9.0")
     parser.add_argument("--skip-l3", action="store_true")
+    parser.add_argument("--packages", default="tabulate==0.9.0 tomli-w==1.0.0 humanize==4.9.0")
+    parser.add_argument(
+        "--only-packages", action="store_true", help="only the package-environment figures"
+    )
     args = parser.parse_args()
     configure_logging("warning")
     client = docker.APIClient(version="auto", timeout=600)
     data_dir = Settings().data_dir
     report: dict = {"benchmark": "environment"}
+    if args.only_packages:
+        image = ensure_docker_image(client, data_dir)
+        report["package_environments_docker"] = package_environments(
+            client, image, tuple(args.packages.split())
+        )
+        emit(report)
+        return
     report["default_image"] = default_image(client, data_dir, args.cold)
     image = report["default_image"]["docker_image"]
     report["first_plot_docker"] = first_plot(client, image)
     report["environment_build_docker"] = environment_build(client, image, args.package)
+    report["package_environments_docker"] = package_environments(
+        client, image, tuple(args.packages.split())
+    )
     emit(report)
 
 

@@ -232,3 +232,54 @@ class BuiltEnvironment:
     environment: Environment
     reference: str
     size_bytes: int
+
+
+# -- the packages a session records -----------------------------------------------------------
+# A sandbox may have packages of both languages (its environment's, plus any installed into it
+# later). Sessions record them in one list: Python requirements as they are, npm ones prefixed
+# with ``npm:`` (neither kind of validated requirement can contain a colon).
+
+NPM_PREFIX = "npm:"
+
+
+def recorded_packages(environment: Environment) -> tuple[str, ...]:
+    """The environment's packages in the form sessions record them."""
+    if environment.language is Language.JAVASCRIPT:
+        return tuple(NPM_PREFIX + package for package in environment.packages)
+    return environment.packages
+
+
+def recorded_environment(recorded: Iterable[str], language: Language) -> Environment:
+    """The recorded packages of one language, as an Environment."""
+    if language is Language.JAVASCRIPT:
+        packages = [p.removeprefix(NPM_PREFIX) for p in recorded if p.startswith(NPM_PREFIX)]
+    elif language is Language.PYTHON:
+        packages = [p for p in recorded if not p.startswith(NPM_PREFIX)]
+    else:
+        packages = []
+    return Environment(language, tuple(packages))
+
+
+PACKAGE_LANGUAGES = (Language.PYTHON, Language.JAVASCRIPT)
+
+
+def merged_packages(recorded: Iterable[str], requested: Environment) -> tuple[str, ...]:
+    """Recorded packages plus the requested ones; for a name in both, the request's constraint
+    wins (it is what was installed last)."""
+    recorded = tuple(recorded)
+    merged: list[str] = []
+    for language in PACKAGE_LANGUAGES:
+        have = recorded_environment(recorded, language)
+        if language is requested.language:
+            replaced = set(requested.package_names)
+            kept = [p for p, n in zip(have.packages, have.package_names, strict=True)
+                    if n not in replaced]  # fmt: skip
+            have = Environment(language, (*kept, *requested.packages))
+        merged.extend(recorded_packages(have))
+    return tuple(merged)
+
+
+def missing_packages(recorded: Iterable[str], requested: Environment) -> Environment:
+    """The requested packages a sandbox with these recorded packages does not have (exactly)."""
+    have = set(recorded_environment(recorded, requested.language).packages)
+    return Environment(requested.language, tuple(p for p in requested.packages if p not in have))

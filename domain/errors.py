@@ -64,6 +64,10 @@ class InvalidPackageError(InvalidInputError):
         self.reason = reason
 
 
+class PackageNotAllowedError(SandboxServiceError):
+    """A package is not on the service's allow-list (SANDBOXD_PACKAGE_ALLOWLIST)."""
+
+
 class EnvironmentBuildError(SandboxServiceError):
     """An environment could not be built (no wheel for a package, an install step failed).
 
@@ -77,3 +81,7 @@ class EnvironmentBuildError(SandboxServiceError):
 
 class ArtifactStoreUnavailableError(SandboxServiceError):
     """The shared artifact store (S3) is off, cannot be reached, or refused the operation."""
+
+
+class EnvironmentsUnsupportedError(SandboxServiceError):
+    """Packages were asked for, but the configured runtime has no package environments."""

@@ -33,6 +33,9 @@ class SandboxSession:
     ``container_id`` is the runtime's own id of the object (a Docker container id, a microVM id).
     ``expires_at`` is the sliding idle deadline; ``max_expires_at`` caps it (None: no cap).
     ``last_activity_at`` is when code last ran in it (None: never yet).
+    ``packages`` are the extra packages the sandbox has, in ``domain.environment``'s recorded
+    form (Python requirements as they are, npm ones prefixed ``npm:``), so that a replacement
+    starts from the cached environment that already has them.
     """
 
     session_id: UUID
@@ -44,6 +47,7 @@ class SandboxSession:
     runtime_kind: str = ""
     last_activity_at: datetime | None = None
     max_expires_at: datetime | None = None
+    packages: tuple[str, ...] = ()
 
     def is_expired(self, now: datetime) -> bool:
         return self.expires_at <= now

@@ -7,10 +7,12 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
+from datetime import UTC, datetime
 from typing import Any
 
 from dependency_injector import providers
 
+from domain.environment import Environment
 from domain.errors import SandboxServiceError
 from domain.execution import ExecutionRequest, Language
 from domain.sandbox import SandboxSession, SandboxStatus, parse_chat_id
@@ -41,7 +43,9 @@ def cmd_exec(container: Container, args: argparse.Namespace) -> int:
         timeout_s=args.timeout if args.timeout is not None else settings.limits.default_timeout_s,
     )
     chat_id = parse_chat_id(args.chat_id)
-    execution = container.execute_code().execute(ExecuteCodeCommand(chat_id, request))
+    execution = container.execute_code().execute(
+        ExecuteCodeCommand(chat_id, request, tuple(args.package))
+    )
     result = execution.result
     if args.json:
         shown = {**asdict(result), "exit_code": clamp_exit_code(result.exit_code)}
@@ -70,7 +74,9 @@ def cmd_exec(container: Container, args: argparse.Namespace) -> int:
 def cmd_sandbox(container: Container, args: argparse.Namespace) -> int:
     chat_id = parse_chat_id(args.chat_id)
     actions: dict[str, Callable[[], SandboxSession | None]] = {
-        "ensure": lambda: container.create_sandbox().execute(CreateSandboxCommand(chat_id)),
+        "ensure": lambda: container.create_sandbox().execute(
+            CreateSandboxCommand(chat_id, tuple(args.package), Language.parse(args.language))
+        ),
         "get": lambda: container.get_sandbox().execute(chat_id),
         "renew": lambda: container.renew_sandbox().execute(chat_id),
         "destroy": lambda: container.destroy_sandbox().execute(chat_id),
@@ -168,6 +174,77 @@ def cmd_bench(container: Container, args: argparse.Namespace) -> int:
     return subprocess.call([sys.executable, "-m", "bench", *args.bench_args], cwd=root)
 
 
+def cmd_env_build(container: Container, args: argparse.Namespace) -> int:
+    store = container.environment_store()
+    built = store.ensure(Environment(Language.parse(args.language), tuple(args.packages)))
+    store.wait_for_uploads()  # the CLI exits right after: let the L3 upload finish
+    _print_json(
+        {
+            "key": built.key,
+            "image": built.reference,
+            "packages": list(built.environment.packages),
+            "size_bytes": built.size_bytes,
+            "l3": store.in_artifact_store(built.key),
+        }
+    )
+    return 0
+
+
+def cmd_env_list(container: Container, args: argparse.Namespace) -> int:
+    """Local environments (L2), with whether S3 has them, then those only in S3 (L3)."""
+    store = container.environment_store()
+    in_s3 = store.artifact_keys()  # None: no bucket configured, or it cannot be reached
+    rows: list[dict[str, Any]] = [
+        {
+            "key": built.key,
+            "packages": list(built.environment.packages),
+            "size_bytes": built.size_bytes,
+            "last_used": (
+                datetime.fromtimestamp(last_used, UTC).isoformat() if last_used else None
+            ),
+            "l2": True,
+            "l3": None if in_s3 is None else built.key in in_s3,
+        }
+        for built, last_used in store.inventory()
+    ]
+    local = {row["key"] for row in rows}
+    rows += [
+        {
+            "key": key,
+            "packages": None,
+            "size_bytes": None,
+            "last_used": None,
+            "l2": False,
+            "l3": True,
+        }
+        for key in in_s3 or []
+        if key not in local
+    ]
+    _print_json(rows)
+    return 0
+
+
+def cmd_env_prune(container: Container, args: argparse.Namespace) -> int:
+    _print_json({"removed": container.environment_store().prune(remove_all=args.all)})
+    return 0
+
+
+def _add_env_commands(commands: Any) -> None:
+    env = commands.add_parser("env", help="package environments (Docker runtime)")
+    env_commands = env.add_subparsers(dest="env_command", required=True)
+    env_build = env_commands.add_parser("build", help="build (or find) an environment")
+    env_build.add_argument("--language", default="python", help="python or javascript")
+    env_build.add_argument("packages", nargs="+", metavar="PKG", help="requirements")
+    env_build.set_defaults(handler=cmd_env_build)
+    env_list = env_commands.add_parser("list", help="local environments (L2), and in S3 (L3)")
+    env_list.set_defaults(handler=cmd_env_list)
+    env_prune = env_commands.add_parser(
+        "prune", help="evict past SANDBOXD_ENV_CACHE_MAX_MB, least recently used first"
+    )
+    env_prune.add_argument("--all", action="store_true", help="remove every local environment")
+    env_prune.set_defaults(handler=cmd_env_prune)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sandboxd",
@@ -180,12 +257,23 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--language", default="python", help="python, javascript or shell")
     run.add_argument("--timeout", type=float, default=None, help="seconds (default from settings)")
     run.add_argument("--json", action="store_true", help="print the whole result as JSON")
+    run.add_argument(
+        "--package",
+        action="append",
+        default=[],
+        metavar="REQ",
+        help="a package the sandbox must have (repeatable): pandas>=2, or an npm name",
+    )
     run.add_argument("code", help="the code, or - to read it from standard input")
     run.set_defaults(handler=cmd_exec)
 
     sandbox = commands.add_parser("sandbox", help="one chat's sandbox")
     sandbox.add_argument("action", choices=["ensure", "get", "renew", "destroy"])
     sandbox.add_argument("--chat-id", required=True)
+    sandbox.add_argument(
+        "--package", action="append", default=[], metavar="REQ", help="ensure: repeatable"
+    )
+    sandbox.add_argument("--language", default="python", help="ensure: the packages' language")
     sandbox.set_defaults(handler=cmd_sandbox)
 
     sandboxes = commands.add_parser("sandboxes", help="all sandboxes")
@@ -227,6 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     doctor.add_argument("--json", action="store_true", help="print the checks as JSON")
     doctor.set_defaults(handler=cmd_doctor)
+    _add_env_commands(commands)
 
     # Its own prefix character, so that --quick, -h etc. all reach bench/run untouched.
     bench = commands.add_parser(

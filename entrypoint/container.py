@@ -5,6 +5,7 @@ Tests swap providers with ``container.<provider>.override(...)``.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 from dependency_injector import containers, providers
@@ -12,9 +13,14 @@ from dependency_injector import containers, providers
 from adapter.clock import SystemClock
 from adapter.docker.image import default_image_tag
 from adapter.docker.runtime import DockerSandboxConfig, DockerSandboxRuntime
+from adapter.environment.docker_store import DockerEnvironmentConfig, DockerEnvironmentStore
+from adapter.environment.host_fetch import HostFetchConfig
+from adapter.environment.live_install import DockerEnvironmentRuntime
 from adapter.logging import StructlogLogger
 from adapter.qemu.config import QemuSandboxConfig
 from adapter.qemu.runtime import QemuSandboxRuntime
+from adapter.s3.artifact_store import S3ArtifactConfig, S3ArtifactStore
+from domain.errors import InvalidInputError
 from entrypoint import persistence
 from entrypoint.application.sandbox_api import SandboxApi
 from entrypoint.application.sweep import CleanupWorker, Sweeper
@@ -24,11 +30,13 @@ from entrypoint.grpc.servicer import SandboxServicer
 from entrypoint.http.app import create_app
 from entrypoint.images import prepare_runtime_image
 from entrypoint.metrics import ServiceMetrics
-from entrypoint.settings import Settings
+from entrypoint.settings import SERVICE_VERSION, Settings
+from usecase.environment import EnvironmentProvisioning, PackageAllowList
 from usecase.execute import ExecuteCode, ExecutionLimits
 from usecase.ports import Clock, Logger, SandboxRuntime
 from usecase.reconcile import ReconcileSandboxes
 from usecase.sandbox import (
+    NO_ENVIRONMENTS,
     CleanupExpiredSandboxes,
     CreateSandbox,
     DestroySandbox,
@@ -87,6 +95,102 @@ def _qemu_runtime(settings: Settings, logger: Logger) -> QemuSandboxRuntime:
     return QemuSandboxRuntime(config, logger)
 
 
+def _artifact_store(settings: Settings, logger: Logger) -> S3ArtifactStore:
+    """L3; off (``enabled`` False) without a bucket. Credentials: boto's chain (AWS_* ...)."""
+    env = settings.environments
+    return S3ArtifactStore(
+        S3ArtifactConfig(
+            bucket=env.s3_bucket or None,
+            endpoint_url=env.s3_endpoint_url or None,
+            region=env.s3_region,
+            max_concurrent_uploads=env.s3_max_concurrent_uploads,
+        ),
+        logger,
+    )
+
+
+def _environment_store(
+    settings: Settings,
+    clock: Clock,
+    logger: Logger,
+    artifacts: S3ArtifactStore,
+    metrics: ServiceMetrics,
+) -> DockerEnvironmentStore:
+    """L2 on the Docker engine (with L3 behind it when a bucket is configured)."""
+    import docker as docker_sdk  # only when environments are used: the engine may be absent
+
+    config = settings.docker
+    client = (
+        docker_sdk.APIClient(base_url=config.base_url, version="auto", timeout=60)
+        if config.base_url
+        else docker_sdk.APIClient(version="auto", timeout=60, **docker_sdk.utils.kwargs_from_env())
+    )
+    return DockerEnvironmentStore(
+        client,
+        DockerEnvironmentConfig(
+            base_image=config.image or default_image_tag(config.image_repository),
+            data_dir=settings.data_dir,
+            service_version=SERVICE_VERSION,
+            max_total_mb=settings.environments.env_cache_max_mb,
+            repository=settings.environments.env_image_repository,
+            fetch=HostFetchConfig(),
+        ),
+        clock,
+        logger,
+        artifacts=artifacts,
+        observer=metrics,
+    )
+
+
+def _allow_list(settings: Settings) -> PackageAllowList:
+    path = settings.environments.package_allowlist
+    if path is None:
+        return PackageAllowList()
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise InvalidInputError(f"SANDBOXD_PACKAGE_ALLOWLIST: cannot read {path}: {exc}") from exc
+    names = set()
+    for line in text.splitlines():
+        name = line.split("#", 1)[0].strip()
+        if name:
+            # Python names in PEP 503 form; npm names are lowercase already.
+            names.add(name if name.startswith("@") else re.sub(r"[-_.]+", "-", name).lower())
+    return PackageAllowList(frozenset(names))
+
+
+def _environments(
+    settings: Settings,
+    runtime: Callable[[], SandboxRuntime],
+    store: Callable[[], DockerEnvironmentStore],
+) -> EnvironmentProvisioning | None:
+    """Package environments exist on Docker only for now (QEMU: see no_environments_reason);
+    a runtime swapped in by a test gets none either."""
+    docker_runtime = runtime()
+    if not isinstance(docker_runtime, DockerSandboxRuntime):
+        return None
+    return EnvironmentProvisioning(
+        store=store(),
+        runtime=DockerEnvironmentRuntime(docker_runtime, HostFetchConfig(), _logger()),
+        allow_list=_allow_list(settings),
+    )
+
+
+def _no_environments_reason(settings: Settings) -> str:
+    if settings.runtime == "qemu":
+        return "package environments are not available on the qemu runtime yet"
+    return NO_ENVIRONMENTS
+
+
+def _upload_retrier(
+    settings: Settings, store: Callable[[], DockerEnvironmentStore]
+) -> Callable[[], int] | None:
+    """The sweep's retry of failed environment uploads (only with a bucket, on Docker)."""
+    if settings.runtime != "docker" or not settings.environments.s3_bucket:
+        return None
+    return lambda: store().retry_uploads()
+
+
 def _selected_runtime(
     kind: str, docker: Callable[[], SandboxRuntime], qemu: Callable[[], QemuSandboxRuntime]
 ) -> SandboxRuntime:
@@ -119,6 +223,16 @@ class Container(containers.DeclarativeContainer):
         qemu_runtime.provider,
     )
 
+    metrics = providers.Singleton(ServiceMetrics)
+    artifact_store = providers.Singleton(_artifact_store, settings, logger)
+    environment_store = providers.Singleton(
+        _environment_store, settings, clock, logger, artifact_store, metrics
+    )
+    environments = providers.Singleton(
+        _environments, settings, runtime.provider, environment_store.provider
+    )
+    no_environments_reason = providers.Callable(_no_environments_reason, settings)
+
     ttl = settings.provided.lifetime.ttl
     max_lifetime = settings.provided.lifetime.max_lifetime
     limits = settings.provided.limits
@@ -132,6 +246,8 @@ class Container(containers.DeclarativeContainer):
         logger=logger,
         ttl=ttl,
         max_lifetime=max_lifetime,
+        environments=environments,
+        no_environments_reason=no_environments_reason,
     )
     execute_code = providers.Singleton(
         ExecuteCode,
@@ -147,6 +263,8 @@ class Container(containers.DeclarativeContainer):
             max_code_bytes=limits.max_code_bytes,
             max_timeout_s=limits.max_timeout_s,
         ),
+        environments=environments,
+        no_environments_reason=no_environments_reason,
     )
     get_sandbox = providers.Factory(GetSandbox, repository=repository)
     list_sandboxes = providers.Factory(ListSandboxes, repository=repository)
@@ -170,7 +288,6 @@ class Container(containers.DeclarativeContainer):
 
     # The service (sandboxd serve): one facade for HTTP and gRPC, the sweep shared with
     # `sandboxd cleanup --once`, and the worker that repeats it.
-    metrics = providers.Singleton(ServiceMetrics)
     # Builds the sandbox image on first run (tests override it with a no-op).
     prepare_runtime = providers.Callable(prepare_runtime_image, settings, qemu_runtime.provider)
     access_logger = providers.Singleton(_logger, component="http")
@@ -184,6 +301,7 @@ class Container(containers.DeclarativeContainer):
         leader=sweep_leader,
         logger=logger,
         metrics=metrics,
+        retry_uploads=providers.Callable(_upload_retrier, settings, environment_store.provider),
     )
     # A new one per `serve` run: it belongs to that run's event loop.
     cleanup_worker = providers.Factory(

@@ -27,11 +27,13 @@ from domain.errors import (
     ArtifactStoreUnavailableError,
     CodeTooLargeError,
     EnvironmentBuildError,
+    EnvironmentsUnsupportedError,
     InvalidChatIdError,
     InvalidInputError,
     InvalidPackageError,
     InvalidTimeoutError,
     LockTimeoutError,
+    PackageNotAllowedError,
     RepositoryUnavailableError,
     RuntimeUnavailableError,
     SandboxGoneError,
@@ -94,6 +96,9 @@ ERROR_TABLE: tuple[ErrorRow, ...] = (
     # A package that has no wheel, or a version that does not exist: the caller's request cannot
     # be served as asked, with the installer's message.
     ErrorRow(EnvironmentBuildError, "environment_build_failed", 422, _G.FAILED_PRECONDITION, 2),
+    # The request is fine; this runtime cannot serve it (the text names the runtime only).
+    ErrorRow(EnvironmentsUnsupportedError, "environments_unsupported", 501, _G.UNIMPLEMENTED, 4),
+    ErrorRow(PackageNotAllowedError, "package_not_allowed", 403, _G.PERMISSION_DENIED, 2),
     ErrorRow(InsecureConfigurationError, "invalid_input", 422, _G.INVALID_ARGUMENT, 2),
     ErrorRow(InvalidInputError, "invalid_input", 422, _G.INVALID_ARGUMENT, 2),
     ErrorRow(SandboxNotFoundError, "sandbox_not_found", 404, _G.NOT_FOUND, 3),

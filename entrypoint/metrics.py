@@ -16,6 +16,8 @@ METRICS_CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 _DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
+_ENVIRONMENT_BUCKETS = (0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+
 
 def execution_outcome(result: ExecutionResult) -> str:
     """ok, error (non-zero exit) or timed_out; ``failed`` is used when no result came back."""
@@ -75,7 +77,35 @@ class ServiceMetrics:
             ["method", "route", "status"],
             registry=self.registry,
         )
+        self.environment_cache = Counter(
+            "sandboxd_environment_cache",
+            "Package environment lookups by level: l2 (local), l3 (artifact store), miss (built).",
+            ["level"],
+            registry=self.registry,
+        )
+        self.environment_build_duration = Histogram(
+            "sandboxd_environment_build_duration_seconds",
+            "Local builds of package environments (fetch, offline install, commit).",
+            buckets=_ENVIRONMENT_BUCKETS,
+            registry=self.registry,
+        )
+        self.environment_download_duration = Histogram(
+            "sandboxd_environment_download_duration_seconds",
+            "Environments loaded from the artifact store (download, decompress, load).",
+            buckets=_ENVIRONMENT_BUCKETS,
+            registry=self.registry,
+        )
         self._scrape_hooks: list[Callable[[], None]] = []
+
+    # The environment store's cache observer (adapter.environment.docker_store).
+    def cache_hit(self, level: str) -> None:
+        self.environment_cache.labels(level).inc()
+
+    def built(self, seconds: float) -> None:
+        self.environment_build_duration.observe(seconds)
+
+    def downloaded(self, seconds: float) -> None:
+        self.environment_download_duration.observe(seconds)
 
     def on_scrape(self, hook: Callable[[], None]) -> None:
         """Run ``hook`` before each exposition (refreshes gauges that are read, not counted)."""

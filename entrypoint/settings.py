@@ -26,6 +26,8 @@ from pydantic_settings import (
 )
 
 ENV_PREFIX = "SANDBOXD_"
+# Environment keys carry major.minor of it: a new release never reuses older environments.
+SERVICE_VERSION = "0.1.0"
 
 
 def _default_data_dir() -> Path:
@@ -172,6 +174,25 @@ class DockerSettings(SettingsGroup):
     start_timeout_s: float = Field(default=30.0, gt=0)
 
 
+class EnvironmentSettings(SettingsGroup):
+    """Package environments: the local cache (L2), the shared artifact store (L3, S3) and the
+    allow-list. Variables: SANDBOXD_ENV_CACHE_MAX_MB, SANDBOXD_S3_*, SANDBOXD_PACKAGE_ALLOWLIST.
+    S3 credentials come from the standard AWS variables (AWS_ACCESS_KEY_ID, ...) or boto's chain.
+    """
+
+    # Local environment images past this total are evicted least recently used first.
+    env_cache_max_mb: int = Field(default=8192, gt=0)
+    # Docker: environments are tagged <env_image_repository>:<key>.
+    env_image_repository: str = "sandboxd-env"
+    # Empty bucket: no L3, environments are only built and kept locally.
+    s3_bucket: str = ""
+    s3_endpoint_url: str = ""
+    s3_region: str = "us-east-1"
+    s3_max_concurrent_uploads: int = Field(default=2, ge=1)
+    # A file of package names, one per line (# comments); empty: any package is allowed.
+    package_allowlist: Path | None = None
+
+
 class LogSettings(SettingsGroup):
     env_prefix = "log_"
 
@@ -220,6 +241,7 @@ class Settings(BaseSettings):
     server: ServerSettings = Field(default_factory=ServerSettings)
     qemu: QemuSettings = Field(default_factory=QemuSettings)
     docker: DockerSettings = Field(default_factory=DockerSettings)
+    environments: EnvironmentSettings = Field(default_factory=EnvironmentSettings)
     log: LogSettings = Field(default_factory=LogSettings)
 
     @classmethod

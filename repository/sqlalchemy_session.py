@@ -68,6 +68,8 @@ sandbox_sessions = sa.Table(
     sa.Column("expires_at", UtcDateTime(), nullable=False),
     sa.Column("last_activity_at", UtcDateTime(), nullable=True),
     sa.Column("max_expires_at", UtcDateTime(), nullable=True),
+    # Recorded requirements, one per line (validated: none contains a newline).
+    sa.Column("packages", sa.Text(), nullable=False, server_default=""),
     sa.CheckConstraint("status IN ('running', 'dead')", name="ck_sandbox_sessions_status"),
     # Partial: only current records compete for a chat, so a later archival status (kept for
     # history) may hold any number of old records per chat without a schema change.
@@ -104,6 +106,7 @@ def _row_values(session: SandboxSession) -> dict[str, Any]:
         "expires_at": session.expires_at,
         "last_activity_at": session.last_activity_at,
         "max_expires_at": session.max_expires_at,
+        "packages": "\n".join(session.packages),
     }
 
 
@@ -118,6 +121,7 @@ def _to_session(row: sa.Row[Any]) -> SandboxSession:
         runtime_kind=row.runtime_kind,
         last_activity_at=row.last_activity_at,
         max_expires_at=row.max_expires_at,
+        packages=tuple(row.packages.split("\n")) if row.packages else (),
     )
 
 

@@ -22,6 +22,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
+from domain.environment import BuiltEnvironment, Environment
 from domain.errors import SandboxGoneError
 from domain.execution import ExecutionRequest, ExecutionResult, OutputChunk, OutputStream
 from domain.sandbox import ManagedSandbox, SandboxSession, SandboxStatus
@@ -233,3 +234,56 @@ class FakeRuntime:
                 ManagedSandbox(s.container_id, s.session_id, s.chat_id) for s in self.alive.values()
             ]
             return live + list(self.orphans.values())
+
+
+class FakeEnvironmentStore:
+    """An L2 environment store that "builds" instantly; ``fail`` makes every ensure raise."""
+
+    def __init__(self, fail: Exception | None = None) -> None:
+        self.fail = fail
+        self.ensured: list[Environment] = []
+
+    def key_for(self, environment: Environment) -> str:
+        return f"python-v0.1-00000000-{len(environment.packages):016x}"
+
+    def find(self, key: str) -> BuiltEnvironment | None:
+        return None
+
+    def ensure(self, environment: Environment) -> BuiltEnvironment:
+        if self.fail is not None:
+            raise self.fail
+        self.ensured.append(environment)
+        key = self.key_for(environment)
+        return BuiltEnvironment(key, environment, f"sandboxd-env:{key}", 1)
+
+    def remove(self, key: str) -> None:
+        pass
+
+
+class FakeEnvironmentRuntime:
+    """Creates through a FakeRuntime (so stop/execute work) and records what it did."""
+
+    def __init__(self, runtime: FakeRuntime) -> None:
+        self.runtime = runtime
+        self.created_from: list[str] = []
+        self.installed: list[tuple[str, Environment]] = []
+        self.fail_install: Exception | None = None
+
+    def create_from(
+        self,
+        environment: BuiltEnvironment,
+        *,
+        session_id: UUID,
+        chat_id: UUID,
+        created_at: datetime,
+        expires_at: datetime,
+    ) -> SandboxSession:
+        self.created_from.append(environment.reference)
+        return self.runtime.create(
+            session_id=session_id, chat_id=chat_id, created_at=created_at, expires_at=expires_at
+        )
+
+    def install_packages(self, container_id: str, environment: Environment) -> None:
+        if self.fail_install is not None:
+            raise self.fail_install
+        self.installed.append((container_id, environment))

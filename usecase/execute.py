@@ -6,9 +6,11 @@ from dataclasses import dataclass, replace
 from datetime import timedelta
 from uuid import UUID
 
+from domain.environment import Environment
 from domain.errors import CodeTooLargeError, InvalidTimeoutError, SandboxGoneError
 from domain.execution import ExecutionRequest, ExecutionResult
 from domain.sandbox import SandboxSession
+from usecase.environment import EnvironmentProvisioning
 from usecase.ports import (
     Clock,
     Logger,
@@ -17,7 +19,7 @@ from usecase.ports import (
     SandboxRuntime,
     SandboxSessionRepository,
 )
-from usecase.sandbox import Lifetime, SandboxProvisioner, session_attrs
+from usecase.sandbox import NO_ENVIRONMENTS, Lifetime, SandboxProvisioner, session_attrs
 
 
 @dataclass(frozen=True)
@@ -30,8 +32,11 @@ class ExecutionLimits:
 
 @dataclass(frozen=True)
 class ExecuteCodeCommand:
+    """``packages``: requirements for the request's language the sandbox must have."""
+
     chat_id: UUID
     request: ExecutionRequest
+    packages: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -67,6 +72,8 @@ class ExecuteCode:
         ttl: timedelta,
         max_lifetime: timedelta | None = None,
         limits: ExecutionLimits | None = None,
+        environments: EnvironmentProvisioning | None = None,
+        no_environments_reason: str = NO_ENVIRONMENTS,
     ) -> None:
         self._repository = repository
         self._locker = locker
@@ -76,21 +83,29 @@ class ExecuteCode:
         self._ttl = ttl
         self._limits = limits or ExecutionLimits()
         self._provisioner = SandboxProvisioner(
-            repository, runtime, clock, logger, Lifetime(ttl, max_lifetime)
+            repository,
+            runtime,
+            clock,
+            logger,
+            Lifetime(ttl, max_lifetime),
+            environments,
+            no_environments_reason,
         )
 
     def execute(
         self, command: ExecuteCodeCommand, on_output: OutputSink | None = None
     ) -> CodeExecution:
         self._validate(command.request)
+        environment = Environment(command.request.language, command.packages)
+        self._provisioner.check(environment)
         with self._locker.lock(command.chat_id):
-            ensured = self._provisioner.ensure(command.chat_id)
+            ensured = self._provisioner.ensure(command.chat_id, environment)
             session, replaced = ensured.session, ensured.replaced_dead
             try:
                 result = self._runtime.execute(session.container_id, command.request, on_output)
             except SandboxGoneError:
                 self._logger.warning("sandbox_found_dead", session_attrs(session))
-                session = self._provisioner.replace(session)
+                session = self._provisioner.replace(session, environment)
                 result = self._runtime.execute(session.container_id, command.request, on_output)
                 replaced = True
             if replaced:

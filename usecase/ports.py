@@ -187,6 +187,38 @@ class ArtifactStore(Protocol):
 
     def exists(self, kind: ArtifactKind, key: str) -> bool: ...
 
+    def list_keys(self, kind: ArtifactKind) -> list[str]:
+        """Cache keys stored under the kind's prefix (objects of other shapes are skipped)."""
+        ...
+
     def delete(self, kind: ArtifactKind, key: str) -> None:
         """Remove the object; idempotent."""
+        ...
+
+
+class EnvironmentRuntime(Protocol):
+    """What a runtime needs beyond SandboxRuntime to serve package environments (optional: the
+    base environment goes through ``SandboxRuntime.create`` exactly as without packages).
+
+    Same errors as SandboxRuntime; package failures are EnvironmentBuildError.
+    """
+
+    def create_from(
+        self,
+        environment: BuiltEnvironment,
+        *,
+        session_id: UUID,
+        chat_id: UUID,
+        created_at: datetime,
+        expires_at: datetime,
+    ) -> SandboxSession:
+        """As SandboxRuntime.create, from the environment's image (``environment.reference``)."""
+        ...
+
+    def install_packages(self, container_id: str, environment: Environment) -> None:
+        """Install the environment's packages into the running sandbox, keeping its state.
+
+        The host fetches built artifacts only; the sandbox installs them offline. Afterwards code
+        in the sandbox imports them without a restart.
+        """
         ...

@@ -14,8 +14,22 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from uuid import UUID, uuid4
 
-from domain.errors import SandboxNotFoundError
+from domain.environment import (
+    PACKAGE_LANGUAGES,
+    Environment,
+    merged_packages,
+    missing_packages,
+    recorded_environment,
+    recorded_packages,
+)
+from domain.errors import (
+    EnvironmentsUnsupportedError,
+    SandboxGoneError,
+    SandboxNotFoundError,
+)
+from domain.execution import Language
 from domain.sandbox import SandboxSession, SandboxStatus, capped_deadline
+from usecase.environment import EnvironmentProvisioning
 from usecase.ports import (
     Clock,
     Logger,
@@ -51,10 +65,24 @@ class EnsuredSandbox:
     replaced_dead: bool
 
 
+NO_ENVIRONMENTS = "package environments are not available on this runtime"
+
+
 class SandboxProvisioner:
     """Ensure-or-replace logic shared by CreateSandbox and ExecuteCode.
 
     Callers hold the chat's lock. Not a use case of its own: it never takes the lock.
+
+    Packages: a chat asks for an Environment (a language and packages; the base one has none).
+    - Without a sandbox, the chat gets one started from that environment (built or found by the
+      EnvironmentStore); the base environment goes through ``SandboxRuntime.create`` as always.
+    - A usable sandbox that lacks some requested packages gets them installed into it, keeping
+      its state; its session then records them.
+    - A replacement (expired, dead) starts from the environment of everything the old session
+      recorded plus the request, so nothing installed before is lost but the state.
+    Packages on a runtime wired without ``environments`` raise EnvironmentsUnsupportedError
+    (``no_environments_reason``); packages off the allow-list raise PackageNotAllowedError before
+    anything is touched.
     """
 
     def __init__(
@@ -64,47 +92,110 @@ class SandboxProvisioner:
         clock: Clock,
         logger: Logger,
         lifetime: Lifetime,
+        environments: EnvironmentProvisioning | None = None,
+        no_environments_reason: str = NO_ENVIRONMENTS,
     ) -> None:
         self._repository = repository
         self._runtime = runtime
         self._clock = clock
         self._logger = logger
         self._lifetime = lifetime
+        self._environments = environments
+        self._no_environments_reason = no_environments_reason
 
-    def ensure(self, chat_id: UUID) -> EnsuredSandbox:
+    def check(self, environment: Environment) -> None:
+        """Refuse a request for packages this service will not provide (before any lock)."""
+        if environment.is_base:
+            return
+        if self._environments is None:
+            raise EnvironmentsUnsupportedError(self._no_environments_reason)
+        self._environments.allow_list.check(environment)
+
+    def ensure(self, chat_id: UUID, environment: Environment | None = None) -> EnsuredSandbox:
         """Reuse the chat's usable session, or replace an expired or dead one, or create one."""
+        wanted = environment or Environment(Language.PYTHON)
+        self.check(wanted)
         now = self._clock.now()
         current = self._repository.get_active_by_chat_id(chat_id)
         if current is None:
-            return EnsuredSandbox(self._create(chat_id, now), replaced_dead=False)
+            return EnsuredSandbox(
+                self._create(chat_id, now, recorded_packages(wanted)), replaced_dead=False
+            )
         if current.is_usable(now):
             self._logger.info("sandbox_reused", session_attrs(current))
-            return EnsuredSandbox(current, replaced_dead=False)
+            try:
+                return EnsuredSandbox(self._add_packages(current, wanted), replaced_dead=False)
+            except SandboxGoneError:
+                # Died under us: replaced (with the packages), and the caller told state was lost.
+                self._logger.warning("sandbox_found_dead", session_attrs(current))
+                return EnsuredSandbox(self.replace(current, wanted), replaced_dead=True)
         dead = current.status is SandboxStatus.DEAD
         if dead:
             self._logger.warning("sandbox_found_dead", session_attrs(current))
-        return EnsuredSandbox(self.replace(current), replaced_dead=dead)
+        return EnsuredSandbox(self.replace(current, wanted), replaced_dead=dead)
 
-    def replace(self, current: SandboxSession) -> SandboxSession:
-        """Stop the current sandbox (idempotent), drop its record, and create a fresh one.
+    def replace(
+        self, current: SandboxSession, environment: Environment | None = None
+    ) -> SandboxSession:
+        """Stop the current sandbox (idempotent), drop its record, and create a fresh one with
+        the packages it had plus the requested ones.
 
         If stopping fails the record is kept and the error propagates: nothing leaks.
         """
+        packages = current.packages
+        if environment is not None:
+            packages = merged_packages(packages, environment)
         self._runtime.stop(current.container_id)
         self._repository.delete(current.session_id)
         self._logger.info("sandbox_replaced", session_attrs(current))
-        return self._create(current.chat_id, self._clock.now())
+        return self._create(current.chat_id, self._clock.now(), packages)
 
-    def _create(self, chat_id: UUID, now: datetime) -> SandboxSession:
+    def _add_packages(self, current: SandboxSession, wanted: Environment) -> SandboxSession:
+        missing = missing_packages(current.packages, wanted)
+        if missing.is_base:
+            return current
+        assert self._environments is not None  # check() refused packages without them
+        self._environments.runtime.install_packages(current.container_id, missing)
+        updated = replace(current, packages=merged_packages(current.packages, missing))
+        self._repository.save(updated)
+        self._logger.info(
+            "sandbox_packages_installed",
+            {**session_attrs(updated), "packages": " ".join(recorded_packages(missing))},
+        )
+        return updated
+
+    def _create(
+        self, chat_id: UUID, now: datetime, packages: tuple[str, ...] = ()
+    ) -> SandboxSession:
         max_expires_at = (
             None if self._lifetime.max_lifetime is None else now + self._lifetime.max_lifetime
         )
-        session = self._runtime.create(
-            session_id=_new_session_id(),
-            chat_id=chat_id,
-            created_at=now,
-            expires_at=capped_deadline(now + self._lifetime.ttl, max_expires_at),
-        )
+        session_id = _new_session_id()
+        expires_at = capped_deadline(now + self._lifetime.ttl, max_expires_at)
+        with_packages = [
+            env
+            for env in (recorded_environment(packages, lang) for lang in PACKAGE_LANGUAGES)
+            if not env.is_base
+        ]
+        if not with_packages:
+            session = self._runtime.create(
+                session_id=session_id, chat_id=chat_id, created_at=now, expires_at=expires_at
+            )
+        else:
+            if self._environments is None:
+                raise EnvironmentsUnsupportedError(self._no_environments_reason)
+            # One environment is the image; a second language's packages (rare) go in live.
+            built = self._environments.store.ensure(with_packages[0])
+            session = self._environments.runtime.create_from(
+                built, session_id=session_id, chat_id=chat_id, created_at=now, expires_at=expires_at
+            )
+            try:
+                for extra in with_packages[1:]:
+                    self._environments.runtime.install_packages(session.container_id, extra)
+            except Exception:
+                self._runtime.stop(session.container_id)
+                raise
+            session = replace(session, packages=packages)
         if max_expires_at is not None:
             session = replace(session, max_expires_at=max_expires_at)
         try:
@@ -120,7 +211,11 @@ class SandboxProvisioner:
 
 @dataclass(frozen=True)
 class CreateSandboxCommand:
+    """``packages`` are requirements for ``language`` (npm names for JavaScript)."""
+
     chat_id: UUID
+    packages: tuple[str, ...] = ()
+    language: Language = Language.PYTHON
 
 
 class CreateSandbox:
@@ -139,15 +234,27 @@ class CreateSandbox:
         logger: Logger,
         ttl: timedelta,
         max_lifetime: timedelta | None = None,
+        environments: EnvironmentProvisioning | None = None,
+        no_environments_reason: str = NO_ENVIRONMENTS,
     ) -> None:
         self._locker = locker
         self._provisioner = SandboxProvisioner(
-            repository, runtime, clock, logger, Lifetime(ttl, max_lifetime)
+            repository,
+            runtime,
+            clock,
+            logger,
+            Lifetime(ttl, max_lifetime),
+            environments,
+            no_environments_reason,
         )
 
     def execute(self, command: CreateSandboxCommand) -> SandboxSession:
+        # Validated (InvalidPackageError) and checked before the lock: a refused request waits
+        # for nothing and changes nothing.
+        environment = Environment(command.language, command.packages)
+        self._provisioner.check(environment)
         with self._locker.lock(command.chat_id):
-            return self._provisioner.ensure(command.chat_id).session
+            return self._provisioner.ensure(command.chat_id, environment).session
 
 
 class GetSandbox:

@@ -103,16 +103,24 @@ class DockerSandboxRuntime:
     # --- create ---------------------------------------------------------------------------
 
     def create(
-        self, *, session_id: UUID, chat_id: UUID, created_at: datetime, expires_at: datetime
+        self,
+        *,
+        session_id: UUID,
+        chat_id: UUID,
+        created_at: datetime,
+        expires_at: datetime,
+        image: str | None = None,
     ) -> SandboxSession:
+        """``image``: an environment's image (adapter.environment) instead of the configured one."""
         started = time.monotonic()
+        image = image or self._config.image
         channel = make_channel(self._channels, session_id.hex)
         container_id = ""
         try:
             with _engine("create container"):
                 try:
                     container_id = self._api.create_container(
-                        self._config.image,
+                        image,
                         command=agent_command(self._config),
                         user=AGENT_USER,
                         working_dir="/workspace",
@@ -129,7 +137,7 @@ class DockerSandboxRuntime:
                     )["Id"]
                 except ImageNotFound as exc:
                     raise RuntimeUnavailableError(
-                        f"sandbox image {self._config.image} is not in the Docker engine; "
+                        f"sandbox image {image} is not in the Docker engine; "
                         "run `sandboxd image build`"
                     ) from exc
                 self._api.start(container_id)
@@ -312,6 +320,14 @@ class DockerSandboxRuntime:
             if str(channel) not in in_use and old_enough:
                 shutil.rmtree(channel, ignore_errors=True)
                 self._logger.info("docker_channel_pruned", {"channel": str(channel)})
+
+    def channel_dir(self, container_id: str) -> Path | None:
+        """The host side of the container's agent channel (mounted at AGENT_SOCKET_DIR, read-only
+        for the sandbox user once sealed): where the host hands files in, e.g. wheels."""
+        info = self._inspect(container_id)
+        if info is None or not info["State"].get("Running"):
+            return None
+        return self._channel_of(info)
 
     def close_agent(self, container_id: str) -> None:
         """Close the pooled connection to one sandbox (it keeps running; the next call reconnects).

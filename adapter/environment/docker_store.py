@@ -15,20 +15,34 @@ build removes its container and tags nothing. After a build, environments past `
 are removed least recently used first (use is recorded as the mtime of a stamp file per key;
 sizes are each image's own layers, ``Size`` minus the base image's). The base environment
 (no packages) is the base image itself and is never built or evicted.
+
+L3 (an ArtifactStore, optional): on a local miss, under the key's lock, the store looks for
+``images/{key}.tar.zst`` before building; a hit is loaded into the engine (below) and tagged as a
+build would be. After a local build the entry is uploaded in the background. The artifact is the
+environment's own layer only, not a ``docker save`` of the image (1.3 GB with the base): what the
+install added, the tree of ``/usr/local`` (Python) or node's global module directory
+(JavaScript), read with ``docker cp`` semantics from a created, never started container. Loading
+is the reverse: a container from the base image gets the tree put in place and is committed with
+the same labels. The artifact store never fails a request: a failed download is logged and the
+key is built locally; a failed upload is logged, marked pending (``environments/pending-upload``),
+and retried by ``retry_uploads`` (the service's sweep calls it).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import docker
 import requests
@@ -36,10 +50,14 @@ from docker.errors import DockerException, ImageNotFound, NotFound
 from filelock import FileLock, Timeout
 
 from adapter.environment.host_fetch import HostFetchConfig, download_wheels, stage_npm_packages
-from domain.environment import BuiltEnvironment, Environment, is_cache_key
-from domain.errors import EnvironmentBuildError, RuntimeUnavailableError
+from domain.environment import ArtifactKind, BuiltEnvironment, Environment, is_cache_key
+from domain.errors import (
+    ArtifactStoreUnavailableError,
+    EnvironmentBuildError,
+    RuntimeUnavailableError,
+)
 from domain.execution import Language
-from usecase.ports import Clock, Logger
+from usecase.ports import ArtifactStore, Clock, Logger
 
 Progress = Callable[[str], None]
 
@@ -52,6 +70,35 @@ WHEELS_MOUNT = "/sandboxd-wheels"
 NODE_MODULES_MOUNT = "/sandboxd-node-modules"
 # On node's built-in global path in Debian's nodejs, so require() finds these without NODE_PATH.
 NODE_GLOBAL_DIR = "/usr/lib/x86_64-linux-gnu/nodejs"
+
+
+# What an environment's install adds to the base image, per language (the L3 artifact).
+LAYER_DIRS = {Language.PYTHON: "/usr/local", Language.JAVASCRIPT: NODE_GLOBAL_DIR}
+
+
+class EnvironmentCacheObserver(Protocol):
+    """Where the store reports its cache outcomes (the service's metrics)."""
+
+    def cache_hit(self, level: str) -> None:
+        """``l2`` (local), ``l3`` (artifact store) or ``miss`` (built)."""
+        ...
+
+    def built(self, seconds: float) -> None: ...
+
+    def downloaded(self, seconds: float) -> None:
+        """An L3 hit: download, decompress and load into the engine."""
+        ...
+
+
+class _NoObserver:
+    def cache_hit(self, level: str) -> None:
+        pass
+
+    def built(self, seconds: float) -> None:
+        pass
+
+    def downloaded(self, seconds: float) -> None:
+        pass
 
 
 @dataclass(frozen=True)
@@ -78,14 +125,19 @@ class DockerEnvironmentStore:
         clock: Clock,
         logger: Logger,
         progress: Progress = lambda _message: None,
+        artifacts: ArtifactStore | None = None,
+        observer: EnvironmentCacheObserver | None = None,
     ) -> None:
         self._client = client
         self._config = config
         self._clock = clock
         self._logger = logger
         self._progress = progress
+        self._artifacts = artifacts if artifacts is not None and artifacts.enabled else None
+        self._observer = observer or _NoObserver()
         self._root = config.data_dir / "environments"
         self._base_image_hash: str | None = None
+        self._uploader: ThreadPoolExecutor | None = None
 
     # -- port ---------------------------------------------------------------------------------
 
@@ -113,6 +165,7 @@ class DockerEnvironmentStore:
         found = self.find(key)
         if found is not None:
             self._logger.info("environment_found", {"key": key})
+            self._observer.cache_hit("l2")
             return found
         lock_path = self._root / "locks" / f"{key}.lock"
         lock_path.parent.mkdir(parents=True, exist_ok=True)
@@ -121,9 +174,16 @@ class DockerEnvironmentStore:
                 found = self.find(key)  # built by another process while we waited
                 if found is not None:
                     self._logger.info("environment_found", {"key": key, "after_wait": True})
+                    self._observer.cache_hit("l2")
                     return found
                 self._remove_leftovers(key)
-                built = self._build(environment, key)
+                built = self._from_artifacts(environment, key)
+                if built is not None:
+                    self._observer.cache_hit("l3")
+                else:
+                    self._observer.cache_hit("miss")
+                    built = self._build(environment, key)
+                    self._schedule_upload(key)
         except Timeout as exc:
             raise EnvironmentBuildError(f"timed out waiting for the build of {key}") from exc
         self._evict(keep=key)
@@ -181,6 +241,7 @@ class DockerEnvironmentStore:
             shutil.rmtree(staging, ignore_errors=True)
         self._touch(key)
         built = self._built(key, image)
+        self._observer.built(time.monotonic() - started)
         self._logger.info(
             "environment_built",
             {
@@ -273,6 +334,209 @@ class DockerEnvironmentStore:
             shutil.rmtree(directory, ignore_errors=True)
         if stale:
             self._logger.warning("environment_build_leftovers_removed", {"key": key})
+
+    # -- L3 -------------------------------------------------------------------------------------
+
+    def _from_artifacts(self, environment: Environment, key: str) -> BuiltEnvironment | None:
+        """Load the key from the artifact store; None when it is not there or anything fails."""
+        if self._artifacts is None:
+            return None
+        started = time.monotonic()
+        staging_root = self._root / "staging"
+        staging_root.mkdir(parents=True, exist_ok=True)
+        archive = staging_root / f"{key}-download.tar"
+        try:
+            if not self._artifacts.download(ArtifactKind.IMAGE, key, archive):
+                return None
+            image = self._load_layer(environment, key, archive)
+        except (ArtifactStoreUnavailableError, RuntimeUnavailableError, OSError) as exc:
+            # The artifact store never fails a request: build locally instead.
+            self._logger.warning(
+                "environment_download_failed", {"key": key, "error": str(exc)[:300]}
+            )
+            return None
+        finally:
+            archive.unlink(missing_ok=True)
+        self._touch(key)
+        built = self._built(key, image)
+        seconds = time.monotonic() - started
+        self._observer.downloaded(seconds)
+        self._logger.info(
+            "environment_downloaded",
+            {"key": key, "size_bytes": built.size_bytes, "duration_s": round(seconds, 3)},
+        )
+        return built
+
+    def _load_layer(self, environment: Environment, key: str, archive: Path) -> dict[str, Any]:
+        client = self._client
+        container_id: str | None = None
+        layer_dir = LAYER_DIRS[environment.language]
+        try:
+            base = self._inspect(self._config.base_image)
+            if base is None:
+                raise RuntimeUnavailableError(f"base image {self._config.base_image} is missing")
+            container_id = client.create_container(
+                self._config.base_image,
+                command=["true"],
+                labels={LABEL_BUILDER: key},
+                network_disabled=True,
+            )["Id"]
+            with archive.open("rb") as data:
+                if not client.put_archive(container_id, os.path.dirname(layer_dir), data):
+                    raise RuntimeUnavailableError(f"the engine refused the layer of {key}")
+            client.commit(
+                container_id,
+                repository=self._config.repository,
+                tag=key,
+                changes=self._commit_changes(environment, key, base),
+            )
+        except (DockerException, requests.RequestException) as exc:
+            raise RuntimeUnavailableError(f"Docker engine: {exc}") from exc
+        finally:
+            if container_id is not None:
+                with contextlib.suppress(DockerException, requests.RequestException):
+                    client.remove_container(container_id, force=True)
+        image = self._inspect(self._tag(key))
+        if image is None:
+            raise RuntimeUnavailableError(f"docker commit did not produce {self._tag(key)}")
+        return image
+
+    def export_layer(self, key: str, destination: Path) -> None:
+        """Write the environment's own layer (see the module docstring) as a tar file."""
+        image = self._inspect(self._tag(key))
+        if image is None:
+            raise RuntimeUnavailableError(f"no environment image for {key}")
+        layer_dir = LAYER_DIRS[Language(key.split("-v", 1)[0])]
+        container_id: str | None = None
+        try:
+            container_id = self._client.create_container(
+                self._tag(key), command=["true"], network_disabled=True
+            )["Id"]
+            stream, _stat = self._client.get_archive(container_id, layer_dir)
+            with destination.open("wb") as out:
+                for chunk in stream:
+                    out.write(chunk)
+        except (DockerException, requests.RequestException) as exc:
+            raise RuntimeUnavailableError(f"Docker engine: {exc}") from exc
+        finally:
+            if container_id is not None:
+                with contextlib.suppress(DockerException, requests.RequestException):
+                    self._client.remove_container(container_id, force=True)
+
+    def _schedule_upload(self, key: str) -> None:
+        if self._artifacts is None:
+            return
+        self._mark_pending(key)
+        if self._uploader is None:
+            self._uploader = ThreadPoolExecutor(1, thread_name_prefix="sandboxd-env-upload")
+        self._uploader.submit(self._upload, key)
+
+    def retry_uploads(self) -> int:
+        """Upload every key whose upload failed before (the sweep calls this); returns how many
+        went up."""
+        if self._artifacts is None:
+            return 0
+        done = 0
+        for marker in sorted(self._pending_dir().glob("*")):
+            key = marker.name
+            if not is_cache_key(key) or self._inspect(self._tag(key)) is None:
+                marker.unlink(missing_ok=True)  # evicted meanwhile: nothing to upload
+                continue
+            done += self._upload(key)
+        return done
+
+    def wait_for_uploads(self) -> None:
+        """Finish the background uploads under way (tests, CLI builds, shutdown)."""
+        uploader, self._uploader = self._uploader, None
+        if uploader is not None:
+            uploader.shutdown(wait=True)
+
+    def _upload(self, key: str) -> bool:
+        assert self._artifacts is not None
+        staging_root = self._root / "staging"
+        staging_root.mkdir(parents=True, exist_ok=True)
+        archive = staging_root / f"{key}-upload-{threading.get_ident()}.tar"
+        started = time.monotonic()
+        try:
+            self.export_layer(key, archive)
+            self._artifacts.upload(ArtifactKind.IMAGE, key, archive)
+        except Exception as exc:
+            # Logged and left pending for the next sweep; never raised to anyone's request.
+            self._logger.warning("environment_upload_failed", {"key": key, "error": str(exc)[:300]})
+            return False
+        finally:
+            archive.unlink(missing_ok=True)
+        (self._pending_dir() / key).unlink(missing_ok=True)
+        self._logger.info(
+            "environment_uploaded",
+            {"key": key, "duration_s": round(time.monotonic() - started, 3)},
+        )
+        return True
+
+    def _mark_pending(self, key: str) -> None:
+        self._pending_dir().mkdir(parents=True, exist_ok=True)
+        (self._pending_dir() / key).touch()
+
+    def _pending_dir(self) -> Path:
+        return self._root / "pending-upload"
+
+    def in_artifact_store(self, key: str) -> bool | None:
+        """Whether L3 has the key (None: no artifact store, or it cannot be reached)."""
+        if self._artifacts is None:
+            return None
+        try:
+            return self._artifacts.exists(ArtifactKind.IMAGE, key)
+        except ArtifactStoreUnavailableError:
+            return None
+
+    def artifact_keys(self) -> list[str] | None:
+        """Keys in the artifact store (None: no artifact store, or it cannot be reached)."""
+        if self._artifacts is None:
+            return None
+        try:
+            return self._artifacts.list_keys(ArtifactKind.IMAGE)
+        except ArtifactStoreUnavailableError:
+            return None
+
+    def last_used(self, key: str) -> float:
+        """When the key was last used here (epoch seconds; 0.0 when never recorded)."""
+        return self._last_used(key)
+
+    def inventory(self) -> list[tuple[BuiltEnvironment, float]]:
+        """Every local environment with when it was last used; marks none as used."""
+        try:
+            images = self._client.images(name=self._config.repository, filters={"label": LABEL_KEY})
+        except (DockerException, requests.RequestException) as exc:
+            raise RuntimeUnavailableError(f"Docker engine: {exc}") from exc
+        sizes = self._sizes()
+        found = []
+        for image in images:
+            labels = image.get("Labels") or {}
+            key = labels.get(LABEL_KEY, "")
+            if not is_cache_key(key):
+                continue
+            environment = Environment(
+                Language(key.split("-v", 1)[0]), tuple(labels.get(LABEL_PACKAGES, "").split())
+            )
+            built = BuiltEnvironment(key, environment, self._tag(key), sizes.get(key, 0))
+            found.append((built, self._last_used(key)))
+        return sorted(found, key=lambda item: item[0].key)
+
+    def prune(self, remove_all: bool = False) -> list[str]:
+        """Evict down to the size budget (least recently used first), or remove every
+        environment; returns the keys removed. Images in use by a sandbox are skipped."""
+        before = set(self._sizes())
+        if remove_all:
+            for key in sorted(before):
+                try:
+                    self.remove(key)
+                except RuntimeUnavailableError as exc:
+                    self._logger.warning(
+                        "environment_evict_skipped", {"key": key, "error": str(exc)}
+                    )
+        else:
+            self._evict(keep="")
+        return sorted(before - set(self._sizes()))
 
     # -- LRU eviction -------------------------------------------------------------------------
 

@@ -32,7 +32,7 @@ import zstandard
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from domain.environment import ArtifactKind
+from domain.environment import ArtifactKind, is_cache_key
 from domain.errors import ArtifactStoreUnavailableError
 from usecase.ports import Logger
 
@@ -135,6 +135,9 @@ class S3ArtifactStore:
     def exists(self, kind: ArtifactKind, key: str) -> bool:
         object_key = kind.object_key(key)
         return self._call("exists", object_key, self._exists(object_key))
+
+    def list_keys(self, kind: ArtifactKind) -> list[str]:
+        return sorted(self._call("list", kind.prefix + "/", self._list(kind)))
 
     def delete(self, kind: ArtifactKind, key: str) -> None:
         object_key = kind.object_key(key)
@@ -319,6 +322,18 @@ class S3ArtifactStore:
                     return False
                 raise
         return True
+
+    async def _list(self, kind: ArtifactKind) -> list[str]:
+        keys: list[str] = []
+        prefix, suffix = kind.prefix + "/", kind.object_name_suffix
+        async with self._client() as s3:
+            paginator = s3.get_paginator("list_objects_v2")
+            async for page in paginator.paginate(Bucket=self._config.bucket, Prefix=prefix):
+                for item in page.get("Contents") or []:
+                    name = str(item["Key"])[len(prefix) :]
+                    if name.endswith(suffix) and is_cache_key(name.removesuffix(suffix)):
+                        keys.append(name.removesuffix(suffix))
+        return keys
 
     async def _delete(self, object_key: str) -> None:
         async with self._client() as s3:

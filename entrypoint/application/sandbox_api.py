@@ -125,6 +125,7 @@ class SandboxApi:
         request: ExecutionRequest,
         transport: str,
         on_output: Callable[[OutputChunk], None] | None = None,
+        packages: tuple[str, ...] = (),
     ) -> CodeExecution:
         """Run one execution; ``on_output`` is called from a worker thread."""
         loop = asyncio.get_running_loop()
@@ -134,7 +135,9 @@ class SandboxApi:
             future = loop.run_in_executor(
                 self._executor,
                 partial(
-                    self._execute_code.execute, ExecuteCodeCommand(chat_id, request), on_output
+                    self._execute_code.execute,
+                    ExecuteCodeCommand(chat_id, request, packages),
+                    on_output,
                 ),
             )
         except BaseException:
@@ -154,7 +157,11 @@ class SandboxApi:
         return await asyncio.shield(future)
 
     def execute_stream(
-        self, chat_id: UUID, request: ExecutionRequest, transport: str
+        self,
+        chat_id: UUID,
+        request: ExecutionRequest,
+        transport: str,
+        packages: tuple[str, ...] = (),
     ) -> ExecutionStream:
         """Output frames as they come (coalesced, bounded), then the CodeExecution; errors are
         raised in place. Call on the event loop."""
@@ -165,14 +172,21 @@ class SandboxApi:
             max_frame_chars=STREAM_FRAME_CHARS,
             coalesce_s=STREAM_COALESCE_S,
         )
-        task = asyncio.ensure_future(self.execute(chat_id, request, transport, relay.put))
+        task = asyncio.ensure_future(
+            self.execute(chat_id, request, transport, relay.put, packages=packages)
+        )
         # Output is put by the worker thread before the thread's future resolves, so closing
         # on completion never cuts off the last frames.
         task.add_done_callback(lambda _: relay.close())
         return ExecutionStream(relay, task, self._logger, transport, chat_id)
 
-    async def ensure_sandbox(self, chat_id: UUID) -> SandboxSession:
-        return await self._call(self._create_sandbox.execute, CreateSandboxCommand(chat_id))
+    async def ensure_sandbox(
+        self, chat_id: UUID, packages: tuple[str, ...] = (), language: str | None = None
+    ) -> SandboxSession:
+        command = CreateSandboxCommand(
+            chat_id, packages, Language.parse(language) if language else Language.PYTHON
+        )
+        return await self._call(self._create_sandbox.execute, command)
 
     async def get_sandbox(self, chat_id: UUID) -> SandboxSession:
         return await self._call(self._get_sandbox.execute, chat_id)

@@ -9,6 +9,7 @@ process-local lock. A replica that is not the leader skips the round and tries a
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from entrypoint.metrics import ServiceMetrics
@@ -50,7 +51,9 @@ class Sweeper:
         leader: SweepLeader,
         logger: Logger,
         metrics: ServiceMetrics | None = None,
+        retry_uploads: Callable[[], int] | None = None,
     ) -> None:
+        self._retry_uploads = retry_uploads
         self._cleanup_expired = cleanup_expired
         self._reconcile = reconcile
         self._leader = leader
@@ -58,6 +61,7 @@ class Sweeper:
         self._metrics = metrics
 
     def run_once(self) -> SweepReport:
+        self._retry_environment_uploads()
         try:
             with self._leader.try_lead() as leading:
                 if not leading:
@@ -98,6 +102,16 @@ class Sweeper:
             results.labels("marked_dead").inc(len(report.marked_dead))
             results.labels("failed").inc(report.reconcile_failures)
         return report
+
+    def _retry_environment_uploads(self) -> None:
+        """Every replica, leader or not: pending uploads are of this host's own images."""
+        if self._retry_uploads is None:
+            return
+        try:
+            self._retry_uploads()
+        except Exception as exc:
+            # The artifact store must never fail the sweep.
+            self._logger.warning("environment_upload_retry_failed", {"error": type(exc).__name__})
 
     def _count_sweep(self, result: str) -> None:
         if self._metrics is not None:

@@ -48,7 +48,10 @@ class SandboxServicer(pb_grpc.SandboxServiceServicer):
     async def Execute(self, request: Any, context: Ctx) -> Any:  # noqa: N802
         async def run() -> Any:
             execution = await self._api.execute(
-                parse_chat_id(request.chat_id), self._execution_request(request), TRANSPORT
+                parse_chat_id(request.chat_id),
+                self._execution_request(request),
+                TRANSPORT,
+                packages=tuple(request.packages),
             )
             return execute_response(execution)
 
@@ -60,7 +63,10 @@ class SandboxServicer(pb_grpc.SandboxServiceServicer):
         failure: Exception | None = None
         try:
             stream = self._api.execute_stream(
-                parse_chat_id(request.chat_id), self._execution_request(request), TRANSPORT
+                parse_chat_id(request.chat_id),
+                self._execution_request(request),
+                TRANSPORT,
+                tuple(request.packages),
             )
             try:
                 async for event in stream:
@@ -80,7 +86,10 @@ class SandboxServicer(pb_grpc.SandboxServiceServicer):
 
     async def EnsureSandbox(self, request: Any, context: Ctx) -> Any:  # noqa: N802
         async def run() -> Any:
-            return sandbox_message(await self._api.ensure_sandbox(parse_chat_id(request.chat_id)))
+            session = await self._api.ensure_sandbox(
+                parse_chat_id(request.chat_id), tuple(request.packages), request.language or None
+            )
+            return sandbox_message(session)
 
         return await self._guard(context, run)
 
@@ -160,6 +169,7 @@ def sandbox_message(session: SandboxSession) -> Any:
         expires_at=_timestamp(session.expires_at),
         last_activity_at=_timestamp(session.last_activity_at),
         max_expires_at=_timestamp(session.max_expires_at),
+        packages=list(session.packages),
     )
 
 

@@ -28,6 +28,7 @@ from entrypoint.errors import (
 )
 from entrypoint.http.errors import request_id_of
 from entrypoint.http.schemas import (
+    EnsureBody,
     ErrorBody,
     ExecuteBody,
     ExecutionView,
@@ -94,15 +95,21 @@ async def execute(chat_id: str, body: ExecuteBody, request: Request) -> Response
     api = _api(request)
     parsed = parse_chat_id(chat_id)
     execution_request = api.build_request(body.code, body.language, body.timeout_s)
+    packages = tuple(body.packages)
     if EVENT_STREAM in request.headers.get("accept", ""):
-        return await _stream(api, request, parsed, execution_request)
-    execution = await api.execute(parsed, execution_request, TRANSPORT)
+        return await _stream(api, request, parsed, execution_request, packages)
+    execution = await api.execute(parsed, execution_request, TRANSPORT, packages=packages)
     return JSONResponse(execution_json(execution))
 
 
 @v1.put("/chats/{chat_id}/sandbox", response_model=SandboxView, summary="Create or reuse")
-async def ensure_sandbox(chat_id: str, request: Request) -> Response:
-    session = await _api(request).ensure_sandbox(parse_chat_id(chat_id))
+async def ensure_sandbox(
+    chat_id: str, request: Request, body: EnsureBody | None = None
+) -> Response:
+    body = body or EnsureBody.model_validate({})
+    session = await _api(request).ensure_sandbox(
+        parse_chat_id(chat_id), tuple(body.packages), body.language
+    )
     return JSONResponse(sandbox_json(session))
 
 
@@ -192,9 +199,13 @@ def _parse_status(value: str | None) -> SandboxStatus | None:
 
 
 async def _stream(
-    api: SandboxApi, request: Request, chat_id: Any, execution_request: Any
+    api: SandboxApi,
+    request: Request,
+    chat_id: Any,
+    execution_request: Any,
+    packages: tuple[str, ...] = (),
 ) -> Response:
-    stream = api.execute_stream(chat_id, execution_request, TRANSPORT)
+    stream = api.execute_stream(chat_id, execution_request, TRANSPORT, packages)
     first = asyncio.ensure_future(anext(stream))
     done, _ = await asyncio.wait({first}, timeout=STREAM_HEADER_WAIT_S)
     if done:

@@ -12,6 +12,13 @@ from domain.sandbox import SandboxSession
 from entrypoint.wire import clamp_exit_code
 from usecase.execute import CodeExecution
 
+PACKAGES_DESCRIPTION = (
+    "Requirements the chat's sandbox must have, for the request's language: PyPI names with "
+    "optional version specifiers (pandas>=2.0), npm names with an optional @version for "
+    "JavaScript. A new sandbox starts from the cached environment; a running one gets the "
+    "missing packages installed, keeping its state."
+)
+
 
 class ExecuteBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -21,6 +28,18 @@ class ExecuteBody(BaseModel):
     timeout_s: float | None = Field(
         None, description="Seconds before the code is killed; default SANDBOXD_DEFAULT_TIMEOUT_S."
     )
+    packages: list[str] = Field(
+        default_factory=list, description=PACKAGES_DESCRIPTION, max_length=256
+    )
+
+
+class EnsureBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    packages: list[str] = Field(
+        default_factory=list, description=PACKAGES_DESCRIPTION, max_length=256
+    )
+    language: str = Field("python", description="The language the packages are for.")
 
 
 class ErrorBody(BaseModel):
@@ -39,6 +58,9 @@ class SandboxView(BaseModel):
     expires_at: datetime
     last_activity_at: datetime | None
     max_expires_at: datetime | None
+    packages: list[str] = Field(
+        default_factory=list, description="Extra packages it has (npm ones prefixed npm:)."
+    )
 
 
 class ExecutionView(BaseModel):
@@ -76,6 +98,7 @@ def sandbox_json(session: SandboxSession) -> dict[str, Any]:
         "expires_at": _iso(session.expires_at),
         "last_activity_at": _iso(session.last_activity_at),
         "max_expires_at": _iso(session.max_expires_at),
+        "packages": list(session.packages),
     }
 
 

@@ -13,7 +13,7 @@ and 503. A timed-out execution is not an error: ``result.timed_out`` is True.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from typing import Any
 from uuid import UUID
 
@@ -44,11 +44,19 @@ def _chat(chat_id: UUID | str) -> str:
     return str(chat_id)
 
 
-def _execute_body(code: str, language: str, timeout_s: float | None) -> dict[str, Any]:
+def _execute_body(
+    code: str, language: str, timeout_s: float | None, packages: Sequence[str] = ()
+) -> dict[str, Any]:
     body: dict[str, Any] = {"code": code, "language": language}
     if timeout_s is not None:
         body["timeout_s"] = timeout_s
+    if packages:
+        body["packages"] = list(packages)
     return body
+
+
+def _ensure_body(packages: Sequence[str], language: str) -> dict[str, Any] | None:
+    return {"packages": list(packages), "language": language} if packages else None
 
 
 def _execute_timeout(timeout_s: float | None) -> float:
@@ -153,10 +161,11 @@ class SandboxdClient:
         *,
         language: str = "python",
         timeout_s: float | None = None,
+        packages: Sequence[str] = (),
     ) -> ExecutionResult:
         response = self._http.post(
             f"/v1/chats/{_chat(chat_id)}/executions",
-            json=_execute_body(code, language, timeout_s),
+            json=_execute_body(code, language, timeout_s, packages),
             timeout=_execute_timeout(timeout_s),
         )
         _raise_for_error(response)
@@ -169,12 +178,13 @@ class SandboxdClient:
         *,
         language: str = "python",
         timeout_s: float | None = None,
+        packages: Sequence[str] = (),
     ) -> Iterator[StreamItem]:
         """OutputEvents as the code prints, then the ExecutionResult."""
         with self._http.stream(
             "POST",
             f"/v1/chats/{_chat(chat_id)}/executions",
-            json=_execute_body(code, language, timeout_s),
+            json=_execute_body(code, language, timeout_s, packages),
             headers={"Accept": "text/event-stream"},
             timeout=_execute_timeout(timeout_s),
         ) as response:
@@ -184,8 +194,13 @@ class SandboxdClient:
             parser = _SseParser(response.headers.get("x-request-id", ""))
             yield from _items(response.iter_lines(), parser)
 
-    def ensure_sandbox(self, chat_id: UUID | str) -> Sandbox:
-        response = self._http.put(f"/v1/chats/{_chat(chat_id)}/sandbox")
+    def ensure_sandbox(
+        self, chat_id: UUID | str, *, packages: Sequence[str] = (), language: str = "python"
+    ) -> Sandbox:
+        """Create or reuse; ``packages`` the sandbox must have (installed into a running one)."""
+        response = self._http.put(
+            f"/v1/chats/{_chat(chat_id)}/sandbox", json=_ensure_body(packages, language)
+        )
         _raise_for_error(response)
         return Sandbox.from_json(response.json())
 
@@ -254,10 +269,11 @@ class AsyncSandboxdClient:
         *,
         language: str = "python",
         timeout_s: float | None = None,
+        packages: Sequence[str] = (),
     ) -> ExecutionResult:
         response = await self._http.post(
             f"/v1/chats/{_chat(chat_id)}/executions",
-            json=_execute_body(code, language, timeout_s),
+            json=_execute_body(code, language, timeout_s, packages),
             timeout=_execute_timeout(timeout_s),
         )
         _raise_for_error(response)
@@ -270,11 +286,12 @@ class AsyncSandboxdClient:
         *,
         language: str = "python",
         timeout_s: float | None = None,
+        packages: Sequence[str] = (),
     ) -> AsyncIterator[StreamItem]:
         async with self._http.stream(
             "POST",
             f"/v1/chats/{_chat(chat_id)}/executions",
-            json=_execute_body(code, language, timeout_s),
+            json=_execute_body(code, language, timeout_s, packages),
             headers={"Accept": "text/event-stream"},
             timeout=_execute_timeout(timeout_s),
         ) as response:
@@ -287,8 +304,12 @@ class AsyncSandboxdClient:
                 if item is not None:
                     yield item
 
-    async def ensure_sandbox(self, chat_id: UUID | str) -> Sandbox:
-        response = await self._http.put(f"/v1/chats/{_chat(chat_id)}/sandbox")
+    async def ensure_sandbox(
+        self, chat_id: UUID | str, *, packages: Sequence[str] = (), language: str = "python"
+    ) -> Sandbox:
+        response = await self._http.put(
+            f"/v1/chats/{_chat(chat_id)}/sandbox", json=_ensure_body(packages, language)
+        )
         _raise_for_error(response)
         return Sandbox.from_json(response.json())
 

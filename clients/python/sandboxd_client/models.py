@@ -38,6 +38,8 @@ class Sandbox:
     expires_at: datetime
     last_activity_at: datetime | None
     max_expires_at: datetime | None
+    # Extra packages it has (npm ones prefixed "npm:").
+    packages: tuple[str, ...] = ()
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Sandbox:
@@ -51,6 +53,7 @@ class Sandbox:
             expires_at=datetime.fromisoformat(data["expires_at"]),
             last_activity_at=_time(data.get("last_activity_at")),
             max_expires_at=_time(data.get("max_expires_at")),
+            packages=tuple(data.get("packages") or ()),
         )
 
 

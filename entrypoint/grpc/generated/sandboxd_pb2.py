@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1asandboxd/v1/sandboxd.proto\x12\x0bsandboxd.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x1e\n\x0b\x43hatRequest\x12\x0f\n\x07\x63hat_id\x18\x01 \x01(\t\"g\n\x0e\x45xecuteRequest\x12\x0f\n\x07\x63hat_id\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\x10\n\x08language\x18\x03 \x01(\t\x12\x16\n\ttimeout_s\x18\x04 \x01(\x01H\x00\x88\x01\x01\x42\x0c\n\n_timeout_s\"\xe0\x01\n\x0f\x45xecutionResult\x12\x0e\n\x06stdout\x18\x01 \x01(\t\x12\x0e\n\x06stderr\x18\x02 \x01(\t\x12\x16\n\texit_code\x18\x03 \x01(\x05H\x00\x88\x01\x01\x12\x12\n\nduration_s\x18\x04 \x01(\x01\x12\x11\n\ttimed_out\x18\x05 \x01(\x08\x12\x18\n\x10stdout_truncated\x18\x06 \x01(\x08\x12\x18\n\x10stderr_truncated\x18\x07 \x01(\x08\x12\x18\n\x10sandbox_replaced\x18\x08 \x01(\x08\x12\x12\n\nstate_lost\x18\t \x01(\x08\x42\x0c\n\n_exit_code\"\xb4\x02\n\x07Sandbox\x12\x0f\n\x07\x63hat_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x14\n\x0c\x63ontainer_id\x18\x03 \x01(\t\x12\x0e\n\x06status\x18\x04 \x01(\t\x12\x14\n\x0cruntime_kind\x18\x05 \x01(\t\x12.\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\x10last_activity_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0emax_expires_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"f\n\x0f\x45xecuteResponse\x12,\n\x06result\x18\x01 \x01(\x0b\x32\x1c.sandboxd.v1.ExecutionResult\x12%\n\x07sandbox\x18\x02 \x01(\x0b\x32\x14.sandboxd.v1.Sandbox\"\x86\x01\n\x0bOutputChunk\x12/\n\x06stream\x18\x01 \x01(\x0e\x32\x1f.sandboxd.v1.OutputChunk.Stream\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\t\"8\n\x06Stream\x12\x16\n\x12STREAM_UNSPECIFIED\x10\x00\x12\n\n\x06STDOUT\x10\x01\x12\n\n\x06STDERR\x10\x02\"s\n\x0c\x45xecuteEvent\x12*\n\x06output\x18\x01 \x01(\x0b\x32\x18.sandboxd.v1.OutputChunkH\x00\x12.\n\x06result\x18\x02 \x01(\x0b\x32\x1c.sandboxd.v1.ExecuteResponseH\x00\x42\x07\n\x05\x65vent\"R\n\x16\x44\x65stroySandboxResponse\x12\x11\n\tdestroyed\x18\x01 \x01(\x08\x12%\n\x07sandbox\x18\x02 \x01(\x0b\x32\x14.sandboxd.v1.Sandbox2\xb1\x03\n\x0eSandboxService\x12\x44\n\x07\x45xecute\x12\x1b.sandboxd.v1.ExecuteRequest\x1a\x1c.sandboxd.v1.ExecuteResponse\x12I\n\rExecuteStream\x12\x1b.sandboxd.v1.ExecuteRequest\x1a\x19.sandboxd.v1.ExecuteEvent0\x01\x12?\n\rEnsureSandbox\x12\x18.sandboxd.v1.ChatRequest\x1a\x14.sandboxd.v1.Sandbox\x12<\n\nGetSandbox\x12\x18.sandboxd.v1.ChatRequest\x1a\x14.sandboxd.v1.Sandbox\x12O\n\x0e\x44\x65stroySandbox\x12\x18.sandboxd.v1.ChatRequest\x1a#.sandboxd.v1.DestroySandboxResponse\x12>\n\x0cRenewSandbox\x12\x18.sandboxd.v1.ChatRequest\x1a\x14.sandboxd.v1.Sandboxb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1asandboxd/v1/sandboxd.proto\x12\x0bsandboxd.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x1e\n\x0b\x43hatRequest\x12\x0f\n\x07\x63hat_id\x18\x01 \x01(\t\"K\n\x14\x45nsureSandboxRequest\x12\x0f\n\x07\x63hat_id\x18\x01 \x01(\t\x12\x10\n\x08packages\x18\x02 \x03(\t\x12\x10\n\x08language\x18\x03 \x01(\t\"y\n\x0e\x45xecuteRequest\x12\x0f\n\x07\x63hat_id\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\x10\n\x08language\x18\x03 \x01(\t\x12\x16\n\ttimeout_s\x18\x04 \x01(\x01H\x00\x88\x01\x01\x12\x10\n\x08packages\x18\x05 \x03(\tB\x0c\n\n_timeout_s\"\xe0\x01\n\x0f\x45xecutionResult\x12\x0e\n\x06stdout\x18\x01 \x01(\t\x12\x0e\n\x06stderr\x18\x02 \x01(\t\x12\x16\n\texit_code\x18\x03 \x01(\x05H\x00\x88\x01\x01\x12\x12\n\nduration_s\x18\x04 \x01(\x01\x12\x11\n\ttimed_out\x18\x05 \x01(\x08\x12\x18\n\x10stdout_truncated\x18\x06 \x01(\x08\x12\x18\n\x10stderr_truncated\x18\x07 \x01(\x08\x12\x18\n\x10sandbox_replaced\x18\x08 \x01(\x08\x12\x12\n\nstate_lost\x18\t \x01(\x08\x42\x0c\n\n_exit_code\"\xc6\x02\n\x07Sandbox\x12\x0f\n\x07\x63hat_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x14\n\x0c\x63ontainer_id\x18\x03 \x01(\t\x12\x0e\n\x06status\x18\x04 \x01(\t\x12\x14\n\x0cruntime_kind\x18\x05 \x01(\t\x12.\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\x10last_activity_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0emax_expires_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08packages\x18\n \x03(\t\"f\n\x0f\x45xecuteResponse\x12,\n\x06result\x18\x01 \x01(\x0b\x32\x1c.sandboxd.v1.ExecutionResult\x12%\n\x07sandbox\x18\x02 \x01(\x0b\x32\x14.sandboxd.v1.Sandbox\"\x86\x01\n\x0bOutputChunk\x12/\n\x06stream\x18\x01 \x01(\x0e\x32\x1f.sandboxd.v1.OutputChunk.Stream\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\t\"8\n\x06Stream\x12\x16\n\x12STREAM_UNSPECIFIED\x10\x00\x12\n\n\x06STDOUT\x10\x01\x12\n\n\x06STDERR\x10\x02\"s\n\x0c\x45xecuteEvent\x12*\n\x06output\x18\x01 \x01(\x0b\x32\x18.sandboxd.v1.OutputChunkH\x00\x12.\n\x06result\x18\x02 \x01(\x0b\x32\x1c.sandboxd.v1.ExecuteResponseH\x00\x42\x07\n\x05\x65vent\"R\n\x16\x44\x65stroySandboxResponse\x12\x11\n\tdestroyed\x18\x01 \x01(\x08\x12%\n\x07sandbox\x18\x02 \x01(\x0b\x32\x14.sandboxd.v1.Sandbox2\xba\x03\n\x0eSandboxService\x12\x44\n\x07\x45xecute\x12\x1b.sandboxd.v1.ExecuteRequest\x1a\x1c.sandboxd.v1.ExecuteResponse\x12I\n\rExecuteStream\x12\x1b.sandboxd.v1.ExecuteRequest\x1a\x19.sandboxd.v1.ExecuteEvent0\x01\x12H\n\rEnsureSandbox\x12!.sandboxd.v1.EnsureSandboxRequest\x1a\x14.sandboxd.v1.Sandbox\x12<\n\nGetSandbox\x12\x18.sandboxd.v1.ChatRequest\x1a\x14.sandboxd.v1.Sandbox\x12O\n\x0e\x44\x65stroySandbox\x12\x18.sandboxd.v1.ChatRequest\x1a#.sandboxd.v1.DestroySandboxResponse\x12>\n\x0cRenewSandbox\x12\x18.sandboxd.v1.ChatRequest\x1a\x14.sandboxd.v1.Sandboxb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,22 +34,24 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_CHATREQUEST']._serialized_start=76
   _globals['_CHATREQUEST']._serialized_end=106
-  _globals['_EXECUTEREQUEST']._serialized_start=108
-  _globals['_EXECUTEREQUEST']._serialized_end=211
-  _globals['_EXECUTIONRESULT']._serialized_start=214
-  _globals['_EXECUTIONRESULT']._serialized_end=438
-  _globals['_SANDBOX']._serialized_start=441
-  _globals['_SANDBOX']._serialized_end=749
-  _globals['_EXECUTERESPONSE']._serialized_start=751
-  _globals['_EXECUTERESPONSE']._serialized_end=853
-  _globals['_OUTPUTCHUNK']._serialized_start=856
-  _globals['_OUTPUTCHUNK']._serialized_end=990
-  _globals['_OUTPUTCHUNK_STREAM']._serialized_start=934
-  _globals['_OUTPUTCHUNK_STREAM']._serialized_end=990
-  _globals['_EXECUTEEVENT']._serialized_start=992
-  _globals['_EXECUTEEVENT']._serialized_end=1107
-  _globals['_DESTROYSANDBOXRESPONSE']._serialized_start=1109
-  _globals['_DESTROYSANDBOXRESPONSE']._serialized_end=1191
-  _globals['_SANDBOXSERVICE']._serialized_start=1194
-  _globals['_SANDBOXSERVICE']._serialized_end=1627
+  _globals['_ENSURESANDBOXREQUEST']._serialized_start=108
+  _globals['_ENSURESANDBOXREQUEST']._serialized_end=183
+  _globals['_EXECUTEREQUEST']._serialized_start=185
+  _globals['_EXECUTEREQUEST']._serialized_end=306
+  _globals['_EXECUTIONRESULT']._serialized_start=309
+  _globals['_EXECUTIONRESULT']._serialized_end=533
+  _globals['_SANDBOX']._serialized_start=536
+  _globals['_SANDBOX']._serialized_end=862
+  _globals['_EXECUTERESPONSE']._serialized_start=864
+  _globals['_EXECUTERESPONSE']._serialized_end=966
+  _globals['_OUTPUTCHUNK']._serialized_start=969
+  _globals['_OUTPUTCHUNK']._serialized_end=1103
+  _globals['_OUTPUTCHUNK_STREAM']._serialized_start=1047
+  _globals['_OUTPUTCHUNK_STREAM']._serialized_end=1103
+  _globals['_EXECUTEEVENT']._serialized_start=1105
+  _globals['_EXECUTEEVENT']._serialized_end=1220
+  _globals['_DESTROYSANDBOXRESPONSE']._serialized_start=1222
+  _globals['_DESTROYSANDBOXRESPONSE']._serialized_end=1304
+  _globals['_SANDBOXSERVICE']._serialized_start=1307
+  _globals['_SANDBOXSERVICE']._serialized_end=1749
 # @@protoc_insertion_point(module_scope)

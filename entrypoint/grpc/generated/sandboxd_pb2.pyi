@@ -1,10 +1,11 @@
 import datetime
 
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Mapping as _Mapping
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
@@ -15,17 +16,29 @@ class ChatRequest(_message.Message):
     chat_id: str
     def __init__(self, chat_id: _Optional[str] = ...) -> None: ...
 
+class EnsureSandboxRequest(_message.Message):
+    __slots__ = ("chat_id", "packages", "language")
+    CHAT_ID_FIELD_NUMBER: _ClassVar[int]
+    PACKAGES_FIELD_NUMBER: _ClassVar[int]
+    LANGUAGE_FIELD_NUMBER: _ClassVar[int]
+    chat_id: str
+    packages: _containers.RepeatedScalarFieldContainer[str]
+    language: str
+    def __init__(self, chat_id: _Optional[str] = ..., packages: _Optional[_Iterable[str]] = ..., language: _Optional[str] = ...) -> None: ...
+
 class ExecuteRequest(_message.Message):
-    __slots__ = ("chat_id", "code", "language", "timeout_s")
+    __slots__ = ("chat_id", "code", "language", "timeout_s", "packages")
     CHAT_ID_FIELD_NUMBER: _ClassVar[int]
     CODE_FIELD_NUMBER: _ClassVar[int]
     LANGUAGE_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    PACKAGES_FIELD_NUMBER: _ClassVar[int]
     chat_id: str
     code: str
     language: str
     timeout_s: float
-    def __init__(self, chat_id: _Optional[str] = ..., code: _Optional[str] = ..., language: _Optional[str] = ..., timeout_s: _Optional[float] = ...) -> None: ...
+    packages: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, chat_id: _Optional[str] = ..., code: _Optional[str] = ..., language: _Optional[str] = ..., timeout_s: _Optional[float] = ..., packages: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ExecutionResult(_message.Message):
     __slots__ = ("stdout", "stderr", "exit_code", "duration_s", "timed_out", "stdout_truncated", "stderr_truncated", "sandbox_replaced", "state_lost")
@@ -50,7 +63,7 @@ class ExecutionResult(_message.Message):
     def __init__(self, stdout: _Optional[str] = ..., stderr: _Optional[str] = ..., exit_code: _Optional[int] = ..., duration_s: _Optional[float] = ..., timed_out: _Optional[bool] = ..., stdout_truncated: _Optional[bool] = ..., stderr_truncated: _Optional[bool] = ..., sandbox_replaced: _Optional[bool] = ..., state_lost: _Optional[bool] = ...) -> None: ...
 
 class Sandbox(_message.Message):
-    __slots__ = ("chat_id", "session_id", "container_id", "status", "runtime_kind", "created_at", "expires_at", "last_activity_at", "max_expires_at")
+    __slots__ = ("chat_id", "session_id", "container_id", "status", "runtime_kind", "created_at", "expires_at", "last_activity_at", "max_expires_at", "packages")
     CHAT_ID_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
@@ -60,6 +73,7 @@ class Sandbox(_message.Message):
     EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
     LAST_ACTIVITY_AT_FIELD_NUMBER: _ClassVar[int]
     MAX_EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    PACKAGES_FIELD_NUMBER: _ClassVar[int]
     chat_id: str
     session_id: str
     container_id: str
@@ -69,7 +83,8 @@ class Sandbox(_message.Message):
     expires_at: _timestamp_pb2.Timestamp
     last_activity_at: _timestamp_pb2.Timestamp
     max_expires_at: _timestamp_pb2.Timestamp
-    def __init__(self, chat_id: _Optional[str] = ..., session_id: _Optional[str] = ..., container_id: _Optional[str] = ..., status: _Optional[str] = ..., runtime_kind: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_activity_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., max_expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    packages: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, chat_id: _Optional[str] = ..., session_id: _Optional[str] = ..., container_id: _Optional[str] = ..., status: _Optional[str] = ..., runtime_kind: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_activity_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., max_expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., packages: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ExecuteResponse(_message.Message):
     __slots__ = ("result", "sandbox")

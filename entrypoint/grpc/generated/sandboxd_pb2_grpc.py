@@ -46,7 +46,7 @@ class SandboxServiceStub:
                 _registered_method=True)
         self.EnsureSandbox = channel.unary_unary(
                 '/sandboxd.v1.SandboxService/EnsureSandbox',
-                request_serializer=sandboxd_dot_v1_dot_sandboxd__pb2.ChatRequest.SerializeToString,
+                request_serializer=sandboxd_dot_v1_dot_sandboxd__pb2.EnsureSandboxRequest.SerializeToString,
                 response_deserializer=sandboxd_dot_v1_dot_sandboxd__pb2.Sandbox.FromString,
                 _registered_method=True)
         self.GetSandbox = channel.unary_unary(
@@ -85,7 +85,7 @@ class SandboxServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def EnsureSandbox(self, request, context):
-        """Create the chat's sandbox, or reuse the usable one.
+        """Create the chat's sandbox, or reuse the usable one (installing missing packages into it).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -127,7 +127,7 @@ def add_SandboxServiceServicer_to_server(servicer, server):
             ),
             'EnsureSandbox': grpc.unary_unary_rpc_method_handler(
                     servicer.EnsureSandbox,
-                    request_deserializer=sandboxd_dot_v1_dot_sandboxd__pb2.ChatRequest.FromString,
+                    request_deserializer=sandboxd_dot_v1_dot_sandboxd__pb2.EnsureSandboxRequest.FromString,
                     response_serializer=sandboxd_dot_v1_dot_sandboxd__pb2.Sandbox.SerializeToString,
             ),
             'GetSandbox': grpc.unary_unary_rpc_method_handler(
@@ -225,7 +225,7 @@ class SandboxService:
             request,
             target,
             '/sandboxd.v1.SandboxService/EnsureSandbox',
-            sandboxd_dot_v1_dot_sandboxd__pb2.ChatRequest.SerializeToString,
+            sandboxd_dot_v1_dot_sandboxd__pb2.EnsureSandboxRequest.SerializeToString,
             sandboxd_dot_v1_dot_sandboxd__pb2.Sandbox.FromString,
             options,
             channel_credentials,

@@ -44,10 +44,18 @@ def test_save_then_get_returns_an_equal_session_with_every_field(repository) -> 
         runtime_kind="qemu",
         last_activity_at=T0 + timedelta(seconds=7, microseconds=123456),
         max_expires_at=T0 + timedelta(hours=4),
+        packages=("pandas>=2.0", "npm:lodash@4.17.21"),
     )
     repository.save(stored)
     assert repository.get(stored.session_id) == stored
     assert repository.get_active_by_chat_id(stored.chat_id) == stored
+
+
+def test_a_session_without_packages_reads_back_with_none(repository) -> None:
+    stored = session()
+    repository.save(stored)
+    fetched = repository.get(stored.session_id)
+    assert fetched is not None and fetched.packages == ()
 
 
 def test_times_keep_their_instant_whatever_zone_went_in(repository) -> None:

@@ -75,6 +75,10 @@ def test_snapshots_live_under_their_own_prefix(
     listed = raw_client(s3_endpoint).list_objects_v2(Bucket=bucket)["Contents"]
     assert [item["Key"] for item in listed] == [f"snapshots/{KEY}.qcow2.zst"]
     assert not store.exists(ArtifactKind.IMAGE, KEY)
+    assert store.list_keys(ArtifactKind.SNAPSHOT) == [KEY]
+    assert store.list_keys(ArtifactKind.IMAGE) == []
+    raw_client(s3_endpoint).put_object(Bucket=bucket, Key="snapshots/not-a-key.txt", Body=b"x")
+    assert store.list_keys(ArtifactKind.SNAPSHOT) == [KEY]  # other objects are skipped
     store.delete(ArtifactKind.SNAPSHOT, KEY)
     store.delete(ArtifactKind.SNAPSHOT, KEY)  # idempotent
     assert not store.exists(ArtifactKind.SNAPSHOT, KEY)

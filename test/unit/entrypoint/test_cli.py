@@ -57,3 +57,24 @@ def test_destroy_then_list_shows_nothing(container, capsys) -> None:
     capsys.readouterr()
     main(["sandboxes", "list"], container=container)
     assert json.loads(capsys.readouterr().out) == []
+
+
+def test_exec_and_ensure_take_repeatable_packages(container, capsys) -> None:
+    from testkit.fakes import FakeEnvironmentRuntime, FakeEnvironmentStore
+    from usecase.environment import EnvironmentProvisioning
+
+    store = FakeEnvironmentStore()
+    container.environments.override(
+        providers.Object(
+            EnvironmentProvisioning(store, FakeEnvironmentRuntime(container.runtime()))
+        )
+    )
+    args = ["exec", "--json", "--chat-id", CHAT, "--package", "pandas", "--package", "six", "1"]
+    assert main(args, container=container) == 0
+    session = json.loads(capsys.readouterr().out)["session"]
+    assert "pandas" in session["packages"] and "six" in session["packages"]
+    assert [env.packages for env in store.ensured] == [("pandas", "six")]
+    ensure = ["sandbox", "ensure", "--chat-id", CHAT, "--language", "javascript"]
+    assert main([*ensure, "--package", "lodash"], container=container) == 0
+    assert "npm:lodash" in json.loads(capsys.readouterr().out)["packages"]
+    assert main(["sandbox", "ensure", "--chat-id", CHAT, "--package", "a b c"], container) == 2

@@ -73,6 +73,21 @@ VARIABLES: dict[str, tuple[str, str, Any]] = {
     "SANDBOXD_DOCKER_START_TIMEOUT_S": ("docker.start_timeout_s", "10", 10.0),
     "SANDBOXD_LOG_LEVEL": ("log.level", "debug", "debug"),
     "SANDBOXD_LOG_FORMAT": ("log.format", "json", "json"),
+    "SANDBOXD_ENV_CACHE_MAX_MB": ("environments.env_cache_max_mb", "512", 512),
+    "SANDBOXD_ENV_IMAGE_REPOSITORY": ("environments.env_image_repository", "envs", "envs"),
+    "SANDBOXD_S3_BUCKET": ("environments.s3_bucket", "envs", "envs"),
+    "SANDBOXD_S3_ENDPOINT_URL": (
+        "environments.s3_endpoint_url",
+        "http://127.0.0.1:9000",
+        "http://127.0.0.1:9000",
+    ),
+    "SANDBOXD_S3_REGION": ("environments.s3_region", "eu-west-1", "eu-west-1"),
+    "SANDBOXD_S3_MAX_CONCURRENT_UPLOADS": ("environments.s3_max_concurrent_uploads", "4", 4),
+    "SANDBOXD_PACKAGE_ALLOWLIST": (
+        "environments.package_allowlist",
+        "/etc/sandboxd/allow.txt",
+        Path("/etc/sandboxd/allow.txt"),
+    ),
 }
 
 
