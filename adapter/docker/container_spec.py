@@ -128,11 +128,14 @@ def seal_channel(channel: Path) -> None:
     """Close the channel directory to everyone but the service once the agent's socket is in it.
 
     The agent keeps its listening socket for the container's life and never writes here again.
-    From now on nothing in the sandbox can create files in this host directory, nor even look
-    into it.
+    From now on nothing in the sandbox can create files in this host directory nor list it:
+    0711 leaves others only the right to pass through to a name they are told, which is how the
+    host hands package wheels to the chat's interpreter (a directory with an unguessable name,
+    adapter.environment.live_install). The agent's socket stays unreachable: it is 0600 and the
+    agent checks its peer's credentials.
     """
     try:
         os.chown(channel, os.getuid(), os.getgid())
-        channel.chmod(0o700)
+        channel.chmod(0o711)
     except OSError as exc:
         raise RuntimeUnavailableError(f"cannot seal the agent channel {channel}: {exc}") from exc

@@ -89,8 +89,10 @@ def test_code_in_the_sandbox_cannot_write_into_the_host_channel_directory(
         channel = Path(info["Config"]["Labels"][LABEL_CHANNEL])
         writes = sandbox.run("open('/run/sandboxd/fill', 'w').write('x' * 1024)")
         unlinks = sandbox.run("import os; os.unlink('/run/sandboxd/agent.sock')")
+        lists = sandbox.run("import os; print(os.listdir('/run/sandboxd'))")
         assert "PermissionError" in writes.stderr and writes.exit_code != 0
         assert "PermissionError" in unlinks.stderr and unlinks.exit_code != 0
+        assert "PermissionError" in lists.stderr and lists.exit_code != 0
         assert sorted(p.name for p in channel.iterdir()) == ["agent.sock"]
         assert sandbox.run("print(1)").stdout == "1\n"  # the agent still answers
     finally:
