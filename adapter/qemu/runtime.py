@@ -198,7 +198,7 @@ class QemuSandboxRuntime:
         build_spec = replace(
             spec,
             memory_mb=max(spec.memory_mb, _BUILD_MEMORY_MB),
-            kernel_cmdline=f"{KERNEL_CMDLINE} {MODE_PARAM}={BUILD_MODE}",
+            kernel_cmdline=f"{spec.kernel_cmdline} {MODE_PARAM}={BUILD_MODE}",
             extra_disk=input_disk,
         )
         vm_dir = VmDir(work_dir / new_vm_id())
