@@ -99,7 +99,7 @@ def test_failed_build_leaves_no_entry_and_lru_evicts_past_the_budget(
     assert store.list_keys() == [second.key]
     assert [a["key"] for a in logger.named("environment_evicted")] == [first.key]
     code, output = _run_in_new_vm(
-        runtime, second.key, "import iniconfig; print(iniconfig.__version__)"
+        runtime, second.key, "import iniconfig, importlib.metadata as m; print(m.version('iniconfig'))"
     )
     assert code == 0 and output.strip() == "2.0.0", output
     code, output = _run_in_new_vm(runtime, None, "import iniconfig")
