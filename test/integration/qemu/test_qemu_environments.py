@@ -98,9 +98,8 @@ def test_failed_build_leaves_no_entry_and_lru_evicts_past_the_budget(
     second = store.ensure(Environment(Language.PYTHON, ("iniconfig==2.0.0",)))
     assert store.list_keys() == [second.key]
     assert [a["key"] for a in logger.named("environment_evicted")] == [first.key]
-    code, output = _run_in_new_vm(
-        runtime, second.key, "import iniconfig, importlib.metadata as m; print(m.version('iniconfig'))"
-    )
+    version = "import iniconfig, importlib.metadata as m; print(m.version('iniconfig'))"
+    code, output = _run_in_new_vm(runtime, second.key, version)
     assert code == 0 and output.strip() == "2.0.0", output
     code, output = _run_in_new_vm(runtime, None, "import iniconfig")
     assert code != 0 and "ModuleNotFoundError" in output, "the base image has no iniconfig"
