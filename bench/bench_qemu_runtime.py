@@ -6,6 +6,8 @@ Measures, on the accelerator the runtime picks (TCG on these machines):
 - cold boot to a ready agent (snapshots off);
 - snapshot restore to the first result (create + first execution, snapshots on);
 - execute round trip of a trivial Python statement in one VM (p50, p90);
+- the first ``import pandas, matplotlib.pyplot`` + plot + savefig in a new chat (restored VM),
+  and the snapshot's size (both grow/shrink with QemuSandboxConfig.preload);
 - host resident memory (VmRSS of the QEMU process) and CPU per idle VM.
 Needs the image set (``sandboxd image build --runtime qemu``); VMs live in a temporary directory
 and are all stopped at the end.
@@ -29,6 +31,10 @@ from adapter.qemu.config import QemuSandboxConfig
 from adapter.qemu.runtime import QemuSandboxRuntime
 from domain.execution import ExecutionRequest
 from entrypoint.settings import Settings
+
+FIRST_PLOT = (
+    "import pandas, matplotlib.pyplot as plt\nplt.plot([1, 2]); plt.savefig('/workspace/a.png')\n"
+)
 
 
 def _create(runtime: QemuSandboxRuntime) -> str:
@@ -94,8 +100,16 @@ def main() -> None:
             cold_rt.stop(vm)
 
         t0 = time.perf_counter()
-        warm_rt.prepare_snapshot()
+        snapshot_file = warm_rt.prepare_snapshot()
         snapshot_build_s = time.perf_counter() - t0
+        snapshot_bytes = Path(snapshot_file).stat().st_size if snapshot_file else 0
+
+        vm = _create(warm_rt)
+        t0 = time.perf_counter()
+        result = warm_rt.execute(vm, ExecutionRequest(code=FIRST_PLOT, timeout_s=300))
+        first_plot_s = time.perf_counter() - t0
+        assert result.exit_code == 0, result
+        warm_rt.stop(vm)
 
         restore_to_result: list[float] = []
         restore_create: list[float] = []
@@ -143,6 +157,8 @@ def main() -> None:
                         "max": round(max(cold), 3),
                     },
                     "snapshot_build_s": round(snapshot_build_s, 3),
+                    "snapshot_bytes": snapshot_bytes,
+                    "first_pandas_pyplot_savefig_s": round(first_plot_s, 3),
                     "snapshot_restore_to_first_result_s": {
                         "n": len(restore_to_result),
                         "median": round(statistics.median(restore_to_result), 3),

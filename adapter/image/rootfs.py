@@ -29,9 +29,27 @@ from pathlib import Path
 from filelock import FileLock
 
 # Bump when the build steps change in a way that changes the tree: BUILDER_VERSION for the
-# debootstrap layer, FINISH_VERSION for what _finish does on top of it (no new debootstrap).
+# debootstrap layer, FINISH_VERSION for the steps on top of it (slimming, font cache, user,
+# setuid stripping): bumping that rebuilds the rootfs layer only, not the (slow) debootstrap.
 BUILDER_VERSION = "3"
-FINISH_VERSION = "2"
+FINISH_VERSION = "3"
+# Build-time only: Debian's python3-scipy pulls python3-pythran, which pulls the C/C++ compiler,
+# binutils, libc and Python headers and Boost (~500 MB). No sandbox compiles anything (packages
+# come as wheels), so they are purged from the tree; scipy, numpy and pip keep working.
+TOOLCHAIN_PACKAGES: tuple[str, ...] = (
+    "binutils", "binutils-common", "binutils-x86-64-linux-gnu", "cpp", "cpp-12", "g++", "g++-12",
+    "gcc", "gcc-12", "libasan8", "libbinutils", "libboost-dev", "libboost1.74-dev",
+    "libc-dev-bin", "libc6-dev", "libcc1-0", "libcrypt-dev", "libctf-nobfd0", "libctf0",
+    "libexpat1-dev", "libgcc-12-dev", "libgprofng0", "libisl23", "libitm1", "libjansson4",
+    "liblsan0", "libmpc3", "libnsl-dev", "libopenblas-dev", "libopenblas-pthread-dev",
+    "libpython3-all-dev", "libpython3-dev", "libpython3.11-dev", "libstdc++-12-dev",
+    "libtirpc-dev", "libtsan2", "libubsan1", "libxsimd-dev", "linux-libc-dev",
+    "python3-all-dev", "python3-beniget", "python3-dev", "python3-gast", "python3-pythran",
+    "python3.11-dev", "rpcsvc-proto", "zlib1g-dev",
+)  # fmt: skip
+# matplotlib's font cache, built into the image (read-only); the agent copies it into the
+# interpreters' MPLCONFIGDIR outside /workspace (see sandbox_agent._cache_dirs).
+MATPLOTLIB_TEMPLATE = "opt/sandboxd/matplotlib"
 SUITE = "bookworm"
 # The default environment serves chat as-is: data analysis and plots work with no settings, and
 # pip is there for offline installs of environments (adapter.environment) on top of this image.
@@ -235,6 +253,55 @@ def _strip_setid_bits(root: Path) -> None:
                 os.chmod(path, stat.S_IMODE(mode) & ~setid)
 
 
+def _installed(root: Path) -> set[str]:
+    result = subprocess.run(
+        ["dpkg-query", f"--admindir={root / 'var/lib/dpkg'}", "-W", "-f=${Package}\n"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise RootfsBuildError(f"dpkg-query failed: {result.stderr.strip()}")
+    return set(result.stdout.split())
+
+
+def _purge_toolchain(root: Path) -> None:
+    """Purge TOOLCHAIN_PACKAGES (dependencies ignored: python3-scipy still names pythran), then
+    check that what a sandbox uses still imports."""
+    present = sorted(set(TOOLCHAIN_PACKAGES) & _installed(root))
+    if present:
+        result = subprocess.run(
+            ["dpkg", f"--root={root}", "--force-depends", "--force-remove-essential",
+             "--purge", *present],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        if result.returncode != 0:
+            raise RootfsBuildError(f"dpkg --purge failed: {result.stderr.strip()[-500:]}")
+    _in_root(root, ["python3", "-c", "import numpy, pandas, scipy.linalg, scipy.stats, pip"])
+
+
+def _build_font_cache(root: Path) -> None:
+    if not (root / "usr/lib/python3/dist-packages/matplotlib").is_dir():
+        return
+    cache = root / MATPLOTLIB_TEMPLATE
+    cache.mkdir(parents=True, exist_ok=True)
+    _in_root(root, ["env", f"MPLCONFIGDIR=/{MATPLOTLIB_TEMPLATE}", "python3", "-c",
+                    "import matplotlib.font_manager"])  # fmt: skip
+    if not list(cache.glob("fontlist-*.json")):
+        raise RootfsBuildError("matplotlib wrote no font cache")
+    for entry in cache.iterdir():
+        entry.chmod(0o444)
+
+
+def _in_root(root: Path, command: list[str]) -> None:
+    # Debian's own packages in the tree being built (the host's registries never reach here).
+    result = subprocess.run(
+        ["chroot", str(root), *command], capture_output=True, text=True, check=False
+    )
+    if result.returncode != 0:
+        raise RootfsBuildError(f"{command[-1]!r} in the tree failed: {result.stderr[-500:]}")
+
+
 def _write_tarball(root: Path, tarball: Path) -> None:
     # tar(1) keeps owners, modes, device nodes and hard links exactly as debootstrap made them.
     result = subprocess.run(
@@ -303,8 +370,12 @@ def build_rootfs(
         subprocess.run(
             ["cp", "-a", "--reflink=auto", str(base / "rootfs"), str(work / "rootfs")], check=True
         )
+        progress("purging the compiler toolchain and headers")
+        _purge_toolchain(work / "rootfs")
         progress("adding the sandbox user, the agent and /workspace")
         _finish(work / "rootfs")
+        progress("building matplotlib's font cache")
+        _build_font_cache(work / "rootfs")
         progress("writing rootfs.tar")
         _write_tarball(work / "rootfs", work / "rootfs.tar")
         (work / "content_hash").write_text(content_hash + "\n")

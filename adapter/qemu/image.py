@@ -5,9 +5,16 @@
 - base image: the root filesystem as a journal-less ext4 (``mkfs.ext4 -d``) in a read-only qcow2,
   named by the root filesystem's content hash.
 
-Every step is skipped when its output for the same inputs already exists. ``image.json`` in the
-QEMU data directory names the current set; the runtime reads it, and the snapshot key is built
-from the hashes recorded there.
+Every step is skipped when its output for the same inputs already exists. The set is addressed
+by its inputs: ``sets/<rootfs hash 16>.json`` records the kernel, initramfs and base image built
+for that root filesystem (kernel and initramfs come from the host's packages). A runtime looks up
+the set of ITS OWN root filesystem hash (computed from the local agent and package list, as the
+Docker tag is), so services, worktrees and tests with different inputs never swap the image
+under each other's VMs. The snapshot key is built from the hashes recorded in the set.
+
+Loading a set touches its manifest: that is "in use". Pruning (after a build) removes only sets
+whose manifest has not been touched for an hour, with their base images, and initramfs files no
+remaining set names.
 
 Builders serialise on ``build.lock`` in the QEMU data directory: a service starting up and a
 test fixture (or two CLI calls) building the same base image at once would otherwise share one
@@ -19,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import time
@@ -29,6 +37,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
+from adapter.image.rootfs import rootfs_hash as local_rootfs_hash
 from adapter.qemu.initramfs import INIT_SCRIPT, build_initramfs
 from adapter.qemu.kernel import ensure_kernel
 from domain.errors import RuntimeUnavailableError
@@ -36,7 +45,7 @@ from domain.errors import RuntimeUnavailableError
 Progress = Callable[[str], None]
 
 BUSYBOX = Path("/bin/busybox")
-MANIFEST = "image.json"
+SETS = "sets"
 BUILD_LOCK = "build.lock"
 # Superseded artifacts younger than this are kept: another process (a second service on the same
 # data directory, a test run) may have just built them and be about to boot from them.
@@ -128,35 +137,60 @@ def _build_locked(
         base_hash=_cached_hash(base),
         rootfs_hash=rootfs_hash,
     )
-    manifest = root / MANIFEST
+    manifest = _manifest(root, rootfs_hash)
+    manifest.parent.mkdir(parents=True, exist_ok=True)
     tmp = manifest.with_suffix(".tmp")
     tmp.write_text(json.dumps(asdict(image), default=str, indent=2))
     tmp.replace(manifest)
-    _prune(root, keep={initrd, initrd.with_name(initrd.name + ".sha256"), base.parent})
+    _prune(root)
     return image
 
 
-def _prune(root: Path, keep: set[Path]) -> None:
-    """Drop superseded base images (~200 MB each) and initramfs files.
+def _manifest(root: Path, rootfs_hash: str) -> Path:
+    return root / SETS / f"{rootfs_hash[:16]}.json"
 
-    VMs still running on an old base keep it open, so removing the file does not disturb them.
+
+def _prune(root: Path) -> None:
+    """Drop image sets unused for an hour: their manifest, base image (~1 GB) and initramfs.
+
+    Called under the build lock. A set in use has its manifest touched on every load; VMs still
+    running on a pruned base keep it open (QEMU holds descriptors), so they are not disturbed.
+    Base images and initramfs files no manifest names (left by older builders) go by age too.
     """
     cutoff = time.time() - PRUNE_MIN_AGE_S
-    for entry in [*(root / "base").glob("*"), *(root / "initramfs").glob("*")]:
-        if entry in keep or entry.name.endswith(".building"):
+
+    def old(path: Path) -> bool:
+        try:
+            return path.stat().st_mtime < cutoff
+        except FileNotFoundError:
+            return False
+
+    keep: set[Path] = set()
+    for manifest in sorted((root / SETS).glob("*.json")):
+        if old(manifest):
+            manifest.unlink(missing_ok=True)
             continue
-        with contextlib.suppress(FileNotFoundError):
-            if entry.stat().st_mtime > cutoff:
-                continue
+        try:
+            raw = json.loads(manifest.read_text())
+            keep |= {Path(raw["base"]).parent, Path(raw["initrd"])}
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    keep |= {path.with_name(path.name + ".sha256") for path in keep}
+    for entry in [*(root / "base").glob("*"), *(root / "initramfs").glob("*")]:
+        if entry in keep or ".building" in entry.name or not old(entry):
+            continue
         if entry.is_dir():
             shutil.rmtree(entry, ignore_errors=True)
         else:
             entry.unlink(missing_ok=True)
 
 
-def load_qemu_image(data_dir: Path) -> QemuImage | None:
-    """The current image set, or None when it was never built or a file has gone missing."""
-    manifest = qemu_dir(data_dir) / MANIFEST
+def load_qemu_image(data_dir: Path, rootfs_hash: str | None = None) -> QemuImage | None:
+    """The image set built for ``rootfs_hash`` (default: this checkout's agent and package list),
+    or None when it was never built or a file has gone missing. Marks the set in use (see the
+    module docstring)."""
+    rootfs_hash = rootfs_hash or local_rootfs_hash()
+    manifest = _manifest(qemu_dir(data_dir), rootfs_hash)
     try:
         raw = json.loads(manifest.read_text())
         image = QemuImage(
@@ -170,8 +204,13 @@ def load_qemu_image(data_dir: Path) -> QemuImage | None:
         )
     except (OSError, ValueError, KeyError, TypeError):
         return None
+    if image.rootfs_hash != rootfs_hash:
+        return None
     if not all(path.is_file() for path in (image.kernel, image.initrd, image.base)):
         return None
+    for used in (manifest, image.base.parent, image.initrd):
+        with contextlib.suppress(OSError):
+            os.utime(used)
     # A file changed behind our back (same name, other bytes) must change the snapshot key.
     return QemuImage(
         kernel=image.kernel,

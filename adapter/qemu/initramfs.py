@@ -25,6 +25,11 @@ SANDBOX_USER = "sandbox"
 MAX_PROCESSES = 128
 # /tmp is small as in the container; /workspace may use up to half the guest's memory (tmpfs).
 TMP_SIZE = "32m"
+PRELOAD_PARAM = "sandboxd.preload"
+MODE_PARAM = "sandboxd.mode"
+BUILD_MODE = "build"
+BUILD_SCRIPT = "install.sh"
+BUILD_MARKER = "sandboxd-build: exit "
 
 INIT_SCRIPT = f"""#!/bin/busybox sh
 /bin/busybox --install -s /bin
@@ -37,10 +42,39 @@ for m in {" ".join(VIRTIO_MODULES)}; do
     insmod /lib/modules/$m.ko || echo "sandboxd-init: insmod $m failed"
 done
 fail() {{ echo "sandboxd-init: $*"; poweroff -f; }}
-i=0
-while [ ! -b /dev/vda ]; do
-    i=$((i + 1)); [ $i -gt 500 ] && fail "no /dev/vda"; sleep 0.01
+wait_disk() {{
+    i=0
+    while [ ! -b "$1" ]; do
+        i=$((i + 1)); [ $i -gt 500 ] && fail "no $1"; sleep 0.01
+    done
+}}
+# Settings from the host, on the kernel command line (part of the snapshot key): the modules the
+# agent's first python imports before the snapshot is taken, and the build mode.
+preload=""
+mode=""
+for arg in $(cat /proc/cmdline); do
+    case "$arg" in
+        {PRELOAD_PARAM}=*) preload="${{arg#{PRELOAD_PARAM}=}}" ;;
+        {MODE_PARAM}=*) mode="${{arg#{MODE_PARAM}=}}" ;;
+    esac
 done
+wait_disk /dev/vda
+if [ "$mode" = "{BUILD_MODE}" ]; then
+    # Environment build: the only mode with a writable root. /dev/vdb (read-only) carries the
+    # host-fetched artifacts and {BUILD_SCRIPT}; its exit status goes to the console.
+    wait_disk /dev/vdb
+    mount -t ext4 -o rw,noatime /dev/vda /newroot || fail "cannot mount root"
+    mount -t ext4 -o ro /dev/vdb /newroot/mnt || fail "cannot mount the build input"
+    mount -t proc proc /newroot/proc
+    mount -t devtmpfs devtmpfs /newroot/dev
+    mount -t tmpfs -o size=256m tmpfs /newroot/tmp
+    chroot /newroot /bin/sh /mnt/{BUILD_SCRIPT}
+    echo "{BUILD_MARKER}$?"
+    umount /newroot/tmp /newroot/dev /newroot/proc /newroot/mnt
+    umount /newroot || mount -o remount,ro /newroot
+    sync
+    poweroff -f
+fi
 # Read-only root: the disk never changes, so a memory snapshot restores onto any fresh overlay.
 # nosuid,nodev: no file on it can raise privileges or open a device, whatever the image holds.
 mount -t ext4 -o ro,noatime,nosuid,nodev /dev/vda /newroot || fail "cannot mount root"
@@ -72,7 +106,7 @@ mount --move /sys /newroot/sys
 echo "sandboxd-init: starting agent on $port"
 # The agent is PID 1: it reaps orphans itself, and the OOM killer never picks PID 1.
 exec switch_root /newroot /usr/bin/python3 {AGENT_PATH} --device "$port" --user {SANDBOX_USER} \\
-    --max-processes {MAX_PROCESSES}
+    --max-processes {MAX_PROCESSES} --preload "$preload"
 """
 
 

@@ -128,6 +128,25 @@ class VmLauncher:
         vm.client = client
         return vm
 
+    def run_to_exit(self, vm_dir: VmDir, image: QemuImage, spec: VmSpec, timeout_s: float) -> str:
+        """Run a VM that powers itself off (an environment build); its console tail.
+
+        Killed (RuntimeUnavailableError) when it runs past ``timeout_s``."""
+        process = self._start(spec, image, vm_dir, None)
+        try:
+            process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired as exc:
+            _kill_and_reap(process)
+            raise RuntimeUnavailableError(
+                f"build VM ran longer than {timeout_s:.0f}s [{vm_dir.console_tail()}]"
+            ) from exc
+        finally:
+            if process.poll() is None:
+                _kill_and_reap(process)
+        # The console is copied by a thread that sees end of file only now.
+        time.sleep(0.3)
+        return vm_dir.console_tail(lines=40)
+
     # --- saving and stopping ----------------------------------------------------------------
 
     def save_memory(self, vm: RunningVm, memory: Path) -> None:

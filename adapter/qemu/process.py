@@ -77,8 +77,7 @@ def start_qemu(
     try:
         kernel = _open(fds, image.kernel, os.O_RDONLY)
         initrd = _open(fds, image.initrd, os.O_RDONLY)
-        base = _open(fds, image.base, os.O_RDONLY)
-        overlay = _open(fds, vm.overlay, os.O_RDWR)
+        disks = _disk_arguments(fds, [image.base, *spec.layers], vm.overlay, spec.extra_disk)
         agent = _listen(fds, vm.agent_socket)
         qmp = _listen(fds, vm.qmp_socket)
         memory = _open(fds, incoming, os.O_RDONLY) if incoming is not None else None
@@ -98,15 +97,7 @@ def start_qemu(
             "-append", spec.kernel_cmdline,
             "-chardev", "stdio,id=console,signal=off",
             "-serial", "chardev:console",
-            # The opaque names the files: the work dir in QEMU's command line is also how
-            # VmDir.qemu_pid tells our QEMU from a process that reused its pid.
-            "-add-fd", f"fd={base},set=1,opaque={image.base}",
-            "-add-fd", f"fd={overlay},set=2,opaque={vm.overlay}",
-            "-blockdev", "driver=file,node-name=base-file,filename=/dev/fdset/1,read-only=on",
-            "-blockdev", "driver=qcow2,node-name=base,file=base-file,read-only=on",
-            "-blockdev", "driver=file,node-name=root-file,filename=/dev/fdset/2,discard=unmap",
-            "-blockdev", "driver=qcow2,node-name=root,file=root-file,backing=base,discard=unmap",
-            "-device", "virtio-blk-device,drive=root",
+            *disks,
             "-device", "virtio-serial-device",
             "-chardev", f"socket,id=agent,fd={agent},server=on,wait=off",
             "-device", f"virtserialport,chardev=agent,name={AGENT_PORT_NAME}",
@@ -142,6 +133,45 @@ def start_qemu(
     follow_capped(process.stdout, vm.console_file, log_max_bytes)
     follow_capped(process.stderr, vm.log_file, log_max_bytes)
     return process
+
+
+def _disk_arguments(
+    fds: list[int], layers: list[Path], overlay: Path, extra: Path | None
+) -> list[str]:
+    """The read-only qcow2 chain (base first), the VM's writable overlay on top, and the extra
+    raw disk. Backing files are named explicitly: QEMU never opens a path from a qcow2 header.
+    The opaque names the files: the work dir in QEMU's command line is also how VmDir.qemu_pid
+    tells our QEMU from a process that reused its pid."""
+    args: list[str] = []
+    below = ""
+    for index, layer in enumerate(layers):
+        fd = _open(fds, layer, os.O_RDONLY)
+        node = f"layer{index}"
+        backing = f",backing={below}" if below else ""
+        args += [
+            "-add-fd", f"fd={fd},set={index + 10},opaque={layer}",
+            "-blockdev",
+            f"driver=file,node-name={node}-file,filename=/dev/fdset/{index + 10},read-only=on",
+            "-blockdev", f"driver=qcow2,node-name={node},file={node}-file,read-only=on{backing}",
+        ]  # fmt: skip
+        below = node
+    fd = _open(fds, overlay, os.O_RDWR)
+    args += [
+        "-add-fd", f"fd={fd},set=1,opaque={overlay}",
+        "-blockdev", "driver=file,node-name=root-file,filename=/dev/fdset/1,discard=unmap",
+        "-blockdev",
+        f"driver=qcow2,node-name=root,file=root-file,backing={below},discard=unmap",
+        "-device", "virtio-blk-device,drive=root",
+    ]  # fmt: skip
+    if extra is not None:
+        fd = _open(fds, extra, os.O_RDONLY)
+        args += [
+            "-add-fd", f"fd={fd},set=2,opaque={extra}",
+            "-blockdev", "driver=file,node-name=extra-file,filename=/dev/fdset/2,read-only=on",
+            "-blockdev", "driver=raw,node-name=extra,file=extra-file,read-only=on",
+            "-device", "virtio-blk-device,drive=extra",
+        ]  # fmt: skip
+    return args
 
 
 def _open(fds: list[int], path: Path, flags: int) -> int:

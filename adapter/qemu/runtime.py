@@ -16,28 +16,37 @@ snapshot; AgentConnections holds the agent connections and hands them over betwe
 
 from __future__ import annotations
 
+import re
 import shutil
 import threading
 import time
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from uuid import UUID
 
+from adapter.image.rootfs import RootfsBuildError, build_rootfs, rootfs_hash
 from adapter.qemu.accel import AcceleratorChoice, choose_accelerator, host_tsc_khz, qemu_version
 from adapter.qemu.config import QemuSandboxConfig
 from adapter.qemu.connections import AgentConnections, RunningVm
-from adapter.qemu.image import QemuImage, load_qemu_image, qemu_dir
+from adapter.qemu.envdisk import EnvironmentDisk, EnvironmentDisks
+from adapter.qemu.image import QemuImage, build_qemu_image, load_qemu_image, qemu_dir
+from adapter.qemu.initramfs import BUILD_MARKER, BUILD_MODE, MODE_PARAM, PRELOAD_PARAM
 from adapter.qemu.launcher import RestoreFailedError, VmLauncher
 from adapter.qemu.snapshot import SnapshotKey, SnapshotLifecycle, SnapshotStore
 from adapter.qemu.vm import KERNEL_CMDLINE, VM_ID_PATTERN, VmDir, VmMeta, VmSpec, new_vm_id
-from domain.errors import RuntimeUnavailableError
+from domain.environment import is_cache_key
+from domain.errors import EnvironmentBuildError, RuntimeUnavailableError
 from domain.execution import ExecutionRequest, ExecutionResult
 from domain.sandbox import ManagedSandbox, SandboxSession, SandboxStatus
 from usecase.ports import Logger, OutputSink
 
 RUNTIME_KIND = "qemu"
+_MODULE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*")
 # A snapshot build takes seconds; a builder VM older than this was left behind by a crash.
 _SNAPSHOT_BUILD_MAX_S = 600.0
+# pip in the build VM unpacks wheels in memory: more than a sandbox's default.
+_BUILD_MEMORY_MB = 512
 
 
 class QemuSandboxRuntime:
@@ -59,24 +68,36 @@ class QemuSandboxRuntime:
             logger,
         )
         self._prepare_lock = threading.Lock()
+        self._build_lock = threading.Lock()
+        self._rootfs_hash: str | None = None
+        self._disks = EnvironmentDisks(qemu_dir(config.data_dir) / "environments")
         self._accel: dict[str, AcceleratorChoice] = {}  # by kernel hash
         self._qemu_version = ""
 
     # --- port -------------------------------------------------------------------------------
 
     def create(
-        self, *, session_id: UUID, chat_id: UUID, created_at: datetime, expires_at: datetime
+        self,
+        *,
+        session_id: UUID,
+        chat_id: UUID,
+        created_at: datetime,
+        expires_at: datetime,
+        environment_key: str | None = None,
     ) -> SandboxSession:
-        image, spec = self._prepare()
+        """The port's create; with ``environment_key`` the VM boots from that environment's disk
+        (built by QemuEnvironmentStore; RuntimeUnavailableError when it is not on this host),
+        restored from the environment's own memory snapshot."""
+        image, spec, environment = self._prepare_for(environment_key)
         vm_id = new_vm_id()
         vm_dir = VmDir(self._vms_root / vm_id)
         started = time.monotonic()
         try:
             vm_dir.create(
                 VmMeta(vm_id, self._config.instance_id, session_id, chat_id, purpose="sandbox"),
-                image.base,
+                spec.backing(image.base),
             )
-            vm, mode = self._start(vm_dir, image, spec)
+            vm, mode = self._start(vm_dir, image, spec, environment)
         except OSError as exc:
             self._launcher.destroy(vm_dir, None)
             raise RuntimeUnavailableError(f"cannot start microVM {vm_id}: {exc}") from exc
@@ -92,6 +113,7 @@ class QemuSandboxRuntime:
                 "chat_id": str(chat_id),
                 "mode": mode,
                 "accel": spec.accel,
+                "environment": environment_key or "",
                 "duration_s": round(time.monotonic() - started, 3),
             },
         )
@@ -156,11 +178,45 @@ class QemuSandboxRuntime:
 
     # --- beyond the port --------------------------------------------------------------------
 
-    def prepare_snapshot(self) -> str:
-        """Make sure a valid snapshot exists (used by ``image build`` and the benchmark)."""
-        image, spec = self._prepare()
-        snapshot = self._snapshots.ensure(image, spec, self._snapshot_key(image, spec))
+    def prepare_snapshot(self, environment_key: str | None = None) -> str:
+        """Make sure a valid snapshot exists (used by ``image build``, the environment store and
+        the benchmark); its memory file, or "" when it could not be taken."""
+        image, spec, environment = self._prepare_for(environment_key)
+        key = self._snapshot_key(image, spec, environment)
+        snapshot = self._snapshots.ensure(image, spec, key)
         return str(snapshot.memory_file) if snapshot else ""
+
+    @property
+    def environment_disks(self) -> EnvironmentDisks:
+        return self._disks
+
+    def run_build_vm(self, work_dir: Path, input_disk: Path, timeout_s: float) -> Path:
+        """Boot a VM in build mode over the base image: writable root, ``input_disk`` as the
+        second disk, its install script run, then powered off. The VM's overlay (a qcow2 over
+        the base with the result) is returned; EnvironmentBuildError when the script failed."""
+        image, spec = self._prepare()
+        build_spec = replace(
+            spec,
+            memory_mb=max(spec.memory_mb, _BUILD_MEMORY_MB),
+            kernel_cmdline=f"{spec.kernel_cmdline} {MODE_PARAM}={BUILD_MODE}",
+            extra_disk=input_disk,
+        )
+        vm_dir = VmDir(work_dir / new_vm_id())
+        meta = VmMeta(vm_dir.vm_id, self._config.instance_id, None, None, purpose="build")
+        vm_dir.create(meta, image.base)
+        try:
+            console = self._launcher.run_to_exit(vm_dir, image, build_spec, timeout_s)
+        except BaseException:
+            vm_dir.kill()
+            raise
+        status = console.rsplit(BUILD_MARKER, 1)[1].split()[0] if BUILD_MARKER in console else ""
+        if status != "0":
+            raise EnvironmentBuildError(
+                f"install in the build VM failed (exit {status or 'unknown'}): "
+                + console.replace(" | ", "\n")[-1500:]
+            )
+        overlay: Path = vm_dir.overlay
+        return overlay
 
     def work_dir(self, container_id: str) -> Path:
         """Where the VM's overlay, sockets, pidfile, logs and vm.json live."""
@@ -177,13 +233,55 @@ class QemuSandboxRuntime:
 
     # --- internals --------------------------------------------------------------------------
 
+    def image(self) -> QemuImage:
+        """The image set of this runtime's own inputs, built first when missing and allowed."""
+        config = self._config
+        wanted = config.rootfs_hash or self._local_rootfs_hash()
+        image = load_qemu_image(config.images, wanted)
+        if image is not None:
+            return image
+        if config.rootfs_hash is not None or not config.build_image:
+            raise RuntimeUnavailableError(
+                f"no QEMU image set for root filesystem {wanted[:16]} in {config.images}; "
+                "run `sandboxd image build --runtime qemu`"
+            )
+        with self._build_lock:
+            image = load_qemu_image(config.images, wanted)
+            if image is None:
+                self._logger.info("qemu_image_building", {"rootfs_hash": wanted[:16]})
+                try:
+                    rootfs = build_rootfs(config.images)
+                except RootfsBuildError as exc:
+                    raise RuntimeUnavailableError(f"root filesystem build failed: {exc}") from exc
+                image = build_qemu_image(config.images, rootfs.path, rootfs.content_hash)
+                self._logger.info("qemu_image_built", {"rootfs_hash": wanted[:16]})
+        return image
+
+    def _local_rootfs_hash(self) -> str:
+        if self._rootfs_hash is None:
+            self._rootfs_hash = rootfs_hash()
+        return self._rootfs_hash
+
+    def _prepare_for(
+        self, environment_key: str | None
+    ) -> tuple[QemuImage, VmSpec, EnvironmentDisk | None]:
+        image, spec = self._prepare()
+        if environment_key is None:
+            return image, spec, None
+        if not is_cache_key(environment_key):
+            raise RuntimeUnavailableError(f"not an environment key: {environment_key!r}")
+        environment, reason = self._disks.load(environment_key, image.base)
+        if environment is None:
+            # The store (QemuEnvironmentStore.ensure) builds it; the runtime only boots it.
+            raise RuntimeUnavailableError(
+                f"environment {environment_key} is not usable on this host: {reason}"
+            )
+        self._disks.touch(environment_key)
+        return image, replace(spec, layers=(environment.disk,)), environment
+
     def _prepare(self) -> tuple[QemuImage, VmSpec]:
         config = self._config
-        image = load_qemu_image(config.images)
-        if image is None:
-            raise RuntimeUnavailableError(
-                "no QEMU image has been built; run `sandboxd image build --runtime qemu`"
-            )
+        image = self.image()
         with self._prepare_lock:
             if shutil.which(config.qemu_binary) is None:
                 raise RuntimeUnavailableError(f"{config.qemu_binary} is not installed")
@@ -207,10 +305,12 @@ class QemuSandboxRuntime:
             choice.accel,
             config.memory_mb,
             config.vcpus,
-            _kernel_cmdline(choice.accel),
+            _kernel_cmdline(choice.accel, config.preload),
         )
 
-    def _snapshot_key(self, image: QemuImage, spec: VmSpec) -> SnapshotKey:
+    def _snapshot_key(
+        self, image: QemuImage, spec: VmSpec, environment: EnvironmentDisk | None = None
+    ) -> SnapshotKey:
         return SnapshotKey(
             image_hash=image.image_hash,
             kernel_hash=image.kernel_hash,
@@ -221,11 +321,15 @@ class QemuSandboxRuntime:
             vcpus=spec.vcpus,
             accel=spec.accel,
             kernel_cmdline=spec.kernel_cmdline,
+            environment=f"{environment.key}:{environment.build_id}" if environment else "",
         )
 
-    def _start(self, vm_dir: VmDir, image: QemuImage, spec: VmSpec) -> tuple[RunningVm, str]:
+    def _start(
+        self, vm_dir: VmDir, image: QemuImage, spec: VmSpec, environment: EnvironmentDisk | None
+    ) -> tuple[RunningVm, str]:
         if self._config.snapshot:
-            snapshot = self._snapshots.ensure(image, spec, self._snapshot_key(image, spec))
+            key = self._snapshot_key(image, spec, environment)
+            snapshot = self._snapshots.ensure(image, spec, key)
             if snapshot is not None:
                 try:
                     vm = self._launcher.restore(vm_dir, image, spec, snapshot.memory_file)
@@ -236,7 +340,7 @@ class QemuSandboxRuntime:
                         {"container_id": vm_dir.vm_id, "reason": str(exc), "fallback": "cold_boot"},
                     )
                     # The failed guest may have written to its overlay; start from a clean one.
-                    vm_dir.new_overlay(image.base)
+                    vm_dir.new_overlay(spec.backing(image.base))
         return self._launcher.cold_boot(vm_dir, image, spec), "cold"
 
 
@@ -247,6 +351,12 @@ def _recent(path: Path, max_age_s: float) -> bool:
         return False
 
 
-def _kernel_cmdline(accel: str) -> str:
+def _kernel_cmdline(accel: str, preload: tuple[str, ...]) -> str:
+    cmdline = KERNEL_CMDLINE
     tsc_khz = host_tsc_khz() if accel == "tcg" else None
-    return f"{KERNEL_CMDLINE} tsc_early_khz={tsc_khz}" if tsc_khz else KERNEL_CMDLINE
+    if tsc_khz:
+        cmdline += f" tsc_early_khz={tsc_khz}"
+    modules = [name for name in preload if _MODULE_NAME.fullmatch(name)]
+    if len(modules) != len(preload):
+        raise RuntimeUnavailableError(f"invalid module names to preload: {preload!r}")
+    return f"{cmdline} {PRELOAD_PARAM}={','.join(modules)}" if modules else cmdline

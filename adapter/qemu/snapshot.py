@@ -29,7 +29,8 @@ from domain.execution import ExecutionRequest
 from usecase.ports import Logger
 
 # 2: QEMU sandboxed, console on stdio, disks and sockets passed as descriptors.
-FORMAT_VERSION = "2"
+# 3: modules preloaded (on the kernel command line), environment overlays.
+FORMAT_VERSION = "3"
 PRUNE_AFTER_S = 3600.0
 _WARM_UP = "import random as _sandboxd_warm_up\ndel _sandboxd_warm_up\n"
 
@@ -45,6 +46,7 @@ class SnapshotKey:
     vcpus: int
     accel: str
     kernel_cmdline: str
+    environment: str = ""  # "<key>:<build id>" of the environment disk, "" for the base image
     format_version: str = FORMAT_VERSION
 
     @property
@@ -188,13 +190,16 @@ class SnapshotLifecycle:
         try:
             vm_dir.create(
                 VmMeta(vm_dir.vm_id, self._instance_id, None, None, purpose="snapshot"),
-                image.base,
+                spec.backing(image.base),
             )
             vm = self._launcher.cold_boot(vm_dir, image, spec)
             assert vm.client is not None
             # One execution so the snapshot holds a python interpreter that has run code already,
             # with the module the agent's reseed needs imported (a slow import under TCG).
-            vm.client.execute(ExecutionRequest(code=_WARM_UP, timeout_s=30.0), 1024, None)
+            # It waits for the preloaded modules too: minutes under TCG on a busy host.
+            warm = vm.client.execute(ExecutionRequest(code=_WARM_UP, timeout_s=600.0), 1024, None)
+            if warm.exit_code != 0 or warm.timed_out:
+                raise RuntimeUnavailableError(f"warm-up failed in the snapshot VM: {warm}")
             self._launcher.save_memory(vm, staging / "memory.bin")
             return self._store.commit(key, staging)
         finally:

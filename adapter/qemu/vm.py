@@ -29,13 +29,24 @@ KERNEL_CMDLINE = "console=ttyS0 quiet panic=-1"
 
 @dataclass(frozen=True)
 class VmSpec:
-    """Everything that shapes the guest's hardware; a snapshot only restores onto the same spec."""
+    """Everything that shapes the guest's hardware; a snapshot only restores onto the same spec.
+
+    ``layers``: read-only qcow2 layers over the base image, lowest first (an environment's
+    disk); the VM's overlay sits on the last one. ``extra_disk``: a raw disk attached read-only
+    as the second virtio-blk device (an environment build's input).
+    """
 
     binary: str
     accel: str
     memory_mb: int
     vcpus: int
     kernel_cmdline: str = KERNEL_CMDLINE
+    layers: tuple[Path, ...] = ()
+    extra_disk: Path | None = None
+
+    def backing(self, base: Path) -> Path:
+        """The disk a VM's overlay is created over."""
+        return self.layers[-1] if self.layers else base
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,8 @@ Standard library only; installed at /opt/sandboxd/agent.py in the sandbox root f
     python3 agent.py --device /dev/vport0p1              # open character device (microVMs)
     options: --user NAME (when root: run interpreters as NAME), --workdir DIR (/workspace),
              --max-processes N (with --user, no pids cgroup: RLIMIT_NPROC for NAME)
+             --preload MOD,MOD (import these in the first python interpreter before its first
+             execution, outside the user's namespace: a microVM snapshot then holds them loaded)
 
 Protocol: newline-delimited JSON frames, both directions, one request at a time per connection;
 every frame carries the request's "id". The socket server serves one host connection at a time,
@@ -87,7 +89,16 @@ PR_SET_NO_NEW_PRIVS = 38
 
 PYTHON_RUNNER = r"""
 import builtins, json, linecache, os, sys, traceback, types
-def _sandboxd_runner(ctl_fd, done_fd):
+def _sandboxd_preload(names):
+    import contextlib, importlib, io
+    quiet = io.StringIO()
+    for name in filter(None, names.split(",")):
+        try:
+            with contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
+                importlib.import_module(name)
+        except BaseException:
+            pass
+def _sandboxd_runner(ctl_fd, done_fd, preload):
     try:
         with open("/proc/self/oom_score_adj", "w") as f:
             f.write("1000")
@@ -95,6 +106,7 @@ def _sandboxd_runner(ctl_fd, done_fd):
         pass
     for fd in (ctl_fd, done_fd):
         os.set_inheritable(fd, False)
+    _sandboxd_preload(preload)
     ctl = os.fdopen(ctl_fd, "rb")
     main = types.ModuleType("__main__")
     main.__builtins__ = builtins
@@ -136,7 +148,7 @@ def _sandboxd_runner(ctl_fd, done_fd):
             except Exception:
                 pass
         os.write(done_fd, (json.dumps({"exit_code": status}) + "\n").encode())
-_sandboxd_runner(int(sys.argv[1]), int(sys.argv[2]))
+_sandboxd_runner(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3] if len(sys.argv) > 3 else "")
 """
 
 NODE_RUNNER = r"""
@@ -338,7 +350,9 @@ class Interpreter:
 
     def argv(self, ctl: int, done: int) -> list[str]:
         if self.language == "python":
-            return ["python3", "-u", "-c", PYTHON_RUNNER, str(ctl), str(done)]
+            # Only the first interpreter preloads: a restart after a timeout stays quick.
+            preload, self._agent.preload = self._agent.preload, ""
+            return ["python3", "-u", "-c", PYTHON_RUNNER, str(ctl), str(done), preload]
         if self.language == "javascript":
             return ["node", "-e", NODE_RUNNER, str(ctl), str(done)]
         return [
@@ -638,6 +652,40 @@ def _execute_arguments(
     return language, code, float(timeout_s), limit
 
 
+# Built into the image (adapter.image.rootfs) and copied into a writable directory at start:
+# matplotlib refuses a read-only MPLCONFIGDIR, and without a cache it scans the fonts (seconds)
+# and writes ~/.cache and ~/.config, which would land in the user's /workspace.
+MATPLOTLIB_TEMPLATE = "/opt/sandboxd/matplotlib"
+CACHE_ROOT = "/tmp/.sandboxd"  # noqa: S108 - the sandbox's own /tmp
+
+
+def _cache_dirs(uid: int | None, gid: int | None) -> dict[str, str]:
+    """Cache and config directories outside the workspace, with the prebuilt font cache."""
+    mpl = os.path.join(CACHE_ROOT, "matplotlib")
+    env = {
+        "MPLCONFIGDIR": mpl,
+        "XDG_CACHE_HOME": os.path.join(CACHE_ROOT, "cache"),
+        "XDG_CONFIG_HOME": os.path.join(CACHE_ROOT, "config"),
+    }
+    try:
+        for directory in (CACHE_ROOT, mpl, env["XDG_CACHE_HOME"], env["XDG_CONFIG_HOME"]):
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+            if uid is not None:
+                os.chown(directory, uid, gid if gid is not None else -1)
+        if os.path.isdir(MATPLOTLIB_TEMPLATE):
+            for name in os.listdir(MATPLOTLIB_TEMPLATE):
+                target = os.path.join(mpl, name)
+                with open(os.path.join(MATPLOTLIB_TEMPLATE, name), "rb") as source:
+                    data = source.read()
+                with open(target, "wb") as out:
+                    out.write(data)
+                if uid is not None:
+                    os.chown(target, uid, gid if gid is not None else -1)
+    except OSError as exc:
+        log(f"cannot prepare cache directories: {exc}")
+    return env
+
+
 def _become_subreaper() -> None:
     """Outside PID 1, become the reaper of orphaned grandchildren (Linux prctl); best effort."""
     if os.getpid() != 1:
@@ -680,8 +728,11 @@ def _protect_self() -> None:
 
 
 class Agent:
-    def __init__(self, workdir: str, user: str | None, max_processes: int | None = None) -> None:
+    def __init__(
+        self, workdir: str, user: str | None, max_processes: int | None = None, preload: str = ""
+    ) -> None:
         self.workdir = workdir if os.path.isdir(workdir) else "/"
+        self.preload = preload
         self.max_processes = max_processes
         # RLIMIT_NPROC counts every process of a user, so it is only set when the interpreters
         # run as a user of their own (--user): in a microVM, that user's processes are the
@@ -711,6 +762,7 @@ class Agent:
             "NODE_DISABLE_COLORS": "1",
             "NO_COLOR": "1",
         }
+        self.child_env.update(_cache_dirs(self.user_uid, self.user_gid))
         # PID 1 with interpreters under a uid of their own: the whole sandbox is ours to sweep.
         self._sweep_uid = self.user_uid if os.getpid() == 1 else None
         _become_subreaper()
@@ -1134,11 +1186,17 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         help="with --user and no pids cgroup: RLIMIT_NPROC for the user's processes",
     )
+    parser.add_argument(
+        "--preload",
+        default="",
+        metavar="MOD,MOD",
+        help="modules the first python interpreter imports before its first execution",
+    )
     args = parser.parse_args(argv)
     # The host closing its end must never kill the agent.
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     _protect_self()
-    agent = Agent(args.workdir, args.user, args.max_processes)
+    agent = Agent(args.workdir, args.user, args.max_processes, args.preload)
     if args.listen:
         listen(agent, args.listen)
     else:
