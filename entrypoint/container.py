@@ -18,6 +18,8 @@ from adapter.environment.host_fetch import HostFetchConfig
 from adapter.environment.live_install import DockerEnvironmentRuntime
 from adapter.logging import StructlogLogger
 from adapter.qemu.config import QemuSandboxConfig
+from adapter.qemu.environment import QemuEnvironmentConfig, QemuEnvironmentStore
+from adapter.qemu.environment_runtime import QemuEnvironmentRuntime
 from adapter.qemu.runtime import QemuSandboxRuntime
 from adapter.s3.artifact_store import S3ArtifactConfig, S3ArtifactStore
 from domain.errors import InvalidInputError
@@ -36,7 +38,6 @@ from usecase.execute import ExecuteCode, ExecutionLimits
 from usecase.ports import Clock, Logger, SandboxRuntime
 from usecase.reconcile import ReconcileSandboxes
 from usecase.sandbox import (
-    NO_ENVIRONMENTS,
     CleanupExpiredSandboxes,
     CreateSandbox,
     DestroySandbox,
@@ -162,24 +163,33 @@ def _allow_list(settings: Settings) -> PackageAllowList:
 def _environments(
     settings: Settings,
     runtime: Callable[[], SandboxRuntime],
-    store: Callable[[], DockerEnvironmentStore],
+    docker_store: Callable[[], DockerEnvironmentStore],
+    logger: Logger,
 ) -> EnvironmentProvisioning | None:
-    """Package environments exist on Docker only for now (QEMU: see no_environments_reason);
-    a runtime swapped in by a test gets none either."""
-    docker_runtime = runtime()
-    if not isinstance(docker_runtime, DockerSandboxRuntime):
-        return None
-    return EnvironmentProvisioning(
-        store=store(),
-        runtime=DockerEnvironmentRuntime(docker_runtime, HostFetchConfig(), _logger()),
-        allow_list=_allow_list(settings),
-    )
-
-
-def _no_environments_reason(settings: Settings) -> str:
-    if settings.runtime == "qemu":
-        return "package environments are not available on the qemu runtime yet"
-    return NO_ENVIRONMENTS
+    """Package environments of the configured runtime: Docker images (with the S3 tier) or QEMU
+    disks (local only for now). A runtime swapped in by a test gets none."""
+    selected = runtime()
+    if isinstance(selected, DockerSandboxRuntime):
+        return EnvironmentProvisioning(
+            store=docker_store(),
+            runtime=DockerEnvironmentRuntime(selected, HostFetchConfig(), logger),
+            allow_list=_allow_list(settings),
+        )
+    if isinstance(selected, QemuSandboxRuntime):
+        store = QemuEnvironmentStore(
+            selected,
+            QemuEnvironmentConfig(
+                service_version=SERVICE_VERSION,
+                max_total_mb=settings.environments.env_cache_max_mb,
+            ),
+            logger,
+        )
+        return EnvironmentProvisioning(
+            store=store,
+            runtime=QemuEnvironmentRuntime(selected, HostFetchConfig(), logger),
+            allow_list=_allow_list(settings),
+        )
+    return None
 
 
 def _upload_retrier(
@@ -229,9 +239,8 @@ class Container(containers.DeclarativeContainer):
         _environment_store, settings, clock, logger, artifact_store, metrics
     )
     environments = providers.Singleton(
-        _environments, settings, runtime.provider, environment_store.provider
+        _environments, settings, runtime.provider, environment_store.provider, logger
     )
-    no_environments_reason = providers.Callable(_no_environments_reason, settings)
 
     ttl = settings.provided.lifetime.ttl
     max_lifetime = settings.provided.lifetime.max_lifetime
@@ -247,7 +256,6 @@ class Container(containers.DeclarativeContainer):
         ttl=ttl,
         max_lifetime=max_lifetime,
         environments=environments,
-        no_environments_reason=no_environments_reason,
     )
     execute_code = providers.Singleton(
         ExecuteCode,
@@ -264,7 +272,6 @@ class Container(containers.DeclarativeContainer):
             max_timeout_s=limits.max_timeout_s,
         ),
         environments=environments,
-        no_environments_reason=no_environments_reason,
     )
     get_sandbox = providers.Factory(GetSandbox, repository=repository)
     list_sandboxes = providers.Factory(ListSandboxes, repository=repository)

@@ -30,7 +30,7 @@ from adapter.docker.runtime import DockerSandboxRuntime
 from adapter.environment.host_fetch import HostFetchConfig, download_wheels, stage_npm_packages
 from domain.environment import BuiltEnvironment, Environment
 from domain.errors import EnvironmentBuildError, SandboxGoneError
-from domain.execution import ExecutionRequest, Language
+from domain.execution import ExecutionRequest, ExecutionResult, Language
 from domain.sandbox import SandboxSession
 from usecase.ports import Logger
 
@@ -117,20 +117,7 @@ class DockerEnvironmentRuntime:
         handoff.mkdir(mode=0o755)
         guest_dir = f"{AGENT_SOCKET_DIR}/{handoff.name}"
         try:
-            if environment.language is Language.PYTHON:
-                download_wheels(self._fetch, environment.packages, handoff, _quiet)
-                code = _PYTHON_INSTALLER.format(
-                    wheels=guest_dir, packages=list(environment.packages), target=SITE_DIR
-                )
-            elif environment.language is Language.JAVASCRIPT:
-                modules = stage_npm_packages(self._fetch, environment.packages, handoff, _quiet)
-                source = f"{guest_dir}/{modules.relative_to(handoff)}"
-                code = _NODE_INSTALLER % {
-                    "source": json.dumps(source),
-                    "target": json.dumps(NODE_DIR),
-                }
-            else:
-                raise EnvironmentBuildError(f"no package support for {environment.language}")
+            code = installer_code(self._fetch, environment, handoff, guest_dir)
             _readable(handoff)
             result = self._runtime.execute(
                 container_id,
@@ -138,15 +125,40 @@ class DockerEnvironmentRuntime:
             )
         finally:
             shutil.rmtree(handoff, ignore_errors=True)
-        if result.timed_out or result.exit_code != 0:
-            message = (result.stderr or result.stdout).strip()[-1500:]
-            self._logger.error(
-                "sandbox_packages_install_failed",
-                {"container_id": container_id, "error": message[-300:]},
-            )
-            raise EnvironmentBuildError(
-                f"installing {' '.join(environment.packages)} into the sandbox failed: {message}"
-            )
+        check_installed(result, container_id, environment, self._logger)
+
+
+def installer_code(
+    fetch: HostFetchConfig, environment: Environment, staging: Path, guest_dir: str
+) -> str:
+    """Fetch the environment's artifacts into ``staging`` on the host (wheels only; npm packages
+    with their scripts ignored) and return the code that installs them from ``guest_dir``, where
+    the sandbox sees ``staging``, into the running interpreter of the environment's language."""
+    if environment.language is Language.PYTHON:
+        download_wheels(fetch, environment.packages, staging, _quiet)
+        return _PYTHON_INSTALLER.format(
+            wheels=guest_dir, packages=list(environment.packages), target=SITE_DIR
+        )
+    if environment.language is Language.JAVASCRIPT:
+        modules = stage_npm_packages(fetch, environment.packages, staging, _quiet)
+        source = f"{guest_dir}/{modules.relative_to(staging)}"
+        return _NODE_INSTALLER % {"source": json.dumps(source), "target": json.dumps(NODE_DIR)}
+    raise EnvironmentBuildError(f"no package support for {environment.language}")
+
+
+def check_installed(
+    result: ExecutionResult, container_id: str, environment: Environment, logger: Logger
+) -> None:
+    """An installer run that timed out or failed is an EnvironmentBuildError with its output."""
+    if result.timed_out or result.exit_code != 0:
+        message = (result.stderr or result.stdout).strip()[-1500:]
+        logger.error(
+            "sandbox_packages_install_failed",
+            {"container_id": container_id, "error": message[-300:]},
+        )
+        raise EnvironmentBuildError(
+            f"installing {' '.join(environment.packages)} into the sandbox failed: {message}"
+        )
 
 
 def _readable(root: Path) -> None:

@@ -1,5 +1,5 @@
-"""Packages end to end on Docker: the real service builds the environment, a running sandbox
-gets more packages without losing its variables, and a replacement has them all."""
+"""Packages end to end on Docker and QEMU: the real service builds the environment, a running
+sandbox gets more packages without losing its variables, and a replacement has them all."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import uuid
 
 import docker
 import pytest
-from sandboxd_client import SandboxdError
+from sandboxd_client import SandboxdClient, SandboxdError
 
-from testkit.service import ServiceFactory, client_for
+from testkit.service import API_KEY, ServiceFactory, client_for
 
 
 def test_packages_per_chat_on_docker(
@@ -56,3 +56,33 @@ def test_packages_per_chat_on_docker(
         for found in docker_client.images.list(name=repository):
             for tag in found.tags:
                 docker_client.images.remove(tag, force=True)
+
+
+@pytest.mark.qemu
+def test_packages_per_chat_on_qemu(services: ServiceFactory) -> None:
+    """A new chat starts from a QEMU environment disk built with no network; packages added to
+    its running microVM arrive through the agent channel and keep the chat's variables."""
+    from testkit.qemu import ensure_qemu_images
+
+    service = services(runtime="qemu", qemu_image_dir=ensure_qemu_images())
+    chat = str(uuid.uuid4())
+    # The first request builds the environment (a build VM, then its memory snapshot) under TCG:
+    # minutes on a busy 2-core machine, so the client waits longer than its default.
+    with SandboxdClient(service.http_url, api_key=API_KEY, timeout_s=900) as client:
+        first = client.execute(
+            chat,
+            "x = 41\nimport tabulate\nprint(tabulate.__version__)",
+            packages=["tabulate==0.9.0"],
+            timeout_s=600,
+        )
+        assert first.exit_code == 0, first.stderr
+        assert first.stdout.strip() == "0.9.0"
+        assert first.sandbox.packages == ("tabulate==0.9.0",)
+
+        second = client.execute(
+            chat, "import iniconfig\nprint(x + 1)", packages=["iniconfig==2.0.0"], timeout_s=300
+        )
+        assert second.exit_code == 0, second.stderr
+        assert second.stdout.strip() == "42" and not second.state_lost
+        assert second.sandbox.session_id == first.sandbox.session_id
+        assert second.sandbox.packages == ("iniconfig==2.0.0", "tabulate==0.9.0")

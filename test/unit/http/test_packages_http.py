@@ -138,7 +138,7 @@ def test_an_unreadable_allow_list_is_a_clear_configuration_error(tmp_path) -> No
         _allow_list(Settings(package_allowlist=tmp_path / "missing.txt"))
 
 
-def test_packages_on_qemu_fail_clearly_and_the_base_still_works() -> None:
+def test_packages_on_a_runtime_without_environments_fail_clearly_and_the_base_works() -> None:
     client, _, container = client_with(None, runtime_kind="qemu")
     with client:
         refused = client.put(
@@ -146,7 +146,7 @@ def test_packages_on_qemu_fail_clearly_and_the_base_still_works() -> None:
         )
         assert refused.status_code == 501
         assert refused.json()["code"] == "environments_unsupported"
-        assert "not available on the qemu runtime yet" in refused.json()["message"]
+        assert "not available on this runtime" in refused.json()["message"]
         assert client.put(f"/v1/chats/{CHAT}/sandbox", headers=AUTH).status_code == 200
     container.api().close()
 
