@@ -77,3 +77,15 @@ class EnvironmentBuildError(SandboxServiceError):
 
 class ArtifactStoreUnavailableError(SandboxServiceError):
     """The shared artifact store (S3) is off, cannot be reached, or refused the operation."""
+
+
+class PoolNotFoundError(SandboxServiceError):
+    """No pool has this name."""
+
+
+class PoolAlreadyExistsError(SandboxServiceError):
+    """A pool with this name exists already."""
+
+
+class InvalidPoolError(InvalidInputError):
+    """A pool definition breaks a rule (name not a DNS label, negative or inverted bounds)."""

@@ -30,8 +30,11 @@ from domain.errors import (
     InvalidChatIdError,
     InvalidInputError,
     InvalidPackageError,
+    InvalidPoolError,
     InvalidTimeoutError,
     LockTimeoutError,
+    PoolAlreadyExistsError,
+    PoolNotFoundError,
     RepositoryUnavailableError,
     RuntimeUnavailableError,
     SandboxGoneError,
@@ -95,7 +98,10 @@ ERROR_TABLE: tuple[ErrorRow, ...] = (
     # be served as asked, with the installer's message.
     ErrorRow(EnvironmentBuildError, "environment_build_failed", 422, _G.FAILED_PRECONDITION, 2),
     ErrorRow(InsecureConfigurationError, "invalid_input", 422, _G.INVALID_ARGUMENT, 2),
+    ErrorRow(InvalidPoolError, "invalid_pool", 422, _G.INVALID_ARGUMENT, 2),
     ErrorRow(InvalidInputError, "invalid_input", 422, _G.INVALID_ARGUMENT, 2),
+    ErrorRow(PoolNotFoundError, "pool_not_found", 404, _G.NOT_FOUND, 3),
+    ErrorRow(PoolAlreadyExistsError, "pool_already_exists", 409, _G.ALREADY_EXISTS, 2),
     ErrorRow(SandboxNotFoundError, "sandbox_not_found", 404, _G.NOT_FOUND, 3),
     ErrorRow(
         SandboxUidConflictError,

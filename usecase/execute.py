@@ -16,6 +16,7 @@ from usecase.ports import (
     SandboxLifecycleLocker,
     SandboxRuntime,
     SandboxSessionRepository,
+    WarmSandboxSource,
 )
 from usecase.sandbox import Lifetime, SandboxProvisioner, session_attrs
 
@@ -67,6 +68,7 @@ class ExecuteCode:
         ttl: timedelta,
         max_lifetime: timedelta | None = None,
         limits: ExecutionLimits | None = None,
+        warm: WarmSandboxSource | None = None,
     ) -> None:
         self._repository = repository
         self._locker = locker
@@ -76,7 +78,7 @@ class ExecuteCode:
         self._ttl = ttl
         self._limits = limits or ExecutionLimits()
         self._provisioner = SandboxProvisioner(
-            repository, runtime, clock, logger, Lifetime(ttl, max_lifetime)
+            repository, runtime, clock, logger, Lifetime(ttl, max_lifetime), warm
         )
 
     def execute(

@@ -22,6 +22,7 @@ from usecase.ports import (
     SandboxLifecycleLocker,
     SandboxRuntime,
     SandboxSessionRepository,
+    WarmSandboxSource,
 )
 
 
@@ -64,12 +65,14 @@ class SandboxProvisioner:
         clock: Clock,
         logger: Logger,
         lifetime: Lifetime,
+        warm: WarmSandboxSource | None = None,
     ) -> None:
         self._repository = repository
         self._runtime = runtime
         self._clock = clock
         self._logger = logger
         self._lifetime = lifetime
+        self._warm = warm
 
     def ensure(self, chat_id: UUID) -> EnsuredSandbox:
         """Reuse the chat's usable session, or replace an expired or dead one, or create one."""
@@ -99,11 +102,15 @@ class SandboxProvisioner:
         max_expires_at = (
             None if self._lifetime.max_lifetime is None else now + self._lifetime.max_lifetime
         )
-        session = self._runtime.create(
+        expires_at = capped_deadline(now + self._lifetime.ttl, max_expires_at)
+        pooled = None
+        if self._warm is not None:
+            pooled = self._warm.claim(chat_id=chat_id, created_at=now, expires_at=expires_at)
+        session = pooled or self._runtime.create(
             session_id=_new_session_id(),
             chat_id=chat_id,
             created_at=now,
-            expires_at=capped_deadline(now + self._lifetime.ttl, max_expires_at),
+            expires_at=expires_at,
         )
         if max_expires_at is not None:
             session = replace(session, max_expires_at=max_expires_at)
@@ -114,7 +121,13 @@ class SandboxProvisioner:
             # only at the next sweep.
             self._runtime.stop(session.container_id)
             raise
-        self._logger.info("sandbox_created", session_attrs(session))
+        finally:
+            if pooled is not None and self._warm is not None:
+                self._warm.settle(pooled.session_id)
+        attrs = session_attrs(session)
+        if pooled is not None:
+            attrs["pooled"] = True
+        self._logger.info("sandbox_created", attrs)
         return session
 
 
@@ -139,10 +152,11 @@ class CreateSandbox:
         logger: Logger,
         ttl: timedelta,
         max_lifetime: timedelta | None = None,
+        warm: WarmSandboxSource | None = None,
     ) -> None:
         self._locker = locker
         self._provisioner = SandboxProvisioner(
-            repository, runtime, clock, logger, Lifetime(ttl, max_lifetime)
+            repository, runtime, clock, logger, Lifetime(ttl, max_lifetime), warm
         )
 
     def execute(self, command: CreateSandboxCommand) -> SandboxSession:
