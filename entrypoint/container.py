@@ -16,6 +16,7 @@ from adapter.logging import StructlogLogger
 from adapter.qemu.config import QemuSandboxConfig
 from adapter.qemu.runtime import QemuSandboxRuntime
 from entrypoint import persistence
+from entrypoint.application.pools import PoolWorker
 from entrypoint.application.sandbox_api import SandboxApi
 from entrypoint.application.sweep import CleanupWorker, Sweeper
 from entrypoint.auth import ApiKeyAuthenticator
@@ -25,8 +26,11 @@ from entrypoint.http.app import create_app
 from entrypoint.images import prepare_runtime_image
 from entrypoint.metrics import ServiceMetrics
 from entrypoint.settings import Settings
+from repository.pool_store import SqlAlchemyPoolRepository
 from usecase.execute import ExecuteCode, ExecutionLimits
-from usecase.ports import Clock, Logger, SandboxRuntime
+from usecase.pool import WarmPools
+from usecase.pool_admin import ManagePools
+from usecase.ports import Clock, Logger, SandboxHealthProbe, SandboxRuntime
 from usecase.reconcile import ReconcileSandboxes
 from usecase.sandbox import (
     CleanupExpiredSandboxes,
@@ -94,6 +98,11 @@ def _selected_runtime(
     return qemu() if kind == "qemu" else docker()
 
 
+def _health_probe(runtime: SandboxRuntime) -> SandboxHealthProbe | None:
+    """Docker pings its agents; the QEMU runtime has no health probe yet (no checks then)."""
+    return runtime if isinstance(runtime, DockerSandboxRuntime) else None
+
+
 class Container(containers.DeclarativeContainer):
     settings = providers.Singleton(Settings)
 
@@ -119,6 +128,29 @@ class Container(containers.DeclarativeContainer):
         qemu_runtime.provider,
     )
 
+    # Warm pools: empty unless a pool is defined (SANDBOXD_POOL_SIZE/RATIO or /v1/pools), so
+    # without one every sandbox is created on demand exactly as before.
+    pool_repository = providers.Singleton(SqlAlchemyPoolRepository, ready_database)
+    warm_pools = providers.Singleton(
+        WarmPools,
+        runtime=runtime,
+        repository=repository,
+        clock=clock,
+        logger=logger,
+        health=providers.Callable(_health_probe, runtime),
+        health_timeout_s=settings.provided.pools.health_timeout_seconds,
+    )
+    manage_pools = providers.Singleton(
+        ManagePools, repository=pool_repository, pools=warm_pools, logger=logger
+    )
+    pool_worker = providers.Factory(
+        PoolWorker,
+        manage=manage_pools,
+        pools=warm_pools,
+        settings=settings.provided.pools,
+        logger=logger,
+    )
+
     ttl = settings.provided.lifetime.ttl
     max_lifetime = settings.provided.lifetime.max_lifetime
     limits = settings.provided.limits
@@ -132,6 +164,7 @@ class Container(containers.DeclarativeContainer):
         logger=logger,
         ttl=ttl,
         max_lifetime=max_lifetime,
+        warm=warm_pools,
     )
     execute_code = providers.Singleton(
         ExecuteCode,
@@ -142,6 +175,7 @@ class Container(containers.DeclarativeContainer):
         logger=logger,
         ttl=ttl,
         max_lifetime=max_lifetime,
+        warm=warm_pools,
         limits=providers.Factory(
             ExecutionLimits,
             max_code_bytes=limits.max_code_bytes,
@@ -165,7 +199,12 @@ class Container(containers.DeclarativeContainer):
         logger=logger,
     )
     reconcile = providers.Factory(
-        ReconcileSandboxes, repository=repository, locker=locker, runtime=runtime, logger=logger
+        ReconcileSandboxes,
+        repository=repository,
+        locker=locker,
+        runtime=runtime,
+        logger=logger,
+        pools=warm_pools,
     )
 
     # The service (sandboxd serve): one facade for HTTP and gRPC, the sweep shared with
@@ -217,6 +256,7 @@ class Container(containers.DeclarativeContainer):
         logger=logger,
         access_logger=access_logger,
         max_code_bytes=limits.max_code_bytes,
+        pools=manage_pools.provider,
     )
     grpc_interceptor = providers.Singleton(
         ApiKeyInterceptor, authenticator=authenticator, metrics=metrics

@@ -172,6 +172,22 @@ class DockerSettings(SettingsGroup):
     start_timeout_s: float = Field(default=30.0, gt=0)
 
 
+class PoolSettings(SettingsGroup):
+    env_prefix = "pool_"
+
+    # The default warm pool for the base environment (named "default", stored in the database
+    # on start when absent): ``size`` idle sandboxes, or when size is 0, ratio x host_capacity
+    # (at least 1). Both 0 (the default): no default pool, every sandbox starts on demand.
+    size: int = Field(default=0, ge=0)
+    ratio: float = Field(default=0.0, ge=0, le=1)
+    # How many sandboxes this host runs at most; the ratio is taken of it.
+    host_capacity: int = Field(default=32, gt=0)
+    # The health loop pings idle members' agents every interval, each with this timeout; it
+    # also picks up pool definitions changed by other replicas.
+    health_interval_seconds: float = Field(default=10.0, gt=0)
+    health_timeout_seconds: float = Field(default=1.0, gt=0)
+
+
 class LogSettings(SettingsGroup):
     env_prefix = "log_"
 
@@ -221,6 +237,7 @@ class Settings(BaseSettings):
     qemu: QemuSettings = Field(default_factory=QemuSettings)
     docker: DockerSettings = Field(default_factory=DockerSettings)
     log: LogSettings = Field(default_factory=LogSettings)
+    pools: PoolSettings = Field(default_factory=PoolSettings)
 
     @classmethod
     def groups(cls) -> dict[str, type[SettingsGroup]]:
