@@ -143,6 +143,10 @@ class Container(containers.DeclarativeContainer):
     manage_pools = providers.Singleton(
         ManagePools, repository=pool_repository, pools=warm_pools, logger=logger
     )
+    # The CLI edits the shared definitions only: it runs no pools of its own.
+    pool_admin = providers.Factory(
+        ManagePools, repository=pool_repository, pools=None, logger=logger
+    )
     pool_worker = providers.Factory(
         PoolWorker,
         manage=manage_pools,

@@ -2,7 +2,8 @@
 
 Definitions live in the PoolRepository (the database, shared by replicas); after each change
 this replica's WarmPools follow at once, the others on their next health round (``sync``).
-Status (total, allocated, available) is this replica's view of its own members.
+Status (total, allocated, available) is this replica's view of its own members. Without
+WarmPools (the CLI, which runs no pools) only the definitions change and status reads zero.
 """
 
 from __future__ import annotations
@@ -22,14 +23,15 @@ class PoolView:
 
 
 class ManagePools:
-    def __init__(self, repository: PoolRepository, pools: WarmPools, logger: Logger) -> None:
+    def __init__(self, repository: PoolRepository, pools: WarmPools | None, logger: Logger) -> None:
         self._repository = repository
         self._pools = pools
         self._logger = logger
 
     def sync(self) -> None:
         """Make this replica's running pools match the stored definitions."""
-        self._pools.apply(self._repository.list_pools())
+        if self._pools is not None:
+            self._pools.apply(self._repository.list_pools())
 
     def ensure_default(self, definition: PoolDefinition) -> None:
         """Store the settings' default pool unless a pool of that name exists already."""
@@ -71,7 +73,7 @@ class ManagePools:
         self.sync()
 
     def _view(self, definition: PoolDefinition) -> PoolView:
-        pool = self._pools.get(definition.name)
+        pool = None if self._pools is None else self._pools.get(definition.name)
         status = (
             PoolStatus(total=0, allocated=0, available=0, revision=definition.revision)
             if pool is None
