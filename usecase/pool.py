@@ -352,8 +352,13 @@ class WarmPools:
             return self._pools.get(name)
 
     def apply(self, definitions: Iterable[PoolDefinition]) -> None:
-        """Make the running pools match the definitions (add, redefine, close the rest)."""
-        wanted = {definition.name: definition for definition in definitions}
+        """Make the running pools match the definitions (add, redefine, close the rest).
+
+        Only base-environment pools (no packages) run: the runtime port creates base sandboxes,
+        so a package pool would hand out sandboxes without its packages. Package pools stay
+        stored (status zero) until creation per environment reaches the runtime port.
+        """
+        wanted = {d.name: d for d in definitions if not d.packages}
         started: list[WarmPool] = []
         redefined: list[tuple[WarmPool, PoolDefinition]] = []
         closed: list[WarmPool] = []

@@ -130,3 +130,37 @@ def test_the_settings_pool_starts_with_the_service_and_is_drained_on_stop(
         live.stop()
     assert idle <= set(runtime.stopped)
     assert runtime.alive == {}
+
+
+def test_the_clients_manage_pools() -> None:
+    import asyncio
+
+    from sandboxd_client import AsyncSandboxdClient, SandboxdClient, SandboxdError
+
+    from testkit.container import API_KEY
+
+    with (
+        live_service(make_container()) as live,
+        SandboxdClient(live.http_url, api_key=API_KEY) as client,
+    ):
+        created = client.create_pool(
+            "np", buffer_min=0, buffer_max=1, pool_max=3, packages=["numpy"]
+        )
+        updated = client.update_pool("np", buffer_min=0, buffer_max=2, pool_max=4)
+        listed = client.list_pools()
+
+        async def via_async() -> tuple[int, list[str]]:
+            async with AsyncSandboxdClient(live.http_url, api_key=API_KEY) as aclient:
+                got = await aclient.get_pool("np")
+                await aclient.delete_pool("np")
+                return got.revision, [pool.name for pool in await aclient.list_pools()]
+
+        revision, after_delete = asyncio.run(via_async())
+        with pytest.raises(SandboxdError) as missing:
+            client.get_pool("np")
+
+    assert created.packages == ("numpy",) and created.revision == 1
+    assert (updated.buffer_max, updated.pool_max, updated.revision) == (2, 4, 2)
+    assert [pool.name for pool in listed] == ["np"]
+    assert revision == 2 and after_delete == []
+    assert (missing.value.status, missing.value.code) == (404, "pool_not_found")

@@ -74,19 +74,22 @@ def test_without_a_pool_creation_is_on_demand(world: World) -> None:
 
 
 def test_a_package_set_without_a_pool_is_created_on_demand(world: World) -> None:
-    pools = pools_for(world, definition(1, "numpy", ("numpy",)))
-    assert (
-        pools.claim(chat_id=CHAT, created_at=world.clock.now(), expires_at=world.clock.now())
-        is None
-    )
+    pools = pools_for(world, definition(1, "base"))
     claimed = pools.claim(
         chat_id=CHAT,
         created_at=world.clock.now(),
         expires_at=world.clock.now(),
         packages=("numpy",),
     )
-    assert claimed is not None
+    assert claimed is None
+    assert pools.on_demand == 1
     pools.close(wait_s=5)
+
+
+def test_package_pools_are_not_run_on_base_sandboxes(world: World) -> None:
+    pools = pools_for(world, definition(1, "numpy", ("numpy",)))
+    assert pools.pools() == []
+    assert world.runtime.create_calls == []
 
 
 def test_many_threads_never_share_a_member(world: World) -> None:
