@@ -21,6 +21,7 @@ from entrypoint.application.sandbox_api import SandboxApi
 from entrypoint.application.sweep import CleanupWorker, Sweeper
 from entrypoint.auth import ApiKeyAuthenticator
 from entrypoint.grpc.interceptor import ApiKeyInterceptor
+from entrypoint.grpc.pools import PoolServicer
 from entrypoint.grpc.servicer import SandboxServicer
 from entrypoint.http.app import create_app
 from entrypoint.images import prepare_runtime_image
@@ -266,3 +267,6 @@ class Container(containers.DeclarativeContainer):
         ApiKeyInterceptor, authenticator=authenticator, metrics=metrics
     )
     grpc_servicer = providers.Singleton(SandboxServicer, api=api, metrics=metrics, logger=logger)
+    grpc_pool_servicer = providers.Singleton(
+        PoolServicer, manage=manage_pools.provider, metrics=metrics, logger=logger
+    )

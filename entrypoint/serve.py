@@ -148,6 +148,7 @@ class Service:
             interceptor=container.grpc_interceptor(),
             max_receive_message_bytes=server.grpc_max_receive_message_bytes,
             max_send_message_bytes=server.grpc_max_send_message_bytes,
+            pool_servicer=container.grpc_pool_servicer(),
         )
         worker = container.cleanup_worker()
         worker.start()
