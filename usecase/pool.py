@@ -30,6 +30,7 @@ from usecase.ports import (
     Clock,
     Logger,
     SandboxHealthProbe,
+    SandboxRebinder,
     SandboxRuntime,
     SandboxSessionRepository,
 )
@@ -78,8 +79,10 @@ class WarmPool:
         logger: Logger,
         health: SandboxHealthProbe | None = None,
         health_timeout_s: float = 1.0,
+        rebinder: SandboxRebinder | None = None,
     ) -> None:
         self._definition = definition
+        self._rebinder = rebinder
         self._runtime = runtime
         self._repository = repository
         self._clock = clock
@@ -126,13 +129,29 @@ class WarmPool:
         self.request_refill()
         if member is None:
             return None
-        return replace(
+        bound = replace(
             member,
             chat_id=chat_id,
             created_at=created_at,
             expires_at=expires_at,
             status=SandboxStatus.RUNNING,
         )
+        if self._rebinder is not None:
+            try:
+                self._rebinder.rebind(bound)
+            except Exception as exc:
+                # Never hand out a sandbox whose handover failed; the chat gets one on demand.
+                self._logger.warning(
+                    "pool_rebind_failed",
+                    {"pool": self._definition.name, "error": type(exc).__name__},
+                )
+                with self._lock:
+                    self._state.allocated.discard(member.session_id)
+                    self.counters.claimed -= 1
+                    self.counters.missed += 1
+                self._destroy(member, "pool_member_removed")
+                return None
+        return bound
 
     def settle(self, session_id: UUID) -> None:
         with self._lock:
@@ -331,7 +350,9 @@ class WarmPools:
         logger: Logger,
         health: SandboxHealthProbe | None = None,
         health_timeout_s: float = 1.0,
+        rebinder: SandboxRebinder | None = None,
     ) -> None:
+        self._rebinder = rebinder
         self._runtime = runtime
         self._repository = repository
         self._clock = clock
@@ -381,6 +402,7 @@ class WarmPools:
                         self._logger,
                         self._health,
                         self._health_timeout_s,
+                        self._rebinder,
                     )
                     self._pools[name] = pool
                     started.append(pool)

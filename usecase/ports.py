@@ -247,3 +247,13 @@ class PoolRepository(Protocol):
     def delete_pool(self, name: str) -> bool:
         """Remove; False when there was no such pool."""
         ...
+
+
+class SandboxRebinder(Protocol):
+    """Hands a pooled sandbox over to the chat that claimed it (runtimes that need it)."""
+
+    def rebind(self, session: SandboxSession) -> None:
+        """Record the new owner where the runtime keeps it and refresh the guest (entropy, clock:
+        it idled in the pool). Raises SandboxGoneError or RuntimeUnavailableError; the caller
+        then discards the member and creates a sandbox on demand."""
+        ...

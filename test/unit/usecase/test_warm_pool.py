@@ -243,3 +243,57 @@ def test_capacity_rules() -> None:
     assert pool_size_for(10, 0) == 0
     assert replenish_parallelism(2) == 1
     assert 1 < replenish_parallelism(32) <= 4
+
+
+class Rebinder:
+    def __init__(self, fail: Exception | None = None) -> None:
+        self.bound: list = []
+        self.fail = fail
+
+    def rebind(self, session) -> None:
+        if self.fail is not None:
+            raise self.fail
+        self.bound.append(session)
+
+
+def test_a_claimed_member_is_rebound_to_the_chat(world: World) -> None:
+    rebinder = Rebinder()
+    pool = WarmPool(
+        definition(1),
+        world.runtime,
+        world.repository,
+        world.clock,
+        world.logger,
+        None,
+        1.0,
+        rebinder,
+    )
+    pool.fill()
+    claimed = pool.claim(chat_id=CHAT, created_at=world.clock.now(), expires_at=world.clock.now())
+    assert claimed is not None and rebinder.bound == [claimed]
+    assert claimed.chat_id == CHAT
+    pool.close(wait_s=5)
+
+
+def test_a_failed_rebind_discards_the_member_and_falls_back(world: World) -> None:
+    from domain.errors import SandboxGoneError
+
+    rebinder = Rebinder(SandboxGoneError("agent gone"))
+    pool = WarmPool(
+        definition(1),
+        world.runtime,
+        world.repository,
+        world.clock,
+        world.logger,
+        None,
+        1.0,
+        rebinder,
+    )
+    pool.fill()
+    (member,) = list(world.runtime.alive)
+    claimed = pool.claim(chat_id=CHAT, created_at=world.clock.now(), expires_at=world.clock.now())
+    pool.close(wait_s=5)
+    assert claimed is None
+    assert member in world.runtime.stopped
+    assert pool.counters.claimed == 0 and pool.counters.missed == 1
+    assert "pool_rebind_failed" in world.logger.events()
