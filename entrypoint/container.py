@@ -31,7 +31,7 @@ from repository.pool_store import SqlAlchemyPoolRepository
 from usecase.execute import ExecuteCode, ExecutionLimits
 from usecase.pool import WarmPools
 from usecase.pool_admin import ManagePools
-from usecase.ports import Clock, Logger, SandboxHealthProbe, SandboxRuntime
+from usecase.ports import Clock, Logger, SandboxHealthProbe, SandboxRebinder, SandboxRuntime
 from usecase.reconcile import ReconcileSandboxes
 from usecase.sandbox import (
     CleanupExpiredSandboxes,
@@ -100,8 +100,14 @@ def _selected_runtime(
 
 
 def _health_probe(runtime: SandboxRuntime) -> SandboxHealthProbe | None:
-    """Docker pings its agents; the QEMU runtime has no health probe yet (no checks then)."""
-    return runtime if isinstance(runtime, DockerSandboxRuntime) else None
+    """Both real runtimes ping their agents (fakes in tests have no probe: no checks then)."""
+    return runtime if isinstance(runtime, DockerSandboxRuntime | QemuSandboxRuntime) else None
+
+
+def _rebinder(runtime: SandboxRuntime) -> SandboxRebinder | None:
+    """QEMU rewrites vm.json and reseeds a claimed VM; Docker's binding is the session record
+    (labels cannot change), so it needs no handover."""
+    return runtime if isinstance(runtime, QemuSandboxRuntime) else None
 
 
 class Container(containers.DeclarativeContainer):
@@ -140,6 +146,7 @@ class Container(containers.DeclarativeContainer):
         logger=logger,
         health=providers.Callable(_health_probe, runtime),
         health_timeout_s=settings.provided.pools.health_timeout_seconds,
+        rebinder=providers.Callable(_rebinder, runtime),
     )
     manage_pools = providers.Singleton(
         ManagePools, repository=pool_repository, pools=warm_pools, logger=logger

@@ -16,6 +16,8 @@ snapshot; AgentConnections holds the agent connections and hands them over betwe
 
 from __future__ import annotations
 
+import dataclasses
+import secrets
 import shutil
 import threading
 import time
@@ -30,7 +32,7 @@ from adapter.qemu.image import QemuImage, load_qemu_image, qemu_dir
 from adapter.qemu.launcher import RestoreFailedError, VmLauncher
 from adapter.qemu.snapshot import SnapshotKey, SnapshotLifecycle, SnapshotStore
 from adapter.qemu.vm import KERNEL_CMDLINE, VM_ID_PATTERN, VmDir, VmMeta, VmSpec, new_vm_id
-from domain.errors import RuntimeUnavailableError
+from domain.errors import RuntimeUnavailableError, SandboxGoneError
 from domain.execution import ExecutionRequest, ExecutionResult
 from domain.sandbox import ManagedSandbox, SandboxSession, SandboxStatus
 from usecase.ports import Logger, OutputSink
@@ -126,6 +128,32 @@ class QemuSandboxRuntime:
         if vm is not None and vm.process is not None and vm.process.poll() is not None:
             return False
         return vm_dir.meta_file.exists() and vm_dir.qemu_pid() is not None
+
+    def rebind(self, session: SandboxSession) -> None:
+        """SandboxRebinder: vm.json names the claiming chat, and the guest gets fresh entropy
+        and the host's clock (it idled in the pool since its restore)."""
+        vm_dir = VmDir(self._vms_root / session.container_id)
+        meta = vm_dir.read_meta() if VM_ID_PATTERN.match(session.container_id) else None
+        if meta is None:
+            raise SandboxGoneError(f"microVM {session.container_id} is gone")
+        try:
+            vm_dir.rewrite_meta(
+                dataclasses.replace(meta, session_id=session.session_id, chat_id=session.chat_id)
+            )
+        except OSError as exc:
+            raise RuntimeUnavailableError(f"cannot rebind {session.container_id}: {exc}") from exc
+        entropy = secrets.token_bytes(64)
+        self._connections.call(
+            session.container_id, lambda agent: agent.reseed(entropy, now=time.time())
+        )
+
+    def ping(self, container_id: str, timeout_s: float) -> bool:
+        """SandboxHealthProbe: True when the VM's agent answers within ``timeout_s``."""
+        try:
+            self._connections.call(container_id, lambda agent: agent.ping(timeout_s))
+        except (SandboxGoneError, RuntimeUnavailableError, OSError):
+            return False
+        return True
 
     def list_managed(self) -> list[ManagedSandbox]:
         managed: list[ManagedSandbox] = []

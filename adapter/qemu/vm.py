@@ -106,6 +106,12 @@ class VmDir:
             detail = getattr(exc, "stderr", "") or str(exc)
             raise RuntimeUnavailableError(f"qemu-img create failed: {detail.strip()}") from exc
 
+    def rewrite_meta(self, meta: VmMeta) -> None:
+        """Replace vm.json atomically (a pooled VM handed to its chat)."""
+        tmp = self.meta_file.with_suffix(".tmp")
+        tmp.write_text(meta.to_json())
+        tmp.replace(self.meta_file)
+
     def read_meta(self) -> VmMeta | None:
         try:
             return VmMeta.from_json(self.meta_file.read_text())
