@@ -15,6 +15,7 @@ from adapter.docker.runtime import DockerSandboxConfig, DockerSandboxRuntime
 from adapter.logging import StructlogLogger
 from adapter.qemu.config import QemuSandboxConfig
 from adapter.qemu.runtime import QemuSandboxRuntime
+from domain.pool import pool_size_for
 from entrypoint import persistence
 from entrypoint.application.pools import PoolWorker
 from entrypoint.application.sandbox_api import SandboxApi
@@ -88,6 +89,7 @@ def _qemu_runtime(settings: Settings, logger: Logger) -> QemuSandboxRuntime:
         image_dir=qemu.image_dir,
         user=qemu.user or None,
         log_max_bytes=qemu.log_max_bytes,
+        overlay_pool_size=pool_size_for(settings.pools.host_capacity, qemu.overlay_pool_ratio),
     )
     return QemuSandboxRuntime(config, logger)
 

@@ -144,6 +144,8 @@ class QemuSettings(SettingsGroup):
     user: str = "sandboxd-qemu"
     # Each VM's console and QEMU log files are capped at this size (one older file kept).
     log_max_bytes: int = Field(default=1024 * 1024, ge=4096)
+    # qcow2 overlays kept ready per base image: max(1, int(pool host capacity x ratio)); 0: off.
+    overlay_pool_ratio: float = Field(default=0.0, ge=0, le=1)
 
 
 class DockerSettings(SettingsGroup):

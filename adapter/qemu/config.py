@@ -36,6 +36,8 @@ class QemuSandboxConfig:
     user: str | None = "sandboxd-qemu"
     # Console and QEMU log: each file at most this big, one older file kept (adapter.qemu.logcap).
     log_max_bytes: int = 1024 * 1024
+    # qcow2 overlays kept ready per base image (adapter.qemu.overlay_pool); 0 disables the pool.
+    overlay_pool_size: int = 0
 
     @property
     def images(self) -> Path:

@@ -21,6 +21,7 @@ import secrets
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from uuid import UUID
@@ -30,6 +31,7 @@ from adapter.qemu.config import QemuSandboxConfig
 from adapter.qemu.connections import AgentConnections, RunningVm
 from adapter.qemu.image import QemuImage, load_qemu_image, qemu_dir
 from adapter.qemu.launcher import RestoreFailedError, VmLauncher
+from adapter.qemu.overlay_pool import OverlayPool
 from adapter.qemu.snapshot import SnapshotKey, SnapshotLifecycle, SnapshotStore
 from adapter.qemu.vm import KERNEL_CMDLINE, VM_ID_PATTERN, VmDir, VmMeta, VmSpec, new_vm_id
 from domain.errors import RuntimeUnavailableError, SandboxGoneError
@@ -49,6 +51,12 @@ class QemuSandboxRuntime:
         self._config = config
         self._logger = logger
         self._vms_root = config.vms_root
+        # Same filesystem as the VM dirs, so that handing out an overlay is a link.
+        self._overlays = OverlayPool(
+            config.data_dir / "overlay-pool", config.overlay_pool_size, logger
+        )
+        self._overlays_lock = threading.Lock()
+        self._overlay_bases: list[Path] = []
         self._launcher = VmLauncher(
             config.boot_timeout_s, config.user, config.log_max_bytes, logger
         )
@@ -77,6 +85,7 @@ class QemuSandboxRuntime:
             vm_dir.create(
                 VmMeta(vm_id, self._config.instance_id, session_id, chat_id, purpose="sandbox"),
                 image.base,
+                self._overlay_for(image.base),
             )
             vm, mode = self._start(vm_dir, image, spec)
         except OSError as exc:
@@ -202,6 +211,18 @@ class QemuSandboxRuntime:
         """Release host-side connections; VMs keep running (stop them with ``stop``)."""
         self._connections.close()
         self._launcher.close()
+        self._overlays.stop()
+
+    def _overlay_for(self, base: Path) -> Callable[[Path, Path], None] | None:
+        """The overlay pool's acquire, started for this base on first use; None when disabled."""
+        if self._overlays.size == 0:
+            return None
+        with self._overlays_lock:
+            if self._overlay_bases != [base]:
+                self._overlays.stop()  # a rebuilt image: the old base's overlays are useless
+                self._overlays.start([base])
+                self._overlay_bases = [base]
+        return self._overlays.acquire
 
     # --- internals --------------------------------------------------------------------------
 

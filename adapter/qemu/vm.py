@@ -86,13 +86,19 @@ class VmDir:
     log_file = property(lambda self: self.path / "qemu.log")
     console_file = property(lambda self: self.path / "console.log")
 
-    def create(self, meta: VmMeta, base: Path) -> None:
+    def create(
+        self, meta: VmMeta, base: Path, overlay: Callable[[Path, Path], None] | None = None
+    ) -> None:
+        """``overlay(base, target)`` places the overlay (the overlay pool); default: qemu-img."""
         # The record of ownership goes first, so a crash right after still leaves a findable VM.
         self.path.mkdir(parents=True)
         tmp = self.meta_file.with_suffix(".tmp")
         tmp.write_text(meta.to_json())
         tmp.replace(self.meta_file)
-        self.new_overlay(base)
+        if overlay is None:
+            self.new_overlay(base)
+        else:
+            overlay(base, self.overlay)
 
     def new_overlay(self, base: Path) -> None:
         self.overlay.unlink(missing_ok=True)

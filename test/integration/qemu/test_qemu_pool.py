@@ -84,11 +84,11 @@ class _Source:
     def __init__(self, pool: WarmPool) -> None:
         self._pool = pool
 
-    def claim(self, *, chat_id, created_at, expires_at, packages=()):  # type: ignore[no-untyped-def]
+    def claim(self, *, chat_id, created_at, expires_at, packages=()):
         return self._pool.claim(chat_id=chat_id, created_at=created_at, expires_at=expires_at)
 
-    def settle(self, session_id) -> None:  # type: ignore[no-untyped-def]
+    def settle(self, session_id) -> None:
         self._pool.settle(session_id)
 
-    def owns(self, session_id) -> bool:  # type: ignore[no-untyped-def]
+    def owns(self, session_id) -> bool:
         return self._pool.owns(session_id)
