@@ -92,3 +92,21 @@ class _Source:
 
     def owns(self, session_id) -> bool:
         return self._pool.owns(session_id)
+
+
+def test_vms_start_on_pooled_overlays(make_runtime: RuntimeFactory) -> None:
+    from testkit.qemu import create_vm
+
+    runtime, _ = make_runtime(shared=True, overlay_pool_size=1)
+    first = create_vm(runtime)  # starts the pool; this overlay may be made on demand
+    for _ in range(2000):  # the pool's own state, bounded only to fail a pool that never fills
+        if runtime._overlays.available(next(iter(runtime._overlay_bases))) >= 1:
+            break
+        time.sleep(0.01)
+    second = create_vm(runtime)
+
+    assert run_ok(runtime, second.container_id, "print(6 * 7)").strip() == "42"
+    assert run_ok(runtime, first.container_id, "print(1)").strip() == "1"
+    stats = runtime._overlays.stats()
+    assert stats.pooled >= 1
+    assert stats.pooled + stats.on_demand == 2
