@@ -85,3 +85,15 @@ class ArtifactStoreUnavailableError(SandboxServiceError):
 
 class EnvironmentsUnsupportedError(SandboxServiceError):
     """Packages were asked for, but the configured runtime has no package environments."""
+
+
+class PoolNotFoundError(SandboxServiceError):
+    """No pool has this name."""
+
+
+class PoolAlreadyExistsError(SandboxServiceError):
+    """A pool with this name exists already."""
+
+
+class InvalidPoolError(InvalidInputError):
+    """A pool definition breaks a rule (name not a DNS label, negative or inverted bounds)."""

@@ -15,9 +15,11 @@ from dependency_injector import providers
 from domain.environment import Environment
 from domain.errors import SandboxServiceError
 from domain.execution import ExecutionRequest, Language
+from domain.pool import PoolCapacity, PoolDefinition
 from domain.sandbox import SandboxSession, SandboxStatus, parse_chat_id
 from entrypoint.container import Container
 from entrypoint.errors import error_row
+from entrypoint.http.pools import pool_json
 from entrypoint.serve import serve
 from entrypoint.wire import clamp_exit_code, process_exit_status
 from usecase.execute import ExecuteCodeCommand
@@ -92,6 +94,36 @@ def cmd_sandboxes_list(container: Container, args: argparse.Namespace) -> int:
         status=status, limit=args.limit, offset=args.offset
     )
     _print_json([session_json(s) for s in sessions])
+    return 0
+
+
+def _capacity(args: argparse.Namespace) -> PoolCapacity:
+    return PoolCapacity(
+        buffer_min=args.buffer_min,
+        buffer_max=args.buffer_max,
+        pool_min=args.pool_min,
+        pool_max=args.pool_max,
+    )
+
+
+def cmd_pools(container: Container, args: argparse.Namespace) -> int:
+    """Pool definitions in the shared database; running services pick changes up."""
+    manage = container.pool_admin()
+    action = args.pools_command
+    if action == "list":
+        _print_json([pool_json(view) for view in manage.list()])
+    elif action == "get":
+        _print_json(pool_json(manage.get(args.name)))
+    elif action == "create":
+        definition = PoolDefinition(
+            args.name, args.language, tuple(args.package or ()), _capacity(args)
+        )
+        _print_json(pool_json(manage.create(definition)))
+    elif action == "update":
+        _print_json(pool_json(manage.update(args.name, _capacity(args))))
+    else:
+        manage.delete(args.name)
+        _print_json({"deleted": args.name})
     return 0
 
 
@@ -245,6 +277,27 @@ def _add_env_commands(commands: Any) -> None:
     env_prune.set_defaults(handler=cmd_env_prune)
 
 
+def _add_pools_parser(commands: Any) -> None:
+    pools = commands.add_parser("pools", help="warm pool definitions (shared by replicas)")
+    pools_commands = pools.add_subparsers(dest="pools_command", required=True)
+    pools_commands.add_parser("list", help="every pool").set_defaults(handler=cmd_pools)
+    for name, text in (("get", "one pool"), ("delete", "remove a pool")):
+        one = pools_commands.add_parser(name, help=text)
+        one.add_argument("name")
+        one.set_defaults(handler=cmd_pools)
+    for name, text in (("create", "define a pool"), ("update", "change a pool's capacity")):
+        spec = pools_commands.add_parser(name, help=text)
+        spec.add_argument("name")
+        if name == "create":
+            spec.add_argument("--language", default="python")
+            spec.add_argument("--package", action="append", help="repeat for each package")
+        spec.add_argument("--buffer-min", type=int, required=True)
+        spec.add_argument("--buffer-max", type=int, required=True)
+        spec.add_argument("--pool-min", type=int, default=0)
+        spec.add_argument("--pool-max", type=int, required=True)
+        spec.set_defaults(handler=cmd_pools)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sandboxd",
@@ -283,6 +336,8 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--limit", type=int, default=100)
     listing.add_argument("--offset", type=int, default=0)
     listing.set_defaults(handler=cmd_sandboxes_list)
+
+    _add_pools_parser(commands)
 
     cleanup = commands.add_parser("cleanup", help="stop expired sandboxes and reconcile")
     cleanup.add_argument("--once", action="store_true", required=True, help="one sweep (for cron)")

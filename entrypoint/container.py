@@ -23,19 +23,25 @@ from adapter.qemu.environment_runtime import QemuEnvironmentRuntime
 from adapter.qemu.runtime import QemuSandboxRuntime
 from adapter.s3.artifact_store import S3ArtifactConfig, S3ArtifactStore
 from domain.errors import InvalidInputError
+from domain.pool import pool_size_for
 from entrypoint import persistence
+from entrypoint.application.pools import PoolWorker
 from entrypoint.application.sandbox_api import SandboxApi
 from entrypoint.application.sweep import CleanupWorker, Sweeper
 from entrypoint.auth import ApiKeyAuthenticator
 from entrypoint.grpc.interceptor import ApiKeyInterceptor
+from entrypoint.grpc.pools import PoolServicer
 from entrypoint.grpc.servicer import SandboxServicer
 from entrypoint.http.app import create_app
 from entrypoint.images import prepare_runtime_image
 from entrypoint.metrics import ServiceMetrics
 from entrypoint.settings import SERVICE_VERSION, Settings
+from repository.pool_store import SqlAlchemyPoolRepository
 from usecase.environment import EnvironmentProvisioning, PackageAllowList
 from usecase.execute import ExecuteCode, ExecutionLimits
-from usecase.ports import Clock, Logger, SandboxRuntime
+from usecase.pool import WarmPools
+from usecase.pool_admin import ManagePools
+from usecase.ports import Clock, Logger, SandboxHealthProbe, SandboxRebinder, SandboxRuntime
 from usecase.reconcile import ReconcileSandboxes
 from usecase.sandbox import (
     CleanupExpiredSandboxes,
@@ -92,6 +98,7 @@ def _qemu_runtime(settings: Settings, logger: Logger) -> QemuSandboxRuntime:
         image_dir=qemu.image_dir,
         user=qemu.user or None,
         log_max_bytes=qemu.log_max_bytes,
+        overlay_pool_size=pool_size_for(settings.pools.host_capacity, qemu.overlay_pool_ratio),
     )
     return QemuSandboxRuntime(config, logger)
 
@@ -208,6 +215,17 @@ def _selected_runtime(
     return qemu() if kind == "qemu" else docker()
 
 
+def _health_probe(runtime: SandboxRuntime) -> SandboxHealthProbe | None:
+    """Both real runtimes ping their agents (fakes in tests have no probe: no checks then)."""
+    return runtime if isinstance(runtime, DockerSandboxRuntime | QemuSandboxRuntime) else None
+
+
+def _rebinder(runtime: SandboxRuntime) -> SandboxRebinder | None:
+    """QEMU rewrites vm.json and reseeds a claimed VM; Docker's binding is the session record
+    (labels cannot change), so it needs no handover."""
+    return runtime if isinstance(runtime, QemuSandboxRuntime) else None
+
+
 class Container(containers.DeclarativeContainer):
     settings = providers.Singleton(Settings)
 
@@ -241,6 +259,33 @@ class Container(containers.DeclarativeContainer):
     environments = providers.Singleton(
         _environments, settings, runtime.provider, environment_store.provider, logger
     )
+    # Warm pools: empty unless a pool is defined (SANDBOXD_POOL_SIZE/RATIO or /v1/pools), so
+    # without one every sandbox is created on demand exactly as before.
+    pool_repository = providers.Singleton(SqlAlchemyPoolRepository, ready_database)
+    warm_pools = providers.Singleton(
+        WarmPools,
+        runtime=runtime,
+        repository=repository,
+        clock=clock,
+        logger=logger,
+        health=providers.Callable(_health_probe, runtime),
+        health_timeout_s=settings.provided.pools.health_timeout_seconds,
+        rebinder=providers.Callable(_rebinder, runtime),
+    )
+    manage_pools = providers.Singleton(
+        ManagePools, repository=pool_repository, pools=warm_pools, logger=logger
+    )
+    # The CLI edits the shared definitions only: it runs no pools of its own.
+    pool_admin = providers.Factory(
+        ManagePools, repository=pool_repository, pools=None, logger=logger
+    )
+    pool_worker = providers.Factory(
+        PoolWorker,
+        manage=manage_pools,
+        pools=warm_pools,
+        settings=settings.provided.pools,
+        logger=logger,
+    )
 
     ttl = settings.provided.lifetime.ttl
     max_lifetime = settings.provided.lifetime.max_lifetime
@@ -256,6 +301,7 @@ class Container(containers.DeclarativeContainer):
         ttl=ttl,
         max_lifetime=max_lifetime,
         environments=environments,
+        warm=warm_pools,
     )
     execute_code = providers.Singleton(
         ExecuteCode,
@@ -266,6 +312,7 @@ class Container(containers.DeclarativeContainer):
         logger=logger,
         ttl=ttl,
         max_lifetime=max_lifetime,
+        warm=warm_pools,
         limits=providers.Factory(
             ExecutionLimits,
             max_code_bytes=limits.max_code_bytes,
@@ -290,7 +337,12 @@ class Container(containers.DeclarativeContainer):
         logger=logger,
     )
     reconcile = providers.Factory(
-        ReconcileSandboxes, repository=repository, locker=locker, runtime=runtime, logger=logger
+        ReconcileSandboxes,
+        repository=repository,
+        locker=locker,
+        runtime=runtime,
+        logger=logger,
+        pools=warm_pools,
     )
 
     # The service (sandboxd serve): one facade for HTTP and gRPC, the sweep shared with
@@ -342,8 +394,12 @@ class Container(containers.DeclarativeContainer):
         logger=logger,
         access_logger=access_logger,
         max_code_bytes=limits.max_code_bytes,
+        pools=manage_pools.provider,
     )
     grpc_interceptor = providers.Singleton(
         ApiKeyInterceptor, authenticator=authenticator, metrics=metrics
     )
     grpc_servicer = providers.Singleton(SandboxServicer, api=api, metrics=metrics, logger=logger)
+    grpc_pool_servicer = providers.Singleton(
+        PoolServicer, manage=manage_pools.provider, metrics=metrics, logger=logger
+    )

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import uvicorn
 
 from domain.errors import SandboxServiceError
+from entrypoint.application.pools import install_pool_metrics
 from entrypoint.errors import (
     InsecureConfigurationError,
     ListenError,
@@ -122,6 +123,10 @@ class Service:
         await asyncio.to_thread(container.repository)  # checks (or migrates) the schema
         sweeper = container.sweeper()
         await asyncio.to_thread(sweeper.run_once)
+        # After the start-up sweep: members of a previous run (also after kill -9) are gone.
+        install_pool_metrics(container.metrics(), container.warm_pools())
+        pool_worker = container.pool_worker()
+        await pool_worker.start()
 
         api = container.api()
         sock = bind_tcp(server.host, server.http_port)
@@ -143,6 +148,7 @@ class Service:
             interceptor=container.grpc_interceptor(),
             max_receive_message_bytes=server.grpc_max_receive_message_bytes,
             max_send_message_bytes=server.grpc_max_send_message_bytes,
+            pool_servicer=container.grpc_pool_servicer(),
         )
         worker = container.cleanup_worker()
         worker.start()
@@ -179,6 +185,7 @@ class Service:
             return_exceptions=True,
         )
         await worker.stop(timeout_s=max(server.drain_seconds, 1.0))
+        await pool_worker.stop(timeout_s=max(server.drain_seconds, 1.0))
         api.close()
         if handle_signals:
             for signum in _SIGNALS:

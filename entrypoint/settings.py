@@ -146,6 +146,8 @@ class QemuSettings(SettingsGroup):
     user: str = "sandboxd-qemu"
     # Each VM's console and QEMU log files are capped at this size (one older file kept).
     log_max_bytes: int = Field(default=1024 * 1024, ge=4096)
+    # qcow2 overlays kept ready per base image: max(1, int(pool host capacity x ratio)); 0: off.
+    overlay_pool_ratio: float = Field(default=0.0, ge=0, le=1)
 
 
 class DockerSettings(SettingsGroup):
@@ -191,6 +193,22 @@ class EnvironmentSettings(SettingsGroup):
     s3_max_concurrent_uploads: int = Field(default=2, ge=1)
     # A file of package names, one per line (# comments); empty: any package is allowed.
     package_allowlist: Path | None = None
+
+
+class PoolSettings(SettingsGroup):
+    env_prefix = "pool_"
+
+    # The default warm pool for the base environment (named "default", stored in the database
+    # on start when absent): ``size`` idle sandboxes, or when size is 0, ratio x host_capacity
+    # (at least 1). Both 0 (the default): no default pool, every sandbox starts on demand.
+    size: int = Field(default=0, ge=0)
+    ratio: float = Field(default=0.0, ge=0, le=1)
+    # How many sandboxes this host runs at most; the ratio is taken of it.
+    host_capacity: int = Field(default=32, gt=0)
+    # The health loop pings idle members' agents every interval, each with this timeout; it
+    # also picks up pool definitions changed by other replicas.
+    health_interval_seconds: float = Field(default=10.0, gt=0)
+    health_timeout_seconds: float = Field(default=1.0, gt=0)
 
 
 class LogSettings(SettingsGroup):
@@ -243,6 +261,7 @@ class Settings(BaseSettings):
     docker: DockerSettings = Field(default_factory=DockerSettings)
     environments: EnvironmentSettings = Field(default_factory=EnvironmentSettings)
     log: LogSettings = Field(default_factory=LogSettings)
+    pools: PoolSettings = Field(default_factory=PoolSettings)
 
     @classmethod
     def groups(cls) -> dict[str, type[SettingsGroup]]:

@@ -8,6 +8,7 @@ from dependency_injector import providers
 
 from entrypoint.container import Container
 from entrypoint.settings import Settings
+from repository.pool_store import InMemoryPoolRepository
 from repository.sandbox_lock import ProcessLocalSandboxLifecycleLocker
 from repository.sandbox_session import InMemorySandboxSessionRepository
 from repository.sweep_leader import ProcessLocalSweepLeaderLock
@@ -30,6 +31,7 @@ def make_container(runtime: FakeRuntime | None = None, **settings: Any) -> Conta
     container = Container()
     container.settings.override(providers.Object(Settings(**values)))
     container.repository.override(providers.Singleton(InMemorySandboxSessionRepository))
+    container.pool_repository.override(providers.Singleton(InMemoryPoolRepository))
     container.locker.override(providers.Singleton(ProcessLocalSandboxLifecycleLocker))
     container.sweep_leader.override(providers.Singleton(ProcessLocalSweepLeaderLock))
     container.runtime.override(providers.Object(runtime or FakeRuntime()))

@@ -18,6 +18,7 @@ from usecase.ports import (
     SandboxLifecycleLocker,
     SandboxRuntime,
     SandboxSessionRepository,
+    WarmSandboxSource,
 )
 from usecase.sandbox import NO_ENVIRONMENTS, Lifetime, SandboxProvisioner, session_attrs
 
@@ -74,6 +75,7 @@ class ExecuteCode:
         limits: ExecutionLimits | None = None,
         environments: EnvironmentProvisioning | None = None,
         no_environments_reason: str = NO_ENVIRONMENTS,
+        warm: WarmSandboxSource | None = None,
     ) -> None:
         self._repository = repository
         self._locker = locker
@@ -90,6 +92,7 @@ class ExecuteCode:
             Lifetime(ttl, max_lifetime),
             environments,
             no_environments_reason,
+            warm,
         )
 
     def execute(

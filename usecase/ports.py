@@ -15,6 +15,7 @@ from uuid import UUID
 
 from domain.environment import ArtifactKind, BuiltEnvironment, Environment
 from domain.execution import ExecutionRequest, ExecutionResult, OutputChunk
+from domain.pool import PoolDefinition
 from domain.sandbox import ManagedSandbox, SandboxSession, SandboxStatus
 
 LogAttrs = Mapping[str, str | int | float | bool]
@@ -221,4 +222,69 @@ class EnvironmentRuntime(Protocol):
         The host fetches built artifacts only; the sandbox installs them offline. Afterwards code
         in the sandbox imports them without a restart.
         """
+
+
+class SandboxHealthProbe(Protocol):
+    """Asks a sandbox's agent whether it answers (a frozen sandbox does not)."""
+
+    def ping(self, container_id: str, timeout_s: float) -> bool:
+        """True when the agent answered within ``timeout_s``; never raises."""
+        ...
+
+
+class WarmSandboxSource(Protocol):
+    """Agent-ready sandboxes started ahead of need (the warm pools).
+
+    ``claim`` hands out a pooled sandbox in O(1), already bound to the chat (its session id is
+    the member's, kept), or None when no pool serves these packages or the pool is empty; a
+    member is handed out at most once. The caller saves the record and then calls ``settle``;
+    until then reconciliation still counts the member as owned by the pool.
+    """
+
+    def claim(
+        self,
+        *,
+        chat_id: UUID,
+        created_at: datetime,
+        expires_at: datetime,
+        packages: tuple[str, ...] = (),
+    ) -> SandboxSession | None: ...
+
+    def settle(self, session_id: UUID) -> None: ...
+
+    def owns(self, session_id: UUID) -> bool:
+        """True while the sandbox with this session id is a pool member not yet given to a chat
+        (starting, idle, or being claimed)."""
+        ...
+
+
+class PoolRepository(Protocol):
+    """Pool definitions, shared by the replicas through the database. Each call a transaction."""
+
+    def list_pools(self) -> list[PoolDefinition]:
+        """All definitions, by name."""
+        ...
+
+    def get_pool(self, name: str) -> PoolDefinition | None: ...
+
+    def add_pool(self, definition: PoolDefinition) -> None:
+        """Insert; raises PoolAlreadyExistsError when the name is taken."""
+        ...
+
+    def update_pool(self, definition: PoolDefinition) -> None:
+        """Replace the definition with this name; raises PoolNotFoundError when absent."""
+        ...
+
+    def delete_pool(self, name: str) -> bool:
+        """Remove; False when there was no such pool."""
+        ...
+
+
+class SandboxRebinder(Protocol):
+    """Hands a pooled sandbox over to the chat that claimed it (runtimes that need it)."""
+
+    def rebind(self, session: SandboxSession) -> None:
+        """Record the new owner where the runtime keeps it and refresh the guest (entropy, clock:
+        it idled in the pool). Raises SandboxGoneError or RuntimeUnavailableError; the caller
+        then discards the member and creates a sandbox on demand."""
         ...

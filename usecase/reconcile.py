@@ -10,6 +10,7 @@ from usecase.ports import (
     SandboxLifecycleLocker,
     SandboxRuntime,
     SandboxSessionRepository,
+    WarmSandboxSource,
 )
 from usecase.sandbox import session_attrs
 
@@ -32,6 +33,11 @@ class ReconcileSandboxes:
     - A RUNNING record whose object is gone or not running is marked DEAD
       (``sandbox_marked_dead``); the chat's next message replaces it and reports lost state.
     A failure on one item is logged (``sandbox_reconcile_failed``) and the pass goes on.
+    - Pooled sandboxes: an idle (or starting, or being claimed) member of this service's warm
+      pools is not an orphan. A claimed member keeps the chat label it was created with (its
+      own session id), so an object whose chat label matches no record is looked up by its
+      session id: the session record, not the label, says which chat it serves. Members of a
+      service that is gone (also after kill -9) are owned by no pool and are removed.
     """
 
     def __init__(
@@ -40,11 +46,13 @@ class ReconcileSandboxes:
         locker: SandboxLifecycleLocker,
         runtime: SandboxRuntime,
         logger: Logger,
+        pools: WarmSandboxSource | None = None,
     ) -> None:
         self._repository = repository
         self._locker = locker
         self._runtime = runtime
         self._logger = logger
+        self._pools = pools
 
     def execute(self) -> ReconcileReport:
         report = ReconcileReport()
@@ -78,6 +86,8 @@ class ReconcileSandboxes:
         )
 
     def _remove_if_orphan(self, item: ManagedSandbox) -> bool:
+        if item.session_id is not None and item.chat_id is not None and self._is_pooled(item):
+            return False
         if item.chat_id is None:
             self._runtime.stop(item.container_id)
         else:
@@ -95,6 +105,24 @@ class ReconcileSandboxes:
             {"container_id": item.container_id, "chat_id": str(item.chat_id or "")},
         )
         return True
+
+    def _is_pooled(self, item: ManagedSandbox) -> bool:
+        assert item.session_id is not None
+        if self._pools is not None and self._pools.owns(item.session_id):
+            return True
+        if item.chat_id != item.session_id:
+            return False  # not created as a pool member
+        record = self._repository.get(item.session_id)
+        if record is None:
+            return False
+        with self._locker.lock(record.chat_id):
+            current = self._repository.get_active_by_chat_id(record.chat_id)
+            return (
+                current is not None
+                and current.session_id == item.session_id
+                and current.container_id == item.container_id
+                and current.status is SandboxStatus.RUNNING
+            )
 
     def _mark_dead_if_gone(self, record: SandboxSession) -> SandboxSession | None:
         with self._locker.lock(record.chat_id):

@@ -36,6 +36,7 @@ from usecase.ports import (
     SandboxLifecycleLocker,
     SandboxRuntime,
     SandboxSessionRepository,
+    WarmSandboxSource,
 )
 
 
@@ -94,6 +95,7 @@ class SandboxProvisioner:
         lifetime: Lifetime,
         environments: EnvironmentProvisioning | None = None,
         no_environments_reason: str = NO_ENVIRONMENTS,
+        warm: WarmSandboxSource | None = None,
     ) -> None:
         self._repository = repository
         self._runtime = runtime
@@ -102,6 +104,7 @@ class SandboxProvisioner:
         self._lifetime = lifetime
         self._environments = environments
         self._no_environments_reason = no_environments_reason
+        self._warm = warm
 
     def check(self, environment: Environment) -> None:
         """Refuse a request for packages this service will not provide (before any lock)."""
@@ -170,16 +173,22 @@ class SandboxProvisioner:
         max_expires_at = (
             None if self._lifetime.max_lifetime is None else now + self._lifetime.max_lifetime
         )
-        session_id = _new_session_id()
         expires_at = capped_deadline(now + self._lifetime.ttl, max_expires_at)
         with_packages = [
             env
             for env in (recorded_environment(packages, lang) for lang in PACKAGE_LANGUAGES)
             if not env.is_base
         ]
+        pooled = None
         if not with_packages:
-            session = self._runtime.create(
-                session_id=session_id, chat_id=chat_id, created_at=now, expires_at=expires_at
+            # Warm pools serve the base environment only (package pools are defined but not run).
+            if self._warm is not None:
+                pooled = self._warm.claim(chat_id=chat_id, created_at=now, expires_at=expires_at)
+            session = pooled or self._runtime.create(
+                session_id=_new_session_id(),
+                chat_id=chat_id,
+                created_at=now,
+                expires_at=expires_at,
             )
         else:
             if self._environments is None:
@@ -187,7 +196,11 @@ class SandboxProvisioner:
             # One environment is the image; a second language's packages (rare) go in live.
             built = self._environments.store.ensure(with_packages[0])
             session = self._environments.runtime.create_from(
-                built, session_id=session_id, chat_id=chat_id, created_at=now, expires_at=expires_at
+                built,
+                session_id=_new_session_id(),
+                chat_id=chat_id,
+                created_at=now,
+                expires_at=expires_at,
             )
             try:
                 for extra in with_packages[1:]:
@@ -205,7 +218,13 @@ class SandboxProvisioner:
             # only at the next sweep.
             self._runtime.stop(session.container_id)
             raise
-        self._logger.info("sandbox_created", session_attrs(session))
+        finally:
+            if pooled is not None and self._warm is not None:
+                self._warm.settle(pooled.session_id)
+        attrs = session_attrs(session)
+        if pooled is not None:
+            attrs["pooled"] = True
+        self._logger.info("sandbox_created", attrs)
         return session
 
 
@@ -236,6 +255,7 @@ class CreateSandbox:
         max_lifetime: timedelta | None = None,
         environments: EnvironmentProvisioning | None = None,
         no_environments_reason: str = NO_ENVIRONMENTS,
+        warm: WarmSandboxSource | None = None,
     ) -> None:
         self._locker = locker
         self._provisioner = SandboxProvisioner(
@@ -246,6 +266,7 @@ class CreateSandbox:
             Lifetime(ttl, max_lifetime),
             environments,
             no_environments_reason,
+            warm,
         )
 
     def execute(self, command: CreateSandboxCommand) -> SandboxSession:

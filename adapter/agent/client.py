@@ -93,13 +93,20 @@ class AgentClient:
         version: str = _field(frame, "version", str)
         return version
 
-    def reseed(self, entropy: bytes, timeout_s: float = CONTROL_TIMEOUT_S) -> bool:
-        """Mix ``entropy`` into the guest's kernel pool and interpreters; True when credited."""
-        frame = self._call(
-            {"op": "reseed", "entropy": base64.b64encode(entropy).decode("ascii")},
-            timeout_s,
-            expect="reseeded",
-        )
+    def reseed(
+        self, entropy: bytes, timeout_s: float = CONTROL_TIMEOUT_S, now: float | None = None
+    ) -> bool:
+        """Mix ``entropy`` into the guest's kernel pool and interpreters; True when credited.
+
+        ``now`` (host Unix time) also sets the guest's clock where the agent may.
+        """
+        request: dict[str, Any] = {
+            "op": "reseed",
+            "entropy": base64.b64encode(entropy).decode("ascii"),
+        }
+        if now is not None:
+            request["now"] = now
+        frame = self._call(request, timeout_s, expect="reseeded")
         ok: bool = _field(frame, "ok", bool)
         return ok
 

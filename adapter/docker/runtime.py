@@ -279,6 +279,19 @@ class DockerSandboxRuntime:
         info = self._inspect(container_id)
         return info is not None and bool(info["State"].get("Running"))
 
+    def ping(self, container_id: str, timeout_s: float) -> bool:
+        """SandboxHealthProbe: True when the agent answers within ``timeout_s``.
+
+        A SIGSTOPped container is still "running" to Docker; only its agent's silence shows it.
+        """
+        try:
+            self._agent_for(container_id).ping(timeout_s)
+        except (SandboxGoneError, RuntimeUnavailableError):
+            # A call that timed out leaves the connection mid-frame: never reuse it.
+            self._drop_agent(container_id)
+            return False
+        return True
+
     def list_managed(self) -> list[ManagedSandbox]:
         """This instance's containers; also prunes channel directories no container uses.
 

@@ -44,6 +44,8 @@ class QemuSandboxConfig:
     # Imported by the guest's python before the memory snapshot is taken, so a chat's first
     # ``import pandas, matplotlib.pyplot`` costs nothing (20-40 s under TCG otherwise).
     preload: tuple[str, ...] = ("numpy", "pandas", "matplotlib.pyplot")
+    # qcow2 overlays kept ready per base image (adapter.qemu.overlay_pool); 0 disables the pool.
+    overlay_pool_size: int = 0
 
     @property
     def images(self) -> Path:

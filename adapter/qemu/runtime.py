@@ -16,10 +16,13 @@ snapshot; AgentConnections holds the agent connections and hands them over betwe
 
 from __future__ import annotations
 
+import dataclasses
 import re
+import secrets
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
@@ -33,10 +36,11 @@ from adapter.qemu.envdisk import EnvironmentDisk, EnvironmentDisks
 from adapter.qemu.image import QemuImage, build_qemu_image, load_qemu_image, qemu_dir
 from adapter.qemu.initramfs import BUILD_MARKER, BUILD_MODE, MODE_PARAM, PRELOAD_PARAM
 from adapter.qemu.launcher import RestoreFailedError, VmLauncher
+from adapter.qemu.overlay_pool import OverlayPool
 from adapter.qemu.snapshot import SnapshotKey, SnapshotLifecycle, SnapshotStore
 from adapter.qemu.vm import KERNEL_CMDLINE, VM_ID_PATTERN, VmDir, VmMeta, VmSpec, new_vm_id
 from domain.environment import is_cache_key
-from domain.errors import EnvironmentBuildError, RuntimeUnavailableError
+from domain.errors import EnvironmentBuildError, RuntimeUnavailableError, SandboxGoneError
 from domain.execution import ExecutionRequest, ExecutionResult
 from domain.sandbox import ManagedSandbox, SandboxSession, SandboxStatus
 from usecase.ports import Logger, OutputSink
@@ -56,6 +60,12 @@ class QemuSandboxRuntime:
         self._config = config
         self._logger = logger
         self._vms_root = config.vms_root
+        # Same filesystem as the VM dirs, so that handing out an overlay is a link.
+        self._overlays = OverlayPool(
+            config.data_dir / "overlay-pool", config.overlay_pool_size, logger
+        )
+        self._overlays_lock = threading.Lock()
+        self._overlay_bases: list[Path] = []
         self._launcher = VmLauncher(
             config.boot_timeout_s, config.user, config.log_max_bytes, logger
         )
@@ -96,6 +106,8 @@ class QemuSandboxRuntime:
             vm_dir.create(
                 VmMeta(vm_id, self._config.instance_id, session_id, chat_id, purpose="sandbox"),
                 spec.backing(image.base),
+                # Pooled overlays are made over the base image: an environment's VM gets its own.
+                self._overlay_for(image.base) if environment is None else None,
             )
             vm, mode = self._start(vm_dir, image, spec, environment)
         except OSError as exc:
@@ -148,6 +160,32 @@ class QemuSandboxRuntime:
         if vm is not None and vm.process is not None and vm.process.poll() is not None:
             return False
         return vm_dir.meta_file.exists() and vm_dir.qemu_pid() is not None
+
+    def rebind(self, session: SandboxSession) -> None:
+        """SandboxRebinder: vm.json names the claiming chat, and the guest gets fresh entropy
+        and the host's clock (it idled in the pool since its restore)."""
+        vm_dir = VmDir(self._vms_root / session.container_id)
+        meta = vm_dir.read_meta() if VM_ID_PATTERN.match(session.container_id) else None
+        if meta is None:
+            raise SandboxGoneError(f"microVM {session.container_id} is gone")
+        try:
+            vm_dir.rewrite_meta(
+                dataclasses.replace(meta, session_id=session.session_id, chat_id=session.chat_id)
+            )
+        except OSError as exc:
+            raise RuntimeUnavailableError(f"cannot rebind {session.container_id}: {exc}") from exc
+        entropy = secrets.token_bytes(64)
+        self._connections.call(
+            session.container_id, lambda agent: agent.reseed(entropy, now=time.time())
+        )
+
+    def ping(self, container_id: str, timeout_s: float) -> bool:
+        """SandboxHealthProbe: True when the VM's agent answers within ``timeout_s``."""
+        try:
+            self._connections.call(container_id, lambda agent: agent.ping(timeout_s))
+        except (SandboxGoneError, RuntimeUnavailableError, OSError):
+            return False
+        return True
 
     def list_managed(self) -> list[ManagedSandbox]:
         managed: list[ManagedSandbox] = []
@@ -230,6 +268,18 @@ class QemuSandboxRuntime:
         """Release host-side connections; VMs keep running (stop them with ``stop``)."""
         self._connections.close()
         self._launcher.close()
+        self._overlays.stop()
+
+    def _overlay_for(self, base: Path) -> Callable[[Path, Path], None] | None:
+        """The overlay pool's acquire, started for this base on first use; None when disabled."""
+        if self._overlays.size == 0:
+            return None
+        with self._overlays_lock:
+            if self._overlay_bases != [base]:
+                self._overlays.stop()  # a rebuilt image: the old base's overlays are useless
+                self._overlays.start([base])
+                self._overlay_bases = [base]
+        return self._overlays.acquire
 
     # --- internals --------------------------------------------------------------------------
 

@@ -97,13 +97,19 @@ class VmDir:
     log_file = property(lambda self: self.path / "qemu.log")
     console_file = property(lambda self: self.path / "console.log")
 
-    def create(self, meta: VmMeta, base: Path) -> None:
+    def create(
+        self, meta: VmMeta, base: Path, overlay: Callable[[Path, Path], None] | None = None
+    ) -> None:
+        """``overlay(base, target)`` places the overlay (the overlay pool); default: qemu-img."""
         # The record of ownership goes first, so a crash right after still leaves a findable VM.
         self.path.mkdir(parents=True)
         tmp = self.meta_file.with_suffix(".tmp")
         tmp.write_text(meta.to_json())
         tmp.replace(self.meta_file)
-        self.new_overlay(base)
+        if overlay is None:
+            self.new_overlay(base)
+        else:
+            overlay(base, self.overlay)
 
     def new_overlay(self, base: Path) -> None:
         self.overlay.unlink(missing_ok=True)
@@ -116,6 +122,12 @@ class VmDir:
         except (OSError, subprocess.CalledProcessError) as exc:
             detail = getattr(exc, "stderr", "") or str(exc)
             raise RuntimeUnavailableError(f"qemu-img create failed: {detail.strip()}") from exc
+
+    def rewrite_meta(self, meta: VmMeta) -> None:
+        """Replace vm.json atomically (a pooled VM handed to its chat)."""
+        tmp = self.meta_file.with_suffix(".tmp")
+        tmp.write_text(meta.to_json())
+        tmp.replace(self.meta_file)
 
     def read_meta(self) -> VmMeta | None:
         try:

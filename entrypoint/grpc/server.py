@@ -7,6 +7,7 @@ import grpc
 from entrypoint.errors import ListenError
 from entrypoint.grpc.generated import sandboxd_pb2_grpc as pb_grpc
 from entrypoint.grpc.interceptor import ApiKeyInterceptor
+from entrypoint.grpc.pools import PoolServicer
 from entrypoint.grpc.servicer import SandboxServicer
 
 
@@ -22,6 +23,7 @@ async def start_grpc_server(
     interceptor: ApiKeyInterceptor,
     max_receive_message_bytes: int,
     max_send_message_bytes: int,
+    pool_servicer: PoolServicer | None = None,
 ) -> tuple[grpc.aio.Server, int]:
     """Start serving; returns the server and the port it bound (useful with port 0)."""
     server = grpc.aio.server(
@@ -35,6 +37,8 @@ async def start_grpc_server(
         ],
     )
     pb_grpc.add_SandboxServiceServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
+    if pool_servicer is not None:
+        pb_grpc.add_PoolServiceServicer_to_server(pool_servicer, server)  # type: ignore[no-untyped-call]
     try:
         bound = server.add_insecure_port(host_port(host, port))
     except RuntimeError as exc:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from fastapi import FastAPI
 
 from entrypoint.application.sandbox_api import SandboxApi
@@ -9,8 +11,10 @@ from entrypoint.auth import ApiKeyAuthenticator
 from entrypoint.http.docs import mount_docs
 from entrypoint.http.errors import install_error_handlers
 from entrypoint.http.middleware import RequestContextMiddleware
-from entrypoint.http.routes import health, protected, v1
+from entrypoint.http.pools import pools_router
+from entrypoint.http.routes import health, protected, require_api_key, v1
 from entrypoint.metrics import ServiceMetrics
+from usecase.pool_admin import ManagePools
 from usecase.ports import Logger
 
 # JSON escaping can grow a code string up to six times (\uXXXX); the body guard allows for it
@@ -35,6 +39,7 @@ def create_app(
     logger: Logger,
     access_logger: Logger,
     max_code_bytes: int,
+    pools: Callable[[], ManagePools] | None = None,
 ) -> FastAPI:
     # FastAPI's own /docs and /redoc load their assets from a CDN; mount_docs serves them itself.
     app = FastAPI(
@@ -50,6 +55,11 @@ def create_app(
     app.state.metrics = metrics
     app.state.logger = logger
     app.include_router(v1)
+    if pools is not None:
+        # Resolved per request: the pool store needs the database, which apps without pools
+        # (and unit tests) never touch.
+        app.state.pools = pools
+        app.include_router(pools_router(require_api_key))
     app.include_router(health)
     app.include_router(protected)
     install_error_handlers(app, metrics, logger)

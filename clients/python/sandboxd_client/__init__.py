@@ -4,6 +4,7 @@ from sandboxd_client.client import AsyncSandboxdClient, SandboxdClient
 from sandboxd_client.models import (
     ExecutionResult,
     OutputEvent,
+    Pool,
     Sandbox,
     SandboxdError,
     SandboxPage,
@@ -13,6 +14,7 @@ __all__ = [
     "AsyncSandboxdClient",
     "ExecutionResult",
     "OutputEvent",
+    "Pool",
     "Sandbox",
     "SandboxPage",
     "SandboxdClient",

@@ -22,9 +22,11 @@ import httpx
 from sandboxd_client.models import (
     ExecutionResult,
     OutputEvent,
+    Pool,
     Sandbox,
     SandboxdError,
     SandboxPage,
+    capacity_spec,
 )
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8080"
@@ -230,6 +232,45 @@ class SandboxdClient:
     def ready(self) -> bool:
         return self._http.get("/readyz").status_code == 200
 
+    def list_pools(self) -> list[Pool]:
+        response = self._http.get("/v1/pools")
+        _raise_for_error(response)
+        return [Pool.from_json(item) for item in response.json()["items"]]
+
+    def get_pool(self, name: str) -> Pool:
+        response = self._http.get(f"/v1/pools/{name}")
+        _raise_for_error(response)
+        return Pool.from_json(response.json())
+
+    def create_pool(
+        self,
+        name: str,
+        *,
+        buffer_min: int,
+        buffer_max: int,
+        pool_max: int,
+        pool_min: int = 0,
+        language: str = "python",
+        packages: Sequence[str] = (),
+    ) -> Pool:
+        response = self._http.post(
+            "/v1/pools",
+            json=_pool_body(name, language, packages, buffer_min, buffer_max, pool_min, pool_max),
+        )
+        _raise_for_error(response)
+        return Pool.from_json(response.json())
+
+    def update_pool(
+        self, name: str, *, buffer_min: int, buffer_max: int, pool_max: int, pool_min: int = 0
+    ) -> Pool:
+        spec = capacity_spec(buffer_min, buffer_max, pool_min, pool_max)
+        response = self._http.put(f"/v1/pools/{name}", json={"capacitySpec": spec})
+        _raise_for_error(response)
+        return Pool.from_json(response.json())
+
+    def delete_pool(self, name: str) -> None:
+        _raise_for_error(self._http.delete(f"/v1/pools/{name}"))
+
 
 class AsyncSandboxdClient:
     """The asyncio twin of SandboxdClient."""
@@ -337,3 +378,58 @@ class AsyncSandboxdClient:
 
     async def ready(self) -> bool:
         return (await self._http.get("/readyz")).status_code == 200
+
+    async def list_pools(self) -> list[Pool]:
+        response = await self._http.get("/v1/pools")
+        _raise_for_error(response)
+        return [Pool.from_json(item) for item in response.json()["items"]]
+
+    async def get_pool(self, name: str) -> Pool:
+        response = await self._http.get(f"/v1/pools/{name}")
+        _raise_for_error(response)
+        return Pool.from_json(response.json())
+
+    async def create_pool(
+        self,
+        name: str,
+        *,
+        buffer_min: int,
+        buffer_max: int,
+        pool_max: int,
+        pool_min: int = 0,
+        language: str = "python",
+        packages: Sequence[str] = (),
+    ) -> Pool:
+        response = await self._http.post(
+            "/v1/pools",
+            json=_pool_body(name, language, packages, buffer_min, buffer_max, pool_min, pool_max),
+        )
+        _raise_for_error(response)
+        return Pool.from_json(response.json())
+
+    async def update_pool(
+        self, name: str, *, buffer_min: int, buffer_max: int, pool_max: int, pool_min: int = 0
+    ) -> Pool:
+        spec = capacity_spec(buffer_min, buffer_max, pool_min, pool_max)
+        response = await self._http.put(f"/v1/pools/{name}", json={"capacitySpec": spec})
+        _raise_for_error(response)
+        return Pool.from_json(response.json())
+
+    async def delete_pool(self, name: str) -> None:
+        _raise_for_error(await self._http.delete(f"/v1/pools/{name}"))
+
+
+def _pool_body(
+    name: str,
+    language: str,
+    packages: Sequence[str],
+    buffer_min: int,
+    buffer_max: int,
+    pool_min: int,
+    pool_max: int,
+) -> dict[str, Any]:
+    return {
+        "name": name,
+        "environment": {"language": language, "packages": list(packages)},
+        "capacitySpec": capacity_spec(buffer_min, buffer_max, pool_min, pool_max),
+    }

@@ -104,3 +104,47 @@ class OutputEvent:
 
     stream: str
     data: str
+
+
+@dataclass(frozen=True)
+class Pool:
+    """A warm pool: its definition (OpenSandbox's capacitySpec) and this replica's status."""
+
+    name: str
+    language: str
+    packages: tuple[str, ...]
+    buffer_min: int
+    buffer_max: int
+    pool_min: int
+    pool_max: int
+    total: int
+    allocated: int
+    available: int
+    revision: int
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Pool:
+        spec = data["capacitySpec"]
+        status = data["status"]
+        return cls(
+            name=data["name"],
+            language=data["environment"]["language"],
+            packages=tuple(data["environment"]["packages"]),
+            buffer_min=spec["bufferMin"],
+            buffer_max=spec["bufferMax"],
+            pool_min=spec["poolMin"],
+            pool_max=spec["poolMax"],
+            total=status["total"],
+            allocated=status["allocated"],
+            available=status["available"],
+            revision=status["revision"],
+        )
+
+
+def capacity_spec(buffer_min: int, buffer_max: int, pool_min: int, pool_max: int) -> dict[str, int]:
+    return {
+        "bufferMin": buffer_min,
+        "bufferMax": buffer_max,
+        "poolMin": pool_min,
+        "poolMax": pool_max,
+    }

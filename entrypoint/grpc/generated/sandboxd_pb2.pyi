@@ -125,3 +125,67 @@ class DestroySandboxResponse(_message.Message):
     destroyed: bool
     sandbox: Sandbox
     def __init__(self, destroyed: _Optional[bool] = ..., sandbox: _Optional[_Union[Sandbox, _Mapping]] = ...) -> None: ...
+
+class PoolRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class ListPoolsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListPoolsResponse(_message.Message):
+    __slots__ = ("pools",)
+    POOLS_FIELD_NUMBER: _ClassVar[int]
+    pools: _containers.RepeatedCompositeFieldContainer[Pool]
+    def __init__(self, pools: _Optional[_Iterable[_Union[Pool, _Mapping]]] = ...) -> None: ...
+
+class PoolEnvironment(_message.Message):
+    __slots__ = ("language", "packages")
+    LANGUAGE_FIELD_NUMBER: _ClassVar[int]
+    PACKAGES_FIELD_NUMBER: _ClassVar[int]
+    language: str
+    packages: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, language: _Optional[str] = ..., packages: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class CapacitySpec(_message.Message):
+    __slots__ = ("buffer_max", "buffer_min", "pool_max", "pool_min")
+    BUFFER_MAX_FIELD_NUMBER: _ClassVar[int]
+    BUFFER_MIN_FIELD_NUMBER: _ClassVar[int]
+    POOL_MAX_FIELD_NUMBER: _ClassVar[int]
+    POOL_MIN_FIELD_NUMBER: _ClassVar[int]
+    buffer_max: int
+    buffer_min: int
+    pool_max: int
+    pool_min: int
+    def __init__(self, buffer_max: _Optional[int] = ..., buffer_min: _Optional[int] = ..., pool_max: _Optional[int] = ..., pool_min: _Optional[int] = ...) -> None: ...
+
+class PoolStatus(_message.Message):
+    __slots__ = ("total", "allocated", "available", "revision")
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    ALLOCATED_FIELD_NUMBER: _ClassVar[int]
+    AVAILABLE_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    total: int
+    allocated: int
+    available: int
+    revision: int
+    def __init__(self, total: _Optional[int] = ..., allocated: _Optional[int] = ..., available: _Optional[int] = ..., revision: _Optional[int] = ...) -> None: ...
+
+class Pool(_message.Message):
+    __slots__ = ("name", "environment", "capacity_spec", "status")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ENVIRONMENT_FIELD_NUMBER: _ClassVar[int]
+    CAPACITY_SPEC_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    environment: PoolEnvironment
+    capacity_spec: CapacitySpec
+    status: PoolStatus
+    def __init__(self, name: _Optional[str] = ..., environment: _Optional[_Union[PoolEnvironment, _Mapping]] = ..., capacity_spec: _Optional[_Union[CapacitySpec, _Mapping]] = ..., status: _Optional[_Union[PoolStatus, _Mapping]] = ...) -> None: ...
+
+class DeletePoolResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...

@@ -317,3 +317,257 @@ class SandboxService:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class PoolServiceStub:
+    """Warm pools (OpenSandbox's pool API): sandboxes started ahead of need for an environment.
+    Errors as above: NOT_FOUND pool_not_found, ALREADY_EXISTS pool_already_exists,
+    INVALID_ARGUMENT invalid_pool (name not a DNS label, negative or inverted bounds).
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.ListPools = channel.unary_unary(
+                '/sandboxd.v1.PoolService/ListPools',
+                request_serializer=sandboxd_dot_v1_dot_sandboxd__pb2.ListPoolsRequest.SerializeToString,
+                response_deserializer=sandboxd_dot_v1_dot_sandboxd__pb2.ListPoolsResponse.FromString,
+                _registered_method=True)
+        self.GetPool = channel.unary_unary(
+                '/sandboxd.v1.PoolService/GetPool',
+                request_serializer=sandboxd_dot_v1_dot_sandboxd__pb2.PoolRequest.SerializeToString,
+                response_deserializer=sandboxd_dot_v1_dot_sandboxd__pb2.Pool.FromString,
+                _registered_method=True)
+        self.CreatePool = channel.unary_unary(
+                '/sandboxd.v1.PoolService/CreatePool',
+                request_serializer=sandboxd_dot_v1_dot_sandboxd__pb2.Pool.SerializeToString,
+                response_deserializer=sandboxd_dot_v1_dot_sandboxd__pb2.Pool.FromString,
+                _registered_method=True)
+        self.UpdatePool = channel.unary_unary(
+                '/sandboxd.v1.PoolService/UpdatePool',
+                request_serializer=sandboxd_dot_v1_dot_sandboxd__pb2.Pool.SerializeToString,
+                response_deserializer=sandboxd_dot_v1_dot_sandboxd__pb2.Pool.FromString,
+                _registered_method=True)
+        self.DeletePool = channel.unary_unary(
+                '/sandboxd.v1.PoolService/DeletePool',
+                request_serializer=sandboxd_dot_v1_dot_sandboxd__pb2.PoolRequest.SerializeToString,
+                response_deserializer=sandboxd_dot_v1_dot_sandboxd__pb2.DeletePoolResponse.FromString,
+                _registered_method=True)
+
+
+class PoolServiceServicer:
+    """Warm pools (OpenSandbox's pool API): sandboxes started ahead of need for an environment.
+    Errors as above: NOT_FOUND pool_not_found, ALREADY_EXISTS pool_already_exists,
+    INVALID_ARGUMENT invalid_pool (name not a DNS label, negative or inverted bounds).
+    """
+
+    def ListPools(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetPool(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreatePool(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdatePool(self, request, context):
+        """Changes the capacity only (environment and name stay).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeletePool(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_PoolServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'ListPools': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPools,
+                    request_deserializer=sandboxd_dot_v1_dot_sandboxd__pb2.ListPoolsRequest.FromString,
+                    response_serializer=sandboxd_dot_v1_dot_sandboxd__pb2.ListPoolsResponse.SerializeToString,
+            ),
+            'GetPool': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPool,
+                    request_deserializer=sandboxd_dot_v1_dot_sandboxd__pb2.PoolRequest.FromString,
+                    response_serializer=sandboxd_dot_v1_dot_sandboxd__pb2.Pool.SerializeToString,
+            ),
+            'CreatePool': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreatePool,
+                    request_deserializer=sandboxd_dot_v1_dot_sandboxd__pb2.Pool.FromString,
+                    response_serializer=sandboxd_dot_v1_dot_sandboxd__pb2.Pool.SerializeToString,
+            ),
+            'UpdatePool': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdatePool,
+                    request_deserializer=sandboxd_dot_v1_dot_sandboxd__pb2.Pool.FromString,
+                    response_serializer=sandboxd_dot_v1_dot_sandboxd__pb2.Pool.SerializeToString,
+            ),
+            'DeletePool': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeletePool,
+                    request_deserializer=sandboxd_dot_v1_dot_sandboxd__pb2.PoolRequest.FromString,
+                    response_serializer=sandboxd_dot_v1_dot_sandboxd__pb2.DeletePoolResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'sandboxd.v1.PoolService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('sandboxd.v1.PoolService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class PoolService:
+    """Warm pools (OpenSandbox's pool API): sandboxes started ahead of need for an environment.
+    Errors as above: NOT_FOUND pool_not_found, ALREADY_EXISTS pool_already_exists,
+    INVALID_ARGUMENT invalid_pool (name not a DNS label, negative or inverted bounds).
+    """
+
+    @staticmethod
+    def ListPools(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sandboxd.v1.PoolService/ListPools',
+            sandboxd_dot_v1_dot_sandboxd__pb2.ListPoolsRequest.SerializeToString,
+            sandboxd_dot_v1_dot_sandboxd__pb2.ListPoolsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPool(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sandboxd.v1.PoolService/GetPool',
+            sandboxd_dot_v1_dot_sandboxd__pb2.PoolRequest.SerializeToString,
+            sandboxd_dot_v1_dot_sandboxd__pb2.Pool.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreatePool(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sandboxd.v1.PoolService/CreatePool',
+            sandboxd_dot_v1_dot_sandboxd__pb2.Pool.SerializeToString,
+            sandboxd_dot_v1_dot_sandboxd__pb2.Pool.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdatePool(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sandboxd.v1.PoolService/UpdatePool',
+            sandboxd_dot_v1_dot_sandboxd__pb2.Pool.SerializeToString,
+            sandboxd_dot_v1_dot_sandboxd__pb2.Pool.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeletePool(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sandboxd.v1.PoolService/DeletePool',
+            sandboxd_dot_v1_dot_sandboxd__pb2.PoolRequest.SerializeToString,
+            sandboxd_dot_v1_dot_sandboxd__pb2.DeletePoolResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

@@ -13,6 +13,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Engine
 
+import repository.pool_store  # noqa: F401 (registers the warm_pools table on metadata)
 from repository.database import (
     SchemaOutOfDateError,
     alembic_config,
@@ -62,7 +63,7 @@ def test_upgrade_downgrade_upgrade_walks_every_revision(empty_engine: Engine) ->
     for revision in revisions:
         migrate(empty_engine, revision)
         assert current_revision(empty_engine) == revision
-    assert tables(empty_engine) == {"sandbox_sessions"}
+    assert tables(empty_engine) == {"sandbox_sessions", "warm_pools"}
     for previous in [*reversed(revisions[:-1]), "base"]:
         downgrade(empty_engine, previous)
         assert current_revision(empty_engine) == (None if previous == "base" else previous)

@@ -78,3 +78,24 @@ def test_exec_and_ensure_take_repeatable_packages(container, capsys) -> None:
     assert main([*ensure, "--package", "lodash"], container=container) == 0
     assert "npm:lodash" in json.loads(capsys.readouterr().out)["packages"]
     assert main(["sandbox", "ensure", "--chat-id", CHAT, "--package", "a b c"], container) == 2
+
+
+def test_pools_create_list_update_get_delete(container, capsys) -> None:
+    from repository.pool_store import InMemoryPoolRepository
+
+    container.pool_repository.override(providers.Object(InMemoryPoolRepository()))
+    spec = ["--buffer-min", "1", "--buffer-max", "2", "--pool-max", "4"]
+    assert main(["pools", "create", "np", "--package", "numpy", *spec], container=container) == 0
+    created = json.loads(capsys.readouterr().out)
+    assert created["environment"]["packages"] == ["numpy"]
+    assert created["status"] == {"total": 0, "allocated": 0, "available": 0, "revision": 1}
+    main(["pools", "update", "np", "--buffer-min", "0", "--buffer-max", "3", "--pool-max", "5"],
+         container=container)  # fmt: skip
+    assert json.loads(capsys.readouterr().out)["capacitySpec"]["bufferMax"] == 3
+    main(["pools", "list"], container=container)
+    assert [pool["name"] for pool in json.loads(capsys.readouterr().out)] == ["np"]
+    assert main(["pools", "delete", "np"], container=container) == 0
+    capsys.readouterr()
+    assert main(["pools", "get", "np"], container=container) == 3  # pool_not_found
+    assert main(["pools", "create", "Bad_Name", *spec], container=container) == 2
+    assert container.runtime().create_calls == []  # the CLI runs no pools of its own

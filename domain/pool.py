@@ -1,0 +1,83 @@
+"""Warm pools: how many agent-ready sandboxes of one environment to keep started ahead of need.
+
+Capacity follows OpenSandbox's pool API: ``buffer_min``..``buffer_max`` idle members are kept
+ready, and the pool's total (idle + allocated to chats) never exceeds ``pool_max``; the pool
+also starts members while its total is below ``pool_min``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from domain.errors import InvalidPoolError
+
+_DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+@dataclass(frozen=True)
+class PoolCapacity:
+    buffer_min: int
+    buffer_max: int
+    pool_min: int
+    pool_max: int
+
+    def __post_init__(self) -> None:
+        for name in ("buffer_min", "buffer_max", "pool_min", "pool_max"):
+            if getattr(self, name) < 0:
+                raise InvalidPoolError(f"{name} must not be negative")
+        if self.buffer_min > self.buffer_max:
+            raise InvalidPoolError("bufferMin must not exceed bufferMax")
+        if self.pool_min > self.pool_max:
+            raise InvalidPoolError("poolMin must not exceed poolMax")
+
+    @classmethod
+    def fixed(cls, size: int) -> PoolCapacity:
+        """Keep ``size`` idle, refill as soon as one is claimed, unbounded allocation."""
+        return cls(buffer_min=size, buffer_max=size, pool_min=0, pool_max=2**31 - 1)
+
+    def wanted_idle(self, allocated: int) -> int:
+        """How many idle members the pool should hold with ``allocated`` given out."""
+        room = max(0, self.pool_max - allocated)
+        wanted = max(self.buffer_max, self.pool_min - allocated)
+        return min(wanted, room)
+
+    def needs_refill(self, idle: int, allocated: int) -> bool:
+        """True when idle fell below buffer_min, or the total below pool_min, and there is room."""
+        if idle + allocated >= self.pool_max:
+            return False
+        return idle < self.buffer_min or idle + allocated < self.pool_min
+
+
+@dataclass(frozen=True)
+class PoolDefinition:
+    """A named pool for one environment (language + package set; no packages = the base one)."""
+
+    name: str
+    language: str
+    packages: tuple[str, ...]
+    capacity: PoolCapacity
+    revision: int = 1
+
+    def __post_init__(self) -> None:
+        if not _DNS_LABEL.match(self.name):
+            raise InvalidPoolError(f"pool name {self.name!r} is not a DNS label")
+
+    @property
+    def environment_key(self) -> tuple[str, tuple[str, ...]]:
+        return (self.language, tuple(sorted(self.packages)))
+
+
+@dataclass(frozen=True)
+class PoolStatus:
+    total: int
+    allocated: int
+    available: int
+    revision: int
+
+
+def pool_size_for(capacity: int, ratio: float) -> int:
+    """Pool size as a share of the host's sandbox capacity; ratio 0 means no pool."""
+    if ratio <= 0:
+        return 0
+    return max(1, int(capacity * ratio))

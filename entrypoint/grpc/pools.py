@@ -1,0 +1,119 @@
+"""The PoolService servicer (/v1/pools over gRPC): the same ManagePools as HTTP, same errors."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any, NoReturn, TypeVar
+
+from grpc.aio import ServicerContext as Ctx
+
+from domain.pool import PoolCapacity, PoolDefinition
+from entrypoint.errors import error_row, is_generic, log_error_detail, public_message
+from entrypoint.grpc.generated import sandboxd_pb2 as pb
+from entrypoint.grpc.generated import sandboxd_pb2_grpc as pb_grpc
+from entrypoint.grpc.interceptor import ERROR_CODE_METADATA_KEY, metadata_value
+from entrypoint.metrics import ServiceMetrics
+from entrypoint.request_ids import request_id_or_new
+from usecase.pool_admin import ManagePools, PoolView
+from usecase.ports import Logger
+
+T = TypeVar("T")
+TRANSPORT = "grpc"
+REQUEST_ID_METADATA_KEY = "x-request-id"
+
+
+def pool_message(view: PoolView) -> Any:
+    definition, status = view.definition, view.status
+    capacity = definition.capacity
+    return pb.Pool(
+        name=definition.name,
+        environment=pb.PoolEnvironment(
+            language=definition.language, packages=list(definition.packages)
+        ),
+        capacity_spec=pb.CapacitySpec(
+            buffer_max=capacity.buffer_max,
+            buffer_min=capacity.buffer_min,
+            pool_max=capacity.pool_max,
+            pool_min=capacity.pool_min,
+        ),
+        status=pb.PoolStatus(
+            total=status.total,
+            allocated=status.allocated,
+            available=status.available,
+            revision=status.revision,
+        ),
+    )
+
+
+def _capacity(message: Any) -> PoolCapacity:
+    spec = message.capacity_spec
+    return PoolCapacity(
+        buffer_min=spec.buffer_min,
+        buffer_max=spec.buffer_max,
+        pool_min=spec.pool_min,
+        pool_max=spec.pool_max,
+    )
+
+
+class PoolServicer(pb_grpc.PoolServiceServicer):
+    def __init__(
+        self, manage: Callable[[], ManagePools], metrics: ServiceMetrics, logger: Logger
+    ) -> None:
+        self._manage = manage
+        self._metrics = metrics
+        self._logger = logger
+
+    async def ListPools(self, request: Any, context: Ctx) -> Any:  # noqa: N802
+        views = await self._call(context, lambda: self._manage().list())
+        return pb.ListPoolsResponse(pools=[pool_message(view) for view in views])
+
+    async def GetPool(self, request: Any, context: Ctx) -> Any:  # noqa: N802
+        return pool_message(await self._call(context, lambda: self._manage().get(request.name)))
+
+    async def CreatePool(self, request: Any, context: Ctx) -> Any:  # noqa: N802
+        def create() -> PoolView:
+            definition = PoolDefinition(
+                name=request.name,
+                language=request.environment.language or "python",
+                packages=tuple(request.environment.packages),
+                capacity=_capacity(request),
+            )
+            return self._manage().create(definition)
+
+        return pool_message(await self._call(context, create))
+
+    async def UpdatePool(self, request: Any, context: Ctx) -> Any:  # noqa: N802
+        def update() -> PoolView:
+            return self._manage().update(request.name, _capacity(request))
+
+        return pool_message(await self._call(context, update))
+
+    async def DeletePool(self, request: Any, context: Ctx) -> Any:  # noqa: N802
+        await self._call(context, lambda: self._manage().delete(request.name))
+        return pb.DeletePoolResponse()
+
+    async def _call(self, context: Ctx, call: Callable[[], T]) -> T:
+        try:
+            return await asyncio.to_thread(call)
+        except Exception as exc:
+            failure = exc
+        await self._abort(context, failure)
+
+    async def _abort(self, context: Ctx, error: Exception) -> NoReturn:
+        row = error_row(error)
+        self._metrics.errors.labels(row.code, TRANSPORT).inc()
+        request_id = request_id_or_new(
+            metadata_value(context.invocation_metadata(), REQUEST_ID_METADATA_KEY)
+        )
+        if is_generic(error):
+            log_error_detail(self._logger, "grpc_request_failed", error, request_id, TRANSPORT)
+        await context.abort(
+            row.grpc_status,
+            public_message(error, request_id),
+            trailing_metadata=(
+                (ERROR_CODE_METADATA_KEY, row.code),
+                (REQUEST_ID_METADATA_KEY, request_id),
+            ),
+        )
+        raise AssertionError("context.abort returned")  # pragma: no cover

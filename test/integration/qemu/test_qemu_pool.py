@@ -1,0 +1,112 @@
+"""Warm pools on QEMU microVMs: a claimed VM is rebound (vm.json, fresh entropy and clock), and
+a SIGSTOPped member fails the health check."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from adapter.clock import SystemClock
+from domain.pool import PoolCapacity, PoolDefinition
+from repository.sandbox_lock import ProcessLocalSandboxLifecycleLocker
+from repository.sandbox_session import InMemorySandboxSessionRepository
+from testkit.qemu import RuntimeFactory, run_ok
+from testkit.world import CHAT
+from usecase.pool import WarmPool
+from usecase.sandbox import CreateSandbox, CreateSandboxCommand
+
+pytestmark = pytest.mark.qemu
+
+
+def test_a_claimed_vm_is_rebound_and_a_frozen_one_is_unhealthy(
+    make_runtime: RuntimeFactory,
+) -> None:
+    runtime, _ = make_runtime(shared=True)
+    repository = InMemorySandboxSessionRepository()
+    pool = WarmPool(
+        PoolDefinition("base", "python", (), PoolCapacity.fixed(1)),
+        runtime,
+        repository,
+        SystemClock(),
+        runtime._logger,
+        health=runtime,
+        health_timeout_s=1.0,
+        rebinder=runtime,
+    )
+    try:
+        pool.fill()
+        (member,) = runtime.list_managed()
+        vm_json = Path(runtime._vms_root) / member.container_id / "vm.json"
+        assert json.loads(vm_json.read_text())["chat_id"] == str(member.session_id)
+        assert pool.check_health() == 0
+
+        session = CreateSandbox(
+            repository,
+            ProcessLocalSandboxLifecycleLocker(),
+            runtime,
+            SystemClock(),
+            runtime._logger,
+            timedelta(minutes=5),
+            warm=_Source(pool),
+        ).execute(CreateSandboxCommand(CHAT))
+
+        assert session.container_id == member.container_id
+        assert json.loads(vm_json.read_text())["chat_id"] == str(CHAT)
+        guest_now = float(run_ok(runtime, session.container_id, "import time; print(time.time())"))
+        assert abs(guest_now - time.time()) < 60  # the clock was set at the handover
+        assert {m.chat_id for m in runtime.list_managed()} >= {CHAT}
+
+        pool.fill()
+        idle = [m for m in runtime.list_managed() if m.container_id != session.container_id]
+        (frozen,) = idle
+        pid = int((Path(runtime._vms_root) / frozen.container_id / "qemu.pid").read_text())
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            assert pool.check_health() == 1
+        finally:
+            with contextlib.suppress(ProcessLookupError):  # destroyed by the health check
+                os.kill(pid, signal.SIGCONT)
+        assert not runtime.is_alive(frozen.container_id)
+    finally:
+        pool.close(wait_s=60)
+
+
+class _Source:
+    """The WarmSandboxSource over one pool (WarmPools keyed by environment, minus the keys)."""
+
+    def __init__(self, pool: WarmPool) -> None:
+        self._pool = pool
+
+    def claim(self, *, chat_id, created_at, expires_at, packages=()):
+        return self._pool.claim(chat_id=chat_id, created_at=created_at, expires_at=expires_at)
+
+    def settle(self, session_id) -> None:
+        self._pool.settle(session_id)
+
+    def owns(self, session_id) -> bool:
+        return self._pool.owns(session_id)
+
+
+def test_vms_start_on_pooled_overlays(make_runtime: RuntimeFactory) -> None:
+    from testkit.qemu import create_vm
+
+    runtime, _ = make_runtime(shared=True, overlay_pool_size=1)
+    first = create_vm(runtime)  # starts the pool; this overlay may be made on demand
+    for _ in range(2000):  # the pool's own state, bounded only to fail a pool that never fills
+        if runtime._overlays.available(next(iter(runtime._overlay_bases))) >= 1:
+            break
+        time.sleep(0.01)
+    second = create_vm(runtime)
+
+    assert run_ok(runtime, second.container_id, "print(6 * 7)").strip() == "42"
+    assert run_ok(runtime, first.container_id, "print(1)").strip() == "1"
+    stats = runtime._overlays.stats()
+    assert stats.pooled >= 1
+    assert stats.pooled + stats.on_demand == 2
