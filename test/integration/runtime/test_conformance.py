@@ -163,7 +163,9 @@ def test_background_fork_bomb_is_cleared(sandbox: Sandbox, bystander: Sandbox) -
     after = sandbox.run(f"{COUNT_STRAYS}; echo $kept", Language.SHELL)
     assert after.stdout == "0\nyes\n"
     assert_still_serving(sandbox, bystander)
-    forked = sandbox.run("ls / > /dev/null && echo forked", Language.SHELL)
+    # An external program: the bomb's process slots are free again. (Not ls: under the 2022 runsc
+    # build coreutils' statx fails with EINVAL.)
+    forked = sandbox.run("/bin/echo forked", Language.SHELL)
     assert (forked.stdout, forked.state_lost) == ("forked\n", False)
 
 
