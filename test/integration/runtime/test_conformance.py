@@ -27,11 +27,11 @@ COUNT_STRAYS = (
 )
 
 
-def xfail_on_gvisor(request: pytest.FixtureRequest, reason: str) -> None:
+def xfail_on_gvisor(request: pytest.FixtureRequest, reason: str, *, strict: bool = True) -> None:
     """A case that cannot hold under gVisor for a reason of gVisor itself: strict, so it is
-    noticed when it starts to hold."""
+    noticed when it starts to hold (unless gVisor's outcome varies from run to run)."""
     if request.node.callspec.params.get("runtime") == "docker-runsc":
-        request.applymarker(pytest.mark.xfail(strict=True, reason=reason))
+        request.applymarker(pytest.mark.xfail(strict=strict, reason=reason))
 
 
 def assert_still_serving(sandbox: Sandbox, bystander: Sandbox) -> None:
@@ -147,7 +147,17 @@ def test_infinite_loop_is_stopped_by_the_timeout(sandbox: Sandbox, bystander: Sa
     assert_still_serving(sandbox, bystander)
 
 
-def test_fork_bomb_is_contained(sandbox: Sandbox, bystander: Sandbox) -> None:
+def test_fork_bomb_is_contained(
+    sandbox: Sandbox, bystander: Sandbox, request: pytest.FixtureRequest
+) -> None:
+    xfail_on_gvisor(
+        request,
+        "gVisor: under a fork bomb the ptrace platform's Sentry panics ('error initializing "
+        "first thread: resource temporarily unavailable' in ptrace.newSubprocess) although "
+        "RLIMIT_NPROC 64 holds inside and pids.max is 2048: the whole sandbox dies (the next "
+        "execute replaces it; the bystander is untouched). Not strict: it sometimes holds",
+        strict=False,
+    )
     bomb = (
         "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n"
     )

@@ -201,6 +201,9 @@ def test_runtime_runsc_runs_user_code_under_gvisor() -> None:
         sandbox = create_sandbox(runtime)
         info = docker.APIClient(version="auto").inspect_container(sandbox.id)
         assert info["HostConfig"]["Runtime"] == "runsc"
+        # Room in the pids cgroup for the Sentry; user code capped inside gVisor instead.
+        assert info["HostConfig"]["PidsLimit"] == 128 * 16
+        assert info["Config"]["Cmd"][-2:] == ["--max-processes", "64"]
         assert info["Config"]["Labels"][LABEL_RUNTIME] == "runsc"
         inside = sandbox.run("import os; print(os.uname().release)")
         assert inside.exit_code == 0, inside.stderr
