@@ -74,6 +74,7 @@ def _docker_runtime(settings: Settings, logger: Logger) -> SandboxRuntime:
         tmp_mb=docker.tmp_mb,
         user=docker.user,
         network=docker.network,
+        runtime=docker.runtime,
         read_only_root=docker.read_only_root,
         drop_all_capabilities=docker.drop_all_capabilities,
         no_new_privileges=docker.no_new_privileges,

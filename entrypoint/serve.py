@@ -120,6 +120,8 @@ class Service:
             logger.warning("authentication_disabled", {"reason": "SANDBOXD_INSECURE_DEV=true"})
 
         await asyncio.to_thread(container.prepare_runtime)
+        # Built now, not on first use: it refuses an engine without the configured OCI runtime.
+        await asyncio.to_thread(container.runtime)
         await asyncio.to_thread(container.repository)  # checks (or migrates) the schema
         sweeper = container.sweeper()
         await asyncio.to_thread(sweeper.run_once)

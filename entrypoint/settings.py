@@ -170,6 +170,9 @@ class DockerSettings(SettingsGroup):
     # Numeric uid:gid (the workspace tmpfs is created owned by it).
     user: str = Field(default="1000:1000", pattern=r"^\d+(:\d+)?$")
     network: str = "none"
+    # The OCI runtime registered with dockerd: runc, or runsc (gVisor: a user-space kernel between
+    # user code and the host; `scripts/setup.sh gvisor` registers it). Checked at start.
+    runtime: str = Field(default="runc", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     read_only_root: bool = True
     drop_all_capabilities: bool = True
     no_new_privileges: bool = True

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs and starts what sandboxd needs, idempotently; quick when everything is already there.
-#   scripts/setup.sh [python] [docker] [qemu] [postgres] [image] ...
+#   scripts/setup.sh [python] [docker] [gvisor] [qemu] [postgres] [image] ...
 # Fails loudly (non-zero) when a component cannot be installed or started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -88,6 +88,53 @@ setup_ops_tools() {
   fi
 }
 
+setup_gvisor() {
+  # gVisor for SANDBOXD_DOCKER_RUNTIME=runsc: Debian's runsc (a 2022 build) registered with dockerd.
+  # ptrace because this build predates the kernels' systrap support; --network=none because
+  # sandboxes have no network and runsc refuses to start here otherwise; --host-uds=create so that
+  # the agent's socket, bound inside the sandbox on a bind mount, appears on the host.
+  setup_docker
+  apt_install runsc
+  [ -x /usr/bin/runsc ] || die "/usr/bin/runsc missing after install"
+  local config=/etc/docker/daemon.json
+  local changed
+  changed=$($SUDO python3 - "$config" <<'PY'
+import json, os, sys
+path = sys.argv[1]
+wanted = {"path": "/usr/bin/runsc",
+          "runtimeArgs": ["--platform=ptrace", "--network=none", "--host-uds=create"]}
+config = {}
+if os.path.exists(path):
+    with open(path) as f:
+        text = f.read().strip()
+    config = json.loads(text) if text else {}
+runtimes = config.setdefault("runtimes", {})
+if runtimes.get("runsc") == wanted:
+    print("no")
+else:
+    runtimes["runsc"] = wanted
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = path + ".sandboxd-tmp"
+    with open(tmp, "w") as f:
+        json.dump(config, f, indent=2)
+        f.write("\n")
+    os.replace(tmp, path)
+    print("yes")
+PY
+) || die "cannot merge runsc into $config"
+  if [ "$changed" = yes ] || ! docker info --format '{{json .Runtimes}}' | grep -q '"runsc"'; then
+    log "registering runsc with dockerd (SIGHUP reloads $config)"
+    local pid
+    pid=$(pgrep -o -x dockerd) || die "dockerd is not running; cannot reload $config"
+    $SUDO kill -HUP "$pid"
+  fi
+  for _ in $(seq 1 20); do
+    docker info --format '{{json .Runtimes}}' | grep -q '"runsc"' && return 0
+    sleep 0.5
+  done
+  die "dockerd does not list runsc in its runtimes after reloading $config"
+}
+
 setup_postgres() {
   if pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then return 0; fi
   command -v pg_ctlcluster >/dev/null 2>&1 || apt_install postgresql
@@ -131,6 +178,7 @@ for component in "$@"; do
     docker) setup_docker ;;
     image-tools) setup_image_tools ;;
     qemu) setup_qemu ;;
+    gvisor) setup_gvisor ;;
     postgres) setup_postgres; setup_postgres_role ;;
     ops-tools) setup_ops_tools ;;
     image) setup_image ;;

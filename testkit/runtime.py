@@ -3,7 +3,7 @@
 Each factory gives a runtime of its own service instance (a unique instance id) with
 ``max_output_bytes = CONFORMANCE_MAX_OUTPUT_BYTES``, and on exit removes every object of that
 instance, whatever the tests left behind. Add a runtime here and the whole suite runs on it
-(the parameter is marked with the pytest marker of the same name: docker, qemu).
+(the parameter carries the pytest markers in ``MARKS``: docker, gvisor, qemu).
 """
 
 from __future__ import annotations
@@ -118,9 +118,32 @@ def qemu_runtime(**overrides: object) -> Iterator[QemuSandboxRuntime]:
         shutil.rmtree(data_dir, ignore_errors=True)
 
 
+def registered_docker_runtimes() -> set[str]:
+    return set(docker_client().info().get("Runtimes") or {})
+
+
+@contextmanager
+def docker_runsc_runtime(**overrides: object) -> Iterator[DockerSandboxRuntime]:
+    """The Docker runtime under gVisor (runsc registered with dockerd by setup.sh gvisor)."""
+    if "runsc" not in registered_docker_runtimes():
+        pytest.fail(
+            "the Docker engine has no runsc runtime; scripts/test.sh registers it "
+            "(scripts/setup.sh gvisor)",
+            pytrace=False,
+        )
+    with docker_runtime(runtime="runsc", **overrides) as runtime:
+        yield runtime
+
+
 FACTORIES: dict[str, RuntimeFactory] = {
     "docker": docker_runtime,
+    "docker-runsc": docker_runsc_runtime,
     "qemu": qemu_runtime,
+}
+MARKS: dict[str, tuple[str, ...]] = {
+    "docker": ("docker",),
+    "docker-runsc": ("docker", "gvisor"),
+    "qemu": ("qemu",),
 }
 
 

@@ -46,6 +46,9 @@ class DockerSandboxConfig:
     tmp_mb: int = 16
     user: str = "1000:1000"
     network: str = "none"
+    # The OCI runtime dockerd starts the container with: runc, or runsc (gVisor), which puts a
+    # user-space kernel between user code and the host's.
+    runtime: str = "runc"
     read_only_root: bool = True
     drop_all_capabilities: bool = True
     no_new_privileges: bool = True
@@ -62,14 +65,36 @@ class DockerSandboxConfig:
             raise ValueError(f"docker user must be numeric uid[:gid], got {self.user!r}") from exc
 
 
+# gVisor (runsc, ptrace platform) runs every process of the sandbox with host threads and a host
+# stub process of its own, all in the container's pids cgroup, and dies as a whole when it cannot
+# create them (measured: ~25 processes at pids.max 128). So under gVisor the cgroup gets room for
+# the Sentry, and the sandbox user's processes are capped inside gVisor, which enforces
+# RLIMIT_NPROC (the agent's --max-processes), at half the pids limit: 128 forked interpreters
+# outgrow the default 512 MB under gVisor. A fork bomb can still crash the Sentry (see the
+# conformance suite's xfail).
+GVISOR_HOST_PIDS_PER_PROCESS = 16
+
+
+def is_gvisor(config: DockerSandboxConfig) -> bool:
+    return config.runtime == "runsc"
+
+
+def host_pids_limit(config: DockerSandboxConfig) -> int:
+    return (
+        config.pids_limit * GVISOR_HOST_PIDS_PER_PROCESS if is_gvisor(config) else config.pids_limit
+    )
+
+
 def agent_command(config: DockerSandboxConfig) -> list[str]:
     uid, gid = config.uid_gid
+    limit = ["--max-processes", str(max(config.pids_limit // 2, 16))] if is_gvisor(config) else []
     return [
         *config.agent_command,
         "--listen",
         f"{AGENT_SOCKET_DIR}/{SOCKET_NAME}",
         "--user",
         f"{uid}:{gid}",
+        *limit,
     ]
 
 
@@ -83,6 +108,7 @@ def host_config(api: docker.APIClient, config: DockerSandboxConfig, channel: Pat
     uid, gid = config.uid_gid
     return api.create_host_config(
         network_mode=config.network,
+        runtime=config.runtime,
         read_only=config.read_only_root,
         tmpfs={
             # 0755: the agent (root without CAP_DAC_OVERRIDE) must be able to enter it to start
@@ -96,7 +122,7 @@ def host_config(api: docker.APIClient, config: DockerSandboxConfig, channel: Pat
         cap_drop=["ALL"] if config.drop_all_capabilities else None,
         cap_add=agent_capabilities() if config.drop_all_capabilities else None,
         security_opt=["no-new-privileges"] if config.no_new_privileges else None,
-        pids_limit=config.pids_limit,
+        pids_limit=host_pids_limit(config),
         mem_limit=f"{config.memory_mb}m",
         # Same as mem_limit: no swap, so a memory bomb hits the limit instead of the disk.
         memswap_limit=f"{config.memory_mb}m",

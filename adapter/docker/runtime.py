@@ -10,7 +10,8 @@ process start.
 
 Labels on every container: ``sandboxd.session_id``, ``sandboxd.chat_id``, ``sandboxd.instance``
 (the service instance; ``list_managed`` filters on it) and ``sandboxd.channel`` (the channel
-directory, so any process of the service can reconnect after a restart).
+directory, so any process of the service can reconnect after a restart) and ``sandboxd.runtime``
+(the OCI runtime: runc, or runsc for gVisor).
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ __all__ = [
     "LABEL_CHANNEL",
     "LABEL_CHAT",
     "LABEL_INSTANCE",
+    "LABEL_RUNTIME",
     "LABEL_SESSION",
     "DockerSandboxConfig",
     "DockerSandboxRuntime",
@@ -59,6 +61,7 @@ LABEL_SESSION = "sandboxd.session_id"
 LABEL_CHAT = "sandboxd.chat_id"
 LABEL_INSTANCE = "sandboxd.instance"
 LABEL_CHANNEL = "sandboxd.channel"
+LABEL_RUNTIME = "sandboxd.runtime"
 # sun_path holds 108 bytes; longer socket paths are reached through /proc/self/fd/<dir fd>.
 _MAX_SOCKET_PATH = 100
 # Sends of one request over fresh connections when the agent closed them unanswered.
@@ -90,7 +93,11 @@ class DockerSandboxRuntime:
     def from_base_url(
         cls, base_url: str, config: DockerSandboxConfig, logger: Logger
     ) -> DockerSandboxRuntime:
-        """Client for ``base_url`` (empty: DOCKER_HOST or the local socket), API version probed."""
+        """Client for ``base_url`` (empty: DOCKER_HOST or the local socket), API version probed.
+
+        Refuses (RuntimeUnavailableError) when the engine does not know ``config.runtime``: the
+        service must not start and then fail every create.
+        """
         with _engine("connect"):
             if base_url:
                 client = docker.APIClient(base_url=base_url, version="auto", timeout=60)
@@ -98,6 +105,19 @@ class DockerSandboxRuntime:
                 client = docker.APIClient(
                     version="auto", timeout=60, **docker.utils.kwargs_from_env()
                 )
+            registered = client.info().get("Runtimes") or {}
+        if config.runtime not in registered:
+            client.close()
+            known = ", ".join(sorted(registered)) or "none"
+            how = (
+                "`scripts/setup.sh gvisor` installs runsc and registers it with dockerd"
+                if config.runtime == "runsc"
+                else "register it in /etc/docker/daemon.json"
+            )
+            raise RuntimeUnavailableError(
+                f"the Docker engine has no OCI runtime {config.runtime!r} "
+                f"(SANDBOXD_DOCKER_RUNTIME; registered: {known}); {how}"
+            )
         return cls(client, config, logger)
 
     # --- create ---------------------------------------------------------------------------
@@ -130,6 +150,7 @@ class DockerSandboxRuntime:
                             LABEL_CHAT: str(chat_id),
                             LABEL_INSTANCE: self._config.instance_id,
                             LABEL_CHANNEL: str(channel),
+                            LABEL_RUNTIME: self._config.runtime,
                         },
                         network_disabled=self._config.network == "none",
                         host_config=host_config(self._api, self._config, channel),

@@ -44,7 +44,8 @@ del __sandboxd_put
 
 _REMOVE = """
 def __sandboxd_remove(path):
-        shutil.rmtree(path, ignore_errors=True)
+    import shutil
+    shutil.rmtree(path, ignore_errors=True)
 __sandboxd_remove({path!r})
 del __sandboxd_remove
 """

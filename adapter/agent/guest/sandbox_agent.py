@@ -87,8 +87,12 @@ PR_SET_DUMPABLE = 4
 PR_SET_CHILD_SUBREAPER = 36
 PR_SET_NO_NEW_PRIVS = 38
 
+# Each runner survives SIGHUP with a handler that does nothing (not SIG_IGN: what user code starts
+# gets the default back at exec). gVisor sends SIGHUP and SIGCONT to a process group that has
+# stopped members when one member exits, though the group is a session of its own (Linux does not);
+# the sweep stops, then kills, user code's processes, which share the interpreter's group.
 PYTHON_RUNNER = r"""
-import builtins, json, linecache, os, sys, traceback, types
+import builtins, json, linecache, os, signal, sys, traceback, types
 def _sandboxd_preload(names):
     import contextlib, importlib, io
     quiet = io.StringIO()
@@ -99,6 +103,7 @@ def _sandboxd_preload(names):
         except BaseException:
             pass
 def _sandboxd_runner(ctl_fd, done_fd, preload):
+    signal.signal(signal.SIGHUP, lambda signum, frame: None)
     try:
         with open("/proc/self/oom_score_adj", "w") as f:
             f.write("1000")
@@ -162,6 +167,7 @@ const report = (e) => {
 };
 process.on('uncaughtException', report);
 process.on('unhandledRejection', report);
+process.on('SIGHUP', () => {});
 try { fs.writeFileSync('/proc/self/oom_score_adj', '1000'); } catch (_) {}
 const finish = (code) => fs.writeSync(doneFd, JSON.stringify({ exit_code: code }) + '\n');
 let cell = 0;
@@ -210,6 +216,7 @@ exec 3<&"$1" 4>&"$2"
 [ "$1" -ne 3 ] && [ "$1" -ne 4 ] && eval "exec $1<&-"
 [ "$2" -ne 3 ] && [ "$2" -ne 4 ] && eval "exec $2>&-"
 shift 2
+trap : HUP
 { echo 1000 > /proc/self/oom_score_adj; } 2>/dev/null
 while IFS= read -r -u 3 __sandboxd_op; do
   IFS= read -r -u 3 __sandboxd_end || exit 0
@@ -602,13 +609,36 @@ def _strays(root: int, keep: set[int], sandbox_uid: int | None) -> list[tuple[in
     return found
 
 
-def _last_pid() -> bytes:
-    """The last pid handed out in this pid namespace; b"" where /proc/loadavg lacks it."""
+def _pid_mark() -> tuple[bool, int]:
+    """Where this pid namespace's id counter stands: (probed, id).
+
+    Linux: /proc/loadavg's last pid, free to read. gVisor's /proc/loadavg always says 0 (and it
+    has no ns_last_pid): there the id of a new thread tells it, since threads and processes
+    draw their ids from one counter, in order (about 1 ms a probe).
+    """
     try:
         with open("/proc/loadavg", "rb") as f:
-            return f.read().split()[-1]
-    except (OSError, IndexError):
-        return b""
+            last = int(f.read().split()[-1])
+    except (OSError, IndexError, ValueError):
+        last = 0
+    if last:
+        return False, last
+    ids: list[int] = []
+    probe = threading.Thread(target=lambda: ids.append(threading.get_native_id()))
+    try:
+        probe.start()
+    except RuntimeError:
+        # No thread to spare: never quiet, so the sweep stops and kills until its deadline.
+        return True, -2
+    probe.join()
+    return True, ids[0]
+
+
+def _no_pid_since(mark: tuple[bool, int]) -> bool:
+    """No process or thread was created since ``mark``; a probe's own id does not count."""
+    probed, before = mark
+    _now_probed, now = _pid_mark()
+    return now == before + 1 if probed else now == before
 
 
 def _orphan_zombies(parent: int) -> int:
@@ -875,8 +905,8 @@ class Agent:
 
         A fork bomb is a moving target: its processes fork and exit faster than /proc can be
         read (a listing under TCG can take seconds), so a listing that finds nothing proves
-        nothing unless no process was created while it ran (/proc/loadavg's last pid, which is
-        per pid namespace, did not move). Everything found is stopped first: a stopped process
+        nothing unless no process was created while it ran (the pid namespace's id counter did
+        not move: _pid_mark). Everything found is stopped first: a stopped process
         cannot fork and keeps its slot under the process limit, so the bomb cannot refill what
         the sweep frees. Once a quiet listing finds nothing that still runs, SIGKILL ends them.
         """
@@ -888,10 +918,10 @@ class Agent:
         me = os.getpid()
         deadline = time.monotonic() + SWEEP_S
         while True:
-            before = _last_pid()
+            mark = _pid_mark()
             strays = _strays(me, keep, self._sweep_uid)
             running = [pid for pid, state in strays if state not in (b"T", b"t")]
-            if not running and _last_pid() == before:
+            if not running and _no_pid_since(mark):
                 break
             if time.monotonic() > deadline:
                 break
@@ -1029,8 +1059,12 @@ class PeerPolicy:
     SO_PEERCRED gives the connecting process's uid and its pid as seen from the agent's pid
     namespace. Refused: the interpreters' uid (``--user``), and, when the agent is PID 1 (a
     container: its own pid namespace), any peer with a pid, because the host's processes live
-    outside that namespace and show as pid 0. A refused connection is closed at once, before it
-    can send a byte or cost the host its own connection (no hand-over).
+    outside that namespace and show as pid 0. Under gVisor (runsc with --host-uds=create) a host
+    connection is no task of the sandbox's kernel and shows as pid 1 uid 0, the agent's own
+    credentials: accepted too, since the agent never connects to its own socket and nothing
+    else in the sandbox is PID 1 (there, processes inside cannot connect to a host-backed socket
+    at all: EPERM, even as root). A refused connection is closed at once, before it can send a
+    byte or cost the host its own connection (no hand-over).
     """
 
     def __init__(self, sandbox_uid: int | None, host_outside_pid_namespace: bool) -> None:
@@ -1046,9 +1080,12 @@ class PeerPolicy:
         except OSError as exc:
             return f"no peer credentials: {exc}"
         pid, uid, _gid = struct.unpack("3i", creds)
+        return self.judge(pid, uid)
+
+    def judge(self, pid: int, uid: int) -> str | None:
         if self.sandbox_uid is not None and uid == self.sandbox_uid:
             return f"peer uid {uid} is the sandbox user"
-        if self.host_outside_pid_namespace and pid != 0:
+        if self.host_outside_pid_namespace and pid not in (0, 1):
             return f"peer pid {pid} is inside the sandbox"
         return None
 

@@ -7,13 +7,16 @@ from collections.abc import Iterator
 
 import pytest
 
-from testkit.runtime import FACTORIES, Sandbox, create_sandbox
+from testkit.runtime import FACTORIES, MARKS, Sandbox, create_sandbox
 from usecase.ports import SandboxRuntime
 
 
 @pytest.fixture(
     scope="session",
-    params=[pytest.param(name, marks=getattr(pytest.mark, name)) for name in sorted(FACTORIES)],
+    params=[
+        pytest.param(name, marks=[getattr(pytest.mark, mark) for mark in MARKS[name]])
+        for name in sorted(FACTORIES)
+    ],
 )
 def runtime(request: pytest.FixtureRequest) -> Iterator[SandboxRuntime]:
     with FACTORIES[request.param]() as made:

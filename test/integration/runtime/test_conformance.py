@@ -20,9 +20,18 @@ CAP = CONFORMANCE_MAX_OUTPUT_BYTES
 COUNT_STRAYS = (
     "n=0; for d in /proc/[0-9]*; do [ ${d#/proc/} = $BASHPID ] && continue; "
     "read -r c < $d/comm 2>/dev/null || continue; case $c in python3|node) continue;; esac; "
-    '[ "$(stat -c %u $d 2>/dev/null)" = $UID ] || continue; '
+    # The uid from status: gVisor's /proc/PID cannot be stat'ed (EINVAL).
+    "u=; while read -r k v _; do [ $k = Uid: ] && { u=$v; break; }; done < $d/status; "
+    '[ "$u" = $UID ] || continue; '
     "[ \"$(cut -d' ' -f3 $d/stat 2>/dev/null)\" = Z ] && continue; n=$((n+1)); done; echo $n"
 )
+
+
+def xfail_on_gvisor(request: pytest.FixtureRequest, reason: str, *, strict: bool = True) -> None:
+    """A case that cannot hold under gVisor for a reason of gVisor itself: strict, so it is
+    noticed when it starts to hold (unless gVisor's outcome varies from run to run)."""
+    if request.node.callspec.params.get("runtime") == "docker-runsc":
+        request.applymarker(pytest.mark.xfail(strict=strict, reason=reason))
 
 
 def assert_still_serving(sandbox: Sandbox, bystander: Sandbox) -> None:
@@ -138,7 +147,17 @@ def test_infinite_loop_is_stopped_by_the_timeout(sandbox: Sandbox, bystander: Sa
     assert_still_serving(sandbox, bystander)
 
 
-def test_fork_bomb_is_contained(sandbox: Sandbox, bystander: Sandbox) -> None:
+def test_fork_bomb_is_contained(
+    sandbox: Sandbox, bystander: Sandbox, request: pytest.FixtureRequest
+) -> None:
+    xfail_on_gvisor(
+        request,
+        "gVisor: under a fork bomb the ptrace platform's Sentry panics ('error initializing "
+        "first thread: resource temporarily unavailable' in ptrace.newSubprocess) although "
+        "RLIMIT_NPROC 64 holds inside and pids.max is 2048: the whole sandbox dies (the next "
+        "execute replaces it; the bystander is untouched). Not strict: it sometimes holds",
+        strict=False,
+    )
     bomb = (
         "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n"
     )
@@ -154,11 +173,21 @@ def test_background_fork_bomb_is_cleared(sandbox: Sandbox, bystander: Sandbox) -
     after = sandbox.run(f"{COUNT_STRAYS}; echo $kept", Language.SHELL)
     assert after.stdout == "0\nyes\n"
     assert_still_serving(sandbox, bystander)
-    forked = sandbox.run("ls / > /dev/null && echo forked", Language.SHELL)
+    # An external program: the bomb's process slots are free again. (Not ls: under the 2022 runsc
+    # build coreutils' statx fails with EINVAL.)
+    forked = sandbox.run("/bin/echo forked", Language.SHELL)
     assert (forked.stdout, forked.state_lost) == ("forked\n", False)
 
 
-def test_memory_bomb_kills_only_the_interpreter(sandbox: Sandbox, bystander: Sandbox) -> None:
+def test_memory_bomb_kills_only_the_interpreter(
+    sandbox: Sandbox, bystander: Sandbox, request: pytest.FixtureRequest
+) -> None:
+    xfail_on_gvisor(
+        request,
+        "gVisor: the container's memory cgroup holds the Sentry, which runs every process of "
+        "the sandbox, so the host's OOM killer takes the whole sandbox (the next execute "
+        "replaces it); gVisor has no OOM killer of its own to pick the interpreter",
+    )
     bomb = "hog = []\nwhile True:\n    hog.append(bytearray(16 * 1024 * 1024))"
     result = sandbox.run(bomb, timeout_s=60)
     assert not result.succeeded and not result.timed_out
@@ -310,15 +339,26 @@ def test_user_code_cannot_reach_the_agent(sandbox: Sandbox, bystander: Sandbox) 
 
 
 def test_user_code_has_no_privileges_to_gain(sandbox: Sandbox) -> None:
-    status = sandbox.run("grep -E '^(NoNewPrivs|CapEff|CapPrm):' /proc/self/status", Language.SHELL)
-    assert status.stdout.split() == [
-        "CapPrm:", "0000000000000000", "CapEff:", "0000000000000000", "NoNewPrivs:", "1"
-    ]  # fmt: skip
+    status = sandbox.run("grep -E '^(CapEff|CapPrm):' /proc/self/status", Language.SHELL)
+    assert status.stdout.split() == ["CapPrm:", "0000000000000000", "CapEff:", "0000000000000000"]
+    # prctl, not /proc/self/status: gVisor's has no NoNewPrivs line.
+    no_new_privs = sandbox.run(
+        "import ctypes\nprint(ctypes.CDLL(None).prctl(39, 0, 0, 0, 0))"  # PR_GET_NO_NEW_PRIVS
+    )
+    assert no_new_privs.stdout == "1\n", no_new_privs.stderr
     setid = sandbox.run("find / -xdev -type f -perm /6000 2>/dev/null; echo end", Language.SHELL)
     assert setid.stdout == "end\n"
 
 
-def test_user_code_cannot_make_a_user_namespace(sandbox: Sandbox) -> None:
+def test_user_code_cannot_make_a_user_namespace(
+    sandbox: Sandbox, request: pytest.FixtureRequest
+) -> None:
+    xfail_on_gvisor(
+        request,
+        "gVisor: runsc applies no OCI seccomp filter inside the sandbox (only with "
+        "--oci-seccomp), so unshare(CLONE_NEWUSER) succeeds; the namespace is the Sentry's own "
+        "(a user-space kernel) and the host kernel's user-namespace code stays out of reach",
+    )
     shell = sandbox.run("unshare -U true; echo rc=$?", Language.SHELL)
     assert "rc=0" not in shell.stdout and "rc=" in shell.stdout
     direct = sandbox.run(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,16 +18,18 @@ from adapter.docker.runtime import (
     LABEL_CHANNEL,
     LABEL_CHAT,
     LABEL_INSTANCE,
+    LABEL_RUNTIME,
     LABEL_SESSION,
     DockerSandboxConfig,
     DockerSandboxRuntime,
 )
 from adapter.logging import StructlogLogger
 from domain.errors import RuntimeUnavailableError, SandboxGoneError
-from domain.execution import ExecutionRequest
+from domain.execution import ExecutionRequest, Language
 from testkit.runtime import (
     create_sandbox,
     docker_client,
+    docker_runsc_runtime,
     docker_runtime,
     short_temp_dir,
 )
@@ -67,6 +70,7 @@ def test_container_is_hardened(runtime: DockerSandboxRuntime) -> None:
         assert labels[LABEL_SESSION] == str(sandbox.session.session_id)
         assert labels[LABEL_CHAT] == str(sandbox.session.chat_id)
         assert labels[LABEL_INSTANCE].startswith("test-")
+        assert labels[LABEL_RUNTIME] == host["Runtime"] == "runc"
         inside = sandbox.run(
             "import os\n"
             "print(os.getuid(), os.getgid())\n"
@@ -189,6 +193,55 @@ def test_unreachable_engine_is_runtime_unavailable(data_dir: Path) -> None:
         runtime.list_managed()
     with pytest.raises(RuntimeUnavailableError):
         runtime.is_alive("abc")
+
+
+@pytest.mark.gvisor
+def test_runtime_runsc_runs_user_code_under_gvisor() -> None:
+    """SANDBOXD_DOCKER_RUNTIME=runsc: the container's OCI runtime, and the kernel user code sees
+    is gVisor's (its own uname release, not the host's)."""
+    with docker_runsc_runtime() as runtime:
+        sandbox = create_sandbox(runtime)
+        info = docker.APIClient(version="auto").inspect_container(sandbox.id)
+        assert info["HostConfig"]["Runtime"] == "runsc"
+        # Room in the pids cgroup for the Sentry; user code capped inside gVisor instead.
+        assert info["HostConfig"]["PidsLimit"] == 128 * 16
+        assert info["Config"]["Cmd"][-2:] == ["--max-processes", "64"]
+        assert info["Config"]["Labels"][LABEL_RUNTIME] == "runsc"
+        inside = sandbox.run("import os; print(os.uname().release)")
+        assert inside.exit_code == 0, inside.stderr
+        assert inside.stdout.strip() != os.uname().release
+        dmesg = sandbox.run("dmesg 2>&1 | head -n 1", Language.SHELL).stdout
+        assert "gVisor" in dmesg, dmesg
+
+
+def test_an_unregistered_oci_runtime_is_refused_up_front(data_dir: Path) -> None:
+    config = DockerSandboxConfig(
+        image="x", instance_id="test-none", data_dir=data_dir, runtime="no-such-runtime"
+    )
+    with pytest.raises(RuntimeUnavailableError, match="no OCI runtime 'no-such-runtime'"):
+        DockerSandboxRuntime.from_base_url("", config, StructlogLogger("test"))
+
+
+def test_the_service_refuses_to_start_without_its_oci_runtime(data_dir: Path) -> None:
+    environment = {
+        **os.environ,
+        "SANDBOXD_INSECURE_DEV": "true",
+        "SANDBOXD_DATA_DIR": str(data_dir),
+        "SANDBOXD_DOCKER_IMAGE": "sandboxd-sandbox:unused",
+        "SANDBOXD_DOCKER_RUNTIME": "no-such-runtime",
+        "SANDBOXD_HTTP_PORT": "0",
+        "SANDBOXD_GRPC_PORT": "0",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "entrypoint.cli", "serve"],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode != 0
+    assert "cannot start" in done.stderr and "no OCI runtime 'no-such-runtime'" in done.stderr
 
 
 def test_listing_prunes_channel_directories_no_container_uses(

@@ -67,6 +67,7 @@ VARIABLES: dict[str, tuple[str, str, Any]] = {
     "SANDBOXD_DOCKER_TMP_MB": ("docker.tmp_mb", "8", 8),
     "SANDBOXD_DOCKER_USER": ("docker.user", "2000:2000", "2000:2000"),
     "SANDBOXD_DOCKER_NETWORK": ("docker.network", "bridge", "bridge"),
+    "SANDBOXD_DOCKER_RUNTIME": ("docker.runtime", "runsc", "runsc"),
     "SANDBOXD_DOCKER_READ_ONLY_ROOT": ("docker.read_only_root", "false", False),
     "SANDBOXD_DOCKER_DROP_ALL_CAPABILITIES": ("docker.drop_all_capabilities", "false", False),
     "SANDBOXD_DOCKER_NO_NEW_PRIVILEGES": ("docker.no_new_privileges", "false", False),
