@@ -13,16 +13,35 @@ import itertools
 import json
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
 from typing import Any
 
-from domain.errors import SandboxGoneError
+from domain.errors import (
+    FilePathRefusedError,
+    FileTooLargeError,
+    SandboxGoneError,
+    SandboxServiceError,
+    WorkspaceFileNotFoundError,
+    WorkspaceFullError,
+)
 from domain.execution import ExecutionRequest, ExecutionResult, OutputChunk, OutputStream
+from domain.files import FILE_CHUNK_BYTES, StoredFile, WorkspaceEntry, WorkspaceListing
 
 # Time allowed past the code's own timeout: killing and restarting an interpreter, draining
 # output, a loaded host.
 DEFAULT_MARGIN_S = 10.0
 CONTROL_TIMEOUT_S = 10.0
+FILE_TIMEOUT_S = 60.0
+# A listing frame: at most the agent's entry cap, each a path of at most 4096 characters.
+LISTING_MAX_FRAME = 8 * 1024 * 1024
+# The agent's refusals of a file operation, as the project's errors (the sandbox is fine).
+_FILE_ERRORS: dict[str, type[SandboxServiceError]] = {
+    "path_refused": FilePathRefusedError,
+    "not_found": WorkspaceFileNotFoundError,
+    "too_large": FileTooLargeError,
+    "workspace_full": WorkspaceFullError,
+}
 
 
 class AgentProtocolError(SandboxGoneError):
@@ -135,6 +154,76 @@ class AgentClient:
             state_lost=_field(frame, "state_lost", bool),
         )
 
+    # --- workspace files (frames described in the agent's docstring) ---------------------------
+
+    def write_file(self, path: str, chunks: Iterable[bytes], max_bytes: int) -> StoredFile:
+        """Write the chunks (each at most a few hundred KiB) to ``path``, atomically."""
+        begun = self._file_call({"op": "file_write_begin", "path": path, "max_bytes": max_bytes})
+        handle = _field(begun, "handle", str)
+        try:
+            for chunk in chunks:
+                for start in range(0, len(chunk), FILE_CHUNK_BYTES):
+                    piece = chunk[start : start + FILE_CHUNK_BYTES]
+                    data = base64.b64encode(piece).decode("ascii")
+                    self._file_call({"op": "file_write_chunk", "handle": handle, "data": data})
+        except BaseException:
+            if not self._closed:
+                with contextlib.suppress(SandboxServiceError):
+                    self._file_call({"op": "file_write_abort", "handle": handle})
+            raise
+        frame = self._file_call({"op": "file_write_end", "handle": handle})
+        return _stored(frame)
+
+    def read_file(self, path: str, sink: Callable[[bytes], object]) -> StoredFile:
+        """Stream the file's content to ``sink`` chunk by chunk; its size and digest after."""
+
+        def on_data(frame: dict[str, Any]) -> None:
+            try:
+                sink(base64.b64decode(_field(frame, "data", str), validate=True))
+            except ValueError as exc:
+                raise AgentProtocolError("agent sent invalid base64") from exc
+
+        return _stored(self._file_call({"op": "file_read", "path": path}, on_data=on_data))
+
+    def list_files(self, prefix: str) -> WorkspaceListing:
+        frame = self._file_call({"op": "file_list", "prefix": prefix}, max_frame=LISTING_MAX_FRAME)
+        entries = []
+        for item in _field(frame, "entries", list):
+            if not isinstance(item, dict):
+                raise AgentProtocolError("agent sent a malformed listing entry")
+            mtime = item.get("mtime")
+            if not isinstance(mtime, int | float) or isinstance(mtime, bool):
+                raise AgentProtocolError("agent sent a listing entry without mtime")
+            entries.append(
+                WorkspaceEntry(
+                    path=_field(item, "path", str),
+                    size=_field(item, "size", int),
+                    modified_at=datetime.fromtimestamp(mtime, tz=UTC),
+                )
+            )
+        return WorkspaceListing(tuple(entries), _field(frame, "truncated", bool))
+
+    def delete_file(self, path: str) -> None:
+        self._file_call({"op": "file_delete", "path": path})
+
+    def _file_call(
+        self,
+        request: dict[str, Any],
+        on_data: Callable[[dict[str, Any]], None] | None = None,
+        max_frame: int = 1024 * 1024,
+    ) -> dict[str, Any]:
+        frame = self._call(
+            request, FILE_TIMEOUT_S, expect="file_ok", max_frame=max_frame, on_data=on_data
+        )
+        error = frame.get("error")
+        if error is not None:
+            kind = _FILE_ERRORS.get(error) if isinstance(error, str) else None
+            if kind is None:
+                raise AgentProtocolError(f"agent sent an unknown file error {error!r}")
+            message = frame.get("message")
+            raise kind(message if isinstance(message, str) else error)
+        return frame
+
     def _call(
         self,
         request: dict[str, Any],
@@ -142,6 +231,7 @@ class AgentClient:
         expect: str,
         on_output: Callable[[OutputChunk], None] | None = None,
         max_frame: int = 1024 * 1024,
+        on_data: Callable[[dict[str, Any]], None] | None = None,
     ) -> dict[str, Any]:
         with self._lock:
             if self._closed:
@@ -151,7 +241,7 @@ class AgentClient:
             try:
                 self._sock.settimeout(timeout_s)
                 self._sock.sendall((json.dumps({"id": request_id, **request}) + "\n").encode())
-                return self._answer(request_id, expect, on_output, max_frame, frames_seen)
+                return self._answer(request_id, expect, on_output, max_frame, frames_seen, on_data)
             except (SandboxGoneError, _ClosedError, OSError) as exc:
                 self.close()
                 gone = _as_gone(exc, answered=frames_seen[0] > 0, timeout_s=timeout_s)
@@ -166,6 +256,7 @@ class AgentClient:
         on_output: Callable[[OutputChunk], None] | None,
         max_frame: int,
         frames_seen: list[int],
+        on_data: Callable[[dict[str, Any]], None] | None = None,
     ) -> dict[str, Any]:
         while True:
             frame = self._read_frame(request_id, max_frame)
@@ -173,6 +264,9 @@ class AgentClient:
             kind = frame.get("type")
             if kind == expect:
                 return frame
+            if kind == "file_data" and on_data is not None:
+                on_data(frame)
+                continue
             if kind == "output":
                 if on_output is not None:
                     stream = _field(frame, "stream", str)
@@ -216,6 +310,13 @@ def _as_gone(exc: Exception, answered: bool, timeout_s: float) -> SandboxGoneErr
     if closed and not answered:
         return AgentUnansweredError(f"the agent connection closed before an answer: {exc}")
     return SandboxGoneError(f"the agent connection failed: {exc}")
+
+
+def _stored(frame: dict[str, Any]) -> StoredFile:
+    size = _field(frame, "size", int)
+    if isinstance(size, bool) or size < 0:
+        raise AgentProtocolError("agent sent a bad size")
+    return StoredFile(_field(frame, "path", str), size, _field(frame, "sha256", str))
 
 
 def _field(frame: dict[str, Any], name: str, kind: type) -> Any:

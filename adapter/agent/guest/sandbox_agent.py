@@ -20,6 +20,21 @@ can take turns without waiting for each other to disconnect.
             "stdout_truncated", "stderr_truncated", "state_lost"}
     {"id", "op": "reseed", "entropy": base64[, "now": host unix time]}
         -> {"id", "type": "reseeded", "ok"}  ("now", optional: set the clock, when root)
+    Workspace files (paths relative to --workdir, resolved component by component with
+    O_NOFOLLOW from the workspace's directory fd, so symlinks planted by user code never lead out;
+    data is base64 in chunks of at most FILE_CHUNK_MAX bytes):
+    {"id", "op": "file_write_begin", "path", "max_bytes"} -> {"id", "type": "file_ok", "handle"}
+    {"id", "op": "file_write_chunk", "handle", "data"} -> {"id", "type": "file_ok"}
+    {"id", "op": "file_write_end", "handle"} -> {"id", "type": "file_ok", "path", "size", "sha256"}
+        (a temporary file in the target's directory, renamed over the target at the end)
+    {"id", "op": "file_write_abort", "handle"} -> {"id", "type": "file_ok"}
+    {"id", "op": "file_read", "path"} -> {"id", "type": "file_data", "data"}*
+        -> {"id", "type": "file_ok", "path", "size", "sha256"}
+    {"id", "op": "file_list", "prefix"} -> {"id", "type": "file_ok", "entries": [{"path",
+        "size", "mtime"}], "truncated"}
+    {"id", "op": "file_delete", "path"} -> {"id", "type": "file_ok"}
+    a refused file operation -> {"id", "type": "file_ok", "error": path_refused | not_found |
+        too_large | workspace_full, "message"}
     anything malformed -> {"id", "type": "error", "code", "message"}
 
 Interpreters: one long-lived process per language (python starts with the agent; node and bash on
@@ -48,6 +63,7 @@ import select
 import selectors
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import threading
@@ -628,6 +644,7 @@ class Agent:
             "NO_COLOR": "1",
         }
         _become_subreaper()
+        self.files = WorkspaceFiles(self.workdir, self.user_uid, self.user_gid)
         self.reaper = Reaper()
         self.interpreters = {language: Interpreter(language, self) for language in LANGUAGES}
         try:
@@ -657,6 +674,8 @@ class Agent:
                 self._execute(request_id, frame, send)
             elif op == "reseed":
                 send({"id": request_id, "type": "reseeded", "ok": self._reseed(frame)})
+            elif isinstance(op, str) and op in FILE_OPS:
+                self.files.handle(request_id, op, frame, send)
             else:
                 raise BadRequestError("unknown_op", f"unknown op {op!r}")
         except BadRequestError as exc:
@@ -826,6 +845,281 @@ def _add_kernel_entropy(entropy: bytes) -> bool:
     except OSError:
         return False
     return False
+
+
+# --- workspace files --------------------------------------------------------------------------
+
+FILE_OPS = (
+    "file_write_begin",
+    "file_write_chunk",
+    "file_write_end",
+    "file_write_abort",
+    "file_read",
+    "file_list",
+    "file_delete",
+)
+FILE_CHUNK_MAX = 256 * 1024
+LIST_MAX_ENTRIES = 5000
+LIST_MAX_SCANNED = 50000
+UPLOAD_PREFIX = ".sandboxd-upload-"
+# 0 here would make every test of symlinks planted by user code fail: that is the point.
+NOFOLLOW = os.O_NOFOLLOW
+
+
+class FileRefusedError(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class PendingWrite:
+    def __init__(self, dir_fd: int, name: str, temp: str, fd: int, path: str, limit: int):
+        self.dir_fd, self.name, self.temp, self.fd = dir_fd, name, temp, fd
+        self.path, self.limit = path, limit
+        self.size = 0
+        import hashlib
+
+        self.digest = hashlib.sha256()
+
+
+class WorkspaceFiles:
+    """File operations confined to the workspace: nothing outside it is opened or created."""
+
+    def __init__(self, root: str, uid: int | None, gid: int | None) -> None:
+        self.root = root
+        self.uid, self.gid = uid, gid
+        self.pending: dict[str, PendingWrite] = {}
+
+    def handle(self, request_id: object, op: str, frame: dict[str, Any], send: Send) -> None:
+        try:
+            answer = getattr(self, op)(request_id, frame, send)
+        except FileRefusedError as exc:
+            answer = {"error": exc.code, "message": str(exc)}
+        except OSError as exc:
+            code = "workspace_full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "not_found"
+            answer = {"error": code, "message": os.strerror(exc.errno or 0)}
+        send({"id": request_id, "type": "file_ok", **answer})
+
+    # Each operation returns the fields of its file_ok answer.
+
+    def file_write_begin(self, _id: object, frame: dict[str, Any], _send: Send) -> dict[str, Any]:
+        path = _file_path(frame.get("path"))
+        limit = frame.get("max_bytes")
+        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
+            raise BadRequestError("bad_request", "max_bytes must be a non-negative integer")
+        for handle in list(self.pending):
+            self._abort(handle)  # one upload at a time: an old one was abandoned by its host
+        dir_fd, name = self._parent(path, create=True)
+        try:
+            temp = UPLOAD_PREFIX + os.urandom(8).hex()
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | NOFOLLOW | os.O_CLOEXEC
+            fd = os.open(temp, flags, 0o644, dir_fd=dir_fd)
+            self._own(fd)
+        except BaseException:
+            os.close(dir_fd)
+            raise
+        handle = os.urandom(8).hex()
+        self.pending[handle] = PendingWrite(dir_fd, name, temp, fd, path, limit)
+        return {"handle": handle}
+
+    def file_write_chunk(self, _id: object, frame: dict[str, Any], _send: Send) -> dict[str, Any]:
+        pending, handle = self._pending(frame)
+        try:
+            data = base64.b64decode(frame.get("data") or "", validate=True)
+        except (ValueError, TypeError) as exc:
+            self._abort(handle)
+            raise BadRequestError("bad_request", "data must be base64") from exc
+        if len(data) > FILE_CHUNK_MAX:
+            self._abort(handle)
+            raise BadRequestError("bad_request", "chunk too large")
+        if pending.size + len(data) > pending.limit:
+            self._abort(handle)
+            raise FileRefusedError("too_large", f"the file is larger than {pending.limit} bytes")
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(pending.fd, view) :]
+        except OSError:
+            self._abort(handle)
+            raise
+        pending.size += len(data)
+        pending.digest.update(data)
+        return {}
+
+    def file_write_end(self, _id: object, frame: dict[str, Any], _send: Send) -> dict[str, Any]:
+        pending, handle = self._pending(frame)
+        try:
+            os.rename(
+                pending.temp, pending.name, src_dir_fd=pending.dir_fd, dst_dir_fd=pending.dir_fd
+            )
+        except IsADirectoryError as exc:
+            self._abort(handle)
+            raise FileRefusedError("path_refused", "the path is a directory") from exc
+        except OSError:
+            self._abort(handle)
+            raise
+        self.pending.pop(handle)
+        os.close(pending.fd)
+        os.close(pending.dir_fd)
+        return {"path": pending.path, "size": pending.size, "sha256": pending.digest.hexdigest()}
+
+    def file_write_abort(self, _id: object, frame: dict[str, Any], _send: Send) -> dict[str, Any]:
+        handle = frame.get("handle")
+        if isinstance(handle, str):
+            self._abort(handle)
+        return {}
+
+    def file_read(self, request_id: object, frame: dict[str, Any], send: Send) -> dict[str, Any]:
+        import hashlib
+
+        path = _file_path(frame.get("path"))
+        dir_fd, name = self._parent(path, create=False)
+        try:
+            fd = self._open_leaf(dir_fd, name, os.O_RDONLY | os.O_NONBLOCK)
+        finally:
+            os.close(dir_fd)
+        digest = hashlib.sha256()
+        size = 0
+        with os.fdopen(fd, "rb", buffering=0) as f:
+            while chunk := f.read(FILE_CHUNK_MAX):
+                digest.update(chunk)
+                size += len(chunk)
+                data = base64.b64encode(chunk).decode("ascii")
+                send({"id": request_id, "type": "file_data", "data": data})
+        return {"path": path, "size": size, "sha256": digest.hexdigest()}
+
+    def file_list(self, _id: object, frame: dict[str, Any], _send: Send) -> dict[str, Any]:
+        prefix = frame.get("prefix") or ""
+        if not isinstance(prefix, str):
+            raise BadRequestError("bad_request", "prefix must be a string")
+        entries: list[dict[str, Any]] = []
+        budget = [LIST_MAX_SCANNED]
+        root = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        truncated = self._walk(root, "", prefix, entries, budget)
+        entries.sort(key=lambda entry: entry["path"])
+        return {"entries": entries, "truncated": truncated}
+
+    def file_delete(self, _id: object, frame: dict[str, Any], _send: Send) -> dict[str, Any]:
+        path = _file_path(frame.get("path"))
+        dir_fd, name = self._parent(path, create=False)
+        try:
+            info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            if stat.S_ISDIR(info.st_mode):
+                raise FileRefusedError("path_refused", "the path is a directory")
+            os.unlink(name, dir_fd=dir_fd)
+        finally:
+            os.close(dir_fd)
+        return {}
+
+    # --- helpers ---
+
+    def _walk(
+        self, dir_fd: int, base: str, prefix: str, out: list[dict[str, Any]], budget: list[int]
+    ) -> bool:
+        """Regular files under ``dir_fd`` (closed here), symlinks not followed; True if cut."""
+        try:
+            with os.scandir(dir_fd) as scan:
+                for entry in scan:
+                    budget[0] -= 1
+                    if budget[0] < 0 or len(out) >= LIST_MAX_ENTRIES:
+                        return True
+                    path = base + entry.name
+                    if entry.is_dir(follow_symlinks=False):
+                        if not (prefix.startswith(path + "/") or path.startswith(prefix)):
+                            continue
+                        try:
+                            child = os.open(
+                                entry.name,
+                                os.O_RDONLY | os.O_DIRECTORY | NOFOLLOW | os.O_CLOEXEC,
+                                dir_fd=dir_fd,
+                            )
+                        except OSError:
+                            continue
+                        if self._walk(child, path + "/", prefix, out, budget):
+                            return True
+                    elif (
+                        entry.is_file(follow_symlinks=False)
+                        and path.startswith(prefix)
+                        and not entry.name.startswith(UPLOAD_PREFIX)
+                    ):
+                        info = entry.stat(follow_symlinks=False)
+                        out.append({"path": path, "size": info.st_size, "mtime": info.st_mtime})
+        finally:
+            os.close(dir_fd)
+        return False
+
+    def _parent(self, path: str, create: bool) -> tuple[int, str]:
+        """An fd of the path's directory, reached without following any symlink, and the
+        leaf name."""
+        *parts, name = path.split("/")
+        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            for part in parts:
+                flags = os.O_RDONLY | os.O_DIRECTORY | NOFOLLOW | os.O_CLOEXEC
+                try:
+                    child = os.open(part, flags, dir_fd=fd)
+                except FileNotFoundError:
+                    if not create:
+                        raise FileRefusedError("not_found", "no such file") from None
+                    os.mkdir(part, 0o755, dir_fd=fd)
+                    child = os.open(part, flags, dir_fd=fd)
+                    self._own(child)
+                except OSError as exc:
+                    if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                        raise FileRefusedError(
+                            "path_refused", "the path leads through a symlink or a file"
+                        ) from exc
+                    raise
+                os.close(fd)
+                fd = child
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd, name
+
+    def _open_leaf(self, dir_fd: int, name: str, flags: int) -> int:
+        try:
+            fd = os.open(name, flags | NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+        except FileNotFoundError:
+            raise FileRefusedError("not_found", "no such file") from None
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise FileRefusedError("path_refused", "the path is a symlink") from exc
+            raise
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise FileRefusedError("not_found", "not a regular file")
+        return fd
+
+    def _own(self, fd: int) -> None:
+        """Files the agent makes belong to the sandbox user, as if user code had made them."""
+        if self.uid is not None and os.geteuid() == 0:
+            os.fchown(fd, self.uid, self.gid if self.gid is not None else -1)
+
+    def _pending(self, frame: dict[str, Any]) -> tuple[PendingWrite, str]:
+        handle = frame.get("handle")
+        pending = self.pending.get(handle) if isinstance(handle, str) else None
+        if pending is None or not isinstance(handle, str):
+            raise BadRequestError("bad_request", "no such upload")
+        return pending, handle
+
+    def _abort(self, handle: str) -> None:
+        pending = self.pending.pop(handle, None)
+        if pending is None:
+            return
+        with contextlib.suppress(OSError):
+            os.unlink(pending.temp, dir_fd=pending.dir_fd)
+        for fd in (pending.fd, pending.dir_fd):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+def _file_path(path: object) -> str:
+    if not isinstance(path, str) or not path or len(path) > 4096 or "\x00" in path:
+        raise FileRefusedError("path_refused", "the path is empty, too long or has a NUL")
+    if path.startswith("/") or any(part in ("", ".", "..") for part in path.split("/")):
+        raise FileRefusedError("path_refused", "the path must be relative, without '..'")
+    return path
 
 
 class HostGoneError(Exception):
