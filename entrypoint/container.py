@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 from dependency_injector import containers, providers
 
+from adapter.agent.files import AgentHost, AgentSandboxFileStore
 from adapter.clock import SystemClock
 from adapter.docker.image import default_image_tag
 from adapter.docker.runtime import DockerSandboxConfig, DockerSandboxRuntime
@@ -16,6 +17,7 @@ from adapter.logging import StructlogLogger
 from adapter.qemu.config import QemuSandboxConfig
 from adapter.qemu.runtime import QemuSandboxRuntime
 from entrypoint import persistence
+from entrypoint.application.files_api import FilesApi
 from entrypoint.application.sandbox_api import SandboxApi
 from entrypoint.application.sweep import CleanupWorker, Sweeper
 from entrypoint.auth import ApiKeyAuthenticator
@@ -26,13 +28,15 @@ from entrypoint.images import prepare_runtime_image
 from entrypoint.metrics import ServiceMetrics
 from entrypoint.settings import Settings
 from usecase.execute import ExecuteCode, ExecutionLimits
-from usecase.ports import Clock, Logger, SandboxRuntime
+from usecase.files import FileLimits, WorkspaceFiles
+from usecase.ports import Clock, Logger, SandboxFileStore, SandboxRuntime
 from usecase.reconcile import ReconcileSandboxes
 from usecase.sandbox import (
     CleanupExpiredSandboxes,
     CreateSandbox,
     DestroySandbox,
     GetSandbox,
+    Lifetime,
     ListSandboxes,
     RenewSandbox,
 )
@@ -94,6 +98,13 @@ def _selected_runtime(
     return qemu() if kind == "qemu" else docker()
 
 
+def _file_store(runtime: SandboxRuntime) -> SandboxFileStore:
+    """Files go through the agent of whichever runtime is configured (both lend it)."""
+    if not isinstance(runtime, AgentHost):
+        raise TypeError(f"{type(runtime).__name__} cannot lend its agent for files")
+    return AgentSandboxFileStore(runtime)
+
+
 class Container(containers.DeclarativeContainer):
     settings = providers.Singleton(Settings)
 
@@ -148,6 +159,19 @@ class Container(containers.DeclarativeContainer):
             max_timeout_s=limits.max_timeout_s,
         ),
     )
+    file_store = providers.Singleton(_file_store, runtime)
+    workspace_files = providers.Singleton(
+        WorkspaceFiles,
+        repository=repository,
+        locker=locker,
+        runtime=runtime,
+        files=file_store,
+        clock=clock,
+        logger=logger,
+        lifetime=providers.Factory(Lifetime, ttl=ttl, max_lifetime=max_lifetime),
+        limits=providers.Factory(FileLimits, max_file_bytes=limits.max_file_bytes),
+    )
+    files_api = providers.Singleton(FilesApi, files=workspace_files)
     get_sandbox = providers.Factory(GetSandbox, repository=repository)
     list_sandboxes = providers.Factory(ListSandboxes, repository=repository)
     renew_sandbox = providers.Factory(
@@ -217,6 +241,7 @@ class Container(containers.DeclarativeContainer):
         logger=logger,
         access_logger=access_logger,
         max_code_bytes=limits.max_code_bytes,
+        files_api=files_api,
     )
     grpc_interceptor = providers.Singleton(
         ApiKeyInterceptor, authenticator=authenticator, metrics=metrics

@@ -27,6 +27,8 @@ from domain.errors import (
     ArtifactStoreUnavailableError,
     CodeTooLargeError,
     EnvironmentBuildError,
+    FilePathRefusedError,
+    FileTooLargeError,
     InvalidChatIdError,
     InvalidInputError,
     InvalidPackageError,
@@ -40,6 +42,8 @@ from domain.errors import (
     SessionConflictError,
     TooManyExecutionsError,
     UnsupportedLanguageError,
+    WorkspaceFileNotFoundError,
+    WorkspaceFullError,
 )
 from usecase.ports import Logger
 
@@ -94,6 +98,10 @@ ERROR_TABLE: tuple[ErrorRow, ...] = (
     # A package that has no wheel, or a version that does not exist: the caller's request cannot
     # be served as asked, with the installer's message.
     ErrorRow(EnvironmentBuildError, "environment_build_failed", 422, _G.FAILED_PRECONDITION, 2),
+    ErrorRow(FilePathRefusedError, "path_refused", 422, _G.INVALID_ARGUMENT, 2),
+    ErrorRow(FileTooLargeError, "file_too_large", 413, _G.INVALID_ARGUMENT, 2),
+    ErrorRow(WorkspaceFileNotFoundError, "file_not_found", 404, _G.NOT_FOUND, 3),
+    ErrorRow(WorkspaceFullError, "workspace_full", 507, _G.RESOURCE_EXHAUSTED, 1),
     ErrorRow(InsecureConfigurationError, "invalid_input", 422, _G.INVALID_ARGUMENT, 2),
     ErrorRow(InvalidInputError, "invalid_input", 422, _G.INVALID_ARGUMENT, 2),
     ErrorRow(SandboxNotFoundError, "sandbox_not_found", 404, _G.NOT_FOUND, 3),

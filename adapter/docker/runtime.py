@@ -17,12 +17,12 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID
 
 import docker
@@ -38,6 +38,8 @@ from domain.errors import RuntimeUnavailableError, SandboxGoneError
 from domain.execution import ExecutionRequest, ExecutionResult
 from domain.sandbox import ManagedSandbox, SandboxSession, SandboxStatus
 from usecase.ports import Logger, OutputSink
+
+T = TypeVar("T")
 
 LABEL_SESSION = "sandboxd.session_id"
 LABEL_CHAT = "sandboxd.chat_id"
@@ -274,6 +276,15 @@ class DockerSandboxRuntime:
                 self._drop_agent(container_id, agent)
                 raise
         raise AssertionError("unreachable")
+
+    def with_agent(self, container_id: str, action: Callable[[AgentClient], T]) -> T:
+        """Lend the sandbox's agent connection (files); dropped when the agent is gone."""
+        agent = self._agent_for(container_id)
+        try:
+            return action(agent)
+        except SandboxGoneError:
+            self._drop_agent(container_id, agent)
+            raise
 
     def _agent_for(self, container_id: str) -> AgentClient:
         with self._agents_lock:

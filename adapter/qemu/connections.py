@@ -13,8 +13,10 @@ import contextlib
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from adapter.agent.client import AgentClient
 from adapter.qemu.unix import connect_unix
@@ -22,6 +24,8 @@ from adapter.qemu.vm import VM_ID_PATTERN, VmDir
 from domain.errors import SandboxGoneError
 from domain.execution import ExecutionRequest, ExecutionResult
 from usecase.ports import OutputSink
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -79,6 +83,20 @@ class AgentConnections:
                 vm.connected_at = time.time()
             try:
                 return vm.client.execute(request, max_output_bytes, on_output)
+            except SandboxGoneError:
+                vm.drop_client()
+                raise
+
+    def with_agent(self, vm_id: str, action: Callable[[AgentClient], T]) -> T:
+        """Lend the VM's agent connection (files), under the VM's lock."""
+        vm = self._get_or_adopt(vm_id)
+        self._start_handover()
+        with vm.lock:
+            if vm.client is None:
+                vm.client = _connect_agent(vm.dir)
+                vm.connected_at = time.time()
+            try:
+                return action(vm.client)
             except SandboxGoneError:
                 vm.drop_client()
                 raise

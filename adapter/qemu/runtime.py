@@ -19,10 +19,13 @@ from __future__ import annotations
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
+from typing import TypeVar
 from uuid import UUID
 
+from adapter.agent.client import AgentClient
 from adapter.qemu.accel import AcceleratorChoice, choose_accelerator, host_tsc_khz, qemu_version
 from adapter.qemu.config import QemuSandboxConfig
 from adapter.qemu.connections import AgentConnections, RunningVm
@@ -30,10 +33,12 @@ from adapter.qemu.image import QemuImage, load_qemu_image, qemu_dir
 from adapter.qemu.launcher import RestoreFailedError, VmLauncher
 from adapter.qemu.snapshot import SnapshotKey, SnapshotLifecycle, SnapshotStore
 from adapter.qemu.vm import KERNEL_CMDLINE, VM_ID_PATTERN, VmDir, VmMeta, VmSpec, new_vm_id
-from domain.errors import RuntimeUnavailableError
+from domain.errors import RuntimeUnavailableError, SandboxGoneError
 from domain.execution import ExecutionRequest, ExecutionResult
 from domain.sandbox import ManagedSandbox, SandboxSession, SandboxStatus
 from usecase.ports import Logger, OutputSink
+
+T = TypeVar("T")
 
 RUNTIME_KIND = "qemu"
 # A snapshot build takes seconds; a builder VM older than this was left behind by a crash.
@@ -117,6 +122,12 @@ class QemuSandboxRuntime:
         return self._connections.execute(
             container_id, request, self._config.max_output_bytes, on_output
         )
+
+    def with_agent(self, container_id: str, action: Callable[[AgentClient], T]) -> T:
+        """Lend the VM's agent connection (files, see adapter.agent.files)."""
+        if not VM_ID_PATTERN.match(container_id):
+            raise SandboxGoneError(f"no microVM {container_id!r}")
+        return self._connections.with_agent(container_id, action)
 
     def is_alive(self, container_id: str) -> bool:
         if not VM_ID_PATTERN.match(container_id):

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
+from entrypoint.application.files_api import FilesApi
 from entrypoint.application.sandbox_api import SandboxApi
 from entrypoint.auth import ApiKeyAuthenticator
 from entrypoint.http.docs import mount_docs
 from entrypoint.http.errors import install_error_handlers
+from entrypoint.http.file_routes import files
 from entrypoint.http.middleware import RequestContextMiddleware
 from entrypoint.http.routes import health, protected, v1
 from entrypoint.metrics import ServiceMetrics
@@ -35,6 +37,7 @@ def create_app(
     logger: Logger,
     access_logger: Logger,
     max_code_bytes: int,
+    files_api: FilesApi | None = None,
 ) -> FastAPI:
     # FastAPI's own /docs and /redoc load their assets from a CDN; mount_docs serves them itself.
     app = FastAPI(
@@ -46,10 +49,12 @@ def create_app(
     )
     mount_docs(app)
     app.state.api = api
+    app.state.files_api = files_api
     app.state.authenticator = authenticator
     app.state.metrics = metrics
     app.state.logger = logger
     app.include_router(v1)
+    app.include_router(files)
     app.include_router(health)
     app.include_router(protected)
     install_error_handlers(app, metrics, logger)
