@@ -14,6 +14,7 @@ import json
 import socket
 import threading
 from collections.abc import Callable, Iterable
+from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,7 +26,13 @@ from domain.errors import (
     WorkspaceFileNotFoundError,
     WorkspaceFullError,
 )
-from domain.execution import ExecutionRequest, ExecutionResult, OutputChunk, OutputStream
+from domain.execution import (
+    ExecutionRequest,
+    ExecutionResult,
+    OutputChunk,
+    OutputStream,
+    RichOutput,
+)
 from domain.files import FILE_CHUNK_BYTES, StoredFile, WorkspaceEntry, WorkspaceListing
 
 # Time allowed past the code's own timeout: killing and restarting an interpreter, draining
@@ -152,6 +159,8 @@ class AgentClient:
             stdout_truncated=_field(frame, "stdout_truncated", bool),
             stderr_truncated=_field(frame, "stderr_truncated", bool),
             state_lost=_field(frame, "state_lost", bool),
+            outputs=tuple(_rich_output(item) for item in frame.get("outputs") or ()),
+            outputs_truncated=frame.get("outputs_truncated") is True,
         )
 
     # --- workspace files (frames described in the agent's docstring) ---------------------------
@@ -267,10 +276,15 @@ class AgentClient:
             if kind == "file_data" and on_data is not None:
                 on_data(frame)
                 continue
+            if kind == "display":
+                if on_output is not None:
+                    item = _rich_output(frame)
+                    on_output(OutputChunk(OutputStream.DISPLAY, json.dumps(asdict(item))))
+                continue
             if kind == "output":
                 if on_output is not None:
                     stream = _field(frame, "stream", str)
-                    if stream not in ("stdout", "stderr"):
+                    if stream not in ("stdout", "stderr"):  # display comes as its own frame
                         raise AgentProtocolError(f"unknown output stream {stream!r}")
                     on_output(OutputChunk(OutputStream(stream), _field(frame, "data", str)))
                 continue
@@ -310,6 +324,15 @@ def _as_gone(exc: Exception, answered: bool, timeout_s: float) -> SandboxGoneErr
     if closed and not answered:
         return AgentUnansweredError(f"the agent connection closed before an answer: {exc}")
     return SandboxGoneError(f"the agent connection failed: {exc}")
+
+
+def _rich_output(item: object) -> RichOutput:
+    if not isinstance(item, dict):
+        raise AgentProtocolError("agent sent a malformed rich output")
+    encoding = _field(item, "encoding", str)
+    if encoding not in ("utf-8", "base64"):
+        raise AgentProtocolError(f"agent sent an unknown encoding {encoding!r}")
+    return RichOutput(_field(item, "mime_type", str), _field(item, "data", str), encoding)
 
 
 def _stored(frame: dict[str, Any]) -> StoredFile:

@@ -41,6 +41,12 @@ class SandboxView(BaseModel):
     max_expires_at: datetime | None
 
 
+class RichOutputView(BaseModel):
+    mime_type: str = Field(description="text/plain, text/html, image/png, image/svg+xml, ...")
+    data: str
+    encoding: str = Field(description='"base64" for binary types (image/png), else "utf-8".')
+
+
 class ExecutionView(BaseModel):
     stdout: str
     stderr: str
@@ -51,6 +57,10 @@ class ExecutionView(BaseModel):
     stderr_truncated: bool
     sandbox_replaced: bool = Field(description="The chat's sandbox was dead and was replaced.")
     state_lost: bool = Field(description="Variables and files of earlier messages are gone.")
+    outputs: list[RichOutputView] = Field(
+        default_factory=list, description="Rich outputs (last expression, figures) in order."
+    )
+    outputs_truncated: bool = Field(default=False, description="Some rich outputs were dropped.")
     session: SandboxView
 
 
@@ -90,6 +100,11 @@ def result_json(result: ExecutionResult) -> dict[str, Any]:
         "stderr_truncated": result.stderr_truncated,
         "sandbox_replaced": result.sandbox_replaced,
         "state_lost": result.state_lost,
+        "outputs": [
+            {"mime_type": o.mime_type, "data": o.data, "encoding": o.encoding}
+            for o in result.outputs
+        ],
+        "outputs_truncated": result.outputs_truncated,
     }
 
 

@@ -86,11 +86,109 @@ PIDS_FILES = (
 )
 
 PYTHON_RUNNER = r"""
-import builtins, json, linecache, os, sys, traceback, types
+import ast, base64, builtins, json, linecache, os, sys, traceback, types
+_SANDBOXD_TEXT_CAP = 64 * 1024
+_SANDBOXD_OUTPUT_CAP = 8 * 1024 * 1024
+_SANDBOXD_OWN = ("_sandboxd_runner", "_sandboxd_run_cell")
+def _sandboxd_rich(done_fd, ctl):
+    # Rich outputs go to the agent on the done pipe, never through stdout: printing cannot forge
+    # them. Each waits for the agent's ack (an empty line on the control pipe), so output printed
+    # after it cannot overtake it. Returns display(obj) and the hook run after each cell.
+    def emit(bundle):
+        # Anything past the agent's total cap would be dropped there anyway: not sent at all.
+        for mime, data in list(bundle.items()):
+            if len(data) > _SANDBOXD_OUTPUT_CAP:
+                del bundle[mime]
+                bundle["truncated"] = True
+        if bundle:
+            os.write(done_fd, (json.dumps({"display": bundle}) + "\n").encode())
+            ctl.readline()
+    def figure_bundle(fig):
+        import io
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", bbox_inches="tight")
+        return {"image/png": base64.b64encode(buf.getvalue()).decode("ascii")}
+    def bundle_of(obj):
+        if type(obj).__module__.startswith("matplotlib") and hasattr(obj, "savefig"):
+            return figure_bundle(obj)
+        bundle = {}
+        for mime, method in (("image/png", "_repr_png_"), ("image/svg+xml", "_repr_svg_"),
+                             ("text/html", "_repr_html_"), ("text/markdown", "_repr_markdown_")):
+            fn = getattr(obj, method, None)
+            if fn is None or isinstance(obj, type):
+                continue
+            try:
+                value = fn()
+            except Exception:
+                continue
+            if isinstance(value, bytes) and mime == "image/png":
+                bundle[mime] = base64.b64encode(value).decode("ascii")
+            elif isinstance(value, str):
+                bundle[mime] = value
+        try:
+            text = repr(obj)
+        except Exception as exc:
+            text = "<repr failed: %r>" % (exc,)
+        if len(text) > _SANDBOXD_TEXT_CAP:
+            text = text[:_SANDBOXD_TEXT_CAP] + "..."
+        bundle["text/plain"] = text
+        return bundle
+    def display(*objs):
+        for obj in objs:
+            emit(bundle_of(obj))
+    def flush_figures():
+        plt = sys.modules.get("matplotlib.pyplot")
+        if plt is None:
+            return
+        for num in plt.get_fignums():
+            emit(figure_bundle(plt.figure(num)))
+        plt.close("all")
+    def patch_pyplot(module):
+        def show(*args, **kwargs):
+            flush_figures()
+        module.show = show
+    class PyplotHook:
+        # Wraps the loading of matplotlib.pyplot so that its show() shows into the result.
+        def find_spec(self, name, path=None, target=None):
+            if name != "matplotlib.pyplot":
+                return None
+            sys.meta_path.remove(self)
+            try:
+                import importlib.util
+                spec = importlib.util.find_spec(name)
+            finally:
+                sys.meta_path.insert(0, self)
+            if spec is None or spec.loader is None:
+                return spec
+            loader = spec.loader
+            original = loader.exec_module
+            def exec_module(module):
+                original(module)
+                patch_pyplot(module)
+            loader.exec_module = exec_module
+            return spec
+    sys.meta_path.insert(0, PyplotHook())
+    if "matplotlib.pyplot" in sys.modules:
+        patch_pyplot(sys.modules["matplotlib.pyplot"])
+    return display, flush_figures
+def _sandboxd_run_cell(source, name, ns, display):
+    # Like a notebook: the value of a last expression statement is displayed.
+    tree = ast.parse(source, name, "exec")
+    last = None
+    if tree.body and isinstance(tree.body[-1], ast.Expr):
+        last = ast.Expression(tree.body.pop().value)
+    exec(compile(tree, name, "exec"), ns)
+    if last is not None:
+        value = eval(compile(last, name, "eval"), ns)
+        if value is not None:
+            builtins._ = value
+            display(value)
 def _sandboxd_runner(ctl_fd, done_fd):
     for fd in (ctl_fd, done_fd):
         os.set_inheritable(fd, False)
     ctl = os.fdopen(ctl_fd, "rb")
+    display, flush_figures = _sandboxd_rich(done_fd, ctl)
+    builtins.display = display
     main = types.ModuleType("__main__")
     main.__builtins__ = builtins
     sys.modules["__main__"] = main
@@ -112,7 +210,7 @@ def _sandboxd_runner(ctl_fd, done_fd):
             source = request["code"]
             linecache.cache[name] = (len(source), None, source.splitlines(True), name)
             try:
-                exec(compile(source, name, "exec"), ns)
+                _sandboxd_run_cell(source, name, ns, display)
             except SystemExit as exc:
                 if exc.code is None:
                     status = 0
@@ -123,8 +221,15 @@ def _sandboxd_runner(ctl_fd, done_fd):
                     status = 1
             except BaseException:
                 kind, value, tb = sys.exc_info()
-                traceback.print_exception(kind, value, tb.tb_next)
+                while tb is not None and (tb.tb_frame.f_code.co_name in _SANDBOXD_OWN
+                                          or tb.tb_frame.f_code.co_filename == ast.__file__):
+                    tb = tb.tb_next
+                traceback.print_exception(kind, value, tb)
                 status = 1
+            try:
+                flush_figures()
+            except Exception:
+                traceback.print_exc()
         for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
             try:
                 stream.flush()
@@ -311,6 +416,43 @@ def _cut_to_char_boundary(data: bytes) -> bytes:
     return data
 
 
+RICH_MIME_TYPES = ("image/png", "image/svg+xml", "text/html", "text/markdown", "text/plain")
+BINARY_MIME_TYPES = ("image/png",)
+MAX_OUTPUTS = 32
+MAX_OUTPUTS_BYTES = 8 * 1024 * 1024
+
+
+class RichOutputs:
+    """Rich outputs of one execution (displayed values, figures), in order, capped in number
+    and total size; what does not fit is dropped and ``truncated`` says so."""
+
+    def __init__(self, live: Callable[[dict[str, Any]], None] | None) -> None:
+        self.items: list[dict[str, Any]] = []
+        self.truncated = False
+        self._size = 0
+        self._live = live
+
+    def add(self, bundle: object) -> None:
+        if not isinstance(bundle, dict):
+            return
+        if bundle.get("truncated"):
+            self.truncated = True
+        for mime in RICH_MIME_TYPES:
+            data = bundle.get(mime)
+            if not isinstance(data, str):
+                continue
+            if len(self.items) >= MAX_OUTPUTS or self._size + len(data) > MAX_OUTPUTS_BYTES:
+                self.truncated = True
+                continue
+            self._size += len(data)
+            encoding = "base64" if mime in BINARY_MIME_TYPES else "utf-8"
+            item = {"mime_type": mime, "data": data, "encoding": encoding}
+            self.items.append(item)
+            if self._live is not None:
+                with contextlib.suppress(HostGoneError):
+                    self._live(item)
+
+
 class Interpreter:
     """One long-lived interpreter process for one language."""
 
@@ -449,7 +591,12 @@ class Interpreter:
 
     # One select loop over the four pipes keeps the agent single-threaded per execution.
     def run(  # noqa: PLR0912
-        self, payload: bytes, deadline: float, stdout: OutputBuffer, stderr: OutputBuffer
+        self,
+        payload: bytes,
+        deadline: float,
+        stdout: OutputBuffer,
+        stderr: OutputBuffer,
+        on_display: Callable[[object], None] | None = None,
     ) -> tuple[str, int | None]:
         """Feed one request and collect its output; returns ("done", code) / ("died", code) /
         ("timeout", None)."""
@@ -491,11 +638,11 @@ class Interpreter:
                     elif fd == self.done_r:
                         data = _read(fd)
                         if data:
-                            done_data += data
-                            if b"\n" in done_data:
-                                line = done_data.split(b"\n", 1)[0]
-                                self._drain(buffers)
-                                return "done", int(json.loads(line)["exit_code"])
+                            done_data, code = self._done_lines(
+                                done_data + data, buffers, on_display
+                            )
+                            if code is not None:
+                                return "done", code
                         elif data is not None:
                             return self._died(buffers)
                     elif fd == self._wake_r:
@@ -504,6 +651,29 @@ class Interpreter:
                             return self._died(buffers)
         finally:
             selector.close()
+
+    def _done_lines(
+        self,
+        done_data: bytes,
+        buffers: dict[int, OutputBuffer],
+        on_display: Callable[[object], None] | None,
+    ) -> tuple[bytes, int | None]:
+        """Handle the complete lines on the done pipe: rich outputs (which come only on this
+        pipe, never from stdout, so printing cannot forge one) and the end of the execution."""
+        while b"\n" in done_data:
+            line, done_data = done_data.split(b"\n", 1)
+            message = json.loads(line)
+            # Output printed before the display comes before it in a stream.
+            self._drain(buffers)
+            if "display" in message:
+                if on_display is not None:
+                    on_display(message["display"])
+                # The runner waits for this before it goes on (the pipe has room for it).
+                with contextlib.suppress(OSError):
+                    os.write(self.ctl_w, b"\n")
+                continue
+            return done_data, int(message["exit_code"])
+        return done_data, None
 
     def _died(self, buffers: dict[int, OutputBuffer]) -> tuple[str, int | None]:
         status = self.wait_exit(KILL_GRACE_S)
@@ -702,6 +872,11 @@ class Agent:
                     host_gone = True
 
         live_sink = sink if frame.get("stream") else None
+        outputs = RichOutputs(
+            (lambda item: send({"id": request_id, "type": "display", **item}))
+            if frame.get("stream")
+            else None
+        )
         stdout = OutputBuffer("stdout", limit, live_sink)
         stderr = OutputBuffer("stderr", limit, live_sink)
         started = time.monotonic()
@@ -716,7 +891,7 @@ class Agent:
             outcome, exit_code = "done", 127
         else:
             outcome, exit_code = interpreter.run(
-                interpreter.encode("run", code), started + timeout_s, stdout, stderr
+                interpreter.encode("run", code), started + timeout_s, stdout, stderr, outputs.add
             )
         state_lost = self._settle(interpreter, outcome, stderr)
         send(
@@ -731,6 +906,8 @@ class Agent:
                 "stdout_truncated": stdout.truncated,
                 "stderr_truncated": stderr.truncated,
                 "state_lost": state_lost,
+                "outputs": outputs.items,
+                "outputs_truncated": outputs.truncated,
             }
         )
         if state_lost and language == "python":
