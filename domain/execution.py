@@ -108,6 +108,9 @@ class ExecutionResult:
     # Rich outputs in display order, capped in number and total size (truncated: some dropped).
     outputs: tuple[RichOutput, ...] = ()
     outputs_truncated: bool = False
+    # Workspace files this execution created or changed (bounded; truncated: more were).
+    changed_files: tuple[ChangedFile, ...] = ()
+    changed_files_truncated: bool = False
 
     @property
     def succeeded(self) -> bool:

@@ -27,6 +27,7 @@ from domain.errors import (
     WorkspaceFullError,
 )
 from domain.execution import (
+    ChangedFile,
     ExecutionRequest,
     ExecutionResult,
     OutputChunk,
@@ -161,6 +162,8 @@ class AgentClient:
             state_lost=_field(frame, "state_lost", bool),
             outputs=tuple(_rich_output(item) for item in frame.get("outputs") or ()),
             outputs_truncated=frame.get("outputs_truncated") is True,
+            changed_files=tuple(_changed_file(item) for item in frame.get("changed_files") or ()),
+            changed_files_truncated=frame.get("changed_files_truncated") is True,
         )
 
     # --- workspace files (frames described in the agent's docstring) ---------------------------
@@ -324,6 +327,13 @@ def _as_gone(exc: Exception, answered: bool, timeout_s: float) -> SandboxGoneErr
     if closed and not answered:
         return AgentUnansweredError(f"the agent connection closed before an answer: {exc}")
     return SandboxGoneError(f"the agent connection failed: {exc}")
+
+
+def _changed_file(item: object) -> ChangedFile:
+    if not isinstance(item, dict):
+        raise AgentProtocolError("agent sent a malformed changed file")
+    size = _field(item, "size", int)
+    return ChangedFile(_field(item, "path", str), size)
 
 
 def _rich_output(item: object) -> RichOutput:

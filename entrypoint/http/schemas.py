@@ -41,6 +41,11 @@ class SandboxView(BaseModel):
     max_expires_at: datetime | None
 
 
+class ChangedFileView(BaseModel):
+    path: str
+    size: int
+
+
 class RichOutputView(BaseModel):
     mime_type: str = Field(description="text/plain, text/html, image/png, image/svg+xml, ...")
     data: str
@@ -61,6 +66,10 @@ class ExecutionView(BaseModel):
         default_factory=list, description="Rich outputs (last expression, figures) in order."
     )
     outputs_truncated: bool = Field(default=False, description="Some rich outputs were dropped.")
+    changed_files: list[ChangedFileView] = Field(
+        default_factory=list, description="Workspace files the code created or changed."
+    )
+    changed_files_truncated: bool = False
     session: SandboxView
 
 
@@ -105,6 +114,8 @@ def result_json(result: ExecutionResult) -> dict[str, Any]:
             for o in result.outputs
         ],
         "outputs_truncated": result.outputs_truncated,
+        "changed_files": [{"path": f.path, "size": f.size} for f in result.changed_files],
+        "changed_files_truncated": result.changed_files_truncated,
     }
 
 

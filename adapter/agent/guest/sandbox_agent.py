@@ -251,6 +251,12 @@ const report = (e) => {
 process.on('uncaughtException', report);
 process.on('unhandledRejection', report);
 const finish = (code) => fs.writeSync(doneFd, JSON.stringify({ exit_code: code }) + '\n');
+// Like node's REPL: the completion value of the code is shown, as a rich output on the done pipe.
+const show = (value) => {
+  let text = require('util').inspect(value);
+  if (text.length > 65536) text = text.slice(0, 65536) + '...';
+  fs.writeSync(doneFd, JSON.stringify({ display: { 'text/plain': text } }) + '\n');
+};
 let cell = 0;
 async function run(request) {
   let code = 0;
@@ -265,8 +271,11 @@ async function run(request) {
         // Top-level await is not valid in a script; run such code as an async function body.
         if (!(e instanceof SyntaxError) || !/await/.test(request.code)) throw e;
         value = vm.runInThisContext('(async () => {\n' + request.code + '\n})()', { filename });
+        await value;
+        value = undefined;
       }
-      if (value && typeof value.then === 'function') await value;
+      if (value && typeof value.then === 'function') value = await value;
+      if (value !== undefined) show(value);
     } catch (e) {
       report(e);
       code = 1;
@@ -281,8 +290,10 @@ input.on('data', (chunk) => {
   buffer += chunk;
   let newline;
   while ((newline = buffer.indexOf('\n')) >= 0) {
-    const request = JSON.parse(buffer.slice(0, newline));
+    const line = buffer.slice(0, newline);
     buffer = buffer.slice(newline + 1);
+    if (!line) continue; // the agent's ack of a rich output
+    const request = JSON.parse(line);
     chain = chain.then(() => run(request));
   }
 });
@@ -880,6 +891,7 @@ class Agent:
         stdout = OutputBuffer("stdout", limit, live_sink)
         stderr = OutputBuffer("stderr", limit, live_sink)
         started = time.monotonic()
+        before = self.files.snapshot()
         interpreter = self.interpreters[language]
         outcome: str
         exit_code: int | None
@@ -894,6 +906,7 @@ class Agent:
                 interpreter.encode("run", code), started + timeout_s, stdout, stderr, outputs.add
             )
         state_lost = self._settle(interpreter, outcome, stderr)
+        changed, changed_truncated = self.files.changed_since(before)
         send(
             {
                 "id": request_id,
@@ -908,6 +921,8 @@ class Agent:
                 "state_lost": state_lost,
                 "outputs": outputs.items,
                 "outputs_truncated": outputs.truncated,
+                "changed_files": changed,
+                "changed_files_truncated": changed_truncated,
             }
         )
         if state_lost and language == "python":
@@ -1038,6 +1053,9 @@ FILE_OPS = (
 FILE_CHUNK_MAX = 256 * 1024
 LIST_MAX_ENTRIES = 5000
 LIST_MAX_SCANNED = 50000
+# Changed files of an execution: a scan before and after, bounded on both counts.
+CHANGED_MAX_SCANNED = 10000
+CHANGED_MAX_REPORTED = 100
 UPLOAD_PREFIX = ".sandboxd-upload-"
 # 0 here would make every test of symlinks planted by user code fail: that is the point.
 NOFOLLOW = os.O_NOFOLLOW
@@ -1188,17 +1206,48 @@ class WorkspaceFiles:
             os.close(dir_fd)
         return {}
 
+    # --- files an execution created or changed ---
+
+    def snapshot(self) -> tuple[dict[str, tuple[int, int]], bool]:
+        """(mtime_ns, size) of the workspace's regular files (bounded) and whether it was cut."""
+        entries: list[dict[str, Any]] = []
+        try:
+            root = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            cut = self._walk(root, "", "", entries, [CHANGED_MAX_SCANNED], exact=True)
+        except OSError:
+            return {}, True
+        return {e["path"]: (e["mtime_ns"], e["size"]) for e in entries}, cut
+
+    def changed_since(
+        self, before: tuple[dict[str, tuple[int, int]], bool]
+    ) -> tuple[list[dict[str, Any]], bool]:
+        old, old_cut = before
+        new, new_cut = self.snapshot()
+        changed = [
+            {"path": path, "size": size}
+            for path, (mtime_ns, size) in sorted(new.items())
+            if old.get(path) != (mtime_ns, size)
+        ]
+        truncated = old_cut or new_cut or len(changed) > CHANGED_MAX_REPORTED
+        return changed[:CHANGED_MAX_REPORTED], truncated
+
     # --- helpers ---
 
     def _walk(
-        self, dir_fd: int, base: str, prefix: str, out: list[dict[str, Any]], budget: list[int]
+        self,
+        dir_fd: int,
+        base: str,
+        prefix: str,
+        out: list[dict[str, Any]],
+        budget: list[int],
+        exact: bool = False,
     ) -> bool:
         """Regular files under ``dir_fd`` (closed here), symlinks not followed; True if cut."""
         try:
             with os.scandir(dir_fd) as scan:
                 for entry in scan:
                     budget[0] -= 1
-                    if budget[0] < 0 or len(out) >= LIST_MAX_ENTRIES:
+                    if budget[0] < 0 or (not exact and len(out) >= LIST_MAX_ENTRIES):
                         return True
                     path = base + entry.name
                     if entry.is_dir(follow_symlinks=False):
@@ -1212,7 +1261,7 @@ class WorkspaceFiles:
                             )
                         except OSError:
                             continue
-                        if self._walk(child, path + "/", prefix, out, budget):
+                        if self._walk(child, path + "/", prefix, out, budget, exact):
                             return True
                     elif (
                         entry.is_file(follow_symlinks=False)
@@ -1220,7 +1269,14 @@ class WorkspaceFiles:
                         and not entry.name.startswith(UPLOAD_PREFIX)
                     ):
                         info = entry.stat(follow_symlinks=False)
-                        out.append({"path": path, "size": info.st_size, "mtime": info.st_mtime})
+                        out.append(
+                            {
+                                "path": path,
+                                "size": info.st_size,
+                                "mtime": info.st_mtime,
+                                "mtime_ns": info.st_mtime_ns,
+                            }
+                        )
         finally:
             os.close(dir_fd)
         return False

@@ -101,3 +101,23 @@ def test_errors_still_show_only_the_users_frames(agent: AgentClient) -> None:
 def test_state_and_underscore_persist(agent: AgentClient) -> None:
     run(agent, "a = [1, 2]\na")
     assert run(agent, "_ + [3]").outputs[0].data == "[1, 2, 3]"
+
+
+def test_javascript_shows_its_completion_value(agent: AgentClient, node_available: None) -> None:
+    result = run(agent, "let a = 20;\na * 2 + 2", Language.JAVASCRIPT)
+    assert [(o.mime_type, o.data) for o in result.outputs] == [("text/plain", "42")]
+    assert run(agent, "console.log('x')", Language.JAVASCRIPT).outputs == ()
+    assert run(agent, "({k: 'v'})", Language.JAVASCRIPT).outputs[0].data == "{ k: 'v' }"
+    assert run(agent, "await Promise.resolve(1)", Language.JAVASCRIPT).exit_code == 0
+
+
+def test_changed_files_are_listed(agent: AgentClient) -> None:
+    first = run(
+        agent, "open('a.txt', 'w').write('abc')\nimport os\nos.makedirs('d', exist_ok=True)"
+    )
+    assert [(f.path, f.size) for f in first.changed_files] == [("a.txt", 3)]
+    second = run(agent, "open('d/b.txt', 'w').write('hello'); n = 1")
+    assert [(f.path, f.size) for f in second.changed_files] == [("d/b.txt", 5)]
+    assert run(agent, "x = 1").changed_files == ()
+    many = run(agent, "for i in range(150): open(f'f{i}', 'w').write('x')")
+    assert len(many.changed_files) == 100 and many.changed_files_truncated
