@@ -246,4 +246,6 @@ class Container(containers.DeclarativeContainer):
     grpc_interceptor = providers.Singleton(
         ApiKeyInterceptor, authenticator=authenticator, metrics=metrics
     )
-    grpc_servicer = providers.Singleton(SandboxServicer, api=api, metrics=metrics, logger=logger)
+    grpc_servicer = providers.Singleton(
+        SandboxServicer, api=api, metrics=metrics, logger=logger, files_api=files_api
+    )

@@ -823,6 +823,10 @@ class Agent:
             "PYTHONIOENCODING": "utf-8",
             "NODE_DISABLE_COLORS": "1",
             "NO_COLOR": "1",
+            # Figures render off-screen into the result; matplotlib's caches stay out of the
+            # workspace (whose changes each result lists).
+            "MPLBACKEND": "Agg",
+            "MPLCONFIGDIR": "/tmp/.matplotlib",
         }
         _become_subreaper()
         self.files = WorkspaceFiles(self.workdir, self.user_uid, self.user_gid)

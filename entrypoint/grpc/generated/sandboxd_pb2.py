@@ -25,31 +25,51 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1asandboxd/v1/sandboxd.proto\x12\x0bsandboxd.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x1e\n\x0b\x43hatRequest\x12\x0f\n\x07\x63hat_id\x18\x01 \x01(\t\"g\n\x0e\x45xecuteRequest\x12\x0f\n\x07\x63hat_id\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\x10\n\x08language\x18\x03 \x01(\t\x12\x16\n\ttimeout_s\x18\x04 \x01(\x01H\x00\x88\x01\x01\x42\x0c\n\n_timeout_s\"\xe0\x01\n\x0f\x45xecutionResult\x12\x0e\n\x06stdout\x18\x01 \x01(\t\x12\x0e\n\x06stderr\x18\x02 \x01(\t\x12\x16\n\texit_code\x18\x03 \x01(\x05H\x00\x88\x01\x01\x12\x12\n\nduration_s\x18\x04 \x01(\x01\x12\x11\n\ttimed_out\x18\x05 \x01(\x08\x12\x18\n\x10stdout_truncated\x18\x06 \x01(\x08\x12\x18\n\x10stderr_truncated\x18\x07 \x01(\x08\x12\x18\n\x10sandbox_replaced\x18\x08 \x01(\x08\x12\x12\n\nstate_lost\x18\t \x01(\x08\x42\x0c\n\n_exit_code\"\xb4\x02\n\x07Sandbox\x12\x0f\n\x07\x63hat_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x14\n\x0c\x63ontainer_id\x18\x03 \x01(\t\x12\x0e\n\x06status\x18\x04 \x01(\t\x12\x14\n\x0cruntime_kind\x18\x05 \x01(\t\x12.\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\x10last_activity_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0emax_expires_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"f\n\x0f\x45xecuteResponse\x12,\n\x06result\x18\x01 \x01(\x0b\x32\x1c.sandboxd.v1.ExecutionResult\x12%\n\x07sandbox\x18\x02 \x01(\x0b\x32\x14.sandboxd.v1.Sandbox\"\x86\x01\n\x0bOutputChunk\x12/\n\x06stream\x18\x01 \x01(\x0e\x32\x1f.sandboxd.v1.OutputChunk.Stream\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\t\"8\n\x06Stream\x12\x16\n\x12STREAM_UNSPECIFIED\x10\x00\x12\n\n\x06STDOUT\x10\x01\x12\n\n\x06STDERR\x10\x02\"s\n\x0c\x45xecuteEvent\x12*\n\x06output\x18\x01 \x01(\x0b\x32\x18.sandboxd.v1.OutputChunkH\x00\x12.\n\x06result\x18\x02 \x01(\x0b\x32\x1c.sandboxd.v1.ExecuteResponseH\x00\x42\x07\n\x05\x65vent\"R\n\x16\x44\x65stroySandboxResponse\x12\x11\n\tdestroyed\x18\x01 \x01(\x08\x12%\n\x07sandbox\x18\x02 \x01(\x0b\x32\x14.sandboxd.v1.Sandbox2\xb1\x03\n\x0eSandboxService\x12\x44\n\x07\x45xecute\x12\x1b.sandboxd.v1.ExecuteRequest\x1a\x1c.sandboxd.v1.ExecuteResponse\x12I\n\rExecuteStream\x12\x1b.sandboxd.v1.ExecuteRequest\x1a\x19.sandboxd.v1.ExecuteEvent0\x01\x12?\n\rEnsureSandbox\x12\x18.sandboxd.v1.ChatRequest\x1a\x14.sandboxd.v1.Sandbox\x12<\n\nGetSandbox\x12\x18.sandboxd.v1.ChatRequest\x1a\x14.sandboxd.v1.Sandbox\x12O\n\x0e\x44\x65stroySandbox\x12\x18.sandboxd.v1.ChatRequest\x1a#.sandboxd.v1.DestroySandboxResponse\x12>\n\x0cRenewSandbox\x12\x18.sandboxd.v1.ChatRequest\x1a\x14.sandboxd.v1.Sandboxb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1asandboxd/v1/sandboxd.proto\x12\x0bsandboxd.v1\x1a\x1fgoogle/protobuf/timestamp.proto\",\n\x0b\x46ileRequest\x12\x0f\n\x07\x63hat_id\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\"X\n\x11UploadFileRequest\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x18.sandboxd.v1.FileRequestH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"8\n\nStoredFile\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x03\x12\x0e\n\x06sha256\x18\x03 \x01(\t\"X\n\x14\x44ownloadFileResponse\x12\'\n\x04info\x18\x01 \x01(\x0b\x32\x17.sandboxd.v1.StoredFileH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"3\n\x10ListFilesRequest\x12\x0f\n\x07\x63hat_id\x18\x01 \x01(\t\x12\x0e\n\x06prefix\x18\x02 \x01(\t\"\\\n\rWorkspaceFile\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x03\x12/\n\x0bmodified_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"Q\n\x11ListFilesResponse\x12)\n\x05\x66iles\x18\x01 \x03(\x0b\x32\x1a.sandboxd.v1.WorkspaceFile\x12\x11\n\ttruncated\x18\x02 \x01(\x08\"\x14\n\x12\x44\x65leteFileResponse\"?\n\nRichOutput\x12\x11\n\tmime_type\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\t\x12\x10\n\x08\x65ncoding\x18\x03 \x01(\t\")\n\x0b\x43hangedFile\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x03\"\x1e\n\x0b\x43hatRequest\x12\x0f\n\x07\x63hat_id\x18\x01 \x01(\t\"g\n\x0e\x45xecuteRequest\x12\x0f\n\x07\x63hat_id\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\x10\n\x08language\x18\x03 \x01(\t\x12\x16\n\ttimeout_s\x18\x04 \x01(\x01H\x00\x88\x01\x01\x42\x0c\n\n_timeout_s\"\xf7\x02\n\x0f\x45xecutionResult\x12\x0e\n\x06stdout\x18\x01 \x01(\t\x12\x0e\n\x06stderr\x18\x02 \x01(\t\x12\x16\n\texit_code\x18\x03 \x01(\x05H\x00\x88\x01\x01\x12\x12\n\nduration_s\x18\x04 \x01(\x01\x12\x11\n\ttimed_out\x18\x05 \x01(\x08\x12\x18\n\x10stdout_truncated\x18\x06 \x01(\x08\x12\x18\n\x10stderr_truncated\x18\x07 \x01(\x08\x12\x18\n\x10sandbox_replaced\x18\x08 \x01(\x08\x12\x12\n\nstate_lost\x18\t \x01(\x08\x12(\n\x07outputs\x18\n \x03(\x0b\x32\x17.sandboxd.v1.RichOutput\x12\x19\n\x11outputs_truncated\x18\x0b \x01(\x08\x12/\n\rchanged_files\x18\x0c \x03(\x0b\x32\x18.sandboxd.v1.ChangedFile\x12\x1f\n\x17\x63hanged_files_truncated\x18\r \x01(\x08\x42\x0c\n\n_exit_code\"\xb4\x02\n\x07Sandbox\x12\x0f\n\x07\x63hat_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x14\n\x0c\x63ontainer_id\x18\x03 \x01(\t\x12\x0e\n\x06status\x18\x04 \x01(\t\x12\x14\n\x0cruntime_kind\x18\x05 \x01(\t\x12.\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\x10last_activity_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0emax_expires_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"f\n\x0f\x45xecuteResponse\x12,\n\x06result\x18\x01 \x01(\x0b\x32\x1c.sandboxd.v1.ExecutionResult\x12%\n\x07sandbox\x18\x02 \x01(\x0b\x32\x14.sandboxd.v1.Sandbox\"\x86\x01\n\x0bOutputChunk\x12/\n\x06stream\x18\x01 \x01(\x0e\x32\x1f.sandboxd.v1.OutputChunk.Stream\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\t\"8\n\x06Stream\x12\x16\n\x12STREAM_UNSPECIFIED\x10\x00\x12\n\n\x06STDOUT\x10\x01\x12\n\n\x06STDERR\x10\x02\"\x9f\x01\n\x0c\x45xecuteEvent\x12*\n\x06output\x18\x01 \x01(\x0b\x32\x18.sandboxd.v1.OutputChunkH\x00\x12.\n\x06result\x18\x02 \x01(\x0b\x32\x1c.sandboxd.v1.ExecuteResponseH\x00\x12*\n\x07\x64isplay\x18\x03 \x01(\x0b\x32\x17.sandboxd.v1.RichOutputH\x00\x42\x07\n\x05\x65vent\"R\n\x16\x44\x65stroySandboxResponse\x12\x11\n\tdestroyed\x18\x01 \x01(\x08\x12%\n\x07sandbox\x18\x02 \x01(\x0b\x32\x14.sandboxd.v1.Sandbox2\xde\x05\n\x0eSandboxService\x12\x44\n\x07\x45xecute\x12\x1b.sandboxd.v1.ExecuteRequest\x1a\x1c.sandboxd.v1.ExecuteResponse\x12I\n\rExecuteStream\x12\x1b.sandboxd.v1.ExecuteRequest\x1a\x19.sandboxd.v1.ExecuteEvent0\x01\x12?\n\rEnsureSandbox\x12\x18.sandboxd.v1.ChatRequest\x1a\x14.sandboxd.v1.Sandbox\x12<\n\nGetSandbox\x12\x18.sandboxd.v1.ChatRequest\x1a\x14.sandboxd.v1.Sandbox\x12O\n\x0e\x44\x65stroySandbox\x12\x18.sandboxd.v1.ChatRequest\x1a#.sandboxd.v1.DestroySandboxResponse\x12>\n\x0cRenewSandbox\x12\x18.sandboxd.v1.ChatRequest\x1a\x14.sandboxd.v1.Sandbox\x12G\n\nUploadFile\x12\x1e.sandboxd.v1.UploadFileRequest\x1a\x17.sandboxd.v1.StoredFile(\x01\x12M\n\x0c\x44ownloadFile\x12\x18.sandboxd.v1.FileRequest\x1a!.sandboxd.v1.DownloadFileResponse0\x01\x12J\n\tListFiles\x12\x1d.sandboxd.v1.ListFilesRequest\x1a\x1e.sandboxd.v1.ListFilesResponse\x12G\n\nDeleteFile\x12\x18.sandboxd.v1.FileRequest\x1a\x1f.sandboxd.v1.DeleteFileResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'sandboxd.v1.sandboxd_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CHATREQUEST']._serialized_start=76
-  _globals['_CHATREQUEST']._serialized_end=106
-  _globals['_EXECUTEREQUEST']._serialized_start=108
-  _globals['_EXECUTEREQUEST']._serialized_end=211
-  _globals['_EXECUTIONRESULT']._serialized_start=214
-  _globals['_EXECUTIONRESULT']._serialized_end=438
-  _globals['_SANDBOX']._serialized_start=441
-  _globals['_SANDBOX']._serialized_end=749
-  _globals['_EXECUTERESPONSE']._serialized_start=751
-  _globals['_EXECUTERESPONSE']._serialized_end=853
-  _globals['_OUTPUTCHUNK']._serialized_start=856
-  _globals['_OUTPUTCHUNK']._serialized_end=990
-  _globals['_OUTPUTCHUNK_STREAM']._serialized_start=934
-  _globals['_OUTPUTCHUNK_STREAM']._serialized_end=990
-  _globals['_EXECUTEEVENT']._serialized_start=992
-  _globals['_EXECUTEEVENT']._serialized_end=1107
-  _globals['_DESTROYSANDBOXRESPONSE']._serialized_start=1109
-  _globals['_DESTROYSANDBOXRESPONSE']._serialized_end=1191
-  _globals['_SANDBOXSERVICE']._serialized_start=1194
-  _globals['_SANDBOXSERVICE']._serialized_end=1627
+  _globals['_FILEREQUEST']._serialized_start=76
+  _globals['_FILEREQUEST']._serialized_end=120
+  _globals['_UPLOADFILEREQUEST']._serialized_start=122
+  _globals['_UPLOADFILEREQUEST']._serialized_end=210
+  _globals['_STOREDFILE']._serialized_start=212
+  _globals['_STOREDFILE']._serialized_end=268
+  _globals['_DOWNLOADFILERESPONSE']._serialized_start=270
+  _globals['_DOWNLOADFILERESPONSE']._serialized_end=358
+  _globals['_LISTFILESREQUEST']._serialized_start=360
+  _globals['_LISTFILESREQUEST']._serialized_end=411
+  _globals['_WORKSPACEFILE']._serialized_start=413
+  _globals['_WORKSPACEFILE']._serialized_end=505
+  _globals['_LISTFILESRESPONSE']._serialized_start=507
+  _globals['_LISTFILESRESPONSE']._serialized_end=588
+  _globals['_DELETEFILERESPONSE']._serialized_start=590
+  _globals['_DELETEFILERESPONSE']._serialized_end=610
+  _globals['_RICHOUTPUT']._serialized_start=612
+  _globals['_RICHOUTPUT']._serialized_end=675
+  _globals['_CHANGEDFILE']._serialized_start=677
+  _globals['_CHANGEDFILE']._serialized_end=718
+  _globals['_CHATREQUEST']._serialized_start=720
+  _globals['_CHATREQUEST']._serialized_end=750
+  _globals['_EXECUTEREQUEST']._serialized_start=752
+  _globals['_EXECUTEREQUEST']._serialized_end=855
+  _globals['_EXECUTIONRESULT']._serialized_start=858
+  _globals['_EXECUTIONRESULT']._serialized_end=1233
+  _globals['_SANDBOX']._serialized_start=1236
+  _globals['_SANDBOX']._serialized_end=1544
+  _globals['_EXECUTERESPONSE']._serialized_start=1546
+  _globals['_EXECUTERESPONSE']._serialized_end=1648
+  _globals['_OUTPUTCHUNK']._serialized_start=1651
+  _globals['_OUTPUTCHUNK']._serialized_end=1785
+  _globals['_OUTPUTCHUNK_STREAM']._serialized_start=1729
+  _globals['_OUTPUTCHUNK_STREAM']._serialized_end=1785
+  _globals['_EXECUTEEVENT']._serialized_start=1788
+  _globals['_EXECUTEEVENT']._serialized_end=1947
+  _globals['_DESTROYSANDBOXRESPONSE']._serialized_start=1949
+  _globals['_DESTROYSANDBOXRESPONSE']._serialized_end=2031
+  _globals['_SANDBOXSERVICE']._serialized_start=2034
+  _globals['_SANDBOXSERVICE']._serialized_end=2768
 # @@protoc_insertion_point(module_scope)

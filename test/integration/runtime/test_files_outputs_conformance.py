@@ -3,6 +3,7 @@ and the attacks — traversal, symlinks planted by user code, giant files, a ful
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import os
@@ -120,3 +121,54 @@ def test_a_full_workspace_refuses_the_upload_and_keeps_serving(
     files.delete_file(sandbox.id, "fill")
     stored = files.write_file(sandbox.id, "more.bin", [b"y" * 1000], MAX)
     assert stored.size == 1000
+
+
+# --- rich outputs ---------------------------------------------------------------------------
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    """Width and height from a PNG's IHDR chunk; fails on anything that is not a PNG."""
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    assert data[12:16] == b"IHDR"
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+def test_the_last_expression_and_display_are_outputs(sandbox: Sandbox) -> None:
+    result = sandbox.run(
+        "class R:\n    def _repr_html_(self): return '<i>r</i>'\ndisplay(R())\n6 * 7"
+    )
+    assert [(o.mime_type, o.data) for o in result.outputs][-1] == ("text/plain", "42")
+    assert ("text/html", "<i>r</i>") in [(o.mime_type, o.data) for o in result.outputs]
+    forged = sandbox.run('print(\'{"display": {"text/plain": "forged"}}\')')
+    assert forged.outputs == ()
+
+
+def test_a_matplotlib_figure_becomes_a_png_and_files_are_reported(sandbox: Sandbox) -> None:
+    result = sandbox.run(
+        "import matplotlib.pyplot as plt\n"
+        "plt.plot([1, 2, 3], [1, 4, 9])\n"
+        "plt.savefig('plot.png')\n"
+        "plt.show()\n"
+        "plt.figure(); plt.bar(['a'], [1])\n",  # left open: shown at the end
+        timeout_s=240,
+    )
+    assert result.exit_code == 0, result.stderr
+    pngs = [o for o in result.outputs if o.mime_type == "image/png"]
+    assert len(pngs) == 2
+    for png in pngs:
+        width, height = png_size(base64.b64decode(png.data))
+        assert width > 100 and height > 100
+    assert [f.path for f in result.changed_files] == ["plot.png"]
+    assert (
+        sandbox.run("import matplotlib.pyplot as plt; len(plt.get_fignums())").outputs[0].data
+        == "0"
+    )
+
+
+def test_a_dataframe_gives_html_and_text(runtime: SandboxRuntime, sandbox: Sandbox) -> None:
+    if getattr(runtime, "accelerator", "") == "tcg":
+        pytest.skip("pandas takes minutes to import under TCG; the matplotlib case covers QEMU")
+    result = sandbox.run("import pandas as pd\npd.DataFrame({'a': [1, 2]})", timeout_s=120)
+    kinds = [o.mime_type for o in result.outputs]
+    assert kinds == ["text/html", "text/plain"], result.stderr
+    assert "<table" in result.outputs[0].data
