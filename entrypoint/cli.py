@@ -14,6 +14,7 @@ from dependency_injector import providers
 from domain.errors import SandboxServiceError
 from domain.execution import ExecutionRequest, Language
 from domain.sandbox import SandboxSession, SandboxStatus, parse_chat_id
+from entrypoint.cli_files import add_files_parser
 from entrypoint.container import Container
 from entrypoint.errors import error_row
 from entrypoint.serve import serve
@@ -182,6 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--json", action="store_true", help="print the whole result as JSON")
     run.add_argument("code", help="the code, or - to read it from standard input")
     run.set_defaults(handler=cmd_exec)
+
+    add_files_parser(commands)
 
     sandbox = commands.add_parser("sandbox", help="one chat's sandbox")
     sandbox.add_argument("action", choices=["ensure", "get", "renew", "destroy"])

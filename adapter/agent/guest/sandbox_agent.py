@@ -826,7 +826,7 @@ class Agent:
             # Figures render off-screen into the result; matplotlib's caches stay out of the
             # workspace (whose changes each result lists).
             "MPLBACKEND": "Agg",
-            "MPLCONFIGDIR": "/tmp/.matplotlib",
+            "MPLCONFIGDIR": "/tmp/.matplotlib",  # noqa: S108 - the sandbox's own /tmp
         }
         _become_subreaper()
         self.files = WorkspaceFiles(self.workdir, self.user_uid, self.user_gid)

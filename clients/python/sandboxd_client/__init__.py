@@ -2,19 +2,27 @@
 
 from sandboxd_client.client import AsyncSandboxdClient, SandboxdClient
 from sandboxd_client.models import (
+    ChangedFile,
     ExecutionResult,
     OutputEvent,
+    RichOutput,
     Sandbox,
     SandboxdError,
     SandboxPage,
+    StoredFile,
+    WorkspaceFile,
 )
 
 __all__ = [
     "AsyncSandboxdClient",
+    "ChangedFile",
     "ExecutionResult",
     "OutputEvent",
+    "RichOutput",
     "Sandbox",
     "SandboxPage",
     "SandboxdClient",
     "SandboxdError",
+    "StoredFile",
+    "WorkspaceFile",
 ]

@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import hashlib
+import io
+import json
 import uuid
+from pathlib import Path
 
+import pytest
 from fastapi.testclient import TestClient
+from sandboxd_client import SandboxdClient, SandboxdError
 
+from entrypoint.cli import main
 from entrypoint.container import Container
-from testkit.container import AUTH, make_container
+from testkit.container import API_KEY, AUTH, make_container
 from testkit.fakes import FakeFileStore, FakeRuntime
+from testkit.live import live_service
 
 
 def url(chat: str, path: str = "") -> str:
@@ -98,3 +105,47 @@ def test_files_need_a_key(client: TestClient) -> None:
 def test_download_from_a_chat_without_sandbox_is_404(client: TestClient) -> None:
     response = client.get(url(str(uuid.uuid4()), "a.txt"), headers=AUTH)
     assert (response.status_code, response.json()["code"]) == (404, "sandbox_not_found")
+
+
+def test_the_python_client_uploads_downloads_lists_deletes(tmp_path: Path) -> None:
+    source = tmp_path / "in.bin"
+    source.write_bytes(b"\x00\x01" * 300_000)
+    chat = uuid.uuid4()
+    with (
+        live_service(make_container()) as live,
+        SandboxdClient(live.http_url, api_key=API_KEY) as client,
+    ):
+        stored = client.upload_file(chat, "dir/in.bin", source)
+        assert stored.size == 600_000
+        assert client.upload_file(chat, "b.txt", io.BytesIO(b"hello")).size == 5
+        out = io.BytesIO()
+        assert client.download_file(chat, "dir/in.bin", out).sha256 == stored.sha256
+        assert out.getvalue() == source.read_bytes()
+        client.download_file(chat, "b.txt", tmp_path / "b.txt")
+        assert (tmp_path / "b.txt").read_bytes() == b"hello"
+        assert [f.path for f in client.list_files(chat)] == ["b.txt", "dir/in.bin"]
+        client.delete_file(chat, "b.txt")
+        with pytest.raises(SandboxdError) as caught:
+            client.download_file(chat, "b.txt", io.BytesIO())
+        assert caught.value.code == "file_not_found"
+
+
+def test_the_cli_puts_gets_lists_and_removes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    container = make_container()
+    chat = str(uuid.uuid4())
+    (tmp_path / "a.csv").write_text("x\n1\n")
+    assert (
+        main(["files", "--chat-id", chat, "put", str(tmp_path / "a.csv"), "a.csv"], container) == 0
+    )
+    assert json.loads(capsys.readouterr().out)["size"] == 4
+    assert (
+        main(["files", "--chat-id", chat, "get", "a.csv", str(tmp_path / "b.csv")], container) == 0
+    )
+    assert (tmp_path / "b.csv").read_text() == "x\n1\n"
+    capsys.readouterr()
+    assert main(["files", "--chat-id", chat, "ls"], container) == 0
+    assert [f["path"] for f in json.loads(capsys.readouterr().out)["files"]] == ["a.csv"]
+    assert main(["files", "--chat-id", chat, "rm", "a.csv"], container) == 0
+    assert main(["files", "--chat-id", chat, "rm", "../x"], container) == 2
