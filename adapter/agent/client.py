@@ -41,8 +41,10 @@ from domain.files import FILE_CHUNK_BYTES, StoredFile, WorkspaceEntry, Workspace
 DEFAULT_MARGIN_S = 10.0
 CONTROL_TIMEOUT_S = 10.0
 FILE_TIMEOUT_S = 60.0
-# A listing frame: at most the agent's entry cap, each a path of at most 4096 characters.
-LISTING_MAX_FRAME = 8 * 1024 * 1024
+# Rich outputs (8 MiB encoded), changed files (256 KiB encoded) and the rest of a result frame.
+RICH_FRAME_BYTES = 8 * 1024 * 1024 + 512 * 1024
+# A listing frame: the agent keeps its entries within 4 MiB encoded.
+LISTING_MAX_FRAME = 4 * 1024 * 1024 + 64 * 1024
 # The agent's refusals of a file operation, as the project's errors (the sandbox is fine).
 _FILE_ERRORS: dict[str, type[SandboxServiceError]] = {
     "path_refused": FilePathRefusedError,
@@ -140,8 +142,9 @@ class AgentClient:
             expect="result",
             on_output=on_output,
             # Each of stdout and stderr is at most max_output_bytes of UTF-8; JSON escaping
-            # makes a byte at most 6 characters.
-            max_frame=12 * max_output_bytes + 64 * 1024,
+            # makes a byte at most 6 characters. Rich outputs and changed files are capped by
+            # the agent as encoded.
+            max_frame=12 * max_output_bytes + RICH_FRAME_BYTES,
         )
         exit_code = frame.get("exit_code")
         if exit_code is not None and (

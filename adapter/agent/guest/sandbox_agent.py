@@ -452,10 +452,13 @@ class RichOutputs:
             data = bundle.get(mime)
             if not isinstance(data, str):
                 continue
-            if len(self.items) >= MAX_OUTPUTS or self._size + len(data) > MAX_OUTPUTS_BYTES:
+            # Counted as encoded in the result frame (JSON escaping may grow text 6x), so the
+            # host can bound the frame.
+            cost = len(json.dumps(data, ensure_ascii=False).encode("utf-8", "surrogatepass"))
+            if len(self.items) >= MAX_OUTPUTS or self._size + cost > MAX_OUTPUTS_BYTES:
                 self.truncated = True
                 continue
-            self._size += len(data)
+            self._size += cost
             encoding = "base64" if mime in BINARY_MIME_TYPES else "utf-8"
             item = {"mime_type": mime, "data": data, "encoding": encoding}
             self.items.append(item)
@@ -1060,6 +1063,9 @@ LIST_MAX_SCANNED = 50000
 # Changed files of an execution: a scan before and after, bounded on both counts.
 CHANGED_MAX_SCANNED = 10000
 CHANGED_MAX_REPORTED = 100
+# Encoded bytes of a listing / of the changed files in a result (the host's frame caps).
+LIST_MAX_BYTES = 4 * 1024 * 1024
+CHANGED_MAX_BYTES = 256 * 1024
 UPLOAD_PREFIX = ".sandboxd-upload-"
 # 0 here would make every test of symlinks planted by user code fail: that is the point.
 NOFOLLOW = os.O_NOFOLLOW
@@ -1196,7 +1202,11 @@ class WorkspaceFiles:
         root = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         truncated = self._walk(root, "", prefix, entries, budget)
         entries.sort(key=lambda entry: entry["path"])
-        return {"entries": entries, "truncated": truncated}
+        kept = _within_budget(
+            [{"path": e["path"], "size": e["size"], "mtime": e["mtime"]} for e in entries],
+            LIST_MAX_BYTES,
+        )
+        return {"entries": kept, "truncated": truncated or len(kept) < len(entries)}
 
     def file_delete(self, _id: object, frame: dict[str, Any], _send: Send) -> dict[str, Any]:
         path = _file_path(frame.get("path"))
@@ -1232,8 +1242,8 @@ class WorkspaceFiles:
             for path, (mtime_ns, size) in sorted(new.items())
             if old.get(path) != (mtime_ns, size)
         ]
-        truncated = old_cut or new_cut or len(changed) > CHANGED_MAX_REPORTED
-        return changed[:CHANGED_MAX_REPORTED], truncated
+        reported = _within_budget(changed[:CHANGED_MAX_REPORTED], CHANGED_MAX_BYTES)
+        return reported, old_cut or new_cut or len(reported) < len(changed)
 
     # --- helpers ---
 
@@ -1349,6 +1359,17 @@ class WorkspaceFiles:
         for fd in (pending.fd, pending.dir_fd):
             with contextlib.suppress(OSError):
                 os.close(fd)
+
+
+def _within_budget(entries: list[dict[str, Any]], budget: int) -> list[dict[str, Any]]:
+    """The leading entries whose JSON fits in ``budget`` bytes (long, odd names are costly)."""
+    kept = []
+    for entry in entries:
+        budget -= len(json.dumps(entry, ensure_ascii=False).encode("utf-8", "surrogatepass")) + 2
+        if budget < 0:
+            break
+        kept.append(entry)
+    return kept
 
 
 def _file_path(path: object) -> str:

@@ -10,8 +10,14 @@ from adapter.agent.client import AgentClient
 from domain.execution import ExecutionRequest, Language, OutputChunk, OutputStream
 
 
-def run(agent: AgentClient, code: str, language: Language = Language.PYTHON, on_output=None):
-    return agent.execute(ExecutionRequest(code, language, 20.0), 65536, on_output)
+def run(
+    agent: AgentClient,
+    code: str,
+    language: Language = Language.PYTHON,
+    on_output=None,
+    timeout_s: float = 20.0,
+):
+    return agent.execute(ExecutionRequest(code, language, timeout_s), 65536, on_output)
 
 
 def test_the_last_expression_is_displayed_as_text(agent: AgentClient) -> None:
@@ -121,3 +127,33 @@ def test_changed_files_are_listed(agent: AgentClient) -> None:
     assert run(agent, "x = 1").changed_files == ()
     many = run(agent, "for i in range(150): open(f'f{i}', 'w').write('x')")
     assert len(many.changed_files) == 100 and many.changed_files_truncated
+
+
+def test_giant_rich_outputs_are_capped_and_the_agent_lives(agent: AgentClient) -> None:
+    # Control characters grow 6x in JSON: the cap counts them as sent.
+    result = run(
+        agent,
+        "class H:\n"
+        "    def _repr_html_(self): return '\\x01' * (1024 * 1024)\n"
+        "    def __repr__(self): return 'H'\n"
+        "for _ in range(2): display(H())\n",
+        timeout_s=120.0,
+    )
+    assert not result.timed_out
+    assert result.outputs_truncated
+    assert sum(len(o.data) for o in result.outputs) < 8 * 1024 * 1024
+    assert agent.ping() == "1"
+
+
+def test_a_listing_of_long_paths_stays_within_its_frame(agent: AgentClient) -> None:
+    made = run(
+        agent,
+        "import os\n"
+        "d = '/'.join(['d' * 250] * 13)\n"
+        "os.makedirs(d)\n"
+        "for i in range(1300): open(os.path.join(d, 'f' * 200 + str(i)), 'w').close()\n",
+    )
+    assert made.changed_files_truncated
+    listing = agent.list_files("")
+    assert listing.truncated and 0 < len(listing.entries) < 1300
+    assert agent.ping() == "1"
