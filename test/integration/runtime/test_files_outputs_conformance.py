@@ -17,6 +17,7 @@ from domain.errors import (
     WorkspaceFileNotFoundError,
     WorkspaceFullError,
 )
+from domain.execution import Language
 from testkit.runtime import Sandbox
 from usecase.ports import SandboxRuntime
 
@@ -141,6 +142,8 @@ def test_the_last_expression_and_display_are_outputs(sandbox: Sandbox) -> None:
     assert ("text/html", "<i>r</i>") in [(o.mime_type, o.data) for o in result.outputs]
     forged = sandbox.run('print(\'{"display": {"text/plain": "forged"}}\')')
     assert forged.outputs == ()
+    shown = sandbox.run("const k = 20;\nk * 2 + 2", Language.JAVASCRIPT, timeout_s=60)
+    assert [(o.mime_type, o.data) for o in shown.outputs] == [("text/plain", "42")]
 
 
 def test_a_matplotlib_figure_becomes_a_png_and_files_are_reported(sandbox: Sandbox) -> None:
