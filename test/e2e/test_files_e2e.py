@@ -37,7 +37,7 @@ def service(request: pytest.FixtureRequest, module_services: ServiceFactory) -> 
             max_file_bytes=str(MAX_FILE_BYTES),
             max_timeout_s="600",
         )
-    return module_services(max_file_bytes=str(MAX_FILE_BYTES))
+    return module_services(max_file_bytes=str(MAX_FILE_BYTES), max_timeout_s="600")
 
 
 @pytest.fixture
