@@ -77,7 +77,8 @@ class AgentClient:
 
     def __init__(self, sock: socket.socket, margin_s: float = DEFAULT_MARGIN_S) -> None:
         self._sock = sock
-        self._reader = sock.makefile("rb")
+        # Large enough for a file chunk frame in a few reads (the default buffer is 8 KiB).
+        self._reader = sock.makefile("rb", buffering=512 * 1024)
         self._margin_s = margin_s
         self._ids = itertools.count(1)
         self._lock = threading.Lock()

@@ -23,6 +23,7 @@ from domain.files import FILE_CHUNK_BYTES, StoredFile, WorkspaceListing, check_w
 from usecase.files import WorkspaceFiles
 
 _THREADS = 8
+_SPOOL_BATCH = 1024 * 1024
 
 
 @dataclass
@@ -36,7 +37,7 @@ class SpooledDownload:
     async def chunks(self) -> AsyncIterator[bytes]:
         loop = asyncio.get_running_loop()
         try:
-            while chunk := await loop.run_in_executor(None, self._file.read, FILE_CHUNK_BYTES):
+            while chunk := await loop.run_in_executor(None, self._file.read, _SPOOL_BATCH):
                 yield chunk
         finally:
             self.close()
@@ -64,11 +65,17 @@ class FilesApi:
             raise FileTooLargeError(f"the file is {declared} bytes; the limit is {limit}")
         with tempfile.TemporaryFile(dir=self._spool_dir) as spool:
             size = 0
+            pending = bytearray()
             async for chunk in body:
                 size += len(chunk)
                 if size > limit:
                     raise FileTooLargeError(f"the file is larger than the limit of {limit} bytes")
-                await self._run(spool.write, chunk)
+                pending += chunk
+                # One thread hop per MiB, not per network read.
+                if len(pending) >= _SPOOL_BATCH:
+                    await self._run(spool.write, bytes(pending))
+                    pending.clear()
+            await self._run(spool.write, bytes(pending))
             source = partial(_replay, spool)
             stored: StoredFile = await self._run(self._files.upload, chat_id, path, source)
             return stored
