@@ -97,3 +97,19 @@ class PoolAlreadyExistsError(SandboxServiceError):
 
 class InvalidPoolError(InvalidInputError):
     """A pool definition breaks a rule (name not a DNS label, negative or inverted bounds)."""
+
+
+class FilePathRefusedError(InvalidInputError):
+    """A workspace path that is absolute, has '..', or leads out of the workspace (a symlink)."""
+
+
+class FileTooLargeError(InvalidInputError):
+    """A file past the per-file size limit; nothing was written."""
+
+
+class WorkspaceFullError(SandboxServiceError):
+    """The sandbox's workspace has no room left for the file; nothing was written."""
+
+
+class WorkspaceFileNotFoundError(SandboxServiceError):
+    """No regular file at that path in the chat's workspace (or the chat has no sandbox)."""

@@ -50,6 +50,28 @@ class ExecutionRequest:
 class OutputStream(StrEnum):
     STDOUT = "stdout"
     STDERR = "stderr"
+    # A rich output as it is displayed: the chunk's data is the RichOutput as JSON. Never merged
+    # with other chunks or split.
+    DISPLAY = "display"
+
+
+@dataclass(frozen=True)
+class RichOutput:
+    """A displayed value of an execution, as a notebook shows it: the last expression's value,
+    a matplotlib figure, a DataFrame's table. ``encoding`` is "base64" for binary types
+    (image/png), "utf-8" for text ones."""
+
+    mime_type: str
+    data: str
+    encoding: str = "utf-8"
+
+
+@dataclass(frozen=True)
+class ChangedFile:
+    """A workspace file that an execution created or changed."""
+
+    path: str
+    size: int
 
 
 @dataclass(frozen=True)
@@ -83,6 +105,12 @@ class ExecutionResult:
     stderr_truncated: bool = False
     sandbox_replaced: bool = False
     state_lost: bool = False
+    # Rich outputs in display order, capped in number and total size (truncated: some dropped).
+    outputs: tuple[RichOutput, ...] = ()
+    outputs_truncated: bool = False
+    # Workspace files this execution created or changed (bounded; truncated: more were).
+    changed_files: tuple[ChangedFile, ...] = ()
+    changed_files_truncated: bool = False
 
     @property
     def succeeded(self) -> bool:

@@ -17,6 +17,7 @@ from domain.errors import SandboxServiceError
 from domain.execution import ExecutionRequest, Language
 from domain.pool import PoolCapacity, PoolDefinition
 from domain.sandbox import SandboxSession, SandboxStatus, parse_chat_id
+from entrypoint.cli_files import add_files_parser
 from entrypoint.container import Container
 from entrypoint.errors import error_row
 from entrypoint.http.pools import pool_json
@@ -319,6 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("code", help="the code, or - to read it from standard input")
     run.set_defaults(handler=cmd_exec)
+
+    add_files_parser(commands)
 
     sandbox = commands.add_parser("sandbox", help="one chat's sandbox")
     sandbox.add_argument("action", choices=["ensure", "get", "renew", "destroy"])

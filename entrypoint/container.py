@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 from dependency_injector import containers, providers
 
+from adapter.agent.files import AgentHost, AgentSandboxFileStore
 from adapter.clock import SystemClock
 from adapter.docker.image import default_image_tag
 from adapter.docker.runtime import DockerSandboxConfig, DockerSandboxRuntime
@@ -25,6 +26,7 @@ from adapter.s3.artifact_store import S3ArtifactConfig, S3ArtifactStore
 from domain.errors import InvalidInputError
 from domain.pool import pool_size_for
 from entrypoint import persistence
+from entrypoint.application.files_api import FilesApi
 from entrypoint.application.pools import PoolWorker
 from entrypoint.application.sandbox_api import SandboxApi
 from entrypoint.application.sweep import CleanupWorker, Sweeper
@@ -39,15 +41,24 @@ from entrypoint.settings import SERVICE_VERSION, Settings
 from repository.pool_store import SqlAlchemyPoolRepository
 from usecase.environment import EnvironmentProvisioning, PackageAllowList
 from usecase.execute import ExecuteCode, ExecutionLimits
+from usecase.files import FileLimits, WorkspaceFiles
 from usecase.pool import WarmPools
 from usecase.pool_admin import ManagePools
-from usecase.ports import Clock, Logger, SandboxHealthProbe, SandboxRebinder, SandboxRuntime
+from usecase.ports import (
+    Clock,
+    Logger,
+    SandboxFileStore,
+    SandboxHealthProbe,
+    SandboxRebinder,
+    SandboxRuntime,
+)
 from usecase.reconcile import ReconcileSandboxes
 from usecase.sandbox import (
     CleanupExpiredSandboxes,
     CreateSandbox,
     DestroySandbox,
     GetSandbox,
+    Lifetime,
     ListSandboxes,
     RenewSandbox,
 )
@@ -227,6 +238,13 @@ def _rebinder(runtime: SandboxRuntime) -> SandboxRebinder | None:
     return runtime if isinstance(runtime, QemuSandboxRuntime) else None
 
 
+def _file_store(runtime: SandboxRuntime) -> SandboxFileStore:
+    """Files go through the agent of whichever runtime is configured (both lend it)."""
+    if not isinstance(runtime, AgentHost):
+        raise TypeError(f"{type(runtime).__name__} cannot lend its agent for files")
+    return AgentSandboxFileStore(runtime)
+
+
 class Container(containers.DeclarativeContainer):
     settings = providers.Singleton(Settings)
 
@@ -321,6 +339,19 @@ class Container(containers.DeclarativeContainer):
         ),
         environments=environments,
     )
+    file_store = providers.Singleton(_file_store, runtime)
+    workspace_files = providers.Singleton(
+        WorkspaceFiles,
+        repository=repository,
+        locker=locker,
+        runtime=runtime,
+        files=file_store,
+        clock=clock,
+        logger=logger,
+        lifetime=providers.Factory(Lifetime, ttl=ttl, max_lifetime=max_lifetime),
+        limits=providers.Factory(FileLimits, max_file_bytes=limits.max_file_bytes),
+    )
+    files_api = providers.Singleton(FilesApi, files=workspace_files)
     get_sandbox = providers.Factory(GetSandbox, repository=repository)
     list_sandboxes = providers.Factory(ListSandboxes, repository=repository)
     renew_sandbox = providers.Factory(
@@ -396,11 +427,14 @@ class Container(containers.DeclarativeContainer):
         access_logger=access_logger,
         max_code_bytes=limits.max_code_bytes,
         pools=manage_pools.provider,
+        files_api=files_api,
     )
     grpc_interceptor = providers.Singleton(
         ApiKeyInterceptor, authenticator=authenticator, metrics=metrics
     )
-    grpc_servicer = providers.Singleton(SandboxServicer, api=api, metrics=metrics, logger=logger)
+    grpc_servicer = providers.Singleton(
+        SandboxServicer, api=api, metrics=metrics, logger=logger, files_api=files_api
+    )
     grpc_pool_servicer = providers.Singleton(
         PoolServicer, manage=manage_pools.provider, metrics=metrics, logger=logger
     )

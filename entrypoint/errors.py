@@ -28,6 +28,8 @@ from domain.errors import (
     CodeTooLargeError,
     EnvironmentBuildError,
     EnvironmentsUnsupportedError,
+    FilePathRefusedError,
+    FileTooLargeError,
     InvalidChatIdError,
     InvalidInputError,
     InvalidPackageError,
@@ -45,6 +47,8 @@ from domain.errors import (
     SessionConflictError,
     TooManyExecutionsError,
     UnsupportedLanguageError,
+    WorkspaceFileNotFoundError,
+    WorkspaceFullError,
 )
 from usecase.ports import Logger
 
@@ -102,6 +106,10 @@ ERROR_TABLE: tuple[ErrorRow, ...] = (
     # The request is fine; this runtime cannot serve it (the text names the runtime only).
     ErrorRow(EnvironmentsUnsupportedError, "environments_unsupported", 501, _G.UNIMPLEMENTED, 4),
     ErrorRow(PackageNotAllowedError, "package_not_allowed", 403, _G.PERMISSION_DENIED, 2),
+    ErrorRow(FilePathRefusedError, "path_refused", 422, _G.INVALID_ARGUMENT, 2),
+    ErrorRow(FileTooLargeError, "file_too_large", 413, _G.INVALID_ARGUMENT, 2),
+    ErrorRow(WorkspaceFileNotFoundError, "file_not_found", 404, _G.NOT_FOUND, 3),
+    ErrorRow(WorkspaceFullError, "workspace_full", 507, _G.RESOURCE_EXHAUSTED, 1),
     ErrorRow(InsecureConfigurationError, "invalid_input", 422, _G.INVALID_ARGUMENT, 2),
     ErrorRow(InvalidPoolError, "invalid_pool", 422, _G.INVALID_ARGUMENT, 2),
     ErrorRow(InvalidInputError, "invalid_input", 422, _G.INVALID_ARGUMENT, 2),

@@ -106,25 +106,32 @@ class Service:
         else:
             self._loop.call_soon_threadsafe(self._stop.set)
 
+    async def _check_and_prepare(self) -> None:
+        """Refuse a configuration that cannot be served safely, then make the runtime, the
+        store and the sandboxes of a previous run ready (one sweep, with reconciliation)."""
+        container = self._container
+        settings = container.settings()
+        server = settings.server
+        check_api_keys(server.api_key_list, server.insecure_dev)
+        check_sandbox_uid(
+            own_uid=os.getuid(), runtime=settings.runtime, docker_user=settings.docker.user
+        )
+        if not server.api_key_list:
+            container.logger().warning(
+                "authentication_disabled", {"reason": "SANDBOXD_INSECURE_DEV=true"}
+            )
+        await asyncio.to_thread(container.prepare_runtime)
+        # Built now, not on first use: it refuses an engine without the configured OCI runtime.
+        await asyncio.to_thread(container.runtime)
+        await asyncio.to_thread(container.repository)  # checks (or migrates) the schema
+        await asyncio.to_thread(container.sweeper().run_once)
+
     async def run(self, *, handle_signals: bool = True) -> None:
         container = self._container
         self._loop = asyncio.get_running_loop()
         server = container.settings().server
         logger = container.logger()
-        check_api_keys(server.api_key_list, server.insecure_dev)
-        settings = container.settings()
-        check_sandbox_uid(
-            own_uid=os.getuid(), runtime=settings.runtime, docker_user=settings.docker.user
-        )
-        if not server.api_key_list:
-            logger.warning("authentication_disabled", {"reason": "SANDBOXD_INSECURE_DEV=true"})
-
-        await asyncio.to_thread(container.prepare_runtime)
-        # Built now, not on first use: it refuses an engine without the configured OCI runtime.
-        await asyncio.to_thread(container.runtime)
-        await asyncio.to_thread(container.repository)  # checks (or migrates) the schema
-        sweeper = container.sweeper()
-        await asyncio.to_thread(sweeper.run_once)
+        await self._check_and_prepare()
         # After the start-up sweep: members of a previous run (also after kill -9) are gone.
         install_pool_metrics(container.metrics(), container.warm_pools())
         pool_worker = container.pool_worker()

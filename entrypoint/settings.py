@@ -101,6 +101,9 @@ class LimitSettings(SettingsGroup):
     # Streamed output waiting for a client that does not read; past it the client is dropped
     # (the execution completes and is recorded).
     max_stream_buffer_chars: int = Field(default=1024 * 1024, gt=0)
+    # One file of a chat's workspace (upload; 413 past it). The workspace's own size (its tmpfs)
+    # bounds them all together (507 workspace_full).
+    max_file_bytes: int = Field(default=100 * 1024 * 1024, gt=0)
 
 
 class ServerSettings(SettingsGroup):

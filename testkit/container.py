@@ -12,7 +12,7 @@ from repository.pool_store import InMemoryPoolRepository
 from repository.sandbox_lock import ProcessLocalSandboxLifecycleLocker
 from repository.sandbox_session import InMemorySandboxSessionRepository
 from repository.sweep_leader import ProcessLocalSweepLeaderLock
-from testkit.fakes import FakeLogger, FakeRuntime
+from testkit.fakes import FakeFileStore, FakeLogger, FakeRuntime
 
 API_KEY = "unit-test-key"
 
@@ -34,7 +34,9 @@ def make_container(runtime: FakeRuntime | None = None, **settings: Any) -> Conta
     container.pool_repository.override(providers.Singleton(InMemoryPoolRepository))
     container.locker.override(providers.Singleton(ProcessLocalSandboxLifecycleLocker))
     container.sweep_leader.override(providers.Singleton(ProcessLocalSweepLeaderLock))
-    container.runtime.override(providers.Object(runtime or FakeRuntime()))
+    fake_runtime = runtime or FakeRuntime()
+    container.runtime.override(providers.Object(fake_runtime))
+    container.file_store.override(providers.Object(FakeFileStore(fake_runtime)))
     container.prepare_runtime.override(providers.Callable(lambda: None))
     container.logger.override(providers.Singleton(FakeLogger))
     container.access_logger.override(providers.Singleton(FakeLogger))

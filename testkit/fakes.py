@@ -15,16 +15,24 @@ anything else     -> echoed on stdout.
 
 from __future__ import annotations
 
+import hashlib
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
 from domain.environment import BuiltEnvironment, Environment
-from domain.errors import SandboxGoneError
+from domain.errors import (
+    FilePathRefusedError,
+    FileTooLargeError,
+    SandboxGoneError,
+    WorkspaceFileNotFoundError,
+    WorkspaceFullError,
+)
 from domain.execution import ExecutionRequest, ExecutionResult, OutputChunk, OutputStream
+from domain.files import StoredFile, WorkspaceEntry, WorkspaceListing, check_workspace_path
 from domain.sandbox import ManagedSandbox, SandboxSession, SandboxStatus
 from usecase.ports import OutputSink
 
@@ -287,3 +295,70 @@ class FakeEnvironmentRuntime:
         if self.fail_install is not None:
             raise self.fail_install
         self.installed.append((container_id, environment))
+
+
+class FakeFileStore:
+    """Workspaces in memory, per container id; refusals as the agent makes them.
+
+    ``symlinks`` holds paths that user code turned into links leading out (refused like the
+    agent refuses them); ``capacity`` is the workspace size for every sandbox.
+    """
+
+    def __init__(self, runtime: FakeRuntime, capacity: int = 10 * 1024 * 1024) -> None:
+        self.runtime = runtime
+        self.capacity = capacity
+        self.workspaces: dict[str, dict[str, bytes]] = {}
+        self.symlinks: set[str] = set()
+
+    def _workspace(self, container_id: str) -> dict[str, bytes]:
+        if container_id not in self.runtime.alive:
+            raise SandboxGoneError(f"{container_id} is gone")
+        return self.workspaces.setdefault(container_id, {})
+
+    def _check(self, path: str) -> None:
+        check_workspace_path(path)
+        if any(path == link or path.startswith(link + "/") for link in self.symlinks):
+            raise FilePathRefusedError("the path leads through a symlink")
+
+    def write_file(
+        self, container_id: str, path: str, chunks: Iterable[bytes], max_bytes: int
+    ) -> StoredFile:
+        workspace = self._workspace(container_id)
+        self._check(path)
+        data = b""
+        for chunk in chunks:
+            data += chunk
+            if len(data) > max_bytes:
+                raise FileTooLargeError(f"larger than {max_bytes} bytes")
+        used = sum(len(v) for k, v in workspace.items() if k != path)
+        if used + len(data) > self.capacity:
+            raise WorkspaceFullError("no space left on device")
+        workspace[path] = data
+        return StoredFile(path, len(data), hashlib.sha256(data).hexdigest())
+
+    def read_file(
+        self, container_id: str, path: str, sink: Callable[[bytes], object]
+    ) -> StoredFile:
+        self._check(path)
+        data = self._workspace(container_id).get(path)
+        if data is None:
+            raise WorkspaceFileNotFoundError("no such file")
+        sink(data)
+        return StoredFile(path, len(data), hashlib.sha256(data).hexdigest())
+
+    def list_files(self, container_id: str, prefix: str) -> WorkspaceListing:
+        workspace = self._workspace(container_id)
+        epoch = datetime(2026, 1, 1, tzinfo=UTC)
+        return WorkspaceListing(
+            tuple(
+                WorkspaceEntry(path, len(data), epoch)
+                for path, data in sorted(workspace.items())
+                if path.startswith(prefix)
+            ),
+            truncated=False,
+        )
+
+    def delete_file(self, container_id: str, path: str) -> None:
+        self._check(path)
+        if self._workspace(container_id).pop(path, None) is None:
+            raise WorkspaceFileNotFoundError("no such file")

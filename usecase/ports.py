@@ -6,7 +6,7 @@ purpose; an adapter that lets a library exception escape has a bug.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractContextManager
 from datetime import datetime
 from pathlib import Path
@@ -15,6 +15,7 @@ from uuid import UUID
 
 from domain.environment import ArtifactKind, BuiltEnvironment, Environment
 from domain.execution import ExecutionRequest, ExecutionResult, OutputChunk
+from domain.files import StoredFile, WorkspaceListing
 from domain.pool import PoolDefinition
 from domain.sandbox import ManagedSandbox, SandboxSession, SandboxStatus
 
@@ -130,6 +131,36 @@ class SandboxRuntime(Protocol):
     def list_managed(self) -> list[ManagedSandbox]:
         """Every object this service instance manages (found by its labels), alive or not."""
         ...
+
+
+class SandboxFileStore(Protocol):
+    """Files of a sandbox's workspace, through its agent (a port of its own: the runtime port's
+    shape is fixed by the contract). Paths are relative to the workspace; the agent resolves
+    them inside the sandbox without following symlinks.
+
+    Raises FilePathRefusedError (absolute, '..', through a symlink or a file),
+    WorkspaceFileNotFoundError, FileTooLargeError (past ``max_bytes``; nothing written),
+    WorkspaceFullError (nothing written), SandboxGoneError (the sandbox or its agent is gone).
+    """
+
+    def write_file(
+        self, container_id: str, path: str, chunks: Iterable[bytes], max_bytes: int
+    ) -> StoredFile:
+        """Write atomically (a temporary file renamed over the target), owned by the sandbox
+        user; the chunks are consumed once, as they come."""
+        ...
+
+    def read_file(
+        self, container_id: str, path: str, sink: Callable[[bytes], object]
+    ) -> StoredFile:
+        """Stream a regular file's content to ``sink`` in chunks."""
+        ...
+
+    def list_files(self, container_id: str, prefix: str) -> WorkspaceListing:
+        """Regular files whose path starts with ``prefix`` (bounded; truncation said)."""
+        ...
+
+    def delete_file(self, container_id: str, path: str) -> None: ...
 
 
 class EnvironmentStore(Protocol):

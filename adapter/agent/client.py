@@ -17,11 +17,28 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import asdict
+from datetime import UTC, datetime
 from typing import Any
 
-from domain.errors import SandboxGoneError
-from domain.execution import ExecutionRequest, ExecutionResult, OutputChunk, OutputStream
+from domain.errors import (
+    FilePathRefusedError,
+    FileTooLargeError,
+    SandboxGoneError,
+    SandboxServiceError,
+    WorkspaceFileNotFoundError,
+    WorkspaceFullError,
+)
+from domain.execution import (
+    ChangedFile,
+    ExecutionRequest,
+    ExecutionResult,
+    OutputChunk,
+    OutputStream,
+    RichOutput,
+)
+from domain.files import FILE_CHUNK_BYTES, StoredFile, WorkspaceEntry, WorkspaceListing
 
 # Time allowed past the code's own timeout: killing and restarting an interpreter, draining
 # output, a loaded host.
@@ -33,6 +50,21 @@ RECV_CHUNK = 65536
 _JSON_EXPANSION = 6
 # Room for a frame's own fields (id, type, flags, duration) around its data.
 _FRAME_OVERHEAD = 256
+FILE_TIMEOUT_S = 60.0
+# A download streams the whole file in frames: bounded, so that a hijacked agent cannot fill
+# the host's disk (workspaces are tmpfs of a few hundred MB; base64 adds a third).
+FILE_READ_BUDGET_BYTES = 2 * 1024 * 1024 * 1024
+# Rich outputs (8 MiB encoded), changed files (256 KiB encoded) and the rest of a result frame.
+RICH_FRAME_BYTES = 8 * 1024 * 1024 + 512 * 1024
+# A listing frame: the agent keeps its entries within 4 MiB encoded.
+LISTING_MAX_FRAME = 4 * 1024 * 1024 + 64 * 1024
+# The agent's refusals of a file operation, as the project's errors (the sandbox is fine).
+_FILE_ERRORS: dict[str, type[SandboxServiceError]] = {
+    "path_refused": FilePathRefusedError,
+    "not_found": WorkspaceFileNotFoundError,
+    "too_large": FileTooLargeError,
+    "workspace_full": WorkspaceFullError,
+}
 
 
 class AgentProtocolError(SandboxGoneError):
@@ -128,8 +160,11 @@ class AgentClient:
             request.timeout_s + self._margin_s,
             expect="result",
             on_output=on_output,
-            max_frame=_result_frame_bytes(max_output_bytes),
-            budget=execute_budget_bytes(max_output_bytes, stream=on_output is not None),
+            # Rich outputs and changed files are capped by the agent as encoded; streamed, the
+            # displays come once more in frames of their own.
+            max_frame=_result_frame_bytes(max_output_bytes) + RICH_FRAME_BYTES,
+            budget=execute_budget_bytes(max_output_bytes, stream=on_output is not None)
+            + 2 * RICH_FRAME_BYTES,
         )
         exit_code = frame.get("exit_code")
         if exit_code is not None and (
@@ -148,7 +183,95 @@ class AgentClient:
             stdout_truncated=_field(frame, "stdout_truncated", bool),
             stderr_truncated=_field(frame, "stderr_truncated", bool),
             state_lost=_field(frame, "state_lost", bool),
+            outputs=tuple(_rich_output(item) for item in frame.get("outputs") or ()),
+            outputs_truncated=frame.get("outputs_truncated") is True,
+            changed_files=tuple(_changed_file(item) for item in frame.get("changed_files") or ()),
+            changed_files_truncated=frame.get("changed_files_truncated") is True,
         )
+
+    # --- workspace files (frames described in the agent's docstring) ---------------------------
+
+    def write_file(self, path: str, chunks: Iterable[bytes], max_bytes: int) -> StoredFile:
+        """Write the chunks (each at most a few hundred KiB) to ``path``, atomically."""
+        begun = self._file_call({"op": "file_write_begin", "path": path, "max_bytes": max_bytes})
+        handle = _field(begun, "handle", str)
+        try:
+            for chunk in chunks:
+                for start in range(0, len(chunk), FILE_CHUNK_BYTES):
+                    piece = chunk[start : start + FILE_CHUNK_BYTES]
+                    data = base64.b64encode(piece).decode("ascii")
+                    self._file_call({"op": "file_write_chunk", "handle": handle, "data": data})
+        except BaseException:
+            if not self._closed:
+                with contextlib.suppress(SandboxServiceError):
+                    self._file_call({"op": "file_write_abort", "handle": handle})
+            raise
+        frame = self._file_call({"op": "file_write_end", "handle": handle})
+        return _stored(frame)
+
+    def read_file(self, path: str, sink: Callable[[bytes], object]) -> StoredFile:
+        """Stream the file's content to ``sink`` chunk by chunk; its size and digest after."""
+
+        def on_data(frame: dict[str, Any]) -> None:
+            try:
+                sink(base64.b64decode(_field(frame, "data", str), validate=True))
+            except ValueError as exc:
+                raise AgentProtocolError("agent sent invalid base64") from exc
+
+        return _stored(
+            self._file_call(
+                {"op": "file_read", "path": path}, on_data=on_data, budget=FILE_READ_BUDGET_BYTES
+            )
+        )
+
+    def list_files(self, prefix: str) -> WorkspaceListing:
+        frame = self._file_call(
+            {"op": "file_list", "prefix": prefix},
+            max_frame=LISTING_MAX_FRAME,
+            budget=LISTING_MAX_FRAME,
+        )
+        entries = []
+        for item in _field(frame, "entries", list):
+            if not isinstance(item, dict):
+                raise AgentProtocolError("agent sent a malformed listing entry")
+            mtime = item.get("mtime")
+            if not isinstance(mtime, int | float) or isinstance(mtime, bool):
+                raise AgentProtocolError("agent sent a listing entry without mtime")
+            entries.append(
+                WorkspaceEntry(
+                    path=_field(item, "path", str),
+                    size=_field(item, "size", int),
+                    modified_at=datetime.fromtimestamp(mtime, tz=UTC),
+                )
+            )
+        return WorkspaceListing(tuple(entries), _field(frame, "truncated", bool))
+
+    def delete_file(self, path: str) -> None:
+        self._file_call({"op": "file_delete", "path": path})
+
+    def _file_call(
+        self,
+        request: dict[str, Any],
+        on_data: Callable[[dict[str, Any]], None] | None = None,
+        max_frame: int = 1024 * 1024,
+        budget: int = 1024 * 1024,
+    ) -> dict[str, Any]:
+        frame = self._call(
+            request,
+            FILE_TIMEOUT_S,
+            expect="file_ok",
+            max_frame=max_frame,
+            budget=budget,
+            on_data=on_data,
+        )
+        error = frame.get("error")
+        if error is not None:
+            kind = _FILE_ERRORS.get(error) if isinstance(error, str) else None
+            if kind is None:
+                raise AgentProtocolError(f"agent sent an unknown file error {error!r}")
+            message = frame.get("message")
+            raise kind(message if isinstance(message, str) else error)
+        return frame
 
     def _call(
         self,
@@ -158,6 +281,7 @@ class AgentClient:
         on_output: Callable[[OutputChunk], None] | None = None,
         max_frame: int = CONTROL_BUDGET_BYTES,
         budget: int = CONTROL_BUDGET_BYTES,
+        on_data: Callable[[dict[str, Any]], None] | None = None,
     ) -> dict[str, Any]:
         with self._lock:
             if self._closed:
@@ -168,7 +292,7 @@ class AgentClient:
             try:
                 self._sock.settimeout(timeout_s)
                 self._sock.sendall((json.dumps({"id": request_id, **request}) + "\n").encode())
-                return self._answer(request_id, expect, on_output, exchange, frames_seen)
+                return self._answer(request_id, expect, on_output, exchange, frames_seen, on_data)
             except (SandboxGoneError, _ClosedError, OSError) as exc:
                 self.close()
                 gone = _as_gone(exc, answered=frames_seen[0] > 0, timeout_s=timeout_s)
@@ -183,6 +307,7 @@ class AgentClient:
         on_output: Callable[[OutputChunk], None] | None,
         exchange: _Exchange,
         frames_seen: list[int],
+        on_data: Callable[[dict[str, Any]], None] | None = None,
     ) -> dict[str, Any]:
         while True:
             frame = self._read_frame(request_id, exchange)
@@ -190,10 +315,18 @@ class AgentClient:
             kind = frame.get("type")
             if kind == expect:
                 return frame
+            if kind == "file_data" and on_data is not None:
+                on_data(frame)
+                continue
+            if kind == "display":
+                if on_output is not None:
+                    item = _rich_output(frame)
+                    on_output(OutputChunk(OutputStream.DISPLAY, json.dumps(asdict(item))))
+                continue
             if kind == "output":
                 if on_output is not None:
                     stream = _field(frame, "stream", str)
-                    if stream not in ("stdout", "stderr"):
+                    if stream not in ("stdout", "stderr"):  # display comes as its own frame
                         raise AgentProtocolError(f"unknown output stream {stream!r}")
                     on_output(OutputChunk(OutputStream(stream), _field(frame, "data", str)))
                 continue
@@ -275,6 +408,29 @@ def _as_gone(exc: Exception, answered: bool, timeout_s: float) -> SandboxGoneErr
     if closed and not answered:
         return AgentUnansweredError(f"the agent connection closed before an answer: {exc}")
     return SandboxGoneError(f"the agent connection failed: {exc}")
+
+
+def _changed_file(item: object) -> ChangedFile:
+    if not isinstance(item, dict):
+        raise AgentProtocolError("agent sent a malformed changed file")
+    size = _field(item, "size", int)
+    return ChangedFile(_field(item, "path", str), size)
+
+
+def _rich_output(item: object) -> RichOutput:
+    if not isinstance(item, dict):
+        raise AgentProtocolError("agent sent a malformed rich output")
+    encoding = _field(item, "encoding", str)
+    if encoding not in ("utf-8", "base64"):
+        raise AgentProtocolError(f"agent sent an unknown encoding {encoding!r}")
+    return RichOutput(_field(item, "mime_type", str), _field(item, "data", str), encoding)
+
+
+def _stored(frame: dict[str, Any]) -> StoredFile:
+    size = _field(frame, "size", int)
+    if isinstance(size, bool) or size < 0:
+        raise AgentProtocolError("agent sent a bad size")
+    return StoredFile(_field(frame, "path", str), size, _field(frame, "sha256", str))
 
 
 def _field(frame: dict[str, Any], name: str, kind: type) -> Any:

@@ -20,11 +20,11 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID
 
 import docker
@@ -56,6 +56,7 @@ __all__ = [
     "DockerSandboxConfig",
     "DockerSandboxRuntime",
 ]
+T = TypeVar("T")
 
 LABEL_SESSION = "sandboxd.session_id"
 LABEL_CHAT = "sandboxd.chat_id"
@@ -245,6 +246,15 @@ class DockerSandboxRuntime:
                 self._drop_agent(container_id, agent)
                 raise
         raise AssertionError("unreachable")
+
+    def with_agent(self, container_id: str, action: Callable[[AgentClient], T]) -> T:
+        """Lend the sandbox's agent connection (files); dropped when the agent is gone."""
+        agent = self._agent_for(container_id)
+        try:
+            return action(agent)
+        except SandboxGoneError:
+            self._drop_agent(container_id, agent)
+            raise
 
     def _agent_for(self, container_id: str) -> AgentClient:
         with self._agents_lock:

@@ -87,15 +87,17 @@ class AgentConnections:
                 vm.drop_client()
                 raise
 
-    def call(self, vm_id: str, operation: Callable[[AgentClient], T]) -> T:
-        """Run one agent operation (not an execution) on the VM's connection, under its lock."""
+    def with_agent(self, vm_id: str, action: Callable[[AgentClient], T]) -> T:
+        """Lend the VM's agent connection for one operation that is not an execution (files,
+        ping, reseed), under the VM's lock."""
         vm = self._get_or_adopt(vm_id)
+        self._start_handover()
         with vm.lock:
             if vm.client is None:
                 vm.client = _connect_agent(vm.dir)
                 vm.connected_at = time.time()
             try:
-                return operation(vm.client)
+                return action(vm.client)
             except SandboxGoneError:
                 vm.drop_client()
                 raise

@@ -26,8 +26,10 @@ from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
+from typing import TypeVar
 from uuid import UUID
 
+from adapter.agent.client import AgentClient
 from adapter.image.rootfs import RootfsBuildError, build_rootfs, rootfs_hash
 from adapter.qemu.accel import AcceleratorChoice, choose_accelerator, host_tsc_khz, qemu_version
 from adapter.qemu.config import QemuSandboxConfig
@@ -44,6 +46,8 @@ from domain.errors import EnvironmentBuildError, RuntimeUnavailableError, Sandbo
 from domain.execution import ExecutionRequest, ExecutionResult
 from domain.sandbox import ManagedSandbox, SandboxSession, SandboxStatus
 from usecase.ports import Logger, OutputSink
+
+T = TypeVar("T")
 
 RUNTIME_KIND = "qemu"
 _MODULE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*")
@@ -152,6 +156,12 @@ class QemuSandboxRuntime:
             container_id, request, self._config.max_output_bytes, on_output
         )
 
+    def with_agent(self, container_id: str, action: Callable[[AgentClient], T]) -> T:
+        """Lend the VM's agent connection (files, see adapter.agent.files)."""
+        if not VM_ID_PATTERN.match(container_id):
+            raise SandboxGoneError(f"no microVM {container_id!r}")
+        return self._connections.with_agent(container_id, action)
+
     def is_alive(self, container_id: str) -> bool:
         if not VM_ID_PATTERN.match(container_id):
             return False
@@ -175,14 +185,14 @@ class QemuSandboxRuntime:
         except OSError as exc:
             raise RuntimeUnavailableError(f"cannot rebind {session.container_id}: {exc}") from exc
         entropy = secrets.token_bytes(64)
-        self._connections.call(
+        self._connections.with_agent(
             session.container_id, lambda agent: agent.reseed(entropy, now=time.time())
         )
 
     def ping(self, container_id: str, timeout_s: float) -> bool:
         """SandboxHealthProbe: True when the VM's agent answers within ``timeout_s``."""
         try:
-            self._connections.call(container_id, lambda agent: agent.ping(timeout_s))
+            self._connections.with_agent(container_id, lambda agent: agent.ping(timeout_s))
         except (SandboxGoneError, RuntimeUnavailableError, OSError):
             return False
         return True

@@ -65,13 +65,16 @@ class OutputRelay:
         with self._lock:
             if self._overflowed or not chunk.data:
                 return
-            self._buffered += len(chunk.data)
+            display = chunk.stream is OutputStream.DISPLAY
+            # Rich outputs are bounded by the agent (count and total size): not counted here,
+            # never merged or split.
+            self._buffered += 0 if display else len(chunk.data)
             if self._buffered > self._max_buffered:
                 self._overflowed = True
                 self._runs.clear()
                 self._buffered = 0
                 self._loop.call_soon_threadsafe(self.dropped.set)
-            elif self._runs and self._runs[-1][0] is chunk.stream:
+            elif not display and self._runs and self._runs[-1][0] is chunk.stream:
                 self._runs[-1][1].append(chunk.data)
             else:
                 self._runs.append((chunk.stream, [chunk.data]))
@@ -120,8 +123,11 @@ class OutputRelay:
             self._last_take = time.monotonic()
 
     def _frames(self, runs: list[tuple[OutputStream, list[str]]]) -> list[OutputChunk]:
-        frames = []
+        frames: list[OutputChunk] = []
         for stream, parts in runs:
+            if stream is OutputStream.DISPLAY:
+                frames.extend(OutputChunk(stream, part) for part in parts)
+                continue
             data = "".join(parts)
             for start in range(0, len(data), self._max_frame):
                 frames.append(OutputChunk(stream, data[start : start + self._max_frame]))

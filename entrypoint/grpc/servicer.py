@@ -6,6 +6,7 @@ call returns it in its trailing metadata, and the log holds the detail under it.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any, NoReturn, TypeVar
@@ -15,8 +16,10 @@ from grpc.aio import ServicerContext as Ctx
 
 from domain.execution import ExecutionResult, OutputChunk, OutputStream
 from domain.sandbox import SandboxSession, parse_chat_id
+from entrypoint.application.files_api import FilesApi
 from entrypoint.application.sandbox_api import SandboxApi
 from entrypoint.errors import error_row, is_generic, log_error_detail, public_message
+from entrypoint.grpc.file_service import FileRpcs
 from entrypoint.grpc.generated import sandboxd_pb2 as pb
 from entrypoint.grpc.generated import sandboxd_pb2_grpc as pb_grpc
 from entrypoint.grpc.interceptor import ERROR_CODE_METADATA_KEY, metadata_value
@@ -34,14 +37,16 @@ REQUEST_ID_METADATA_KEY = "x-request-id"
 _STREAMS = {OutputStream.STDOUT: pb.OutputChunk.STDOUT, OutputStream.STDERR: pb.OutputChunk.STDERR}
 
 
-class SandboxServicer(pb_grpc.SandboxServiceServicer):
+class SandboxServicer(FileRpcs, pb_grpc.SandboxServiceServicer):
     def __init__(
         self,
         api: SandboxApi,
         metrics: ServiceMetrics,
         logger: Logger,
+        files_api: FilesApi | None = None,
     ) -> None:
         self._api = api
+        self._files_api = files_api
         self._metrics = metrics
         self._logger = logger
 
@@ -70,7 +75,9 @@ class SandboxServicer(pb_grpc.SandboxServiceServicer):
             )
             try:
                 async for event in stream:
-                    if isinstance(event, OutputChunk):
+                    if isinstance(event, OutputChunk) and event.stream is OutputStream.DISPLAY:
+                        message = pb.ExecuteEvent(display=pb.RichOutput(**json.loads(event.data)))
+                    elif isinstance(event, OutputChunk):
                         message = pb.ExecuteEvent(
                             output=pb.OutputChunk(stream=_STREAMS[event.stream], data=event.data)
                         )
@@ -184,6 +191,13 @@ def result_message(result: ExecutionResult) -> Any:
         stderr_truncated=result.stderr_truncated,
         sandbox_replaced=result.sandbox_replaced,
         state_lost=result.state_lost,
+        outputs=[
+            pb.RichOutput(mime_type=o.mime_type, data=o.data, encoding=o.encoding)
+            for o in result.outputs
+        ],
+        outputs_truncated=result.outputs_truncated,
+        changed_files=[pb.ChangedFile(path=f.path, size=f.size) for f in result.changed_files],
+        changed_files_truncated=result.changed_files_truncated,
     )
 
 

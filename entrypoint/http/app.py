@@ -6,10 +6,12 @@ from collections.abc import Callable
 
 from fastapi import FastAPI
 
+from entrypoint.application.files_api import FilesApi
 from entrypoint.application.sandbox_api import SandboxApi
 from entrypoint.auth import ApiKeyAuthenticator
 from entrypoint.http.docs import mount_docs
 from entrypoint.http.errors import install_error_handlers
+from entrypoint.http.file_routes import files
 from entrypoint.http.middleware import RequestContextMiddleware
 from entrypoint.http.pools import pools_router
 from entrypoint.http.routes import health, protected, require_api_key, v1
@@ -40,6 +42,7 @@ def create_app(
     access_logger: Logger,
     max_code_bytes: int,
     pools: Callable[[], ManagePools] | None = None,
+    files_api: FilesApi | None = None,
 ) -> FastAPI:
     # FastAPI's own /docs and /redoc load their assets from a CDN; mount_docs serves them itself.
     app = FastAPI(
@@ -51,6 +54,7 @@ def create_app(
     )
     mount_docs(app)
     app.state.api = api
+    app.state.files_api = files_api
     app.state.authenticator = authenticator
     app.state.metrics = metrics
     app.state.logger = logger
@@ -60,6 +64,7 @@ def create_app(
         # (and unit tests) never touch.
         app.state.pools = pools
         app.include_router(pools_router(require_api_key))
+    app.include_router(files)
     app.include_router(health)
     app.include_router(protected)
     install_error_handlers(app, metrics, logger)

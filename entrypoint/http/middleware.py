@@ -80,10 +80,12 @@ class RequestContextMiddleware:
                 unread = has_body and not await _drain(receive, _DRAIN_LIMIT)
                 await _reject(send_with_id, 401, "unauthenticated", refusal, request_id, unread)
                 return
-            if self._too_large(headers):
+            # File uploads are streamed by their handler, which enforces the file size limit.
+            streamed = is_streamed_upload(scope)
+            if not streamed and self._too_large(headers):
                 await self._reject_too_large(send_with_id, request_id)
                 return
-            if has_body:
+            if has_body and not streamed:
                 body = await self._read_body(receive)
                 if body is None:
                     await self._reject_too_large(send_with_id, request_id)
@@ -154,6 +156,12 @@ def _headers(scope: Scope) -> dict[str, str]:
 def is_protected(path: str) -> bool:
     """Whether a path needs an API key (a unit test holds this to the routers' dependencies)."""
     return path.startswith(_PROTECTED_PREFIXES) or path in _PROTECTED_PATHS
+
+
+def is_streamed_upload(scope: Scope) -> bool:
+    """A file upload (PUT /v1/chats/{id}/files/...): its body goes to the sandbox in chunks."""
+    path: str = scope.get("path", "")
+    return scope.get("method") == "PUT" and path.startswith("/v1/chats/") and "/files/" in path
 
 
 def _has_body(headers: dict[str, str]) -> bool:

@@ -14,7 +14,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.types import Receive, Scope, Send
 
 from domain.errors import InvalidInputError
-from domain.execution import OutputChunk
+from domain.execution import OutputChunk, OutputStream
 from domain.sandbox import SandboxStatus, parse_chat_id
 from entrypoint.application.sandbox_api import SandboxApi
 from entrypoint.application.streaming import ExecutionStream, StreamEvent
@@ -271,6 +271,8 @@ class _EventStreamResponse(Response):
 
 
 def _sse(event: StreamEvent) -> bytes:
+    if isinstance(event, OutputChunk) and event.stream is OutputStream.DISPLAY:
+        return _frame("display", json.loads(event.data))
     if isinstance(event, OutputChunk):
         return _frame(event.stream.value, {"data": event.data})
     return _frame("result", execution_json(event))

@@ -63,6 +63,17 @@ class SandboxView(BaseModel):
     )
 
 
+class ChangedFileView(BaseModel):
+    path: str
+    size: int
+
+
+class RichOutputView(BaseModel):
+    mime_type: str = Field(description="text/plain, text/html, image/png, image/svg+xml, ...")
+    data: str
+    encoding: str = Field(description='"base64" for binary types (image/png), else "utf-8".')
+
+
 class ExecutionView(BaseModel):
     stdout: str
     stderr: str
@@ -73,6 +84,14 @@ class ExecutionView(BaseModel):
     stderr_truncated: bool
     sandbox_replaced: bool = Field(description="The chat's sandbox was dead and was replaced.")
     state_lost: bool = Field(description="Variables and files of earlier messages are gone.")
+    outputs: list[RichOutputView] = Field(
+        default_factory=list, description="Rich outputs (last expression, figures) in order."
+    )
+    outputs_truncated: bool = Field(default=False, description="Some rich outputs were dropped.")
+    changed_files: list[ChangedFileView] = Field(
+        default_factory=list, description="Workspace files the code created or changed."
+    )
+    changed_files_truncated: bool = False
     session: SandboxView
 
 
@@ -113,6 +132,13 @@ def result_json(result: ExecutionResult) -> dict[str, Any]:
         "stderr_truncated": result.stderr_truncated,
         "sandbox_replaced": result.sandbox_replaced,
         "state_lost": result.state_lost,
+        "outputs": [
+            {"mime_type": o.mime_type, "data": o.data, "encoding": o.encoding}
+            for o in result.outputs
+        ],
+        "outputs_truncated": result.outputs_truncated,
+        "changed_files": [{"path": f.path, "size": f.size} for f in result.changed_files],
+        "changed_files_truncated": result.changed_files_truncated,
     }
 
 

@@ -22,6 +22,21 @@ can take turns without waiting for each other to disconnect.
             "stdout_truncated", "stderr_truncated", "state_lost"}
     {"id", "op": "reseed", "entropy": base64[, "now": host unix time]}
         -> {"id", "type": "reseeded", "ok"}  ("now", optional: set the clock, when root)
+    Workspace files (paths relative to --workdir, resolved component by component with
+    O_NOFOLLOW from the workspace's directory fd, so symlinks planted by user code never lead out;
+    data is base64 in chunks of at most FILE_CHUNK_MAX bytes):
+    {"id", "op": "file_write_begin", "path", "max_bytes"} -> {"id", "type": "file_ok", "handle"}
+    {"id", "op": "file_write_chunk", "handle", "data"} -> {"id", "type": "file_ok"}
+    {"id", "op": "file_write_end", "handle"} -> {"id", "type": "file_ok", "path", "size", "sha256"}
+        (a temporary file in the target's directory, renamed over the target at the end)
+    {"id", "op": "file_write_abort", "handle"} -> {"id", "type": "file_ok"}
+    {"id", "op": "file_read", "path"} -> {"id", "type": "file_data", "data"}*
+        -> {"id", "type": "file_ok", "path", "size", "sha256"}
+    {"id", "op": "file_list", "prefix"} -> {"id", "type": "file_ok", "entries": [{"path",
+        "size", "mtime"}], "truncated"}
+    {"id", "op": "file_delete", "path"} -> {"id", "type": "file_ok"}
+    a refused file operation -> {"id", "type": "file_ok", "error": path_refused | not_found |
+        too_large | workspace_full, "message"}
     anything malformed -> {"id", "type": "error", "code", "message"}
 
 Interpreters: one long-lived process per language (python starts with the agent; node and bash on
@@ -65,6 +80,7 @@ import select
 import selectors
 import signal
 import socket
+import stat
 import struct
 import subprocess
 import sys
@@ -92,7 +108,7 @@ PR_SET_NO_NEW_PRIVS = 38
 # stopped members when one member exits, though the group is a session of its own (Linux does not);
 # the sweep stops, then kills, user code's processes, which share the interpreter's group.
 PYTHON_RUNNER = r"""
-import builtins, json, linecache, os, signal, sys, traceback, types
+import ast, base64, builtins, json, linecache, os, signal, sys, traceback, types
 def _sandboxd_preload(names):
     import contextlib, importlib, io
     quiet = io.StringIO()
@@ -102,6 +118,102 @@ def _sandboxd_preload(names):
                 importlib.import_module(name)
         except BaseException:
             pass
+_SANDBOXD_TEXT_CAP = 64 * 1024
+_SANDBOXD_OUTPUT_CAP = 8 * 1024 * 1024
+_SANDBOXD_OWN = ("_sandboxd_runner", "_sandboxd_run_cell")
+def _sandboxd_rich(done_fd, ctl):
+    # Rich outputs go to the agent on the done pipe, never through stdout: printing cannot forge
+    # them. Each waits for the agent's ack (an empty line on the control pipe), so output printed
+    # after it cannot overtake it. Returns display(obj) and the hook run after each cell.
+    def emit(bundle):
+        # Anything past the agent's total cap would be dropped there anyway: not sent at all.
+        for mime, data in list(bundle.items()):
+            if len(data) > _SANDBOXD_OUTPUT_CAP:
+                del bundle[mime]
+                bundle["truncated"] = True
+        if bundle:
+            os.write(done_fd, (json.dumps({"display": bundle}) + "\n").encode())
+            ctl.readline()
+    def figure_bundle(fig):
+        import io
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", bbox_inches="tight")
+        return {"image/png": base64.b64encode(buf.getvalue()).decode("ascii")}
+    def bundle_of(obj):
+        if type(obj).__module__.startswith("matplotlib") and hasattr(obj, "savefig"):
+            return figure_bundle(obj)
+        bundle = {}
+        for mime, method in (("image/png", "_repr_png_"), ("image/svg+xml", "_repr_svg_"),
+                             ("text/html", "_repr_html_"), ("text/markdown", "_repr_markdown_")):
+            fn = getattr(obj, method, None)
+            if fn is None or isinstance(obj, type):
+                continue
+            try:
+                value = fn()
+            except Exception:
+                continue
+            if isinstance(value, bytes) and mime == "image/png":
+                bundle[mime] = base64.b64encode(value).decode("ascii")
+            elif isinstance(value, str):
+                bundle[mime] = value
+        try:
+            text = repr(obj)
+        except Exception as exc:
+            text = "<repr failed: %r>" % (exc,)
+        if len(text) > _SANDBOXD_TEXT_CAP:
+            text = text[:_SANDBOXD_TEXT_CAP] + "..."
+        bundle["text/plain"] = text
+        return bundle
+    def display(*objs):
+        for obj in objs:
+            emit(bundle_of(obj))
+    def flush_figures():
+        plt = sys.modules.get("matplotlib.pyplot")
+        if plt is None:
+            return
+        for num in plt.get_fignums():
+            emit(figure_bundle(plt.figure(num)))
+        plt.close("all")
+    def patch_pyplot(module):
+        def show(*args, **kwargs):
+            flush_figures()
+        module.show = show
+    class PyplotHook:
+        # Wraps the loading of matplotlib.pyplot so that its show() shows into the result.
+        def find_spec(self, name, path=None, target=None):
+            if name != "matplotlib.pyplot":
+                return None
+            sys.meta_path.remove(self)
+            try:
+                import importlib.util
+                spec = importlib.util.find_spec(name)
+            finally:
+                sys.meta_path.insert(0, self)
+            if spec is None or spec.loader is None:
+                return spec
+            loader = spec.loader
+            original = loader.exec_module
+            def exec_module(module):
+                original(module)
+                patch_pyplot(module)
+            loader.exec_module = exec_module
+            return spec
+    sys.meta_path.insert(0, PyplotHook())
+    if "matplotlib.pyplot" in sys.modules:
+        patch_pyplot(sys.modules["matplotlib.pyplot"])
+    return display, flush_figures
+def _sandboxd_run_cell(source, name, ns, display):
+    # Like a notebook: the value of a last expression statement is displayed.
+    tree = ast.parse(source, name, "exec")
+    last = None
+    if tree.body and isinstance(tree.body[-1], ast.Expr):
+        last = ast.Expression(tree.body.pop().value)
+    exec(compile(tree, name, "exec"), ns)
+    if last is not None:
+        value = eval(compile(last, name, "eval"), ns)
+        if value is not None:
+            builtins._ = value
+            display(value)
 def _sandboxd_runner(ctl_fd, done_fd, preload):
     signal.signal(signal.SIGHUP, lambda signum, frame: None)
     try:
@@ -113,6 +225,8 @@ def _sandboxd_runner(ctl_fd, done_fd, preload):
         os.set_inheritable(fd, False)
     _sandboxd_preload(preload)
     ctl = os.fdopen(ctl_fd, "rb")
+    display, flush_figures = _sandboxd_rich(done_fd, ctl)
+    builtins.display = display
     main = types.ModuleType("__main__")
     main.__builtins__ = builtins
     sys.modules["__main__"] = main
@@ -134,7 +248,7 @@ def _sandboxd_runner(ctl_fd, done_fd, preload):
             source = request["code"]
             linecache.cache[name] = (len(source), None, source.splitlines(True), name)
             try:
-                exec(compile(source, name, "exec"), ns)
+                _sandboxd_run_cell(source, name, ns, display)
             except SystemExit as exc:
                 if exc.code is None:
                     status = 0
@@ -145,8 +259,15 @@ def _sandboxd_runner(ctl_fd, done_fd, preload):
                     status = 1
             except BaseException:
                 kind, value, tb = sys.exc_info()
-                traceback.print_exception(kind, value, tb.tb_next)
+                while tb is not None and (tb.tb_frame.f_code.co_name in _SANDBOXD_OWN
+                                          or tb.tb_frame.f_code.co_filename == ast.__file__):
+                    tb = tb.tb_next
+                traceback.print_exception(kind, value, tb)
                 status = 1
+            try:
+                flush_figures()
+            except Exception:
+                traceback.print_exc()
         for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
             try:
                 stream.flush()
@@ -170,6 +291,12 @@ process.on('unhandledRejection', report);
 process.on('SIGHUP', () => {});
 try { fs.writeFileSync('/proc/self/oom_score_adj', '1000'); } catch (_) {}
 const finish = (code) => fs.writeSync(doneFd, JSON.stringify({ exit_code: code }) + '\n');
+// Like node's REPL: the completion value of the code is shown, as a rich output on the done pipe.
+const show = (value) => {
+  let text = require('util').inspect(value);
+  if (text.length > 65536) text = text.slice(0, 65536) + '...';
+  fs.writeSync(doneFd, JSON.stringify({ display: { 'text/plain': text } }) + '\n');
+};
 let cell = 0;
 async function run(request) {
   let code = 0;
@@ -184,8 +311,11 @@ async function run(request) {
         // Top-level await is not valid in a script; run such code as an async function body.
         if (!(e instanceof SyntaxError) || !/await/.test(request.code)) throw e;
         value = vm.runInThisContext('(async () => {\n' + request.code + '\n})()', { filename });
+        await value;
+        value = undefined;
       }
-      if (value && typeof value.then === 'function') await value;
+      if (value && typeof value.then === 'function') value = await value;
+      if (value !== undefined) show(value);
     } catch (e) {
       report(e);
       code = 1;
@@ -200,8 +330,10 @@ input.on('data', (chunk) => {
   buffer += chunk;
   let newline;
   while ((newline = buffer.indexOf('\n')) >= 0) {
-    const request = JSON.parse(buffer.slice(0, newline));
+    const line = buffer.slice(0, newline);
     buffer = buffer.slice(newline + 1);
+    if (!line) continue; // the agent's ack of a rich output
+    const request = JSON.parse(line);
     chain = chain.then(() => run(request));
   }
 });
@@ -337,6 +469,46 @@ def _cut_to_char_boundary(data: bytes) -> bytes:
     return data
 
 
+RICH_MIME_TYPES = ("image/png", "image/svg+xml", "text/html", "text/markdown", "text/plain")
+BINARY_MIME_TYPES = ("image/png",)
+MAX_OUTPUTS = 32
+MAX_OUTPUTS_BYTES = 8 * 1024 * 1024
+
+
+class RichOutputs:
+    """Rich outputs of one execution (displayed values, figures), in order, capped in number
+    and total size; what does not fit is dropped and ``truncated`` says so."""
+
+    def __init__(self, live: Callable[[dict[str, Any]], None] | None) -> None:
+        self.items: list[dict[str, Any]] = []
+        self.truncated = False
+        self._size = 0
+        self._live = live
+
+    def add(self, bundle: object) -> None:
+        if not isinstance(bundle, dict):
+            return
+        if bundle.get("truncated"):
+            self.truncated = True
+        for mime in RICH_MIME_TYPES:
+            data = bundle.get(mime)
+            if not isinstance(data, str):
+                continue
+            # Counted as encoded in the result frame (JSON escaping may grow text 6x), so the
+            # host can bound the frame.
+            cost = len(json.dumps(data, ensure_ascii=False).encode("utf-8", "surrogatepass"))
+            if len(self.items) >= MAX_OUTPUTS or self._size + cost > MAX_OUTPUTS_BYTES:
+                self.truncated = True
+                continue
+            self._size += cost
+            encoding = "base64" if mime in BINARY_MIME_TYPES else "utf-8"
+            item = {"mime_type": mime, "data": data, "encoding": encoding}
+            self.items.append(item)
+            if self._live is not None:
+                with contextlib.suppress(HostGoneError):
+                    self._live(item)
+
+
 class Interpreter:
     """One long-lived interpreter process for one language."""
 
@@ -467,7 +639,12 @@ class Interpreter:
 
     # One select loop over the four pipes keeps the agent single-threaded per execution.
     def run(  # noqa: PLR0912
-        self, payload: bytes, deadline: float, stdout: OutputBuffer, stderr: OutputBuffer
+        self,
+        payload: bytes,
+        deadline: float,
+        stdout: OutputBuffer,
+        stderr: OutputBuffer,
+        on_display: Callable[[object], None] | None = None,
     ) -> tuple[str, int | None]:
         """Feed one request and collect its output; returns ("done", code) / ("died", code) /
         ("timeout", None)."""
@@ -509,14 +686,11 @@ class Interpreter:
                     elif fd == self.done_r:
                         data = _read(fd)
                         if data:
-                            done_data += data
-                            if b"\n" in done_data:
-                                line = done_data.split(b"\n", 1)[0]
-                                # Whatever the code left running dies before its output is
-                                # read to the end: nothing writes into the pipes any more.
-                                self._agent.sweep()
-                                self._drain(buffers)
-                                return "done", int(json.loads(line)["exit_code"])
+                            done_data, code = self._done_lines(
+                                done_data + data, buffers, on_display
+                            )
+                            if code is not None:
+                                return "done", code
                         elif data is not None:
                             return self._died(buffers)
                     elif fd == self._wake_r:
@@ -525,6 +699,33 @@ class Interpreter:
                             return self._died(buffers)
         finally:
             selector.close()
+
+    def _done_lines(
+        self,
+        done_data: bytes,
+        buffers: dict[int, OutputBuffer],
+        on_display: Callable[[object], None] | None,
+    ) -> tuple[bytes, int | None]:
+        """Handle the complete lines on the done pipe: rich outputs (which come only on this
+        pipe, never from stdout, so printing cannot forge one) and the end of the execution."""
+        while b"\n" in done_data:
+            line, done_data = done_data.split(b"\n", 1)
+            message = json.loads(line)
+            if "display" in message:
+                # Output printed before the display comes before it in a stream.
+                self._drain(buffers)
+                if on_display is not None:
+                    on_display(message["display"])
+                # The runner waits for this before it goes on (the pipe has room for it).
+                with contextlib.suppress(OSError):
+                    os.write(self.ctl_w, b"\n")
+                continue
+            # Whatever the code left running dies before its output is read to the end:
+            # nothing writes into the pipes any more.
+            self._agent.sweep()
+            self._drain(buffers)
+            return done_data, int(message["exit_code"])
+        return done_data, None
 
     def _died(self, buffers: dict[int, OutputBuffer]) -> tuple[str, int | None]:
         status = self.wait_exit(KILL_GRACE_S)
@@ -791,11 +992,16 @@ class Agent:
             "PYTHONIOENCODING": "utf-8",
             "NODE_DISABLE_COLORS": "1",
             "NO_COLOR": "1",
+            # Figures render off-screen into the result.
+            "MPLBACKEND": "Agg",
         }
+        # matplotlib's caches (prebuilt font cache) stay out of the workspace, whose changes
+        # each result lists.
         self.child_env.update(_cache_dirs(self.user_uid, self.user_gid))
         # PID 1 with interpreters under a uid of their own: the whole sandbox is ours to sweep.
         self._sweep_uid = self.user_uid if os.getpid() == 1 else None
         _become_subreaper()
+        self.files = WorkspaceFiles(self.workdir, self.user_uid, self.user_gid)
         self.reaper = Reaper()
         self.interpreters = {language: Interpreter(language, self) for language in LANGUAGES}
         try:
@@ -825,6 +1031,8 @@ class Agent:
                 self._execute(request_id, frame, send)
             elif op == "reseed":
                 send({"id": request_id, "type": "reseeded", "ok": self._reseed(frame)})
+            elif isinstance(op, str) and op in FILE_OPS:
+                self.files.handle(request_id, op, frame, send)
             else:
                 raise BadRequestError("unknown_op", f"unknown op {op!r}")
         except BadRequestError as exc:
@@ -851,9 +1059,15 @@ class Agent:
                     host_gone = True
 
         live_sink = sink if frame.get("stream") else None
+        outputs = RichOutputs(
+            (lambda item: send({"id": request_id, "type": "display", **item}))
+            if frame.get("stream")
+            else None
+        )
         stdout = OutputBuffer("stdout", limit, live_sink)
         stderr = OutputBuffer("stderr", limit, live_sink)
         started = time.monotonic()
+        before = self.files.snapshot()
         interpreter = self.interpreters[language]
         outcome: str
         exit_code: int | None
@@ -865,9 +1079,10 @@ class Agent:
             outcome, exit_code = "done", 127
         else:
             outcome, exit_code = interpreter.run(
-                interpreter.encode("run", code), started + timeout_s, stdout, stderr
+                interpreter.encode("run", code), started + timeout_s, stdout, stderr, outputs.add
             )
         state_lost = self._settle(interpreter, outcome)
+        changed, changed_truncated = self.files.changed_since(before)
         send(
             {
                 "id": request_id,
@@ -880,6 +1095,10 @@ class Agent:
                 "stdout_truncated": stdout.truncated,
                 "stderr_truncated": stderr.truncated,
                 "state_lost": state_lost,
+                "outputs": outputs.items,
+                "outputs_truncated": outputs.truncated,
+                "changed_files": changed,
+                "changed_files_truncated": changed_truncated,
             }
         )
         if state_lost and language == "python":
@@ -999,6 +1218,340 @@ def _add_kernel_entropy(entropy: bytes) -> bool:
     except OSError:
         return False
     return False
+
+
+# --- workspace files --------------------------------------------------------------------------
+
+FILE_OPS = (
+    "file_write_begin",
+    "file_write_chunk",
+    "file_write_end",
+    "file_write_abort",
+    "file_read",
+    "file_list",
+    "file_delete",
+)
+FILE_CHUNK_MAX = 256 * 1024
+LIST_MAX_ENTRIES = 5000
+LIST_MAX_SCANNED = 50000
+# Changed files of an execution: a scan before and after, bounded on both counts.
+CHANGED_MAX_SCANNED = 10000
+CHANGED_MAX_REPORTED = 100
+# Encoded bytes of a listing / of the changed files in a result (the host's frame caps).
+LIST_MAX_BYTES = 4 * 1024 * 1024
+CHANGED_MAX_BYTES = 256 * 1024
+UPLOAD_PREFIX = ".sandboxd-upload-"
+# 0 here would make every test of symlinks planted by user code fail: that is the point.
+NOFOLLOW = os.O_NOFOLLOW
+
+
+class FileRefusedError(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class PendingWrite:
+    def __init__(self, dir_fd: int, name: str, temp: str, fd: int, path: str, limit: int):
+        self.dir_fd, self.name, self.temp, self.fd = dir_fd, name, temp, fd
+        self.path, self.limit = path, limit
+        self.size = 0
+        import hashlib
+
+        self.digest = hashlib.sha256()
+
+
+class WorkspaceFiles:
+    """File operations confined to the workspace: nothing outside it is opened or created."""
+
+    def __init__(self, root: str, uid: int | None, gid: int | None) -> None:
+        self.root = root
+        self.uid, self.gid = uid, gid
+        self.pending: dict[str, PendingWrite] = {}
+
+    def handle(self, request_id: object, op: str, frame: dict[str, Any], send: Send) -> None:
+        try:
+            answer = getattr(self, op)(request_id, frame, send)
+        except FileRefusedError as exc:
+            answer = {"error": exc.code, "message": str(exc)}
+        except OSError as exc:
+            code = "workspace_full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "not_found"
+            answer = {"error": code, "message": os.strerror(exc.errno or 0)}
+        send({"id": request_id, "type": "file_ok", **answer})
+
+    # Each operation returns the fields of its file_ok answer.
+
+    def file_write_begin(self, _id: object, frame: dict[str, Any], _send: Send) -> dict[str, Any]:
+        path = _file_path(frame.get("path"))
+        limit = frame.get("max_bytes")
+        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
+            raise BadRequestError("bad_request", "max_bytes must be a non-negative integer")
+        for handle in list(self.pending):
+            self._abort(handle)  # one upload at a time: an old one was abandoned by its host
+        dir_fd, name = self._parent(path, create=True)
+        try:
+            temp = UPLOAD_PREFIX + os.urandom(8).hex()
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | NOFOLLOW | os.O_CLOEXEC
+            fd = os.open(temp, flags, 0o644, dir_fd=dir_fd)
+            self._own(fd)
+        except BaseException:
+            os.close(dir_fd)
+            raise
+        handle = os.urandom(8).hex()
+        self.pending[handle] = PendingWrite(dir_fd, name, temp, fd, path, limit)
+        return {"handle": handle}
+
+    def file_write_chunk(self, _id: object, frame: dict[str, Any], _send: Send) -> dict[str, Any]:
+        pending, handle = self._pending(frame)
+        try:
+            data = base64.b64decode(frame.get("data") or "", validate=True)
+        except (ValueError, TypeError) as exc:
+            self._abort(handle)
+            raise BadRequestError("bad_request", "data must be base64") from exc
+        if len(data) > FILE_CHUNK_MAX:
+            self._abort(handle)
+            raise BadRequestError("bad_request", "chunk too large")
+        if pending.size + len(data) > pending.limit:
+            self._abort(handle)
+            raise FileRefusedError("too_large", f"the file is larger than {pending.limit} bytes")
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(pending.fd, view) :]
+        except OSError:
+            self._abort(handle)
+            raise
+        pending.size += len(data)
+        pending.digest.update(data)
+        return {}
+
+    def file_write_end(self, _id: object, frame: dict[str, Any], _send: Send) -> dict[str, Any]:
+        pending, handle = self._pending(frame)
+        try:
+            os.rename(
+                pending.temp, pending.name, src_dir_fd=pending.dir_fd, dst_dir_fd=pending.dir_fd
+            )
+        except IsADirectoryError as exc:
+            self._abort(handle)
+            raise FileRefusedError("path_refused", "the path is a directory") from exc
+        except OSError:
+            self._abort(handle)
+            raise
+        self.pending.pop(handle)
+        os.close(pending.fd)
+        os.close(pending.dir_fd)
+        return {"path": pending.path, "size": pending.size, "sha256": pending.digest.hexdigest()}
+
+    def file_write_abort(self, _id: object, frame: dict[str, Any], _send: Send) -> dict[str, Any]:
+        handle = frame.get("handle")
+        if isinstance(handle, str):
+            self._abort(handle)
+        return {}
+
+    def file_read(self, request_id: object, frame: dict[str, Any], send: Send) -> dict[str, Any]:
+        import hashlib
+
+        path = _file_path(frame.get("path"))
+        dir_fd, name = self._parent(path, create=False)
+        try:
+            fd = self._open_leaf(dir_fd, name, os.O_RDONLY | os.O_NONBLOCK)
+        finally:
+            os.close(dir_fd)
+        digest = hashlib.sha256()
+        size = 0
+        with os.fdopen(fd, "rb", buffering=0) as f:
+            while chunk := f.read(FILE_CHUNK_MAX):
+                digest.update(chunk)
+                size += len(chunk)
+                data = base64.b64encode(chunk).decode("ascii")
+                send({"id": request_id, "type": "file_data", "data": data})
+        return {"path": path, "size": size, "sha256": digest.hexdigest()}
+
+    def file_list(self, _id: object, frame: dict[str, Any], _send: Send) -> dict[str, Any]:
+        prefix = frame.get("prefix") or ""
+        if not isinstance(prefix, str):
+            raise BadRequestError("bad_request", "prefix must be a string")
+        entries: list[dict[str, Any]] = []
+        budget = [LIST_MAX_SCANNED]
+        root = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        truncated = self._walk(root, "", prefix, entries, budget)
+        entries.sort(key=lambda entry: entry["path"])
+        kept = _within_budget(
+            [{"path": e["path"], "size": e["size"], "mtime": e["mtime"]} for e in entries],
+            LIST_MAX_BYTES,
+        )
+        return {"entries": kept, "truncated": truncated or len(kept) < len(entries)}
+
+    def file_delete(self, _id: object, frame: dict[str, Any], _send: Send) -> dict[str, Any]:
+        path = _file_path(frame.get("path"))
+        dir_fd, name = self._parent(path, create=False)
+        try:
+            info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            if stat.S_ISDIR(info.st_mode):
+                raise FileRefusedError("path_refused", "the path is a directory")
+            os.unlink(name, dir_fd=dir_fd)
+        finally:
+            os.close(dir_fd)
+        return {}
+
+    # --- files an execution created or changed ---
+
+    def snapshot(self) -> tuple[dict[str, tuple[int, int]], bool]:
+        """(mtime_ns, size) of the workspace's regular files (bounded) and whether it was cut."""
+        entries: list[dict[str, Any]] = []
+        try:
+            root = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            cut = self._walk(root, "", "", entries, [CHANGED_MAX_SCANNED], exact=True)
+        except OSError:
+            return {}, True
+        return {e["path"]: (e["mtime_ns"], e["size"]) for e in entries}, cut
+
+    def changed_since(
+        self, before: tuple[dict[str, tuple[int, int]], bool]
+    ) -> tuple[list[dict[str, Any]], bool]:
+        old, old_cut = before
+        new, new_cut = self.snapshot()
+        changed = [
+            {"path": path, "size": size}
+            for path, (mtime_ns, size) in sorted(new.items())
+            if old.get(path) != (mtime_ns, size)
+        ]
+        reported = _within_budget(changed[:CHANGED_MAX_REPORTED], CHANGED_MAX_BYTES)
+        return reported, old_cut or new_cut or len(reported) < len(changed)
+
+    # --- helpers ---
+
+    def _walk(
+        self,
+        dir_fd: int,
+        base: str,
+        prefix: str,
+        out: list[dict[str, Any]],
+        budget: list[int],
+        exact: bool = False,
+    ) -> bool:
+        """Regular files under ``dir_fd`` (closed here), symlinks not followed; True if cut."""
+        try:
+            with os.scandir(dir_fd) as scan:
+                for entry in scan:
+                    budget[0] -= 1
+                    if budget[0] < 0 or (not exact and len(out) >= LIST_MAX_ENTRIES):
+                        return True
+                    path = base + entry.name
+                    if entry.is_dir(follow_symlinks=False):
+                        if not (prefix.startswith(path + "/") or path.startswith(prefix)):
+                            continue
+                        try:
+                            child = os.open(
+                                entry.name,
+                                os.O_RDONLY | os.O_DIRECTORY | NOFOLLOW | os.O_CLOEXEC,
+                                dir_fd=dir_fd,
+                            )
+                        except OSError:
+                            continue
+                        if self._walk(child, path + "/", prefix, out, budget, exact):
+                            return True
+                    elif (
+                        entry.is_file(follow_symlinks=False)
+                        and path.startswith(prefix)
+                        and not entry.name.startswith(UPLOAD_PREFIX)
+                    ):
+                        info = entry.stat(follow_symlinks=False)
+                        out.append(
+                            {
+                                "path": path,
+                                "size": info.st_size,
+                                "mtime": info.st_mtime,
+                                "mtime_ns": info.st_mtime_ns,
+                            }
+                        )
+        finally:
+            os.close(dir_fd)
+        return False
+
+    def _parent(self, path: str, create: bool) -> tuple[int, str]:
+        """An fd of the path's directory, reached without following any symlink, and the
+        leaf name."""
+        *parts, name = path.split("/")
+        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            for part in parts:
+                flags = os.O_RDONLY | os.O_DIRECTORY | NOFOLLOW | os.O_CLOEXEC
+                try:
+                    child = os.open(part, flags, dir_fd=fd)
+                except FileNotFoundError:
+                    if not create:
+                        raise FileRefusedError("not_found", "no such file") from None
+                    os.mkdir(part, 0o755, dir_fd=fd)
+                    child = os.open(part, flags, dir_fd=fd)
+                    self._own(child)
+                except OSError as exc:
+                    if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                        raise FileRefusedError(
+                            "path_refused", "the path leads through a symlink or a file"
+                        ) from exc
+                    raise
+                os.close(fd)
+                fd = child
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd, name
+
+    def _open_leaf(self, dir_fd: int, name: str, flags: int) -> int:
+        try:
+            fd = os.open(name, flags | NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+        except FileNotFoundError:
+            raise FileRefusedError("not_found", "no such file") from None
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise FileRefusedError("path_refused", "the path is a symlink") from exc
+            raise
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise FileRefusedError("not_found", "not a regular file")
+        return fd
+
+    def _own(self, fd: int) -> None:
+        """Files the agent makes belong to the sandbox user, as if user code had made them."""
+        if self.uid is not None and os.geteuid() == 0:
+            os.fchown(fd, self.uid, self.gid if self.gid is not None else -1)
+
+    def _pending(self, frame: dict[str, Any]) -> tuple[PendingWrite, str]:
+        handle = frame.get("handle")
+        pending = self.pending.get(handle) if isinstance(handle, str) else None
+        if pending is None or not isinstance(handle, str):
+            raise BadRequestError("bad_request", "no such upload")
+        return pending, handle
+
+    def _abort(self, handle: str) -> None:
+        pending = self.pending.pop(handle, None)
+        if pending is None:
+            return
+        with contextlib.suppress(OSError):
+            os.unlink(pending.temp, dir_fd=pending.dir_fd)
+        for fd in (pending.fd, pending.dir_fd):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+def _within_budget(entries: list[dict[str, Any]], budget: int) -> list[dict[str, Any]]:
+    """The leading entries whose JSON fits in ``budget`` bytes (long, odd names are costly)."""
+    kept = []
+    for entry in entries:
+        budget -= len(json.dumps(entry, ensure_ascii=False).encode("utf-8", "surrogatepass")) + 2
+        if budget < 0:
+            break
+        kept.append(entry)
+    return kept
+
+
+def _file_path(path: object) -> str:
+    if not isinstance(path, str) or not path or len(path) > 4096 or "\x00" in path:
+        raise FileRefusedError("path_refused", "the path is empty, too long or has a NUL")
+    if path.startswith("/") or any(part in ("", ".", "..") for part in path.split("/")):
+        raise FileRefusedError("path_refused", "the path must be relative, without '..'")
+    return path
 
 
 class HostGoneError(Exception):

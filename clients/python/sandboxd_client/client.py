@@ -13,19 +13,32 @@ and 503. A timed-out execution is not an error: ``result.timed_out`` is True.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
-from typing import Any
+from typing import IO, Any
 from uuid import UUID
 
 import httpx
 
+from sandboxd_client.files import (
+    Destination,
+    DigestCheck,
+    Source,
+    chunks_of,
+    file_url,
+    listing,
+    stored,
+)
 from sandboxd_client.models import (
     ExecutionResult,
     OutputEvent,
     Pool,
+    RichOutput,
     Sandbox,
     SandboxdError,
     SandboxPage,
+    StoredFile,
+    WorkspaceFile,
     capacity_spec,
 )
 
@@ -35,7 +48,7 @@ DEFAULT_BASE_URL = "http://127.0.0.1:8080"
 _EXECUTE_SLACK_S = 60.0
 _DEFAULT_EXECUTION_TIMEOUT_S = 30.0
 
-StreamItem = OutputEvent | ExecutionResult
+StreamItem = OutputEvent | RichOutput | ExecutionResult
 
 
 def _headers(api_key: str | None) -> dict[str, str]:
@@ -116,6 +129,8 @@ class _SseParser:
         self._event, self._data = "message", []
         if event == "result":
             return ExecutionResult.from_json(data)
+        if event == "display":
+            return RichOutput.from_json(data)
         if event == "error":
             # Status 0: the error came inside a 200 stream, after the headers were sent.
             raise SandboxdError(0, data["code"], data["message"], self._request_id)
@@ -127,6 +142,18 @@ def _items(lines: Iterable[str], parser: _SseParser) -> Iterator[StreamItem]:
         item = parser.feed(line)
         if item is not None:
             yield item
+
+
+_FILE_TIMEOUT_S = 600.0
+
+
+def _copy(response: httpx.Response, out: IO[bytes], check: DigestCheck) -> int:
+    size = 0
+    for chunk in response.iter_bytes():
+        out.write(chunk)
+        check.update(chunk)
+        size += len(chunk)
+    return size
 
 
 class SandboxdClient:
@@ -195,6 +222,43 @@ class SandboxdClient:
                 _raise_for_error(response)
             parser = _SseParser(response.headers.get("x-request-id", ""))
             yield from _items(response.iter_lines(), parser)
+
+    # -- workspace files -----------------------------------------------------------------------
+
+    def upload_file(self, chat_id: UUID | str, path: str, source: Source) -> StoredFile:
+        """Upload bytes, a local file (path) or a binary file object, streamed in chunks."""
+        response = self._http.put(
+            file_url(_chat(chat_id), path), content=chunks_of(source), timeout=_FILE_TIMEOUT_S
+        )
+        _raise_for_error(response)
+        return stored(response.json())
+
+    def download_file(self, chat_id: UUID | str, path: str, destination: Destination) -> StoredFile:
+        """Stream the file into a local path or a binary file object; checks its SHA-256."""
+        with self._http.stream(
+            "GET", file_url(_chat(chat_id), path), timeout=_FILE_TIMEOUT_S
+        ) as response:
+            if response.status_code >= 400:
+                response.read()
+                _raise_for_error(response)
+            digest = response.headers.get("x-sandboxd-sha256", "")
+            check = DigestCheck(digest, response.headers.get("x-request-id", ""))
+            size = 0
+            if isinstance(destination, str | os.PathLike):
+                with open(destination, "wb") as f:
+                    size = _copy(response, f, check)
+            else:
+                size = _copy(response, destination, check)
+            check.check()
+        return StoredFile(path, size, digest)
+
+    def list_files(self, chat_id: UUID | str, prefix: str = "") -> list[WorkspaceFile]:
+        response = self._http.get(file_url(_chat(chat_id)), params={"prefix": prefix})
+        _raise_for_error(response)
+        return listing(response.json())
+
+    def delete_file(self, chat_id: UUID | str, path: str) -> None:
+        _raise_for_error(self._http.delete(file_url(_chat(chat_id), path)))
 
     def ensure_sandbox(
         self, chat_id: UUID | str, *, packages: Sequence[str] = (), language: str = "python"

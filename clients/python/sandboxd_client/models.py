@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -58,6 +59,48 @@ class Sandbox:
 
 
 @dataclass(frozen=True)
+class RichOutput:
+    """A displayed value; also streamed as a ``display`` event when it happens."""
+
+    mime_type: str
+    data: str
+    encoding: str = "utf-8"
+
+    @property
+    def content(self) -> bytes:
+        """The decoded bytes (a PNG's, for image/png)."""
+        if self.encoding == "base64":
+            return base64.b64decode(self.data)
+        return self.data.encode("utf-8")
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RichOutput:
+        return cls(data["mime_type"], data["data"], data.get("encoding", "utf-8"))
+
+
+@dataclass(frozen=True)
+class ChangedFile:
+    path: str
+    size: int
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    """A file as uploaded or downloaded."""
+
+    path: str
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class WorkspaceFile:
+    path: str
+    size: int
+    modified_at: datetime
+
+
+@dataclass(frozen=True)
 class ExecutionResult:
     """One execution. A timeout is a result: ``timed_out`` True, ``exit_code`` None."""
 
@@ -71,6 +114,11 @@ class ExecutionResult:
     sandbox_replaced: bool
     state_lost: bool
     sandbox: Sandbox
+    # Rich outputs (last expression, figures, tables) in order, and the files the code changed.
+    outputs: tuple[RichOutput, ...] = ()
+    outputs_truncated: bool = False
+    changed_files: tuple[ChangedFile, ...] = ()
+    changed_files_truncated: bool = False
 
     @property
     def succeeded(self) -> bool:
@@ -89,6 +137,12 @@ class ExecutionResult:
             sandbox_replaced=data["sandbox_replaced"],
             state_lost=data["state_lost"],
             sandbox=Sandbox.from_json(data["session"]),
+            outputs=tuple(RichOutput.from_json(o) for o in data.get("outputs", ())),
+            outputs_truncated=data.get("outputs_truncated", False),
+            changed_files=tuple(
+                ChangedFile(f["path"], f["size"]) for f in data.get("changed_files", ())
+            ),
+            changed_files_truncated=data.get("changed_files_truncated", False),
         )
 
 

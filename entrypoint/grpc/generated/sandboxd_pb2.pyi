@@ -10,6 +10,88 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class FileRequest(_message.Message):
+    __slots__ = ("chat_id", "path")
+    CHAT_ID_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    chat_id: str
+    path: str
+    def __init__(self, chat_id: _Optional[str] = ..., path: _Optional[str] = ...) -> None: ...
+
+class UploadFileRequest(_message.Message):
+    __slots__ = ("header", "chunk")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    header: FileRequest
+    chunk: bytes
+    def __init__(self, header: _Optional[_Union[FileRequest, _Mapping]] = ..., chunk: _Optional[bytes] = ...) -> None: ...
+
+class StoredFile(_message.Message):
+    __slots__ = ("path", "size", "sha256")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    size: int
+    sha256: str
+    def __init__(self, path: _Optional[str] = ..., size: _Optional[int] = ..., sha256: _Optional[str] = ...) -> None: ...
+
+class DownloadFileResponse(_message.Message):
+    __slots__ = ("info", "chunk")
+    INFO_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    info: StoredFile
+    chunk: bytes
+    def __init__(self, info: _Optional[_Union[StoredFile, _Mapping]] = ..., chunk: _Optional[bytes] = ...) -> None: ...
+
+class ListFilesRequest(_message.Message):
+    __slots__ = ("chat_id", "prefix")
+    CHAT_ID_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_FIELD_NUMBER: _ClassVar[int]
+    chat_id: str
+    prefix: str
+    def __init__(self, chat_id: _Optional[str] = ..., prefix: _Optional[str] = ...) -> None: ...
+
+class WorkspaceFile(_message.Message):
+    __slots__ = ("path", "size", "modified_at")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    MODIFIED_AT_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    size: int
+    modified_at: _timestamp_pb2.Timestamp
+    def __init__(self, path: _Optional[str] = ..., size: _Optional[int] = ..., modified_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ListFilesResponse(_message.Message):
+    __slots__ = ("files", "truncated")
+    FILES_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    files: _containers.RepeatedCompositeFieldContainer[WorkspaceFile]
+    truncated: bool
+    def __init__(self, files: _Optional[_Iterable[_Union[WorkspaceFile, _Mapping]]] = ..., truncated: _Optional[bool] = ...) -> None: ...
+
+class DeleteFileResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class RichOutput(_message.Message):
+    __slots__ = ("mime_type", "data", "encoding")
+    MIME_TYPE_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    ENCODING_FIELD_NUMBER: _ClassVar[int]
+    mime_type: str
+    data: str
+    encoding: str
+    def __init__(self, mime_type: _Optional[str] = ..., data: _Optional[str] = ..., encoding: _Optional[str] = ...) -> None: ...
+
+class ChangedFile(_message.Message):
+    __slots__ = ("path", "size")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    size: int
+    def __init__(self, path: _Optional[str] = ..., size: _Optional[int] = ...) -> None: ...
+
 class ChatRequest(_message.Message):
     __slots__ = ("chat_id",)
     CHAT_ID_FIELD_NUMBER: _ClassVar[int]
@@ -41,7 +123,7 @@ class ExecuteRequest(_message.Message):
     def __init__(self, chat_id: _Optional[str] = ..., code: _Optional[str] = ..., language: _Optional[str] = ..., timeout_s: _Optional[float] = ..., packages: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ExecutionResult(_message.Message):
-    __slots__ = ("stdout", "stderr", "exit_code", "duration_s", "timed_out", "stdout_truncated", "stderr_truncated", "sandbox_replaced", "state_lost")
+    __slots__ = ("stdout", "stderr", "exit_code", "duration_s", "timed_out", "stdout_truncated", "stderr_truncated", "sandbox_replaced", "state_lost", "outputs", "outputs_truncated", "changed_files", "changed_files_truncated")
     STDOUT_FIELD_NUMBER: _ClassVar[int]
     STDERR_FIELD_NUMBER: _ClassVar[int]
     EXIT_CODE_FIELD_NUMBER: _ClassVar[int]
@@ -51,6 +133,10 @@ class ExecutionResult(_message.Message):
     STDERR_TRUNCATED_FIELD_NUMBER: _ClassVar[int]
     SANDBOX_REPLACED_FIELD_NUMBER: _ClassVar[int]
     STATE_LOST_FIELD_NUMBER: _ClassVar[int]
+    OUTPUTS_FIELD_NUMBER: _ClassVar[int]
+    OUTPUTS_TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    CHANGED_FILES_FIELD_NUMBER: _ClassVar[int]
+    CHANGED_FILES_TRUNCATED_FIELD_NUMBER: _ClassVar[int]
     stdout: str
     stderr: str
     exit_code: int
@@ -60,7 +146,11 @@ class ExecutionResult(_message.Message):
     stderr_truncated: bool
     sandbox_replaced: bool
     state_lost: bool
-    def __init__(self, stdout: _Optional[str] = ..., stderr: _Optional[str] = ..., exit_code: _Optional[int] = ..., duration_s: _Optional[float] = ..., timed_out: _Optional[bool] = ..., stdout_truncated: _Optional[bool] = ..., stderr_truncated: _Optional[bool] = ..., sandbox_replaced: _Optional[bool] = ..., state_lost: _Optional[bool] = ...) -> None: ...
+    outputs: _containers.RepeatedCompositeFieldContainer[RichOutput]
+    outputs_truncated: bool
+    changed_files: _containers.RepeatedCompositeFieldContainer[ChangedFile]
+    changed_files_truncated: bool
+    def __init__(self, stdout: _Optional[str] = ..., stderr: _Optional[str] = ..., exit_code: _Optional[int] = ..., duration_s: _Optional[float] = ..., timed_out: _Optional[bool] = ..., stdout_truncated: _Optional[bool] = ..., stderr_truncated: _Optional[bool] = ..., sandbox_replaced: _Optional[bool] = ..., state_lost: _Optional[bool] = ..., outputs: _Optional[_Iterable[_Union[RichOutput, _Mapping]]] = ..., outputs_truncated: _Optional[bool] = ..., changed_files: _Optional[_Iterable[_Union[ChangedFile, _Mapping]]] = ..., changed_files_truncated: _Optional[bool] = ...) -> None: ...
 
 class Sandbox(_message.Message):
     __slots__ = ("chat_id", "session_id", "container_id", "status", "runtime_kind", "created_at", "expires_at", "last_activity_at", "max_expires_at", "packages")
@@ -111,12 +201,14 @@ class OutputChunk(_message.Message):
     def __init__(self, stream: _Optional[_Union[OutputChunk.Stream, str]] = ..., data: _Optional[str] = ...) -> None: ...
 
 class ExecuteEvent(_message.Message):
-    __slots__ = ("output", "result")
+    __slots__ = ("output", "result", "display")
     OUTPUT_FIELD_NUMBER: _ClassVar[int]
     RESULT_FIELD_NUMBER: _ClassVar[int]
+    DISPLAY_FIELD_NUMBER: _ClassVar[int]
     output: OutputChunk
     result: ExecuteResponse
-    def __init__(self, output: _Optional[_Union[OutputChunk, _Mapping]] = ..., result: _Optional[_Union[ExecuteResponse, _Mapping]] = ...) -> None: ...
+    display: RichOutput
+    def __init__(self, output: _Optional[_Union[OutputChunk, _Mapping]] = ..., result: _Optional[_Union[ExecuteResponse, _Mapping]] = ..., display: _Optional[_Union[RichOutput, _Mapping]] = ...) -> None: ...
 
 class DestroySandboxResponse(_message.Message):
     __slots__ = ("destroyed", "sandbox")

@@ -64,6 +64,26 @@ class SandboxServiceStub:
                 request_serializer=sandboxd_dot_v1_dot_sandboxd__pb2.ChatRequest.SerializeToString,
                 response_deserializer=sandboxd_dot_v1_dot_sandboxd__pb2.Sandbox.FromString,
                 _registered_method=True)
+        self.UploadFile = channel.stream_unary(
+                '/sandboxd.v1.SandboxService/UploadFile',
+                request_serializer=sandboxd_dot_v1_dot_sandboxd__pb2.UploadFileRequest.SerializeToString,
+                response_deserializer=sandboxd_dot_v1_dot_sandboxd__pb2.StoredFile.FromString,
+                _registered_method=True)
+        self.DownloadFile = channel.unary_stream(
+                '/sandboxd.v1.SandboxService/DownloadFile',
+                request_serializer=sandboxd_dot_v1_dot_sandboxd__pb2.FileRequest.SerializeToString,
+                response_deserializer=sandboxd_dot_v1_dot_sandboxd__pb2.DownloadFileResponse.FromString,
+                _registered_method=True)
+        self.ListFiles = channel.unary_unary(
+                '/sandboxd.v1.SandboxService/ListFiles',
+                request_serializer=sandboxd_dot_v1_dot_sandboxd__pb2.ListFilesRequest.SerializeToString,
+                response_deserializer=sandboxd_dot_v1_dot_sandboxd__pb2.ListFilesResponse.FromString,
+                _registered_method=True)
+        self.DeleteFile = channel.unary_unary(
+                '/sandboxd.v1.SandboxService/DeleteFile',
+                request_serializer=sandboxd_dot_v1_dot_sandboxd__pb2.FileRequest.SerializeToString,
+                response_deserializer=sandboxd_dot_v1_dot_sandboxd__pb2.DeleteFileResponse.FromString,
+                _registered_method=True)
 
 
 class SandboxServiceServicer:
@@ -112,6 +132,33 @@ class SandboxServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UploadFile(self, request_iterator, context):
+        """Files of the chat's workspace. Upload: a header first, then chunks (each under the message
+        cap); written atomically, creating the sandbox if needed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DownloadFile(self, request, context):
+        """The file's info first, then its content in chunks.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListFiles(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteFile(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SandboxServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -144,6 +191,26 @@ def add_SandboxServiceServicer_to_server(servicer, server):
                     servicer.RenewSandbox,
                     request_deserializer=sandboxd_dot_v1_dot_sandboxd__pb2.ChatRequest.FromString,
                     response_serializer=sandboxd_dot_v1_dot_sandboxd__pb2.Sandbox.SerializeToString,
+            ),
+            'UploadFile': grpc.stream_unary_rpc_method_handler(
+                    servicer.UploadFile,
+                    request_deserializer=sandboxd_dot_v1_dot_sandboxd__pb2.UploadFileRequest.FromString,
+                    response_serializer=sandboxd_dot_v1_dot_sandboxd__pb2.StoredFile.SerializeToString,
+            ),
+            'DownloadFile': grpc.unary_stream_rpc_method_handler(
+                    servicer.DownloadFile,
+                    request_deserializer=sandboxd_dot_v1_dot_sandboxd__pb2.FileRequest.FromString,
+                    response_serializer=sandboxd_dot_v1_dot_sandboxd__pb2.DownloadFileResponse.SerializeToString,
+            ),
+            'ListFiles': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListFiles,
+                    request_deserializer=sandboxd_dot_v1_dot_sandboxd__pb2.ListFilesRequest.FromString,
+                    response_serializer=sandboxd_dot_v1_dot_sandboxd__pb2.ListFilesResponse.SerializeToString,
+            ),
+            'DeleteFile': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteFile,
+                    request_deserializer=sandboxd_dot_v1_dot_sandboxd__pb2.FileRequest.FromString,
+                    response_serializer=sandboxd_dot_v1_dot_sandboxd__pb2.DeleteFileResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -308,6 +375,114 @@ class SandboxService:
             '/sandboxd.v1.SandboxService/RenewSandbox',
             sandboxd_dot_v1_dot_sandboxd__pb2.ChatRequest.SerializeToString,
             sandboxd_dot_v1_dot_sandboxd__pb2.Sandbox.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UploadFile(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/sandboxd.v1.SandboxService/UploadFile',
+            sandboxd_dot_v1_dot_sandboxd__pb2.UploadFileRequest.SerializeToString,
+            sandboxd_dot_v1_dot_sandboxd__pb2.StoredFile.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DownloadFile(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/sandboxd.v1.SandboxService/DownloadFile',
+            sandboxd_dot_v1_dot_sandboxd__pb2.FileRequest.SerializeToString,
+            sandboxd_dot_v1_dot_sandboxd__pb2.DownloadFileResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListFiles(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sandboxd.v1.SandboxService/ListFiles',
+            sandboxd_dot_v1_dot_sandboxd__pb2.ListFilesRequest.SerializeToString,
+            sandboxd_dot_v1_dot_sandboxd__pb2.ListFilesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteFile(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sandboxd.v1.SandboxService/DeleteFile',
+            sandboxd_dot_v1_dot_sandboxd__pb2.FileRequest.SerializeToString,
+            sandboxd_dot_v1_dot_sandboxd__pb2.DeleteFileResponse.FromString,
             options,
             channel_credentials,
             insecure,

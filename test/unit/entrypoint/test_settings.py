@@ -35,6 +35,7 @@ VARIABLES: dict[str, tuple[str, str, Any]] = {
     "SANDBOXD_MAX_OUTPUT_BYTES": ("limits.max_output_bytes", "2048", 2048),
     "SANDBOXD_MAX_INFLIGHT_EXECUTIONS": ("limits.max_inflight_executions", "8", 8),
     "SANDBOXD_MAX_STREAM_BUFFER_CHARS": ("limits.max_stream_buffer_chars", "4096", 4096),
+    "SANDBOXD_MAX_FILE_BYTES": ("limits.max_file_bytes", "2048", 2048),
     "SANDBOXD_HOST": ("server.host", "0.0.0.0", "0.0.0.0"),
     "SANDBOXD_HTTP_PORT": ("server.http_port", "8081", 8081),
     "SANDBOXD_GRPC_PORT": ("server.grpc_port", "50052", 50052),

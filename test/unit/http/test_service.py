@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 from sandboxd_client import AsyncSandboxdClient, ExecutionResult, SandboxdClient, SandboxdError
+from sandboxd_client.client import StreamItem
 from sandboxd_client.models import OutputEvent
 
 from domain.sandbox import ManagedSandbox, SandboxSession, SandboxStatus
@@ -102,7 +103,7 @@ def test_the_sync_client_drives_the_whole_api() -> None:
 def test_the_async_client_executes_and_streams() -> None:
     chat = uuid.uuid4()
 
-    async def scenario(url: str) -> tuple[ExecutionResult, list[OutputEvent | ExecutionResult]]:
+    async def scenario(url: str) -> tuple[ExecutionResult, list[StreamItem]]:
         async with AsyncSandboxdClient(url, api_key=API_KEY) as client:
             result = await client.execute(chat, "hi", timeout_s=5)
             streamed = [item async for item in client.execute_stream(chat, "stderr:oops")]

@@ -1,0 +1,65 @@
+"""Workspace file helpers of the client: sources and destinations as bytes, paths or file
+objects, streamed in chunks."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator
+from datetime import datetime
+from typing import IO, Any, Union
+from urllib.parse import quote
+
+from sandboxd_client.models import SandboxdError, StoredFile, WorkspaceFile
+
+CHUNK = 256 * 1024
+Source = Union[bytes, str, "os.PathLike[str]", IO[bytes]]
+Destination = Union[str, "os.PathLike[str]", IO[bytes]]
+
+
+def file_url(chat: str, path: str = "") -> str:
+    base = f"/v1/chats/{chat}/files"
+    return f"{base}/{quote(path, safe='/')}" if path else base
+
+
+def chunks_of(source: Source) -> Iterator[bytes]:
+    if isinstance(source, bytes):
+        yield source
+        return
+    if isinstance(source, str | os.PathLike):
+        with open(source, "rb") as f:
+            yield from _read(f)
+        return
+    yield from _read(source)
+
+
+def _read(f: IO[bytes]) -> Iterator[bytes]:
+    while chunk := f.read(CHUNK):
+        yield chunk
+
+
+def stored(data: dict[str, Any]) -> StoredFile:
+    return StoredFile(data["path"], data["size"], data["sha256"])
+
+
+def listing(data: dict[str, Any]) -> list[WorkspaceFile]:
+    return [
+        WorkspaceFile(f["path"], f["size"], datetime.fromisoformat(f["modified_at"]))
+        for f in data["files"]
+    ]
+
+
+class DigestCheck:
+    """Hashes what is written and checks it against the server's digest at the end."""
+
+    def __init__(self, expected: str, request_id: str) -> None:
+        self._expected = expected
+        self._request_id = request_id
+        self._hash = hashlib.sha256()
+
+    def update(self, chunk: bytes) -> None:
+        self._hash.update(chunk)
+
+    def check(self) -> None:
+        if self._expected and self._hash.hexdigest() != self._expected:
+            raise SandboxdError(0, "digest_mismatch", "the download is corrupt", self._request_id)

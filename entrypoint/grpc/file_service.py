@@ -1,0 +1,90 @@
+"""The file RPCs of SandboxService (UploadFile, DownloadFile, ListFiles, DeleteFile), a mixin of
+the servicer: parse, call the FilesApi facade, convert to messages."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from google.protobuf.timestamp_pb2 import Timestamp
+from grpc.aio import ServicerContext as Ctx
+
+from domain.errors import InvalidInputError
+from domain.files import StoredFile
+from domain.sandbox import parse_chat_id
+from entrypoint.application.files_api import FilesApi
+from entrypoint.grpc.generated import sandboxd_pb2 as pb
+
+T = TypeVar("T")
+
+
+class FileRpcs:
+    """Mixed into SandboxServicer, which provides the error handling named here."""
+
+    _files_api: FilesApi | None
+
+    if TYPE_CHECKING:
+
+        async def _guard(self, context: Ctx, call: Callable[[], Awaitable[T]]) -> T: ...
+
+        async def _abort(self, context: Ctx, error: Exception) -> Any: ...
+
+    def _files(self) -> FilesApi:
+        if self._files_api is None:
+            raise InvalidInputError("files are not served here")
+        return self._files_api
+
+    async def UploadFile(self, request_iterator: AsyncIterator[Any], context: Ctx) -> Any:  # noqa: N802
+        async def run() -> Any:
+            first = await anext(aiter(request_iterator), None)
+            if first is None or first.WhichOneof("part") != "header":
+                raise InvalidInputError("the first message of an upload is its header")
+            header = first.header
+
+            async def chunks() -> AsyncIterator[bytes]:
+                async for message in request_iterator:
+                    if message.WhichOneof("part") != "chunk":
+                        raise InvalidInputError("only chunks may follow the header")
+                    yield message.chunk
+
+            stored = await self._files().upload(
+                parse_chat_id(header.chat_id), header.path, chunks()
+            )
+            return _stored_message(stored)
+
+        return await self._guard(context, run)
+
+    async def DownloadFile(self, request: Any, context: Ctx) -> None:  # noqa: N802
+        failure: Exception | None = None
+        try:
+            download = await self._files().download(parse_chat_id(request.chat_id), request.path)
+            await context.write(pb.DownloadFileResponse(info=_stored_message(download.stored)))
+            async for chunk in download.chunks():
+                await context.write(pb.DownloadFileResponse(chunk=chunk))
+        except Exception as exc:
+            failure = exc
+        if failure is not None:
+            await self._abort(context, failure)
+
+    async def ListFiles(self, request: Any, context: Ctx) -> Any:  # noqa: N802
+        async def run() -> Any:
+            listing = await self._files().list(parse_chat_id(request.chat_id), request.prefix)
+            files = []
+            for entry in listing.entries:
+                stamp = Timestamp()
+                stamp.FromDatetime(entry.modified_at)
+                files.append(pb.WorkspaceFile(path=entry.path, size=entry.size, modified_at=stamp))
+            return pb.ListFilesResponse(files=files, truncated=listing.truncated)
+
+        return await self._guard(context, run)
+
+    async def DeleteFile(self, request: Any, context: Ctx) -> Any:  # noqa: N802
+        async def run() -> Any:
+            await self._files().delete(parse_chat_id(request.chat_id), request.path)
+            return pb.DeleteFileResponse()
+
+        return await self._guard(context, run)
+
+
+def _stored_message(stored: StoredFile) -> Any:
+    return pb.StoredFile(path=stored.path, size=stored.size, sha256=stored.sha256)
