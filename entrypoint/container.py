@@ -265,6 +265,7 @@ class Container(containers.DeclarativeContainer):
         ),
         environments=environments,
         no_environments_reason=no_environments_reason,
+        renew_slack=settings.provided.lifetime.renew_slack,
     )
     get_sandbox = providers.Factory(GetSandbox, repository=repository)
     list_sandboxes = providers.Factory(ListSandboxes, repository=repository)
