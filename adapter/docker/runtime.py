@@ -63,6 +63,7 @@ LABEL_CHANNEL = "sandboxd.channel"
 _MAX_SOCKET_PATH = 100
 # Sends of one request over fresh connections when the agent closed them unanswered.
 _SEND_ATTEMPTS = 3
+_POOL_SIZE = 32
 
 
 @contextmanager
@@ -91,12 +92,19 @@ class DockerSandboxRuntime:
         cls, base_url: str, config: DockerSandboxConfig, logger: Logger
     ) -> DockerSandboxRuntime:
         """Client for ``base_url`` (empty: DOCKER_HOST or the local socket), API version probed."""
+        # More pooled engine connections than the SDK's 10: the sweep stops 16 sandboxes at
+        # once, next to the executions (a full pool drops and reopens connections).
         with _engine("connect"):
             if base_url:
-                client = docker.APIClient(base_url=base_url, version="auto", timeout=60)
+                client = docker.APIClient(
+                    base_url=base_url, version="auto", timeout=60, max_pool_size=_POOL_SIZE
+                )
             else:
                 client = docker.APIClient(
-                    version="auto", timeout=60, **docker.utils.kwargs_from_env()
+                    version="auto",
+                    timeout=60,
+                    max_pool_size=_POOL_SIZE,
+                    **docker.utils.kwargs_from_env(),
                 )
         return cls(client, config, logger)
 
