@@ -142,9 +142,8 @@ def measure(args: argparse.Namespace, database_url: str, data_dir: Path) -> dict
         migrate(container.database_engine())
         repository = container.repository()
         clock = container.clock()
-        image = container.settings().docker_image or default_image_tag(
-            container.settings().docker_image_repository
-        )
+        docker_settings = container.settings().docker
+        image = docker_settings.image or default_image_tag(docker_settings.image_repository)
         sweeps = []
 
         started = time.perf_counter()
