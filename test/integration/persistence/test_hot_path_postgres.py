@@ -105,7 +105,7 @@ def test_a_connection_killed_while_idle_is_replaced_before_use(
     try:
         assert repository.get_active_by_chat_id(uuid4()) is None  # one pooled connection
         with engine.connect() as probe:
-            pid = probe.connection.dbapi_connection.info.backend_pid
+            pid = probe.connection.dbapi_connection.info.backend_pid  # type: ignore[union-attr]
         with postgres_engine.connect() as admin:
             admin.execute(sa.select(sa.func.pg_terminate_backend(pid)))
 
