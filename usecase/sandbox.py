@@ -284,7 +284,8 @@ class ListSandboxes:
 
 
 class RenewSandbox:
-    """Slide a usable session's idle deadline to now + ttl, capped by its maximum lifetime.
+    """Slide a usable session's idle deadline to now + ttl, capped by its maximum lifetime, and
+    never back: a later deadline already stored (ExecuteCode's renewal slack) is kept.
 
     Raises SandboxNotFoundError when the chat has no usable session (none, expired or dead):
     renewing cannot bring back a sandbox that is gone.
@@ -310,8 +311,13 @@ class RenewSandbox:
             current = self._repository.get_active_by_chat_id(chat_id)
             if current is None or not current.is_usable(now):
                 raise SandboxNotFoundError(f"chat {chat_id} has no usable sandbox to renew")
+            # Never earlier than the stored deadline: ExecuteCode may have stored one up to its
+            # renewal slack past now + ttl.
             renewed = replace(
-                current, expires_at=capped_deadline(now + self._ttl, current.max_expires_at)
+                current,
+                expires_at=max(
+                    current.expires_at, capped_deadline(now + self._ttl, current.max_expires_at)
+                ),
             )
             self._repository.save(renewed)
             self._logger.info(

@@ -11,7 +11,7 @@ from domain.sandbox import SandboxSession
 from repository.sandbox_session import InMemorySandboxSessionRepository
 from testkit.world import CHAT, MAX_LIFETIME, TTL, World
 from usecase.execute import ExecuteCode, ExecuteCodeCommand
-from usecase.sandbox import CleanupExpiredSandboxes
+from usecase.sandbox import CleanupExpiredSandboxes, RenewSandbox
 
 SLACK = timedelta(minutes=1)
 
@@ -123,3 +123,18 @@ def test_the_sweep_never_removes_a_sandbox_used_within_its_ttl_on_any_replica(
 def test_a_negative_slack_is_refused(world: World) -> None:
     with pytest.raises(ValueError, match="renew_slack"):
         replica(world, slack=-SLACK)
+
+
+def test_renew_after_an_execute_never_moves_the_deadline_back(world: World) -> None:
+    usecase = replica(world)
+    run(usecase)
+    world.clock.advance(timedelta(seconds=10))
+    run(usecase)  # stored: now + ttl + slack
+    stored = world.repository.get_active_by_chat_id(CHAT)
+    assert stored is not None
+
+    renewed = RenewSandbox(world.repository, world.locker, world.clock, world.logger, TTL).execute(
+        CHAT
+    )
+
+    assert renewed.expires_at == stored.expires_at > world.clock.now() + TTL
