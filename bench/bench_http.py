@@ -1,9 +1,14 @@
 """HTTP execute latency and throughput on existing chats, PostgreSQL store, Docker sandboxes.
 
     uv run python -m bench.bench_http [--chats 16] [--rate 200] [--seconds 10] [--code 'print(1)']
+        [--serial 200] [--store postgresql|sqlite]
 
 Starts a real ``sandboxd serve`` (its own instance id, data directory and a throwaway PostgreSQL
-database, migrated first), creates one sandbox per chat and warms up. Then two phases:
+database, migrated first; or ``--store sqlite``, the embedded file), creates one sandbox per chat
+and warms up. Then three phases, each with the service process's CPU time (utime + stime from
+/proc) divided by the executes it served:
+
+- serial: one caller, one chat, one execute after another (latency at concurrency 1);
 
 - open loop (the latency figures): messages arrive at ``--rate`` per second in all, spread
   round-robin over ``--chats`` chats, whether or not earlier ones have returned (a chat-bot
@@ -23,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -164,6 +170,14 @@ async def run(service: ServiceProcess, args: argparse.Namespace) -> dict[str, An
         for _ in range(args.warmup):
             await asyncio.gather(*(pool.execute(chat, body) for chat in chats))
 
+        serial: list[float] = []
+        cpu_before = cpu_seconds(pid)
+        for _ in range(args.serial):
+            sent = time.perf_counter()
+            await pool.execute(chats[0], body)
+            serial.append(time.perf_counter() - sent)
+        serial_cpu = cpu_seconds(pid) - cpu_before
+
         cpu_before = cpu_seconds(pid)
         opened = await open_loop(pool, chats, body, args.rate, args.seconds)
         opened["service_cpu_ms_per_execute"] = round(
@@ -174,7 +188,15 @@ async def run(service: ServiceProcess, args: argparse.Namespace) -> dict[str, An
         closed["service_cpu_ms_per_execute"] = round(
             (cpu_seconds(pid) - cpu_before) / max(1, closed["executes"]) * 1000, 3
         )
-        return {"open_loop": opened, "closed_loop": closed, "connections": pool.opened}
+        return {
+            "serial": {
+                **summary(serial, sum(serial), 0),
+                "service_cpu_ms_per_execute": round(serial_cpu / max(1, len(serial)) * 1000, 3),
+            },
+            "open_loop": opened,
+            "closed_loop": closed,
+            "connections": pool.opened,
+        }
     finally:
         pool.close()
 
@@ -186,21 +208,32 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=10.0, help="per phase")
     parser.add_argument("--warmup", type=int, default=10, help="rounds over all chats")
     parser.add_argument("--code", default="print(1)")
+    parser.add_argument("--serial", type=int, default=200, help="executes, one at a time")
+    parser.add_argument("--store", choices=("postgresql", "sqlite"), default="postgresql")
     parser.add_argument("--log-level", default="info")
     parser.add_argument("--image", default="", help="SANDBOXD_DOCKER_IMAGE (default: build)")
     args = parser.parse_args()
 
     docker_client = docker.from_env()
     with (
-        temporary_database("sandboxd_bench") as database_url,
+        (
+            temporary_database("sandboxd_bench")
+            if args.store == "postgresql"
+            else contextlib.nullcontext("")
+        ) as database_url,
         tempfile.TemporaryDirectory(prefix="sandboxd-bench-") as data_dir,
     ):
+        settings = {
+            "log_level": args.log_level,
+            "max_inflight_executions": str(max(64, args.chats * 4)),
+        }
+        if database_url:  # else the embedded SQLite file in the data directory
+            settings["database_url"] = database_url
+        if args.image:
+            settings["docker_image"] = args.image
         service = ServiceProcess(
             Path(data_dir),
-            database_url=database_url,
-            log_level=args.log_level,
-            max_inflight_executions=str(max(64, args.chats * 4)),
-            **({"docker_image": args.image} if args.image else {}),
+            **settings,
         )
         service.instance_id = f"bench-{uuid.uuid4().hex[:12]}"
         subprocess.run(
@@ -221,11 +254,14 @@ def main() -> int:
     opened, closed = results["open_loop"], results["closed_loop"]
     report = {
         "benchmark": "http_execute_existing_chats",
-        "store": "postgresql",
+        "store": args.store,
         "runtime": "docker",
         "concurrent_chats": args.chats,
         "code": args.code,
         "log_level": args.log_level,
+        "serial_p50_ms": results["serial"]["latency_ms"]["p50"],
+        "serial_service_cpu_ms_per_execute": results["serial"]["service_cpu_ms_per_execute"],
+        "service_cpu_ms_per_execute": closed["service_cpu_ms_per_execute"],
         "p50_ms": opened["latency_ms"]["p50"],
         "p99_ms": opened["latency_ms"]["p99"],
         "executes_per_s": closed["executes_per_s"],

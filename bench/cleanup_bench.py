@@ -1,6 +1,6 @@
 """Cleanup throughput: one sweep over 1,000 expired sessions, PostgreSQL store, Docker runtime.
 
-    uv run python -m bench.cleanup_bench [--sessions 1000] [--running 16]
+    uv run python -m bench.cleanup_bench [--sessions 1000] [--started 0] [--running 16] [--serial]
 
 The sweep is the service's own (``container.sweeper().run_once()``, as ``sandboxd cleanup
 --once`` runs it: expiry cleanup under each chat's advisory lock, then reconciliation), wired by
@@ -15,6 +15,11 @@ sweeps, each timed on its own:
   python up): the cost per running sandbox;
 - ``sessions`` expired records whose containers are already gone: the store + lock + inspect
   path alone.
+
+``--started N`` starts the first N of the ``sessions`` containers (a ``sleep``, not the agent:
+a running container to kill and remove, for a few MB each); ``--serial`` wires the sweep without
+its executor, one stop after another (the figure before the sweep went parallel), for a
+back-to-back comparison.
 
 Each sweep must clean exactly what it was given and leave no container of this instance
 behind; otherwise the exit status is 1. Prints one JSON object.
@@ -36,7 +41,7 @@ from typing import Any
 from bench.common import emit, remove_containers_of, sigterm_as_interrupt
 
 
-def build_container(database_url: str, data_dir: Path, instance_id: str) -> Any:
+def build_container(database_url: str, data_dir: Path, instance_id: str, serial: bool) -> Any:
     from dependency_injector import providers
 
     from entrypoint.container import Container
@@ -48,10 +53,12 @@ def build_container(database_url: str, data_dir: Path, instance_id: str) -> Any:
         instance_id=instance_id,
         runtime="docker",
         log_level="warning",
-        lock_max_connections=16,
+        lock_max_connections=64,
     )
     container = Container()
     container.settings.override(providers.Object(settings))
+    if serial:
+        container.sweep_executor.override(providers.Object(None))
     return container
 
 
@@ -69,7 +76,7 @@ def expired_session(container_id: str, now: Any) -> Any:
     )
 
 
-def create_stopped_containers(image: str, instance_id: str, count: int) -> list[str]:
+def create_containers(image: str, instance_id: str, count: int, started: int) -> list[str]:
     import docker
 
     from adapter.docker.runtime import LABEL_CHAT, LABEL_INSTANCE, LABEL_SESSION
@@ -77,10 +84,10 @@ def create_stopped_containers(image: str, instance_id: str, count: int) -> list[
     client = docker.APIClient(version="auto", timeout=120)
     host_config = client.create_host_config(network_mode="none")
 
-    def one(_: int) -> str:
+    def one(index: int) -> str:
         created = client.create_container(
             image,
-            command=["python3", "-c", "pass"],
+            command=["sleep", "3600"] if index < started else ["python3", "-c", "pass"],
             labels={
                 LABEL_SESSION: str(uuid.uuid4()),
                 LABEL_CHAT: str(uuid.uuid4()),
@@ -88,6 +95,8 @@ def create_stopped_containers(image: str, instance_id: str, count: int) -> list[
             },
             host_config=host_config,
         )
+        if index < started:
+            client.start(created["Id"])
         return str(created["Id"])
 
     try:
@@ -128,22 +137,22 @@ def measure(args: argparse.Namespace, database_url: str, data_dir: Path) -> dict
     from usecase.sandbox import CreateSandboxCommand
 
     instance_id = f"bench-cleanup-{uuid.uuid4().hex[:10]}"
-    container = build_container(database_url, data_dir, instance_id)
+    container = build_container(database_url, data_dir, instance_id, args.serial)
     try:
         migrate(container.database_engine())
         repository = container.repository()
         clock = container.clock()
-        image = container.settings().docker_image or default_image_tag(
-            container.settings().docker_image_repository
-        )
+        docker_settings = container.settings().docker
+        image = docker_settings.image or default_image_tag(docker_settings.image_repository)
         sweeps = []
 
         started = time.perf_counter()
-        ids = create_stopped_containers(image, instance_id, args.sessions)
+        ids = create_containers(image, instance_id, args.sessions, args.started)
         setup_s = time.perf_counter() - started
         for container_id in ids:
             repository.save(expired_session(container_id, clock.now()))
-        sweeps.append(timed_sweep(container, len(ids), "stopped_containers"))
+        sweeps.append(timed_sweep(container, len(ids), "containers"))
+        sweeps[-1]["started_containers"] = min(args.started, len(ids))
         sweeps[-1]["container_setup_s"] = round(setup_s, 1)
 
         create = container.create_sandbox()
@@ -170,12 +179,15 @@ def measure(args: argparse.Namespace, database_url: str, data_dir: Path) -> dict
         "store": "postgresql",
         "runtime": "docker",
         "sessions": args.sessions,
+        "started": min(args.started, args.sessions),
+        "parallel": not args.serial,
         "sessions_per_s": main_sweep["sessions_per_s"],
         "sweep_s": main_sweep["seconds"],
         "running_sandbox_ms_each": sweeps[1]["ms_per_session"],
         "records_only_sessions_per_s": sweeps[2]["sessions_per_s"],
         "sweeps": sweeps,
         "errors": sum(len(sweep["problems"]) for sweep in sweeps),
+        "targets": {"sweep_s": 10},
     }
 
 
@@ -183,6 +195,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sessions", type=int, default=1000)
     parser.add_argument("--running", type=int, default=16)
+    parser.add_argument("--started", type=int, default=0, help="of --sessions, started")
+    parser.add_argument("--serial", action="store_true", help="sweep without its executor")
     args = parser.parse_args()
     sigterm_as_interrupt()
     from adapter.logging import configure_logging

@@ -7,6 +7,7 @@ processes, containers and VMs by their own instance id), also on Ctrl-C and SIGT
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -118,8 +119,9 @@ def remove_containers_of(instance_id: str) -> int:
 
 
 @contextmanager
-def running_service(prefix: str, **settings: str) -> Iterator[Any]:
-    """A real ``sandboxd serve`` on free loopback ports with a throwaway PostgreSQL database.
+def running_service(prefix: str, store: str = "postgresql", **settings: str) -> Iterator[Any]:
+    """A real ``sandboxd serve`` on free loopback ports with a throwaway PostgreSQL database
+    (``store="sqlite"``: the embedded SQLite file in its data directory).
 
     Yields the ServiceProcess of testkit/service.py (ports, api key, instance id). At the end
     the process is stopped, its containers are removed by its instance label, and the database
@@ -129,10 +131,16 @@ def running_service(prefix: str, **settings: str) -> Iterator[Any]:
     from testkit.service import ServiceProcess
 
     with (
-        temporary_database(f"sandboxd_{prefix}") as database_url,
+        (
+            temporary_database(f"sandboxd_{prefix}")
+            if store == "postgresql"
+            else contextlib.nullcontext("")
+        ) as database_url,
         tempfile.TemporaryDirectory(prefix=f"sandboxd-{prefix}-") as data_dir,
     ):
-        service = ServiceProcess(Path(data_dir), database_url=database_url, **settings)  # type: ignore[arg-type]
+        if database_url:
+            settings = {**settings, "database_url": database_url}
+        service = ServiceProcess(Path(data_dir), **settings)  # type: ignore[arg-type]
         service.instance_id = f"bench-{prefix}-{os.urandom(5).hex()}"
         try:
             subprocess.run(

@@ -97,10 +97,12 @@ async def measure(service: Any, args: argparse.Namespace) -> dict[str, Any]:
             await asyncio.gather(*(caller.execute(chat) for chat in chats))
 
         serial: list[float] = []
+        cpu_before = cpu_seconds(pid)
         for _ in range(args.serial):
             latency = await caller.execute(chats[0])
             if latency is not None:
                 serial.append(latency)
+        serial_cpu = cpu_seconds(pid) - cpu_before
 
         opened: list[float] = []
         in_flight: set[uuid.UUID] = set()
@@ -147,12 +149,13 @@ async def measure(service: Any, args: argparse.Namespace) -> dict[str, Any]:
         await caller.close()
     return {
         "benchmark": "grpc_execute_existing_chats",
-        "store": "postgresql",
+        "store": args.store,
         "runtime": "docker",
         "concurrent_chats": args.chats,
         "sandboxes_created": sum(1 for value in firsts if value is not None),
         "create_all_chats_s": round(create_s, 3),
         "serial_ms": summary_ms(serial),
+        "serial_service_cpu_ms_per_execute": round(serial_cpu / max(1, len(serial)) * 1000, 3),
         "open_loop": {
             "offered_per_s": args.rate,
             "achieved_per_s": round(len(opened) / open_elapsed, 1),
@@ -188,10 +191,14 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=10.0, help="per phase")
     parser.add_argument("--warmup", type=int, default=5, help="rounds over all chats")
     parser.add_argument("--log-level", default="info")
+    parser.add_argument("--store", choices=("postgresql", "sqlite"), default="postgresql")
     args = parser.parse_args()
     sigterm_as_interrupt()
     with running_service(
-        "grpc", log_level=args.log_level, max_inflight_executions=str(max(64, args.chats * 4))
+        "grpc",
+        store=args.store,
+        log_level=args.log_level,
+        max_inflight_executions=str(max(64, args.chats * 4)),
     ) as service:
         report = asyncio.run(measure(service, args))
     emit(report)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 from dependency_injector import containers, providers
 
@@ -62,6 +63,9 @@ from usecase.sandbox import (
     ListSandboxes,
     RenewSandbox,
 )
+
+# Expired sandboxes the sweep stops at once.
+SWEEP_PARALLELISM = 16
 
 
 def _clock() -> Clock:
@@ -338,6 +342,7 @@ class Container(containers.DeclarativeContainer):
             max_timeout_s=limits.max_timeout_s,
         ),
         environments=environments,
+        renew_slack=settings.provided.lifetime.renew_slack,
     )
     file_store = providers.Singleton(_file_store, runtime)
     workspace_files = providers.Singleton(
@@ -360,6 +365,11 @@ class Container(containers.DeclarativeContainer):
     destroy_sandbox = providers.Factory(
         DestroySandbox, repository=repository, locker=locker, runtime=runtime, logger=logger
     )
+    # The sweep stops this many expired sandboxes at once (each under its chat's lock): a
+    # backlog of a thousand takes seconds, not the sum of a thousand stops.
+    sweep_executor = providers.Singleton(
+        ThreadPoolExecutor, max_workers=SWEEP_PARALLELISM, thread_name_prefix="sandboxd-sweep"
+    )
     cleanup_expired = providers.Factory(
         CleanupExpiredSandboxes,
         repository=repository,
@@ -367,6 +377,7 @@ class Container(containers.DeclarativeContainer):
         runtime=runtime,
         clock=clock,
         logger=logger,
+        executor=sweep_executor,
     )
     reconcile = providers.Factory(
         ReconcileSandboxes,

@@ -55,10 +55,17 @@ class LifetimeSettings(SettingsGroup):
     # max_lifetime_seconds after it was created.
     ttl_seconds: float = Field(default=900.0, gt=0)
     max_lifetime_seconds: float = Field(default=4 * 3600.0, gt=0)
+    # A busy chat's record is rewritten about once per this fraction of the ttl rather than on
+    # every message; an idle sandbox then lives up to ttl * (1 + fraction). 0: every message.
+    renew_slack_fraction: float = Field(default=0.1, ge=0, le=1)
 
     @property
     def ttl(self) -> timedelta:
         return timedelta(seconds=self.ttl_seconds)
+
+    @property
+    def renew_slack(self) -> timedelta:
+        return timedelta(seconds=self.ttl_seconds * self.renew_slack_fraction)
 
     @property
     def max_lifetime(self) -> timedelta:

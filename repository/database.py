@@ -8,6 +8,7 @@ nothing runs on a database whose revision is not the head one.
 from __future__ import annotations
 
 import fcntl
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,6 +27,9 @@ from sqlalchemy.pool import StaticPool
 from domain.errors import RepositoryUnavailableError
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+# A pooled PostgreSQL connection unused for longer than this is pinged before it is handed out.
+PING_AFTER_IDLE_S = 1.0
+_IDLE_SINCE = "sandboxd_idle_since"
 
 
 class SchemaOutOfDateError(RepositoryUnavailableError):
@@ -73,8 +77,10 @@ def create_database_engine(url: str, options: PoolOptions | None = None) -> Engi
 
     SQLite: the file's directory is created, and every connection uses WAL (readers do not block
     the writer, and several processes may share the file) and waits ``busy_timeout_s`` for a
-    writer instead of failing at once. PostgreSQL: connections are pinged before use, so a server
-    restart between calls costs nothing but a reconnect.
+    writer instead of failing at once. PostgreSQL: a connection idle for more than
+    PING_AFTER_IDLE_S is pinged before use (and replaced if dead), so a server restart between
+    calls costs nothing but a reconnect; one used moments ago is not, which takes the ping's
+    round trip off every call under load.
     """
     options = options or PoolOptions()
     parsed = make_url(url)
@@ -84,20 +90,45 @@ def create_database_engine(url: str, options: PoolOptions | None = None) -> Engi
     if backend == "postgresql":
         if parsed.get_driver_name() not in ("psycopg", "psycopg_async"):
             parsed = parsed.set(drivername="postgresql+psycopg")
-        return sa.create_engine(
+        engine = sa.create_engine(
             parsed,
             pool_size=options.pool_size,
             max_overflow=options.max_overflow,
             pool_timeout=options.pool_timeout_s,
-            pool_pre_ping=True,
             connect_args={
                 "connect_timeout": max(1, round(options.connect_timeout_s)),
                 "application_name": "sandboxd",
             },
         )
+        _ping_when_idle(engine)
+        return engine
     raise RepositoryUnavailableError(
         f"unsupported database URL {mask_url(parsed)}: use postgresql+psycopg:// or sqlite:///"
     )
+
+
+def _ping_when_idle(engine: Engine) -> None:
+    """pool_pre_ping, but only for connections idle longer than PING_AFTER_IDLE_S.
+
+    A dead connection found by the ping raises DisconnectionError, on which the pool discards
+    it and checks out another (SQLAlchemy's documented pessimistic disconnect handling). One
+    that died within the last moments fails its call with RepositoryUnavailableError, as it
+    would have mid-call anyway, and the pool drops it (and every older connection) then.
+    """
+
+    @event.listens_for(engine, "checkin")
+    def _idle_since(_dbapi_connection: Any, record: Any) -> None:
+        record.info[_IDLE_SINCE] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _ping_if_idle(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        idle_since = record.info.get(_IDLE_SINCE)
+        if idle_since is None or time.monotonic() - idle_since < PING_AFTER_IDLE_S:
+            return  # fresh from connect, or used moments ago
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except Exception as error:
+            raise exc.DisconnectionError(f"stale pooled connection: {error}") from error
 
 
 def _sqlite_engine(url: URL, options: PoolOptions) -> Engine:

@@ -40,8 +40,7 @@ SWEEP_LEADER_KEY = advisory_key(b"sweep-leader")
 
 def _release(connection: Connection, key: int) -> None:
     try:
-        with connection.begin():
-            connection.execute(sa.select(sa.func.pg_advisory_unlock(key)))
+        connection.execute(sa.select(sa.func.pg_advisory_unlock(key)))
     except exc.SQLAlchemyError:
         # The connection is broken, so the server has dropped (or will drop, on seeing it
         # close) the session and its lock. Raising here would hide the caller's own outcome.
@@ -85,14 +84,18 @@ class PostgresAdvisorySandboxLifecycleLocker:
         except exc.SQLAlchemyError as error:
             raise database_error(error, self._engine, "chat lock") from error
         try:
-            # lock_timeout 0 would mean "wait forever"; SET LOCAL ends with this transaction,
-            # the advisory lock (session-level) does not.
+            # One round trip, no transaction (autocommit): lock_timeout is set for the session,
+            # which every hold on these connections sets afresh, then the session-level lock is
+            # taken. lock_timeout 0 would mean "wait forever". The volatile set_config in a
+            # subquery is evaluated (not flattened away) before the lock is asked for.
             wait_ms = max(1, int((deadline - time.monotonic()) * 1000))
-            with connection.begin():
-                connection.execute(
-                    sa.select(sa.func.set_config("lock_timeout", f"{wait_ms}ms", True))
-                )
-                connection.execute(sa.select(sa.func.pg_advisory_lock(key)))
+            connection = connection.execution_options(isolation_level="AUTOCOMMIT")
+            configured = sa.select(
+                sa.func.set_config("lock_timeout", f"{wait_ms}ms", False).label("timeout")
+            ).subquery("configured")
+            connection.execute(
+                sa.select(sa.func.pg_advisory_lock(key)).select_from(configured)
+            ).all()
         except exc.SQLAlchemyError as error:
             connection.close()
             if getattr(getattr(error, "orig", None), "sqlstate", None) == _LOCK_NOT_AVAILABLE:

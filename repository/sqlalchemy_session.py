@@ -5,8 +5,10 @@ dataclass here, so the domain never sees the ORM. The schema itself is owned by 
 revisions in ``migrations/``; ``metadata`` below must describe the head revision (a test compares
 them).
 
-Every method is one transaction. Database failures become RepositoryUnavailableError (the URL's
-password masked) and the transaction is rolled back, so nothing is half-written.
+Every method is one statement, hence one transaction. On PostgreSQL it runs in autocommit: the
+statement is its own transaction, without a BEGIN and a COMMIT round trip around it. Database
+failures become RepositoryUnavailableError (the URL's password masked) and the statement is
+rolled back, so nothing is half-written.
 """
 
 from __future__ import annotations
@@ -135,6 +137,13 @@ class SqlAlchemySandboxSessionRepository:
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
+        # Same pool; every method below is a single statement (keep it so: a second one would
+        # not share its transaction).
+        self._statements = (
+            engine.execution_options(isolation_level="AUTOCOMMIT")
+            if engine.dialect.name == "postgresql"
+            else engine
+        )
         self._upsert = self._upsert_statement(engine.dialect.name)
 
     @property
@@ -154,7 +163,7 @@ class SqlAlchemySandboxSessionRepository:
 
     def save(self, session: SandboxSession) -> None:
         try:
-            with self._engine.begin() as connection:
+            with self._statements.begin() as connection:
                 connection.execute(self._upsert, _row_values(session))
         except exc.IntegrityError as error:
             raise SessionConflictError(
@@ -194,15 +203,15 @@ class SqlAlchemySandboxSessionRepository:
         return self._fetch_all(query, "list_sessions")
 
     def delete(self, session_id: UUID) -> None:
-        with translated_errors(self._engine, "delete"), self._engine.begin() as connection:
+        with translated_errors(self._engine, "delete"), self._statements.begin() as connection:
             connection.execute(sa.delete(sandbox_sessions).where(_columns.session_id == session_id))
 
     def _fetch_one(self, query: sa.Select[Any], doing: str) -> SandboxSession | None:
-        with translated_errors(self._engine, doing), self._engine.begin() as connection:
+        with translated_errors(self._engine, doing), self._statements.begin() as connection:
             row = connection.execute(query).first()
         return None if row is None else _to_session(row)
 
     def _fetch_all(self, query: sa.Select[Any], doing: str) -> list[SandboxSession]:
-        with translated_errors(self._engine, doing), self._engine.begin() as connection:
+        with translated_errors(self._engine, doing), self._statements.begin() as connection:
             rows = connection.execute(query).all()
         return [_to_session(row) for row in rows]

@@ -61,6 +61,15 @@ class ExecuteCode:
       ``sandbox_replaced`` and ``state_lost``; so it does when a DEAD session was replaced.
     - After the run the idle deadline slides to now + ttl, capped by the maximum lifetime, and
       ``last_activity_at`` is set.
+    - Renewal slack (``renew_slack``, 0 by default: a write per message): so that a busy chat
+      does not cost a database write per message, the record is written only when its stored
+      deadline falls short of now + ttl, and then with now + ttl + renew_slack (capped). So the
+      stored deadline is never earlier than the exact one: every reader on every replica (the
+      sweep's list_expired and its re-read under the chat lock, reuse, GET) compares against the
+      stored record, and none sees a sandbox as expired within ttl of its last message. An idle
+      sandbox lives at most ttl + renew_slack after its last message; a busy chat is written
+      about once per renew_slack; ``last_activity_at`` is as of the last write. A crash loses
+      nothing: what was skipped was already covered by the stored deadline.
     """
 
     def __init__(
@@ -76,8 +85,12 @@ class ExecuteCode:
         environments: EnvironmentProvisioning | None = None,
         no_environments_reason: str = NO_ENVIRONMENTS,
         warm: WarmSandboxSource | None = None,
+        renew_slack: timedelta = timedelta(0),
     ) -> None:
+        if renew_slack < timedelta(0):
+            raise ValueError("renew_slack must not be negative")
         self._repository = repository
+        self._renew_slack = renew_slack
         self._locker = locker
         self._runtime = runtime
         self._clock = clock
@@ -113,8 +126,7 @@ class ExecuteCode:
                 replaced = True
             if replaced:
                 result = replace(result, sandbox_replaced=True, state_lost=True)
-            session = session.renewed(self._clock.now(), self._ttl)
-            self._repository.save(session)
+            session = self._renewed(session)
         self._logger.info(
             "code_executed",
             {
@@ -127,6 +139,16 @@ class ExecuteCode:
             },
         )
         return CodeExecution(session=session, result=result)
+
+    def _renewed(self, stored: SandboxSession) -> SandboxSession:
+        """The session with its idle deadline slid (see the class rules), written if needed."""
+        now = self._clock.now()
+        exact = stored.renewed(now, self._ttl)
+        if self._renew_slack and stored.expires_at >= exact.expires_at:
+            return stored
+        session = stored.renewed(now, self._ttl + self._renew_slack) if self._renew_slack else exact
+        self._repository.save(session)
+        return session
 
     def _validate(self, request: ExecutionRequest) -> None:
         size = len(request.code.encode("utf-8", errors="surrogatepass"))

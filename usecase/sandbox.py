@@ -10,6 +10,7 @@ Rules shared by all of them:
 
 from __future__ import annotations
 
+from concurrent.futures import Executor
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from uuid import UUID, uuid4
@@ -304,7 +305,8 @@ class ListSandboxes:
 
 
 class RenewSandbox:
-    """Slide a usable session's idle deadline to now + ttl, capped by its maximum lifetime.
+    """Slide a usable session's idle deadline to now + ttl, capped by its maximum lifetime, and
+    never back: a later deadline already stored (ExecuteCode's renewal slack) is kept.
 
     Raises SandboxNotFoundError when the chat has no usable session (none, expired or dead):
     renewing cannot bring back a sandbox that is gone.
@@ -330,8 +332,13 @@ class RenewSandbox:
             current = self._repository.get_active_by_chat_id(chat_id)
             if current is None or not current.is_usable(now):
                 raise SandboxNotFoundError(f"chat {chat_id} has no usable sandbox to renew")
+            # Never earlier than the stored deadline: ExecuteCode may have stored one up to its
+            # renewal slack past now + ttl.
             renewed = replace(
-                current, expires_at=capped_deadline(now + self._ttl, current.max_expires_at)
+                current,
+                expires_at=max(
+                    current.expires_at, capped_deadline(now + self._ttl, current.max_expires_at)
+                ),
             )
             self._repository.save(renewed)
             self._logger.info(
@@ -376,7 +383,13 @@ class CleanupExpiredSandboxes:
 
     For each expired snapshot: take the chat's lock, re-read, and skip it if it was replaced or
     renewed meanwhile. A failing stop logs ``sandbox_clean_failed`` (``error`` = exception class
-    name), keeps the record for the next sweep, and the sweep goes on. Returns what was cleaned.
+    name), keeps the record for the next sweep, and the sweep goes on. Returns what was cleaned,
+    in the order listed.
+
+    With an ``executor`` the sandboxes are cleaned in parallel, as many at a time as it has
+    workers (the service wires a bounded pool): each one still under its own chat's lock with
+    the re-read, so a backlog costs the slowest stops rather than the sum of all of them.
+    Without one (the default) they are cleaned one after another on the caller's thread.
     """
 
     def __init__(
@@ -386,35 +399,42 @@ class CleanupExpiredSandboxes:
         runtime: SandboxRuntime,
         clock: Clock,
         logger: Logger,
+        executor: Executor | None = None,
     ) -> None:
         self._repository = repository
         self._locker = locker
         self._runtime = runtime
         self._clock = clock
         self._logger = logger
+        self._executor = executor
 
     def execute(self) -> list[SandboxSession]:
-        cleaned: list[SandboxSession] = []
-        for snapshot in self._repository.list_expired(self._clock.now()):
-            with self._locker.lock(snapshot.chat_id):
-                current = self._repository.get_active_by_chat_id(snapshot.chat_id)
-                if (
-                    current is None
-                    or current.session_id != snapshot.session_id
-                    or not current.is_expired(self._clock.now())
-                ):
-                    continue
-                try:
-                    self._runtime.stop(current.container_id)
-                except Exception as exc:
-                    # Any failure, including a bug in an adapter: one bad sandbox must not stop
-                    # the sweep for all the others.
-                    self._logger.error(
-                        "sandbox_clean_failed",
-                        {**session_attrs(current), "error": type(exc).__name__},
-                    )
-                    continue
-                self._repository.delete(current.session_id)
-                self._logger.info("sandbox_cleaned", session_attrs(current))
-                cleaned.append(current)
-        return cleaned
+        expired = self._repository.list_expired(self._clock.now())
+        if self._executor is None or len(expired) < 2:
+            outcomes = [self._clean(snapshot) for snapshot in expired]
+        else:
+            outcomes = list(self._executor.map(self._clean, expired))
+        return [session for session in outcomes if session is not None]
+
+    def _clean(self, snapshot: SandboxSession) -> SandboxSession | None:
+        with self._locker.lock(snapshot.chat_id):
+            current = self._repository.get_active_by_chat_id(snapshot.chat_id)
+            if (
+                current is None
+                or current.session_id != snapshot.session_id
+                or not current.is_expired(self._clock.now())
+            ):
+                return None
+            try:
+                self._runtime.stop(current.container_id)
+            except Exception as exc:
+                # Any failure, including a bug in an adapter: one bad sandbox must not stop
+                # the sweep for all the others.
+                self._logger.error(
+                    "sandbox_clean_failed",
+                    {**session_attrs(current), "error": type(exc).__name__},
+                )
+                return None
+            self._repository.delete(current.session_id)
+            self._logger.info("sandbox_cleaned", session_attrs(current))
+            return current

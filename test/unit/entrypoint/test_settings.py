@@ -20,6 +20,7 @@ VARIABLES: dict[str, tuple[str, str, Any]] = {
     "SANDBOXD_INSTANCE_ID": ("instance_id", "replica-a", "replica-a"),
     "SANDBOXD_TTL_SECONDS": ("lifetime.ttl_seconds", "600", 600.0),
     "SANDBOXD_MAX_LIFETIME_SECONDS": ("lifetime.max_lifetime_seconds", "7200", 7200.0),
+    "SANDBOXD_RENEW_SLACK_FRACTION": ("lifetime.renew_slack_fraction", "0.25", 0.25),
     "SANDBOXD_DATABASE_URL": ("database.url", "sqlite://", "sqlite://"),
     "SANDBOXD_DATABASE_AUTO_MIGRATE": ("database.auto_migrate", "false", False),
     "SANDBOXD_DATABASE_POOL_SIZE": ("database.pool_size", "7", 7),
