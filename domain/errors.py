@@ -46,6 +46,11 @@ class LockTimeoutError(SandboxServiceError):
     """The chat's lifecycle lock could not be taken in time."""
 
 
+class LockLostError(SandboxServiceError):
+    """The chat's lock was lost while held (its database connection dropped): the state change
+    was refused, since another replica may be working on the chat now. Retry."""
+
+
 class SessionConflictError(SandboxServiceError):
     """A second current session for one chat: the store's one-per-chat rule was broken."""
 
@@ -85,3 +90,17 @@ class ArtifactStoreUnavailableError(SandboxServiceError):
 
 class EnvironmentsUnsupportedError(SandboxServiceError):
     """Packages were asked for, but the configured runtime has no package environments."""
+
+
+class SandboxLimitError(SandboxServiceError):
+    """A new chat would pass a sandbox cap (this host's, or the key's on this host); chats that
+    already have a sandbox keep working. Retry later."""
+
+
+class WrongNodeError(SandboxServiceError):
+    """The chat's sandbox runs on another node (host); ``node`` names it. This node cannot
+    reach that sandbox: the request belongs on that node."""
+
+    def __init__(self, message: str, node: str) -> None:
+        super().__init__(message)
+        self.node = node

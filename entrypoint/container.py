@@ -25,6 +25,7 @@ from entrypoint import persistence
 from entrypoint.application.sandbox_api import SandboxApi
 from entrypoint.application.sweep import CleanupWorker, Sweeper
 from entrypoint.auth import ApiKeyAuthenticator
+from entrypoint.capacity import placement
 from entrypoint.grpc.interceptor import ApiKeyInterceptor
 from entrypoint.grpc.servicer import SandboxServicer
 from entrypoint.http.app import create_app
@@ -58,7 +59,7 @@ def _docker_runtime(settings: Settings, logger: Logger) -> SandboxRuntime:
     docker = settings.docker
     config = DockerSandboxConfig(
         image=docker.image or default_image_tag(docker.image_repository),
-        instance_id=settings.instance_id,
+        instance_id=settings.effective_instance_id,
         data_dir=settings.data_dir,
         memory_mb=docker.memory_mb,
         cpus=docker.cpus,
@@ -82,7 +83,7 @@ def _qemu_runtime(settings: Settings, logger: Logger) -> QemuSandboxRuntime:
     qemu = settings.qemu
     config = QemuSandboxConfig(
         data_dir=settings.data_dir,
-        instance_id=settings.instance_id,
+        instance_id=settings.effective_instance_id,
         memory_mb=qemu.memory_mb,
         vcpus=qemu.vcpus,
         accel=qemu.accel,
@@ -210,8 +211,12 @@ class Container(containers.DeclarativeContainer):
     database_engine = providers.Singleton(persistence.database_engine, settings)
     ready_database = providers.Singleton(persistence.ready_engine, database_engine, settings)
     lock_engine = providers.Singleton(persistence.lock_engine, settings)
-    repository = providers.Singleton(persistence.session_repository, ready_database)
     locker = providers.Singleton(persistence.chat_locker, settings, lock_engine.provider)
+    # The sweep's view of the same locks: a busy chat is skipped after a short wait.
+    sweep_locker = providers.Singleton(
+        persistence.short_wait_locker, locker, settings.provided.locks.sweep_wait_seconds
+    )
+    repository = providers.Singleton(persistence.session_repository, ready_database, locker)
     sweep_leader = providers.Singleton(persistence.sweep_leader, settings, lock_engine.provider)
 
     docker_runtime = providers.Singleton(_docker_runtime, settings, logger)
@@ -233,6 +238,10 @@ class Container(containers.DeclarativeContainer):
     )
     no_environments_reason = providers.Callable(_no_environments_reason, settings)
 
+    # Where new sandboxes go and how many fit (logged once, when first built).
+    placement = providers.Singleton(placement, settings, logger)
+    node = settings.provided.effective_node_id
+
     ttl = settings.provided.lifetime.ttl
     max_lifetime = settings.provided.lifetime.max_lifetime
     limits = settings.provided.limits
@@ -248,6 +257,7 @@ class Container(containers.DeclarativeContainer):
         max_lifetime=max_lifetime,
         environments=environments,
         no_environments_reason=no_environments_reason,
+        placement=placement,
     )
     execute_code = providers.Singleton(
         ExecuteCode,
@@ -265,6 +275,7 @@ class Container(containers.DeclarativeContainer):
         ),
         environments=environments,
         no_environments_reason=no_environments_reason,
+        placement=placement,
     )
     get_sandbox = providers.Factory(GetSandbox, repository=repository)
     list_sandboxes = providers.Factory(ListSandboxes, repository=repository)
@@ -272,18 +283,29 @@ class Container(containers.DeclarativeContainer):
         RenewSandbox, repository=repository, locker=locker, clock=clock, logger=logger, ttl=ttl
     )
     destroy_sandbox = providers.Factory(
-        DestroySandbox, repository=repository, locker=locker, runtime=runtime, logger=logger
+        DestroySandbox,
+        repository=repository,
+        locker=locker,
+        runtime=runtime,
+        logger=logger,
+        node=node,
     )
     cleanup_expired = providers.Factory(
         CleanupExpiredSandboxes,
         repository=repository,
-        locker=locker,
+        locker=sweep_locker,
         runtime=runtime,
         clock=clock,
         logger=logger,
+        node=node,
     )
     reconcile = providers.Factory(
-        ReconcileSandboxes, repository=repository, locker=locker, runtime=runtime, logger=logger
+        ReconcileSandboxes,
+        repository=repository,
+        locker=sweep_locker,
+        runtime=runtime,
+        logger=logger,
+        node=node,
     )
 
     # The service (sandboxd serve): one facade for HTTP and gRPC, the sweep shared with
@@ -292,7 +314,9 @@ class Container(containers.DeclarativeContainer):
     prepare_runtime = providers.Callable(prepare_runtime_image, settings, qemu_runtime.provider)
     access_logger = providers.Singleton(_logger, component="http")
     authenticator = providers.Singleton(
-        ApiKeyAuthenticator, keys=settings.provided.server.api_key_list
+        ApiKeyAuthenticator,
+        keys=settings.provided.server.api_key_list,
+        admin_keys=settings.provided.server.admin_key_list,
     )
     sweeper = providers.Singleton(
         Sweeper,
@@ -339,4 +363,6 @@ class Container(containers.DeclarativeContainer):
     grpc_interceptor = providers.Singleton(
         ApiKeyInterceptor, authenticator=authenticator, metrics=metrics
     )
-    grpc_servicer = providers.Singleton(SandboxServicer, api=api, metrics=metrics, logger=logger)
+    grpc_servicer = providers.Singleton(
+        SandboxServicer, api=api, metrics=metrics, logger=logger, authenticator=authenticator
+    )

@@ -110,7 +110,7 @@ class Service:
         self._loop = asyncio.get_running_loop()
         server = container.settings().server
         logger = container.logger()
-        check_api_keys(server.api_key_list, server.insecure_dev)
+        check_api_keys(server.api_key_list + server.admin_key_list, server.insecure_dev)
         settings = container.settings()
         check_sandbox_uid(
             own_uid=os.getuid(), runtime=settings.runtime, docker_user=settings.docker.user

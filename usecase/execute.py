@@ -10,6 +10,7 @@ from domain.environment import Environment
 from domain.errors import CodeTooLargeError, InvalidTimeoutError, SandboxGoneError
 from domain.execution import ExecutionRequest, ExecutionResult
 from domain.sandbox import SandboxSession
+from domain.tenant import OPERATOR, Caller
 from usecase.environment import EnvironmentProvisioning
 from usecase.ports import (
     Clock,
@@ -19,7 +20,13 @@ from usecase.ports import (
     SandboxRuntime,
     SandboxSessionRepository,
 )
-from usecase.sandbox import NO_ENVIRONMENTS, Lifetime, SandboxProvisioner, session_attrs
+from usecase.sandbox import (
+    NO_ENVIRONMENTS,
+    Lifetime,
+    Placement,
+    SandboxProvisioner,
+    session_attrs,
+)
 
 
 @dataclass(frozen=True)
@@ -37,6 +44,7 @@ class ExecuteCodeCommand:
     chat_id: UUID
     request: ExecutionRequest
     packages: tuple[str, ...] = ()
+    caller: Caller = OPERATOR
 
 
 @dataclass(frozen=True)
@@ -74,6 +82,7 @@ class ExecuteCode:
         limits: ExecutionLimits | None = None,
         environments: EnvironmentProvisioning | None = None,
         no_environments_reason: str = NO_ENVIRONMENTS,
+        placement: Placement | None = None,
     ) -> None:
         self._repository = repository
         self._locker = locker
@@ -90,6 +99,7 @@ class ExecuteCode:
             Lifetime(ttl, max_lifetime),
             environments,
             no_environments_reason,
+            placement,
         )
 
     def execute(
@@ -99,7 +109,7 @@ class ExecuteCode:
         environment = Environment(command.request.language, command.packages)
         self._provisioner.check(environment)
         with self._locker.lock(command.chat_id):
-            ensured = self._provisioner.ensure(command.chat_id, environment)
+            ensured = self._provisioner.ensure(command.chat_id, environment, command.caller)
             session, replaced = ensured.session, ensured.replaced_dead
             try:
                 result = self._runtime.execute(session.container_id, command.request, on_output)

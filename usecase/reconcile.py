@@ -11,7 +11,7 @@ from usecase.ports import (
     SandboxRuntime,
     SandboxSessionRepository,
 )
-from usecase.sandbox import session_attrs
+from usecase.sandbox import on_node, session_attrs
 
 _PAGE = 500
 
@@ -32,6 +32,8 @@ class ReconcileSandboxes:
     - A RUNNING record whose object is gone or not running is marked DEAD
       (``sandbox_marked_dead``); the chat's next message replaces it and reports lost state.
     A failure on one item is logged (``sandbox_reconcile_failed``) and the pass goes on.
+    With ``node`` set, only that node's records are judged (and older ones without a node):
+    another node's sandboxes are not in this node's runtime, so they would look gone.
     """
 
     def __init__(
@@ -40,11 +42,13 @@ class ReconcileSandboxes:
         locker: SandboxLifecycleLocker,
         runtime: SandboxRuntime,
         logger: Logger,
+        node: str | None = None,
     ) -> None:
         self._repository = repository
         self._locker = locker
         self._runtime = runtime
         self._logger = logger
+        self._node = node
 
     def execute(self) -> ReconcileReport:
         report = ReconcileReport()
@@ -58,7 +62,7 @@ class ReconcileSandboxes:
                 self._log_failure(item.container_id, exc)
         running_ids = {item.container_id for item in managed if item.running}
         for record in self._running_records():
-            if record.container_id in running_ids:
+            if record.container_id in running_ids or not on_node(record, self._node):
                 continue
             try:
                 dead = self._mark_dead_if_gone(record)

@@ -20,6 +20,7 @@ from uuid import UUID
 from domain.errors import TooManyExecutionsError
 from domain.execution import ExecutionRequest, Language, OutputChunk
 from domain.sandbox import SandboxSession, SandboxStatus
+from domain.tenant import OPERATOR, Caller
 from entrypoint.application.streaming import (
     STREAM_COALESCE_S,
     STREAM_FRAME_CHARS,
@@ -126,6 +127,7 @@ class SandboxApi:
         transport: str,
         on_output: Callable[[OutputChunk], None] | None = None,
         packages: tuple[str, ...] = (),
+        caller: Caller = OPERATOR,
     ) -> CodeExecution:
         """Run one execution; ``on_output`` is called from a worker thread."""
         loop = asyncio.get_running_loop()
@@ -136,7 +138,7 @@ class SandboxApi:
                 self._executor,
                 partial(
                     self._execute_code.execute,
-                    ExecuteCodeCommand(chat_id, request, packages),
+                    ExecuteCodeCommand(chat_id, request, packages, caller),
                     on_output,
                 ),
             )
@@ -162,6 +164,7 @@ class SandboxApi:
         request: ExecutionRequest,
         transport: str,
         packages: tuple[str, ...] = (),
+        caller: Caller = OPERATOR,
     ) -> ExecutionStream:
         """Output frames as they come (coalesced, bounded), then the CodeExecution; errors are
         raised in place. Call on the event loop."""
@@ -173,7 +176,7 @@ class SandboxApi:
             coalesce_s=STREAM_COALESCE_S,
         )
         task = asyncio.ensure_future(
-            self.execute(chat_id, request, transport, relay.put, packages=packages)
+            self.execute(chat_id, request, transport, relay.put, packages=packages, caller=caller)
         )
         # Output is put by the worker thread before the thread's future resolves, so closing
         # on completion never cuts off the last frames.
@@ -181,27 +184,39 @@ class SandboxApi:
         return ExecutionStream(relay, task, self._logger, transport, chat_id)
 
     async def ensure_sandbox(
-        self, chat_id: UUID, packages: tuple[str, ...] = (), language: str | None = None
+        self,
+        chat_id: UUID,
+        packages: tuple[str, ...] = (),
+        language: str | None = None,
+        caller: Caller = OPERATOR,
     ) -> SandboxSession:
         command = CreateSandboxCommand(
-            chat_id, packages, Language.parse(language) if language else Language.PYTHON
+            chat_id, packages, Language.parse(language) if language else Language.PYTHON, caller
         )
         return await self._call(self._create_sandbox.execute, command)
 
-    async def get_sandbox(self, chat_id: UUID) -> SandboxSession:
-        return await self._call(self._get_sandbox.execute, chat_id)
+    async def get_sandbox(self, chat_id: UUID, caller: Caller = OPERATOR) -> SandboxSession:
+        return await self._call(self._get_sandbox.execute, chat_id, caller)
 
-    async def renew_sandbox(self, chat_id: UUID) -> SandboxSession:
-        return await self._call(self._renew_sandbox.execute, chat_id)
+    async def renew_sandbox(self, chat_id: UUID, caller: Caller = OPERATOR) -> SandboxSession:
+        return await self._call(self._renew_sandbox.execute, chat_id, caller)
 
-    async def destroy_sandbox(self, chat_id: UUID) -> SandboxSession | None:
-        return await self._call(self._destroy_sandbox.execute, chat_id)
+    async def destroy_sandbox(
+        self, chat_id: UUID, caller: Caller = OPERATOR
+    ) -> SandboxSession | None:
+        return await self._call(self._destroy_sandbox.execute, chat_id, caller)
 
     async def list_sandboxes(
-        self, status: SandboxStatus | None, limit: int, offset: int
+        self, status: SandboxStatus | None, limit: int, offset: int, caller: Caller = OPERATOR
     ) -> list[SandboxSession]:
         return await self._call(
-            partial(self._list_sandboxes.execute, status=status, limit=limit, offset=offset)
+            partial(
+                self._list_sandboxes.execute,
+                status=status,
+                limit=limit,
+                offset=offset,
+                caller=caller,
+            )
         )
 
     async def readiness(self) -> ReadinessReport:
