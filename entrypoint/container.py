@@ -347,6 +347,7 @@ class Container(containers.DeclarativeContainer):
         metrics=metrics,
         logger=logger,
         max_inflight_executions=limits.max_inflight_executions,
+        max_inflight_per_key=limits.max_inflight_executions_per_key,
         default_timeout_s=limits.default_timeout_s,
         readiness_cache_s=settings.provided.server.readiness_cache_seconds,
         stream_buffer_chars=limits.max_stream_buffer_chars,

@@ -107,8 +107,8 @@ class LimitSettings(SettingsGroup):
     max_output_bytes: int = Field(default=1024 * 1024, gt=0)
     # Executions running at once across HTTP and gRPC; past it callers get 429 / RESOURCE_EXHAUSTED.
     max_inflight_executions: int = Field(default=64, gt=0)
-    # Of those, one API key's at most (unset: half of max_inflight_executions), so that one
-    # key's flood leaves slots for the others.
+    # Of those, one API key's at most, running or waiting behind its chat (unset: three
+    # quarters of max_inflight_executions), so that one key's flood leaves slots for others.
     max_inflight_executions_per_key: int | None = Field(default=None, gt=0)
     # Live (running) sandboxes on this node; a new chat past it gets 429 sandbox_limit. Unset:
     # derived at start from the host's memory and the per-sandbox memory (logged).

@@ -4,12 +4,20 @@ on executions in flight, the drain at shutdown, readiness checks and execution m
 Use cases are synchronous and may block for seconds (sandbox creation, code running), so each
 call goes to a bounded thread pool. An execution's slot is held until its thread is done, not
 until its caller stops waiting: a client that hangs up does not free capacity that is still used.
+
+Admission, shared fairly between API keys:
+- A chat with executions in flight holds one *slot* (``max_inflight_executions`` in all): its
+  further messages wait behind its lock in a *queue* of the same size, and do not take slots
+  of their own, so a chat's backlog cannot crowd out other chats.
+- One key's executions (running and queued) are capped at ``max_inflight_per_key``: a key that
+  floods gets 429s while the remaining slots stay free for the other keys.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -73,6 +81,7 @@ class SandboxApi:
         logger: Logger,
         max_inflight_executions: int,
         default_timeout_s: float,
+        max_inflight_per_key: int | None = None,
         readiness_timeout_s: float = 5.0,
         readiness_cache_s: float = 1.0,
         stream_buffer_chars: int = 1024 * 1024,
@@ -88,6 +97,7 @@ class SandboxApi:
         self._metrics = metrics
         self._logger = logger
         self._max_inflight = max_inflight_executions
+        self._max_per_key = max_inflight_per_key or max(1, max_inflight_executions * 3 // 4)
         self._default_timeout_s = default_timeout_s
         self._readiness_timeout_s = readiness_timeout_s
         self._readiness_cache_s = readiness_cache_s
@@ -99,11 +109,15 @@ class SandboxApi:
             max_workers=2, thread_name_prefix="sandboxd-ready"
         )
         self._stream_buffer_chars = stream_buffer_chars
+        # Slots plus queue: a message waiting for its chat's lock waits in a thread.
         self._executor = ThreadPoolExecutor(
-            max_workers=max_inflight_executions + _EXTRA_THREADS, thread_name_prefix="sandboxd"
+            max_workers=2 * max_inflight_executions + _EXTRA_THREADS, thread_name_prefix="sandboxd"
         )
         # Touched only on the event loop thread (admission and done callbacks run there).
-        self._inflight = 0
+        self._inflight = 0  # slots: chats with executions in flight
+        self._queued = 0  # further executions waiting behind their chat's
+        self._by_chat: Counter[UUID] = Counter()
+        self._by_key: Counter[str] = Counter()
         self._draining = False
         self._idle: asyncio.Event | None = None
         metrics.on_scrape(self._count_sessions)
@@ -131,7 +145,7 @@ class SandboxApi:
     ) -> CodeExecution:
         """Run one execution; ``on_output`` is called from a worker thread."""
         loop = asyncio.get_running_loop()
-        self._admit()
+        self._admit(chat_id, caller.tenant)
         started = time.perf_counter()
         try:
             future = loop.run_in_executor(
@@ -143,11 +157,11 @@ class SandboxApi:
                 ),
             )
         except BaseException:
-            self._release()
+            self._release(chat_id, caller.tenant)
             raise
 
         def finished(done: asyncio.Future[CodeExecution]) -> None:
-            self._release()
+            self._release(chat_id, caller.tenant)
             self._metrics.execution_duration.labels(transport).observe(
                 time.perf_counter() - started
             )
@@ -253,6 +267,11 @@ class SandboxApi:
     def inflight(self) -> int:
         return self._inflight
 
+    @property
+    def queued(self) -> int:
+        """Executions admitted that wait behind their chat's running one."""
+        return self._queued
+
     async def drain(self, timeout_s: float) -> bool:
         """Refuse new executions and wait up to ``timeout_s`` for those in flight.
 
@@ -277,18 +296,42 @@ class SandboxApi:
 
     # -- internals -----------------------------------------------------------------------------
 
-    def _admit(self) -> None:
+    def _admit(self, chat_id: UUID, key: str) -> None:
         if self._draining:
             raise ShuttingDownError("the service is shutting down; retry on another replica")
-        if self._inflight >= self._max_inflight:
+        if self._by_key[key] >= self._max_per_key:
             raise TooManyExecutionsError(
-                f"{self._inflight} executions in flight, the limit is {self._max_inflight}"
+                f"this API key has {self._by_key[key]} executions in flight, its limit is "
+                f"{self._max_per_key}"
             )
-        self._inflight += 1
+        if self._by_chat[chat_id]:
+            # Waits behind its chat's running execution: no slot of its own.
+            if self._queued >= self._max_inflight:
+                raise TooManyExecutionsError(
+                    f"{self._queued} executions wait for their chat, the limit is "
+                    f"{self._max_inflight}"
+                )
+            self._queued += 1
+        else:
+            if self._inflight >= self._max_inflight:
+                raise TooManyExecutionsError(
+                    f"{self._inflight} executions in flight, the limit is {self._max_inflight}"
+                )
+            self._inflight += 1
+        self._by_chat[chat_id] += 1
+        self._by_key[key] += 1
         self._metrics.executions_in_flight.set(self._inflight)
 
-    def _release(self) -> None:
-        self._inflight -= 1
+    def _release(self, chat_id: UUID, key: str) -> None:
+        self._by_key[key] -= 1
+        if self._by_key[key] <= 0:
+            del self._by_key[key]
+        self._by_chat[chat_id] -= 1
+        if self._by_chat[chat_id] > 0:
+            self._queued -= 1  # the next waiter of this chat inherits its slot
+        else:
+            del self._by_chat[chat_id]
+            self._inflight -= 1
         self._metrics.executions_in_flight.set(self._inflight)
         if self._inflight == 0 and self._idle is not None:
             self._idle.set()
