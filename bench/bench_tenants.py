@@ -1,7 +1,7 @@
 """A well-behaved key's executes while another key floods: fairness between tenants.
 
     uv run python -m bench.bench_tenants [--seconds 10] [--good-chats 4] [--flood-chats 8]
-        [--flood-callers 48]
+        [--flood-callers 48] [--per-key-cap N]
 
 Starts a real ``sandboxd serve`` (PostgreSQL, Docker) with two keys. Phase 1: the good key alone,
 one closed-loop caller per chat (its unloaded p99). Phase 2: the same while the flood key runs
@@ -103,11 +103,16 @@ def main() -> None:
     parser.add_argument("--good-chats", type=int, default=4)
     parser.add_argument("--flood-chats", type=int, default=8)
     parser.add_argument("--flood-callers", type=int, default=48)
+    # SANDBOXD_MAX_INFLIGHT_EXECUTIONS_PER_KEY for the run (0: the service's default).
+    parser.add_argument("--per-key-cap", type=int, default=0)
     args = parser.parse_args()
     sigterm_as_interrupt()
     good = [uuid.uuid4() for _ in range(args.good_chats)]
     flood = [uuid.uuid4() for _ in range(args.flood_chats)]
-    with running_service("tenants", api_keys=f"good:{GOOD},flood:{FLOOD}") as service:
+    settings = {"api_keys": f"good:{GOOD},flood:{FLOOD}"}
+    if args.per_key_cap:
+        settings["max_inflight_executions_per_key"] = str(args.per_key_cap)
+    with running_service("tenants", **settings) as service:
         port = service.http_port
 
         async def run() -> dict[str, Any]:
