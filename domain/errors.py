@@ -46,6 +46,11 @@ class LockTimeoutError(SandboxServiceError):
     """The chat's lifecycle lock could not be taken in time."""
 
 
+class LockLostError(SandboxServiceError):
+    """The chat's lock was lost while held (its database connection dropped): the state change
+    was refused, since another replica may be working on the chat now. Retry."""
+
+
 class SessionConflictError(SandboxServiceError):
     """A second current session for one chat: the store's one-per-chat rule was broken."""
 
@@ -113,3 +118,17 @@ class WorkspaceFullError(SandboxServiceError):
 
 class WorkspaceFileNotFoundError(SandboxServiceError):
     """No regular file at that path in the chat's workspace (or the chat has no sandbox)."""
+
+
+class SandboxLimitError(SandboxServiceError):
+    """A new chat would pass a sandbox cap (this host's, or the key's on this host); chats that
+    already have a sandbox keep working. Retry later."""
+
+
+class WrongNodeError(SandboxServiceError):
+    """The chat's sandbox runs on another node (host); ``node`` names it. This node cannot
+    reach that sandbox: the request belongs on that node."""
+
+    def __init__(self, message: str, node: str) -> None:
+        super().__init__(message)
+        self.node = node

@@ -36,6 +36,8 @@ class SandboxSession:
     ``packages`` are the extra packages the sandbox has, in ``domain.environment``'s recorded
     form (Python requirements as they are, npm ones prefixed ``npm:``), so that a replacement
     starts from the cached environment that already has them.
+    ``owner`` is the tenant (API key name) that created the chat ("" before tenants existed);
+    ``node`` the host whose runtime runs the sandbox ("" before nodes were recorded).
     """
 
     session_id: UUID
@@ -48,6 +50,8 @@ class SandboxSession:
     last_activity_at: datetime | None = None
     max_expires_at: datetime | None = None
     packages: tuple[str, ...] = ()
+    owner: str = ""
+    node: str = ""
 
     def is_expired(self, now: datetime) -> bool:
         return self.expires_at <= now

@@ -32,6 +32,7 @@ from entrypoint.application.pools import PoolWorker
 from entrypoint.application.sandbox_api import SandboxApi
 from entrypoint.application.sweep import CleanupWorker, Sweeper
 from entrypoint.auth import ApiKeyAuthenticator
+from entrypoint.capacity import placement
 from entrypoint.grpc.interceptor import ApiKeyInterceptor
 from entrypoint.grpc.pools import PoolServicer
 from entrypoint.grpc.servicer import SandboxServicer
@@ -80,7 +81,7 @@ def _docker_runtime(settings: Settings, logger: Logger) -> SandboxRuntime:
     docker = settings.docker
     config = DockerSandboxConfig(
         image=docker.image or default_image_tag(docker.image_repository),
-        instance_id=settings.instance_id,
+        instance_id=settings.effective_instance_id,
         data_dir=settings.data_dir,
         memory_mb=docker.memory_mb,
         cpus=docker.cpus,
@@ -105,7 +106,7 @@ def _qemu_runtime(settings: Settings, logger: Logger) -> QemuSandboxRuntime:
     qemu = settings.qemu
     config = QemuSandboxConfig(
         data_dir=settings.data_dir,
-        instance_id=settings.instance_id,
+        instance_id=settings.effective_instance_id,
         memory_mb=qemu.memory_mb,
         vcpus=qemu.vcpus,
         accel=qemu.accel,
@@ -261,8 +262,12 @@ class Container(containers.DeclarativeContainer):
     database_engine = providers.Singleton(persistence.database_engine, settings)
     ready_database = providers.Singleton(persistence.ready_engine, database_engine, settings)
     lock_engine = providers.Singleton(persistence.lock_engine, settings)
-    repository = providers.Singleton(persistence.session_repository, ready_database)
     locker = providers.Singleton(persistence.chat_locker, settings, lock_engine.provider)
+    # The sweep's view of the same locks: a busy chat is skipped after a short wait.
+    sweep_locker = providers.Singleton(
+        persistence.short_wait_locker, locker, settings.provided.locks.sweep_wait_seconds
+    )
+    repository = providers.Singleton(persistence.session_repository, ready_database, locker)
     sweep_leader = providers.Singleton(persistence.sweep_leader, settings, lock_engine.provider)
 
     docker_runtime = providers.Singleton(_docker_runtime, settings, logger)
@@ -310,6 +315,10 @@ class Container(containers.DeclarativeContainer):
         logger=logger,
     )
 
+    # Where new sandboxes go and how many fit (logged once, when first built).
+    placement = providers.Singleton(placement, settings, logger)
+    node = settings.provided.effective_node_id
+
     ttl = settings.provided.lifetime.ttl
     max_lifetime = settings.provided.lifetime.max_lifetime
     limits = settings.provided.limits
@@ -325,6 +334,7 @@ class Container(containers.DeclarativeContainer):
         max_lifetime=max_lifetime,
         environments=environments,
         warm=warm_pools,
+        placement=placement,
     )
     execute_code = providers.Singleton(
         ExecuteCode,
@@ -343,6 +353,7 @@ class Container(containers.DeclarativeContainer):
         ),
         environments=environments,
         renew_slack=settings.provided.lifetime.renew_slack,
+        placement=placement,
     )
     file_store = providers.Singleton(_file_store, runtime)
     workspace_files = providers.Singleton(
@@ -363,7 +374,12 @@ class Container(containers.DeclarativeContainer):
         RenewSandbox, repository=repository, locker=locker, clock=clock, logger=logger, ttl=ttl
     )
     destroy_sandbox = providers.Factory(
-        DestroySandbox, repository=repository, locker=locker, runtime=runtime, logger=logger
+        DestroySandbox,
+        repository=repository,
+        locker=locker,
+        runtime=runtime,
+        logger=logger,
+        node=node,
     )
     # The sweep stops this many expired sandboxes at once (each under its chat's lock): a
     # backlog of a thousand takes seconds, not the sum of a thousand stops.
@@ -373,19 +389,21 @@ class Container(containers.DeclarativeContainer):
     cleanup_expired = providers.Factory(
         CleanupExpiredSandboxes,
         repository=repository,
-        locker=locker,
+        locker=sweep_locker,
         runtime=runtime,
         clock=clock,
         logger=logger,
         executor=sweep_executor,
+        node=node,
     )
     reconcile = providers.Factory(
         ReconcileSandboxes,
         repository=repository,
-        locker=locker,
+        locker=sweep_locker,
         runtime=runtime,
         logger=logger,
         pools=warm_pools,
+        node=node,
     )
 
     # The service (sandboxd serve): one facade for HTTP and gRPC, the sweep shared with
@@ -394,7 +412,9 @@ class Container(containers.DeclarativeContainer):
     prepare_runtime = providers.Callable(prepare_runtime_image, settings, qemu_runtime.provider)
     access_logger = providers.Singleton(_logger, component="http")
     authenticator = providers.Singleton(
-        ApiKeyAuthenticator, keys=settings.provided.server.api_key_list
+        ApiKeyAuthenticator,
+        keys=settings.provided.server.api_key_list,
+        admin_keys=settings.provided.server.admin_key_list,
     )
     sweeper = providers.Singleton(
         Sweeper,
@@ -425,6 +445,7 @@ class Container(containers.DeclarativeContainer):
         metrics=metrics,
         logger=logger,
         max_inflight_executions=limits.max_inflight_executions,
+        max_inflight_per_key=limits.max_inflight_executions_per_key,
         default_timeout_s=limits.default_timeout_s,
         readiness_cache_s=settings.provided.server.readiness_cache_seconds,
         stream_buffer_chars=limits.max_stream_buffer_chars,
@@ -444,7 +465,12 @@ class Container(containers.DeclarativeContainer):
         ApiKeyInterceptor, authenticator=authenticator, metrics=metrics
     )
     grpc_servicer = providers.Singleton(
-        SandboxServicer, api=api, metrics=metrics, logger=logger, files_api=files_api
+        SandboxServicer,
+        api=api,
+        metrics=metrics,
+        logger=logger,
+        authenticator=authenticator,
+        files_api=files_api,
     )
     grpc_pool_servicer = providers.Singleton(
         PoolServicer, manage=manage_pools.provider, metrics=metrics, logger=logger

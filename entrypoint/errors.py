@@ -35,6 +35,7 @@ from domain.errors import (
     InvalidPackageError,
     InvalidPoolError,
     InvalidTimeoutError,
+    LockLostError,
     LockTimeoutError,
     PackageNotAllowedError,
     PoolAlreadyExistsError,
@@ -42,6 +43,7 @@ from domain.errors import (
     RepositoryUnavailableError,
     RuntimeUnavailableError,
     SandboxGoneError,
+    SandboxLimitError,
     SandboxNotFoundError,
     SandboxServiceError,
     SessionConflictError,
@@ -49,6 +51,7 @@ from domain.errors import (
     UnsupportedLanguageError,
     WorkspaceFileNotFoundError,
     WorkspaceFullError,
+    WrongNodeError,
 )
 from usecase.ports import Logger
 
@@ -133,6 +136,10 @@ ERROR_TABLE: tuple[ErrorRow, ...] = (
         "conflicting session records",
     ),
     ErrorRow(TooManyExecutionsError, "too_many_executions", 429, _G.RESOURCE_EXHAUSTED, 1),
+    ErrorRow(SandboxLimitError, "sandbox_limit", 429, _G.RESOURCE_EXHAUSTED, 1),
+    # 421 Misdirected Request: the request belongs on the node its text names (routing between
+    # nodes is not built yet).
+    ErrorRow(WrongNodeError, "wrong_node", 421, _G.FAILED_PRECONDITION, 1),
     ErrorRow(
         RuntimeUnavailableError,
         "runtime_unavailable",
@@ -159,6 +166,7 @@ ERROR_TABLE: tuple[ErrorRow, ...] = (
     ),
     ErrorRow(SandboxGoneError, "sandbox_gone", 503, _G.UNAVAILABLE, 5, "the sandbox is gone"),
     ErrorRow(LockTimeoutError, "lock_timeout", 503, _G.UNAVAILABLE, 6, "the chat is busy"),
+    ErrorRow(LockLostError, "lock_lost", 503, _G.UNAVAILABLE, 6, "the chat's lock was lost"),
     ErrorRow(ShuttingDownError, "shutting_down", 503, _G.UNAVAILABLE, 1),
     ErrorRow(SlowClientError, "slow_client", 503, _G.RESOURCE_EXHAUSTED, 1),
     ErrorRow(ListenError, "service_error", 500, _G.INTERNAL, 1, "service error"),

@@ -64,8 +64,12 @@ def ready_engine(engine: Engine, settings: Settings) -> Engine:
     return prepare_database(engine, auto_migrate(settings))
 
 
-def session_repository(engine: Engine) -> SandboxSessionRepository:
-    return SqlAlchemySandboxSessionRepository(engine=engine)
+def session_repository(engine: Engine, locker: SandboxLifecycleLocker) -> SandboxSessionRepository:
+    # On PostgreSQL a lock holder checks it still holds its chat's lock before every write.
+    fence = (
+        locker.verify_held if isinstance(locker, PostgresAdvisorySandboxLifecycleLocker) else None
+    )
+    return SqlAlchemySandboxSessionRepository(engine=engine, fence=fence)
 
 
 def lock_engine(settings: Settings) -> Engine:
@@ -73,8 +77,9 @@ def lock_engine(settings: Settings) -> Engine:
     return create_database_engine(
         settings.effective_database_url,
         PoolOptions(
-            pool_size=min(held, 10),
-            max_overflow=max(0, held - 10),
+            # All of them kept: a lock connection is opened per chat being worked on.
+            pool_size=held,
+            max_overflow=0,
             pool_timeout_s=settings.locks.timeout_seconds,
             connect_timeout_s=settings.database.connect_timeout_seconds,
         ),
@@ -106,3 +111,9 @@ def sweep_leader(settings: Settings, lock_engine_provider: EngineProvider) -> Sw
     if directory is None:
         return ProcessLocalSweepLeaderLock()
     return FileSweepLeaderLock(directory)
+
+
+def short_wait_locker(locker: SandboxLifecycleLocker, wait_s: float) -> SandboxLifecycleLocker:
+    """The same locks with a short wait, for the sweep (every locker here has with_timeout)."""
+    with_timeout = getattr(locker, "with_timeout", None)
+    return locker if with_timeout is None else with_timeout(wait_s)

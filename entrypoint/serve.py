@@ -112,7 +112,7 @@ class Service:
         container = self._container
         settings = container.settings()
         server = settings.server
-        check_api_keys(server.api_key_list, server.insecure_dev)
+        check_api_keys(server.api_key_list + server.admin_key_list, server.insecure_dev)
         check_sandbox_uid(
             own_uid=os.getuid(), runtime=settings.runtime, docker_user=settings.docker.user
         )

@@ -11,7 +11,9 @@ works too (tests and scripts use it), as does ``Settings(docker=DockerSettings(.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import socket
 from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
@@ -80,8 +82,11 @@ class DatabaseSettings(SettingsGroup):
     url: str = ""
     # Unset: SQLite migrates itself to head on start, PostgreSQL never does (run sandboxd migrate).
     auto_migrate: bool | None = None
+    # PostgreSQL connections per replica: pool_size + max_overflow here, plus
+    # locks.max_connections; the defaults (5 + 5 + 20 = 30) let 3 replicas share PostgreSQL's
+    # default max_connections of 100 (97 for non-superusers).
     pool_size: int = Field(default=5, gt=0)
-    max_overflow: int = Field(default=10, ge=0)
+    max_overflow: int = Field(default=5, ge=0)
     pool_timeout_seconds: float = Field(default=10.0, gt=0)
     connect_timeout_seconds: float = Field(default=5.0, gt=0)
     sqlite_busy_timeout_seconds: float = Field(default=5.0, gt=0)
@@ -93,9 +98,13 @@ class LockSettings(SettingsGroup):
     # How long a request waits for its chat's lock; above limits.max_timeout_s, so a message can
     # wait out the execution ahead of it.
     timeout_seconds: float = Field(default=360.0, gt=0)
-    # PostgreSQL only: connections for chat-lock holders (one per chat being worked on), a pool
-    # apart from the repository's so that holders cannot starve it.
-    max_connections: int = Field(default=64, gt=0)
+    # PostgreSQL only: connections for chat-lock holders (one per chat being worked on, so at
+    # most this many chats run at once per replica), a pool apart from the repository's so
+    # that holders cannot starve it.
+    max_connections: int = Field(default=20, gt=0)
+    # How long the sweep waits for a chat's lock before skipping that chat this round (a long
+    # execution holds it; the next round retries).
+    sweep_wait_seconds: float = Field(default=0.5, gt=0)
 
 
 class LimitSettings(SettingsGroup):
@@ -105,6 +114,14 @@ class LimitSettings(SettingsGroup):
     max_output_bytes: int = Field(default=1024 * 1024, gt=0)
     # Executions running at once across HTTP and gRPC; past it callers get 429 / RESOURCE_EXHAUSTED.
     max_inflight_executions: int = Field(default=64, gt=0)
+    # Of those, one API key's at most, running or waiting behind its chat (unset: three
+    # quarters of max_inflight_executions), so that one key's flood leaves slots for others.
+    max_inflight_executions_per_key: int | None = Field(default=None, gt=0)
+    # Live (running) sandboxes on this node; a new chat past it gets 429 sandbox_limit. Unset:
+    # derived at start from the host's memory and the per-sandbox memory (logged).
+    max_sandboxes: int | None = Field(default=None, gt=0)
+    # Live sandboxes of one API key on this node (unset: no cap of its own).
+    max_sandboxes_per_key: int | None = Field(default=None, gt=0)
     # Streamed output waiting for a client that does not read; past it the client is dropped
     # (the execution completes and is recorded).
     max_stream_buffer_chars: int = Field(default=1024 * 1024, gt=0)
@@ -119,8 +136,12 @@ class ServerSettings(SettingsGroup):
     host: str = "127.0.0.1"
     http_port: int = Field(default=8080, ge=0, le=65535)
     grpc_port: int = Field(default=50051, ge=0, le=65535)
-    # Comma-separated bearer keys. Without any, serve refuses to start unless insecure_dev is on.
+    # Comma-separated bearer keys, each `name:secret` (a tenant: it sees only the chats it
+    # created) or a bare secret (its name derived). Without any (nor admin_keys), serve refuses
+    # to start unless insecure_dev is on.
     api_keys: str = ""
+    # Same form; these keys see and manage every tenant's chats (operators, pools).
+    admin_keys: str = ""
     insecure_dev: bool = False
     cleanup_interval_seconds: float = Field(default=60.0, gt=0)
     # On shutdown, how long executions in flight may still finish.
@@ -135,6 +156,10 @@ class ServerSettings(SettingsGroup):
     @property
     def api_key_list(self) -> list[str]:
         return [key.strip() for key in self.api_keys.split(",") if key.strip()]
+
+    @property
+    def admin_key_list(self) -> list[str]:
+        return [key.strip() for key in self.admin_keys.split(",") if key.strip()]
 
 
 class QemuSettings(SettingsGroup):
@@ -263,7 +288,12 @@ class Settings(BaseSettings):
     data_dir: Path = Field(default_factory=_default_data_dir)
     runtime: Literal["docker", "qemu"] = "docker"
     # Labels every runtime object; reconciliation only touches objects of its own instance.
-    instance_id: str = "sandboxd"
+    # Empty: derived from data_dir (effective_instance_id), so two services with different
+    # data directories on one Docker engine never remove each other's sandboxes.
+    instance_id: str = ""
+    # This host's name in session records: a chat's sandbox is served only by its node, and
+    # reconciliation judges only its node's records. Empty: the hostname.
+    node_id: str = ""
 
     lifetime: LifetimeSettings = Field(default_factory=LifetimeSettings)
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
@@ -325,6 +355,17 @@ class Settings(BaseSettings):
             group.setdefault(field_name, value)
             folded[group_name] = group
         return folded
+
+    @property
+    def effective_instance_id(self) -> str:
+        if self.instance_id:
+            return self.instance_id
+        digest = hashlib.sha256(str(self.data_dir.expanduser().absolute()).encode()).hexdigest()
+        return f"sandboxd-{digest[:12]}"
+
+    @property
+    def effective_node_id(self) -> str:
+        return self.node_id or socket.gethostname()
 
     @property
     def effective_database_url(self) -> str:

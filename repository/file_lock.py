@@ -7,6 +7,7 @@ dies, so a crashed holder never wedges a chat.
 
 from __future__ import annotations
 
+import copy
 import fcntl
 import os
 import time
@@ -76,6 +77,12 @@ class FileSandboxLifecycleLocker:
     @property
     def lock_dir(self) -> Path:
         return self._lock_dir
+
+    def with_timeout(self, timeout_s: float) -> FileSandboxLifecycleLocker:
+        """The same locks (one in-process queue) with another bound on the wait."""
+        view = copy.copy(self)
+        view._timeout_s = timeout_s
+        return view
 
     @contextmanager
     def lock(self, chat_id: UUID) -> Iterator[None]:

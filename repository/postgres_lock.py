@@ -8,7 +8,9 @@ connection for as long as the chat's work runs, and must not starve the reposito
 
 from __future__ import annotations
 
+import copy
 import hashlib
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,7 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy import exc
 from sqlalchemy.engine import Connection, Engine
 
-from domain.errors import LockTimeoutError
+from domain.errors import LockLostError, LockTimeoutError
 from repository.chat_queue import TimedFifoChatLock
 from repository.database import database_error
 
@@ -37,6 +39,18 @@ def chat_lock_key(chat_id: UUID) -> int:
 
 SWEEP_LEADER_KEY = advisory_key(b"sweep-leader")
 
+# pg_locks shows a bigint advisory key as classid (high 32 bits), objid (low 32), objsubid 1.
+_HOLDS_KEY = sa.text(
+    "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted"
+    " AND pid = pg_backend_pid() AND objsubid = 1"
+    " AND classid = CAST(:high AS oid) AND objid = CAST(:low AS oid))"
+)
+
+
+def _key_parts(key: int) -> dict[str, int]:
+    unsigned = key & 0xFFFF_FFFF_FFFF_FFFF
+    return {"high": unsigned >> 32, "low": unsigned & 0xFFFF_FFFF}
+
 
 def _release(connection: Connection, key: int) -> None:
     try:
@@ -54,12 +68,25 @@ class PostgresAdvisorySandboxLifecycleLocker:
     the order is close to FIFO as well. The whole wait (in-process queue, a pool connection, the
     advisory lock) is bounded by ``timeout_s``; past it LockTimeoutError. An unreachable server
     raises RepositoryUnavailableError.
+
+    The lock lives as long as its connection: if that drops (server restart, network cut,
+    pg_terminate_backend), another replica may take the chat. So ``verify_held`` asks the
+    server, on the holder's own connection, whether this thread's locks are still held, and the
+    session store calls it before every write (LockLostError when not).
     """
 
     def __init__(self, engine: Engine, timeout_s: float = 360.0) -> None:
         self._engine = engine
         self._timeout_s = timeout_s
         self._local = TimedFifoChatLock()
+        # Per thread: chat -> (connection, key) of the locks it holds now.
+        self._held = threading.local()
+
+    def with_timeout(self, timeout_s: float) -> PostgresAdvisorySandboxLifecycleLocker:
+        """The same locks (one in-process queue, one record of holders), another wait bound."""
+        view = copy.copy(self)
+        view._timeout_s = timeout_s
+        return view
 
     @contextmanager
     def lock(self, chat_id: UUID) -> Iterator[None]:
@@ -68,13 +95,36 @@ class PostgresAdvisorySandboxLifecycleLocker:
         try:
             key = chat_lock_key(chat_id)
             connection = self._acquire(chat_id, key, deadline)
+            held = self._holdings()
+            held[chat_id] = (connection, key)
             try:
                 yield
             finally:
+                held.pop(chat_id, None)
                 _release(connection, key)
                 connection.close()
         finally:
             self._local.release(chat_id)
+
+    def verify_held(self) -> None:
+        """Raise LockLostError unless every chat lock this thread holds is still held."""
+        for chat_id, (connection, key) in list(self._holdings().items()):
+            try:
+                # The lock connection runs in autocommit (see _acquire): one statement, no
+                # transaction around it.
+                held = bool(connection.execute(_HOLDS_KEY, _key_parts(key)).scalar_one())
+            except exc.SQLAlchemyError as error:
+                raise LockLostError(
+                    f"chat {chat_id}: the lock's database connection failed"
+                ) from error
+            if not held:
+                raise LockLostError(f"chat {chat_id}: the lock is no longer held")
+
+    def _holdings(self) -> dict[UUID, tuple[Connection, int]]:
+        held: dict[UUID, tuple[Connection, int]] | None = getattr(self._held, "chats", None)
+        if held is None:
+            held = self._held.chats = {}
+        return held
 
     def _acquire(self, chat_id: UUID, key: int, deadline: float) -> Connection:
         try:

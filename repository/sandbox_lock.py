@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -32,6 +33,12 @@ class ProcessLocalSandboxLifecycleLocker:
             yield
         finally:
             self._queue.release(chat_id)
+
+    def with_timeout(self, timeout_s: float) -> ProcessLocalSandboxLifecycleLocker:
+        """The same locks (one queue) with another bound on the wait: the sweep's short try."""
+        view = copy.copy(self)
+        view._timeout_s = timeout_s
+        return view
 
     def queued(self, chat_id: UUID) -> int:
         """Holder plus waiters for one chat right now (for tests and metrics)."""

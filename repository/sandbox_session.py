@@ -43,14 +43,28 @@ class InMemorySandboxSessionRepository:
         return sorted(expired, key=lambda s: s.expires_at)
 
     def list_sessions(
-        self, status: SandboxStatus | None = None, limit: int = 100, offset: int = 0
+        self,
+        status: SandboxStatus | None = None,
+        limit: int = 100,
+        offset: int = 0,
+        owner: str | None = None,
     ) -> list[SandboxSession]:
         with self._lock:
             matching = [
-                s for s in self._by_session_id.values() if status is None or s.status is status
+                s
+                for s in self._by_session_id.values()
+                if (status is None or s.status is status) and (owner is None or s.owner == owner)
             ]
         matching.sort(key=lambda s: (s.created_at, str(s.session_id)))
         return matching[offset : offset + limit]
+
+    def count_running(self, node: str, owner: str | None = None) -> int:
+        with self._lock:
+            return sum(
+                1
+                for s in self._by_session_id.values()
+                if s.is_running and s.node == node and (owner is None or s.owner == owner)
+            )
 
     def delete(self, session_id: UUID) -> None:
         with self._lock:

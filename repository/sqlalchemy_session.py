@@ -13,6 +13,7 @@ rolled back, so nothing is half-written.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
@@ -72,6 +73,9 @@ sandbox_sessions = sa.Table(
     sa.Column("max_expires_at", UtcDateTime(), nullable=True),
     # Recorded requirements, one per line (validated: none contains a newline).
     sa.Column("packages", sa.Text(), nullable=False, server_default=""),
+    # The tenant that created the chat, and the host that runs its sandbox ("" for older rows).
+    sa.Column("owner", sa.String(255), nullable=False, server_default=""),
+    sa.Column("node", sa.String(255), nullable=False, server_default=""),
     sa.CheckConstraint("status IN ('running', 'dead')", name="ck_sandbox_sessions_status"),
     # Partial: only current records compete for a chat, so a later archival status (kept for
     # history) may hold any number of old records per chat without a schema change.
@@ -91,6 +95,15 @@ sandbox_sessions = sa.Table(
         sqlite_where=sa.text(CURRENT_STATUSES_SQL),
     ),
     sa.Index("ix_sandbox_sessions_created_at", "created_at", "session_id"),
+    # count_running per node (and owner); a tenant's listing.
+    sa.Index(
+        "ix_sandbox_sessions_current_node_owner",
+        "node",
+        "owner",
+        postgresql_where=sa.text(CURRENT_STATUSES_SQL),
+        sqlite_where=sa.text(CURRENT_STATUSES_SQL),
+    ),
+    sa.Index("ix_sandbox_sessions_owner_created_at", "owner", "created_at", "session_id"),
 )
 
 _columns = sandbox_sessions.c
@@ -109,6 +122,8 @@ def _row_values(session: SandboxSession) -> dict[str, Any]:
         "last_activity_at": session.last_activity_at,
         "max_expires_at": session.max_expires_at,
         "packages": "\n".join(session.packages),
+        "owner": session.owner,
+        "node": session.node,
     }
 
 
@@ -124,6 +139,8 @@ def _to_session(row: sa.Row[Any]) -> SandboxSession:
         last_activity_at=row.last_activity_at,
         max_expires_at=row.max_expires_at,
         packages=tuple(row.packages.split("\n")) if row.packages else (),
+        owner=row.owner,
+        node=row.node,
     )
 
 
@@ -133,9 +150,13 @@ class SqlAlchemySandboxSessionRepository:
     The one-current-record-per-chat rule is the database's (a partial unique index), so it holds
     across processes and replicas even if a caller skipped the chat lock; breaking it raises
     SessionConflictError. No call is retried here: see the README's retry policy.
+
+    ``fence``, when given, runs before every write (save, delete): the PostgreSQL wiring passes
+    the chat locker's ``verify_held``, so a holder whose lock was lost (its connection dropped,
+    another replica may own the chat now) changes nothing (LockLostError).
     """
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, fence: Callable[[], None] | None = None) -> None:
         self._engine = engine
         # Same pool; every method below is a single statement (keep it so: a second one would
         # not share its transaction).
@@ -144,6 +165,7 @@ class SqlAlchemySandboxSessionRepository:
             if engine.dialect.name == "postgresql"
             else engine
         )
+        self._fence = fence
         self._upsert = self._upsert_statement(engine.dialect.name)
 
     @property
@@ -162,6 +184,8 @@ class SqlAlchemySandboxSessionRepository:
         return statement.on_conflict_do_update(index_elements=["session_id"], set_=updated)
 
     def save(self, session: SandboxSession) -> None:
+        if self._fence is not None:
+            self._fence()
         try:
             with self._statements.begin() as connection:
                 connection.execute(self._upsert, _row_values(session))
@@ -194,15 +218,35 @@ class SqlAlchemySandboxSessionRepository:
         )
 
     def list_sessions(
-        self, status: SandboxStatus | None = None, limit: int = 100, offset: int = 0
+        self,
+        status: SandboxStatus | None = None,
+        limit: int = 100,
+        offset: int = 0,
+        owner: str | None = None,
     ) -> list[SandboxSession]:
         query = sa.select(sandbox_sessions)
         if status is not None:
             query = query.where(_columns.status == status.value)
+        if owner is not None:
+            query = query.where(_columns.owner == owner)
         query = query.order_by(_columns.created_at, _columns.session_id).limit(limit).offset(offset)
         return self._fetch_all(query, "list_sessions")
 
+    def count_running(self, node: str, owner: str | None = None) -> int:
+        query = sa.select(sa.func.count()).where(
+            _is_current, _columns.status == SandboxStatus.RUNNING.value, _columns.node == node
+        )
+        if owner is not None:
+            query = query.where(_columns.owner == owner)
+        with (
+            translated_errors(self._engine, "count_running"),
+            self._statements.begin() as connection,
+        ):
+            return int(connection.execute(query).scalar_one())
+
     def delete(self, session_id: UUID) -> None:
+        if self._fence is not None:
+            self._fence()
         with translated_errors(self._engine, "delete"), self._statements.begin() as connection:
             connection.execute(sa.delete(sandbox_sessions).where(_columns.session_id == session_id))
 

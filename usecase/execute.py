@@ -10,6 +10,7 @@ from domain.environment import Environment
 from domain.errors import CodeTooLargeError, InvalidTimeoutError, SandboxGoneError
 from domain.execution import ExecutionRequest, ExecutionResult
 from domain.sandbox import SandboxSession
+from domain.tenant import OPERATOR, Caller
 from usecase.environment import EnvironmentProvisioning
 from usecase.ports import (
     Clock,
@@ -20,7 +21,13 @@ from usecase.ports import (
     SandboxSessionRepository,
     WarmSandboxSource,
 )
-from usecase.sandbox import NO_ENVIRONMENTS, Lifetime, SandboxProvisioner, session_attrs
+from usecase.sandbox import (
+    NO_ENVIRONMENTS,
+    Lifetime,
+    Placement,
+    SandboxProvisioner,
+    session_attrs,
+)
 
 
 @dataclass(frozen=True)
@@ -38,6 +45,7 @@ class ExecuteCodeCommand:
     chat_id: UUID
     request: ExecutionRequest
     packages: tuple[str, ...] = ()
+    caller: Caller = OPERATOR
 
 
 @dataclass(frozen=True)
@@ -86,6 +94,7 @@ class ExecuteCode:
         no_environments_reason: str = NO_ENVIRONMENTS,
         warm: WarmSandboxSource | None = None,
         renew_slack: timedelta = timedelta(0),
+        placement: Placement | None = None,
     ) -> None:
         if renew_slack < timedelta(0):
             raise ValueError("renew_slack must not be negative")
@@ -106,6 +115,7 @@ class ExecuteCode:
             environments,
             no_environments_reason,
             warm,
+            placement,
         )
 
     def execute(
@@ -115,7 +125,7 @@ class ExecuteCode:
         environment = Environment(command.request.language, command.packages)
         self._provisioner.check(environment)
         with self._locker.lock(command.chat_id):
-            ensured = self._provisioner.ensure(command.chat_id, environment)
+            ensured = self._provisioner.ensure(command.chat_id, environment, command.caller)
             session, replaced = ensured.session, ensured.replaced_dead
             try:
                 result = self._runtime.execute(session.container_id, command.request, on_output)

@@ -85,9 +85,20 @@ class SandboxSessionRepository(Protocol):
         ...
 
     def list_sessions(
-        self, status: SandboxStatus | None = None, limit: int = 100, offset: int = 0
+        self,
+        status: SandboxStatus | None = None,
+        limit: int = 100,
+        offset: int = 0,
+        owner: str | None = None,
     ) -> list[SandboxSession]:
-        """Records ordered by creation time (then session id), optionally of one status."""
+        """Records ordered by creation time (then session id), optionally of one status and of
+        one owner (tenant)."""
+        ...
+
+    def count_running(self, node: str, owner: str | None = None) -> int:
+        """RUNNING records of ``node`` (expired ones included: their sandboxes still hold
+        memory until swept), optionally of one owner. Read from the store, so every replica
+        sharing it counts the same sandboxes."""
         ...
 
     def delete(self, session_id: UUID) -> None:

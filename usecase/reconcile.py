@@ -12,7 +12,7 @@ from usecase.ports import (
     SandboxSessionRepository,
     WarmSandboxSource,
 )
-from usecase.sandbox import session_attrs
+from usecase.sandbox import on_node, session_attrs
 
 _PAGE = 500
 
@@ -38,6 +38,8 @@ class ReconcileSandboxes:
       own session id), so an object whose chat label matches no record is looked up by its
       session id: the session record, not the label, says which chat it serves. Members of a
       service that is gone (also after kill -9) are owned by no pool and are removed.
+    With ``node`` set, only that node's records are judged (and older ones without a node):
+    another node's sandboxes are not in this node's runtime, so they would look gone.
     """
 
     def __init__(
@@ -47,12 +49,14 @@ class ReconcileSandboxes:
         runtime: SandboxRuntime,
         logger: Logger,
         pools: WarmSandboxSource | None = None,
+        node: str | None = None,
     ) -> None:
         self._repository = repository
         self._locker = locker
         self._runtime = runtime
         self._logger = logger
         self._pools = pools
+        self._node = node
 
     def execute(self) -> ReconcileReport:
         report = ReconcileReport()
@@ -66,7 +70,7 @@ class ReconcileSandboxes:
                 self._log_failure(item.container_id, exc)
         running_ids = {item.container_id for item in managed if item.running}
         for record in self._running_records():
-            if record.container_id in running_ids:
+            if record.container_id in running_ids or not on_node(record, self._node):
                 continue
             try:
                 dead = self._mark_dead_if_gone(record)

@@ -25,11 +25,15 @@ from domain.environment import (
 )
 from domain.errors import (
     EnvironmentsUnsupportedError,
+    LockTimeoutError,
     SandboxGoneError,
+    SandboxLimitError,
     SandboxNotFoundError,
+    WrongNodeError,
 )
 from domain.execution import Language
 from domain.sandbox import SandboxSession, SandboxStatus, capped_deadline
+from domain.tenant import OPERATOR, Caller
 from usecase.environment import EnvironmentProvisioning
 from usecase.ports import (
     Clock,
@@ -59,6 +63,41 @@ class Lifetime:
 
     ttl: timedelta
     max_lifetime: timedelta | None = None
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where new sandboxes go and how many may live there.
+
+    ``node`` is this host's name, recorded in every session it creates. ``max_sandboxes``
+    caps RUNNING sandboxes on the node, ``max_per_owner`` a tenant's on the node (None: no
+    cap). Counted in the session store, so replicas on one node sharing it count the same ones.
+    Only a new chat is refused: replacing an existing chat's sandbox stops the old one first.
+    At the cap nothing is evicted to make room (one key must not be able to erase another's
+    idle state); the caller retries after sandboxes expire or are deleted.
+    """
+
+    node: str = ""
+    max_sandboxes: int | None = None
+    max_per_owner: int | None = None
+
+
+def on_node(session: SandboxSession, node: str | None) -> bool:
+    """True when ``node`` (None: any) runs the session; records without a node predate nodes
+    and count as every node's."""
+    return node is None or not session.node or session.node == node
+
+
+def not_found(chat_id: UUID) -> SandboxNotFoundError:
+    # The same words whether the chat has no sandbox or another tenant's: nothing leaks.
+    return SandboxNotFoundError(f"chat {chat_id} has no sandbox")
+
+
+def check_access(session: SandboxSession | None, caller: Caller) -> SandboxSession | None:
+    """The session if the caller may see it; another tenant's chat raises as a missing one."""
+    if session is not None and not caller.may_access(session.owner):
+        raise not_found(session.chat_id)
+    return session
 
 
 @dataclass(frozen=True)
@@ -97,6 +136,7 @@ class SandboxProvisioner:
         environments: EnvironmentProvisioning | None = None,
         no_environments_reason: str = NO_ENVIRONMENTS,
         warm: WarmSandboxSource | None = None,
+        placement: Placement | None = None,
     ) -> None:
         self._repository = repository
         self._runtime = runtime
@@ -106,6 +146,7 @@ class SandboxProvisioner:
         self._environments = environments
         self._no_environments_reason = no_environments_reason
         self._warm = warm
+        self._placement = placement or Placement()
 
     def check(self, environment: Environment) -> None:
         """Refuse a request for packages this service will not provide (before any lock)."""
@@ -115,16 +156,25 @@ class SandboxProvisioner:
             raise EnvironmentsUnsupportedError(self._no_environments_reason)
         self._environments.allow_list.check(environment)
 
-    def ensure(self, chat_id: UUID, environment: Environment | None = None) -> EnsuredSandbox:
-        """Reuse the chat's usable session, or replace an expired or dead one, or create one."""
+    def ensure(
+        self, chat_id: UUID, environment: Environment | None = None, caller: Caller = OPERATOR
+    ) -> EnsuredSandbox:
+        """Reuse the chat's usable session, or replace an expired or dead one, or create one.
+
+        Another tenant's chat raises SandboxNotFoundError, one whose sandbox runs on another
+        node WrongNodeError, a new chat past a cap SandboxLimitError.
+        """
         wanted = environment or Environment(Language.PYTHON)
         self.check(wanted)
         now = self._clock.now()
-        current = self._repository.get_active_by_chat_id(chat_id)
+        current = check_access(self._repository.get_active_by_chat_id(chat_id), caller)
         if current is None:
+            self._check_capacity(caller.tenant)
             return EnsuredSandbox(
-                self._create(chat_id, now, recorded_packages(wanted)), replaced_dead=False
+                self._create(chat_id, now, recorded_packages(wanted), caller.tenant),
+                replaced_dead=False,
             )
+        self.check_node(current)
         if current.is_usable(now):
             self._logger.info("sandbox_reused", session_attrs(current))
             try:
@@ -149,10 +199,43 @@ class SandboxProvisioner:
         packages = current.packages
         if environment is not None:
             packages = merged_packages(packages, environment)
+        self.check_node(current)
         self._runtime.stop(current.container_id)
         self._repository.delete(current.session_id)
         self._logger.info("sandbox_replaced", session_attrs(current))
-        return self._create(current.chat_id, self._clock.now(), packages)
+        return self._create(current.chat_id, self._clock.now(), packages, current.owner)
+
+    def check_node(self, session: SandboxSession) -> None:
+        """Refuse to touch a sandbox another node runs (this node's runtime cannot reach it).
+        Records from before nodes were recorded ("") count as this node's."""
+        if session.node and session.node != self._placement.node:
+            raise WrongNodeError(
+                f"chat {session.chat_id}: its sandbox runs on node {session.node!r}, "
+                f"this is node {self._placement.node!r}; send the request there",
+                session.node,
+            )
+
+    def _check_capacity(self, owner: str, created: bool = False) -> None:
+        """Before a create (``created`` False): refuse when the node or the tenant is at its cap.
+        After the record is saved (True): refuse when concurrent creates passed the cap, so
+        that racing requests, on this replica or another, cannot overshoot it."""
+        placement = self._placement
+        for cap, scope, owner_filter in (
+            (placement.max_sandboxes, "this host", None),
+            (placement.max_per_owner, "this API key on this host", owner),
+        ):
+            if cap is None:
+                continue
+            count = self._repository.count_running(placement.node, owner_filter)
+            if count > cap or (not created and count >= cap):
+                self._logger.warning(
+                    "sandbox_limit_reached",
+                    {"node": placement.node, "owner": owner, "scope": scope, "limit": cap},
+                )
+                raise SandboxLimitError(
+                    f"{scope} is at its limit of {cap} sandboxes; retry after one expires "
+                    "or is deleted"
+                )
 
     def _add_packages(self, current: SandboxSession, wanted: Environment) -> SandboxSession:
         missing = missing_packages(current.packages, wanted)
@@ -169,7 +252,7 @@ class SandboxProvisioner:
         return updated
 
     def _create(
-        self, chat_id: UUID, now: datetime, packages: tuple[str, ...] = ()
+        self, chat_id: UUID, now: datetime, packages: tuple[str, ...] = (), owner: str = ""
     ) -> SandboxSession:
         max_expires_at = (
             None if self._lifetime.max_lifetime is None else now + self._lifetime.max_lifetime
@@ -212,6 +295,7 @@ class SandboxProvisioner:
             session = replace(session, packages=packages)
         if max_expires_at is not None:
             session = replace(session, max_expires_at=max_expires_at)
+        session = replace(session, owner=owner, node=self._placement.node)
         try:
             self._repository.save(session)
         except Exception:
@@ -222,6 +306,12 @@ class SandboxProvisioner:
         finally:
             if pooled is not None and self._warm is not None:
                 self._warm.settle(pooled.session_id)
+        try:
+            self._check_capacity(owner, created=True)
+        except SandboxLimitError:
+            self._runtime.stop(session.container_id)
+            self._repository.delete(session.session_id)
+            raise
         attrs = session_attrs(session)
         if pooled is not None:
             attrs["pooled"] = True
@@ -236,6 +326,7 @@ class CreateSandboxCommand:
     chat_id: UUID
     packages: tuple[str, ...] = ()
     language: Language = Language.PYTHON
+    caller: Caller = OPERATOR
 
 
 class CreateSandbox:
@@ -257,6 +348,7 @@ class CreateSandbox:
         environments: EnvironmentProvisioning | None = None,
         no_environments_reason: str = NO_ENVIRONMENTS,
         warm: WarmSandboxSource | None = None,
+        placement: Placement | None = None,
     ) -> None:
         self._locker = locker
         self._provisioner = SandboxProvisioner(
@@ -268,6 +360,7 @@ class CreateSandbox:
             environments,
             no_environments_reason,
             warm,
+            placement,
         )
 
     def execute(self, command: CreateSandboxCommand) -> SandboxSession:
@@ -276,32 +369,40 @@ class CreateSandbox:
         environment = Environment(command.language, command.packages)
         self._provisioner.check(environment)
         with self._locker.lock(command.chat_id):
-            return self._provisioner.ensure(command.chat_id, environment).session
+            return self._provisioner.ensure(command.chat_id, environment, command.caller).session
 
 
 class GetSandbox:
-    """The chat's current session (RUNNING or DEAD). Raises SandboxNotFoundError when none."""
+    """The chat's current session (RUNNING or DEAD). Raises SandboxNotFoundError when none (or
+    when it is another tenant's)."""
 
     def __init__(self, repository: SandboxSessionRepository) -> None:
         self._repository = repository
 
-    def execute(self, chat_id: UUID) -> SandboxSession:
-        session = self._repository.get_active_by_chat_id(chat_id)
+    def execute(self, chat_id: UUID, caller: Caller = OPERATOR) -> SandboxSession:
+        session = check_access(self._repository.get_active_by_chat_id(chat_id), caller)
         if session is None:
-            raise SandboxNotFoundError(f"chat {chat_id} has no sandbox")
+            raise not_found(chat_id)
         return session
 
 
 class ListSandboxes:
-    """Page through session records, optionally of one status."""
+    """Page through session records, optionally of one status: the caller's own chats, or every
+    chat for an admin."""
 
     def __init__(self, repository: SandboxSessionRepository) -> None:
         self._repository = repository
 
     def execute(
-        self, status: SandboxStatus | None = None, limit: int = 100, offset: int = 0
+        self,
+        status: SandboxStatus | None = None,
+        limit: int = 100,
+        offset: int = 0,
+        caller: Caller = OPERATOR,
     ) -> list[SandboxSession]:
-        return self._repository.list_sessions(status=status, limit=limit, offset=offset)
+        return self._repository.list_sessions(
+            status=status, limit=limit, offset=offset, owner=caller.listing_owner
+        )
 
 
 class RenewSandbox:
@@ -326,10 +427,10 @@ class RenewSandbox:
         self._logger = logger
         self._ttl = ttl
 
-    def execute(self, chat_id: UUID) -> SandboxSession:
+    def execute(self, chat_id: UUID, caller: Caller = OPERATOR) -> SandboxSession:
         with self._locker.lock(chat_id):
             now = self._clock.now()
-            current = self._repository.get_active_by_chat_id(chat_id)
+            current = check_access(self._repository.get_active_by_chat_id(chat_id), caller)
             if current is None or not current.is_usable(now):
                 raise SandboxNotFoundError(f"chat {chat_id} has no usable sandbox to renew")
             # Never earlier than the stored deadline: ExecuteCode may have stored one up to its
@@ -352,7 +453,8 @@ class DestroySandbox:
     """Stop the chat's sandbox and delete its record. Idempotent: returns None when none.
 
     If the runtime fails to stop it, the record is kept (so a later sweep retries) and the error
-    propagates.
+    propagates. Another tenant's chat raises SandboxNotFoundError, a sandbox of another node
+    WrongNodeError (records of nodes other than ``node`` are left alone).
     """
 
     def __init__(
@@ -361,17 +463,25 @@ class DestroySandbox:
         locker: SandboxLifecycleLocker,
         runtime: SandboxRuntime,
         logger: Logger,
+        node: str = "",
     ) -> None:
         self._repository = repository
         self._locker = locker
         self._runtime = runtime
         self._logger = logger
+        self._node = node
 
-    def execute(self, chat_id: UUID) -> SandboxSession | None:
+    def execute(self, chat_id: UUID, caller: Caller = OPERATOR) -> SandboxSession | None:
         with self._locker.lock(chat_id):
-            current = self._repository.get_active_by_chat_id(chat_id)
+            current = check_access(self._repository.get_active_by_chat_id(chat_id), caller)
             if current is None:
                 return None
+            if current.node and current.node != self._node:
+                raise WrongNodeError(
+                    f"chat {chat_id}: its sandbox runs on node {current.node!r}, this is node "
+                    f"{self._node!r}; send the request there",
+                    current.node,
+                )
             self._runtime.stop(current.container_id)
             self._repository.delete(current.session_id)
             self._logger.info("sandbox_destroyed", session_attrs(current))
@@ -383,8 +493,12 @@ class CleanupExpiredSandboxes:
 
     For each expired snapshot: take the chat's lock, re-read, and skip it if it was replaced or
     renewed meanwhile. A failing stop logs ``sandbox_clean_failed`` (``error`` = exception class
-    name), keeps the record for the next sweep, and the sweep goes on. Returns what was cleaned,
-    in the order listed.
+    name), keeps the record for the next sweep, and the sweep goes on. Returns what was cleaned.
+
+    A chat whose lock is busy (a long execution holds it) is skipped this round
+    (``sandbox_clean_skipped_busy``), not waited for: give this use case a locker with a short
+    wait (the service does). With ``node`` set, only records of that node (and older records
+    without one) are cleaned: another node's sandboxes are beyond this node's runtime.
 
     With an ``executor`` the sandboxes are cleaned in parallel, as many at a time as it has
     workers (the service wires a bounded pool): each one still under its own chat's lock with
@@ -400,6 +514,7 @@ class CleanupExpiredSandboxes:
         clock: Clock,
         logger: Logger,
         executor: Executor | None = None,
+        node: str | None = None,
     ) -> None:
         self._repository = repository
         self._locker = locker
@@ -407,14 +522,26 @@ class CleanupExpiredSandboxes:
         self._clock = clock
         self._logger = logger
         self._executor = executor
+        self._node = node
 
     def execute(self) -> list[SandboxSession]:
-        expired = self._repository.list_expired(self._clock.now())
+        expired = [
+            snapshot
+            for snapshot in self._repository.list_expired(self._clock.now())
+            if on_node(snapshot, self._node)
+        ]
         if self._executor is None or len(expired) < 2:
-            outcomes = [self._clean(snapshot) for snapshot in expired]
+            outcomes = [self._clean_unless_busy(snapshot) for snapshot in expired]
         else:
-            outcomes = list(self._executor.map(self._clean, expired))
+            outcomes = list(self._executor.map(self._clean_unless_busy, expired))
         return [session for session in outcomes if session is not None]
+
+    def _clean_unless_busy(self, snapshot: SandboxSession) -> SandboxSession | None:
+        try:
+            return self._clean(snapshot)
+        except LockTimeoutError:
+            self._logger.info("sandbox_clean_skipped_busy", session_attrs(snapshot))
+            return None
 
     def _clean(self, snapshot: SandboxSession) -> SandboxSession | None:
         with self._locker.lock(snapshot.chat_id):

@@ -4,12 +4,20 @@ on executions in flight, the drain at shutdown, readiness checks and execution m
 Use cases are synchronous and may block for seconds (sandbox creation, code running), so each
 call goes to a bounded thread pool. An execution's slot is held until its thread is done, not
 until its caller stops waiting: a client that hangs up does not free capacity that is still used.
+
+Admission, shared fairly between API keys:
+- A chat with executions in flight holds one *slot* (``max_inflight_executions`` in all): its
+  further messages wait behind its lock in a *queue* of the same size, and do not take slots
+  of their own, so a chat's backlog cannot crowd out other chats.
+- One key's executions (running and queued) are capped at ``max_inflight_per_key``: a key that
+  floods gets 429s while the remaining slots stay free for the other keys.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -20,6 +28,7 @@ from uuid import UUID
 from domain.errors import TooManyExecutionsError
 from domain.execution import ExecutionRequest, Language, OutputChunk
 from domain.sandbox import SandboxSession, SandboxStatus
+from domain.tenant import OPERATOR, Caller
 from entrypoint.application.streaming import (
     STREAM_COALESCE_S,
     STREAM_FRAME_CHARS,
@@ -72,6 +81,7 @@ class SandboxApi:
         logger: Logger,
         max_inflight_executions: int,
         default_timeout_s: float,
+        max_inflight_per_key: int | None = None,
         readiness_timeout_s: float = 5.0,
         readiness_cache_s: float = 1.0,
         stream_buffer_chars: int = 1024 * 1024,
@@ -87,6 +97,7 @@ class SandboxApi:
         self._metrics = metrics
         self._logger = logger
         self._max_inflight = max_inflight_executions
+        self._max_per_key = max_inflight_per_key or max(1, max_inflight_executions * 3 // 4)
         self._default_timeout_s = default_timeout_s
         self._readiness_timeout_s = readiness_timeout_s
         self._readiness_cache_s = readiness_cache_s
@@ -98,11 +109,15 @@ class SandboxApi:
             max_workers=2, thread_name_prefix="sandboxd-ready"
         )
         self._stream_buffer_chars = stream_buffer_chars
+        # Slots plus queue: a message waiting for its chat's lock waits in a thread.
         self._executor = ThreadPoolExecutor(
-            max_workers=max_inflight_executions + _EXTRA_THREADS, thread_name_prefix="sandboxd"
+            max_workers=2 * max_inflight_executions + _EXTRA_THREADS, thread_name_prefix="sandboxd"
         )
         # Touched only on the event loop thread (admission and done callbacks run there).
-        self._inflight = 0
+        self._inflight = 0  # slots: chats with executions in flight
+        self._queued = 0  # further executions waiting behind their chat's
+        self._by_chat: Counter[UUID] = Counter()
+        self._by_key: Counter[str] = Counter()
         self._draining = False
         self._idle: asyncio.Event | None = None
         metrics.on_scrape(self._count_sessions)
@@ -126,26 +141,27 @@ class SandboxApi:
         transport: str,
         on_output: Callable[[OutputChunk], None] | None = None,
         packages: tuple[str, ...] = (),
+        caller: Caller = OPERATOR,
     ) -> CodeExecution:
         """Run one execution; ``on_output`` is called from a worker thread."""
         loop = asyncio.get_running_loop()
-        self._admit()
+        self._admit(chat_id, caller.tenant)
         started = time.perf_counter()
         try:
             future = loop.run_in_executor(
                 self._executor,
                 partial(
                     self._execute_code.execute,
-                    ExecuteCodeCommand(chat_id, request, packages),
+                    ExecuteCodeCommand(chat_id, request, packages, caller),
                     on_output,
                 ),
             )
         except BaseException:
-            self._release()
+            self._release(chat_id, caller.tenant)
             raise
 
         def finished(done: asyncio.Future[CodeExecution]) -> None:
-            self._release()
+            self._release(chat_id, caller.tenant)
             self._metrics.execution_duration.labels(transport).observe(
                 time.perf_counter() - started
             )
@@ -162,6 +178,7 @@ class SandboxApi:
         request: ExecutionRequest,
         transport: str,
         packages: tuple[str, ...] = (),
+        caller: Caller = OPERATOR,
     ) -> ExecutionStream:
         """Output frames as they come (coalesced, bounded), then the CodeExecution; errors are
         raised in place. Call on the event loop."""
@@ -173,7 +190,7 @@ class SandboxApi:
             coalesce_s=STREAM_COALESCE_S,
         )
         task = asyncio.ensure_future(
-            self.execute(chat_id, request, transport, relay.put, packages=packages)
+            self.execute(chat_id, request, transport, relay.put, packages=packages, caller=caller)
         )
         # Output is put by the worker thread before the thread's future resolves, so closing
         # on completion never cuts off the last frames.
@@ -181,27 +198,39 @@ class SandboxApi:
         return ExecutionStream(relay, task, self._logger, transport, chat_id)
 
     async def ensure_sandbox(
-        self, chat_id: UUID, packages: tuple[str, ...] = (), language: str | None = None
+        self,
+        chat_id: UUID,
+        packages: tuple[str, ...] = (),
+        language: str | None = None,
+        caller: Caller = OPERATOR,
     ) -> SandboxSession:
         command = CreateSandboxCommand(
-            chat_id, packages, Language.parse(language) if language else Language.PYTHON
+            chat_id, packages, Language.parse(language) if language else Language.PYTHON, caller
         )
         return await self._call(self._create_sandbox.execute, command)
 
-    async def get_sandbox(self, chat_id: UUID) -> SandboxSession:
-        return await self._call(self._get_sandbox.execute, chat_id)
+    async def get_sandbox(self, chat_id: UUID, caller: Caller = OPERATOR) -> SandboxSession:
+        return await self._call(self._get_sandbox.execute, chat_id, caller)
 
-    async def renew_sandbox(self, chat_id: UUID) -> SandboxSession:
-        return await self._call(self._renew_sandbox.execute, chat_id)
+    async def renew_sandbox(self, chat_id: UUID, caller: Caller = OPERATOR) -> SandboxSession:
+        return await self._call(self._renew_sandbox.execute, chat_id, caller)
 
-    async def destroy_sandbox(self, chat_id: UUID) -> SandboxSession | None:
-        return await self._call(self._destroy_sandbox.execute, chat_id)
+    async def destroy_sandbox(
+        self, chat_id: UUID, caller: Caller = OPERATOR
+    ) -> SandboxSession | None:
+        return await self._call(self._destroy_sandbox.execute, chat_id, caller)
 
     async def list_sandboxes(
-        self, status: SandboxStatus | None, limit: int, offset: int
+        self, status: SandboxStatus | None, limit: int, offset: int, caller: Caller = OPERATOR
     ) -> list[SandboxSession]:
         return await self._call(
-            partial(self._list_sandboxes.execute, status=status, limit=limit, offset=offset)
+            partial(
+                self._list_sandboxes.execute,
+                status=status,
+                limit=limit,
+                offset=offset,
+                caller=caller,
+            )
         )
 
     async def readiness(self) -> ReadinessReport:
@@ -238,6 +267,11 @@ class SandboxApi:
     def inflight(self) -> int:
         return self._inflight
 
+    @property
+    def queued(self) -> int:
+        """Executions admitted that wait behind their chat's running one."""
+        return self._queued
+
     async def drain(self, timeout_s: float) -> bool:
         """Refuse new executions and wait up to ``timeout_s`` for those in flight.
 
@@ -262,18 +296,42 @@ class SandboxApi:
 
     # -- internals -----------------------------------------------------------------------------
 
-    def _admit(self) -> None:
+    def _admit(self, chat_id: UUID, key: str) -> None:
         if self._draining:
             raise ShuttingDownError("the service is shutting down; retry on another replica")
-        if self._inflight >= self._max_inflight:
+        if self._by_key[key] >= self._max_per_key:
             raise TooManyExecutionsError(
-                f"{self._inflight} executions in flight, the limit is {self._max_inflight}"
+                f"this API key has {self._by_key[key]} executions in flight, its limit is "
+                f"{self._max_per_key}"
             )
-        self._inflight += 1
+        if self._by_chat[chat_id]:
+            # Waits behind its chat's running execution: no slot of its own.
+            if self._queued >= self._max_inflight:
+                raise TooManyExecutionsError(
+                    f"{self._queued} executions wait for their chat, the limit is "
+                    f"{self._max_inflight}"
+                )
+            self._queued += 1
+        else:
+            if self._inflight >= self._max_inflight:
+                raise TooManyExecutionsError(
+                    f"{self._inflight} executions in flight, the limit is {self._max_inflight}"
+                )
+            self._inflight += 1
+        self._by_chat[chat_id] += 1
+        self._by_key[key] += 1
         self._metrics.executions_in_flight.set(self._inflight)
 
-    def _release(self) -> None:
-        self._inflight -= 1
+    def _release(self, chat_id: UUID, key: str) -> None:
+        self._by_key[key] -= 1
+        if self._by_key[key] <= 0:
+            del self._by_key[key]
+        self._by_chat[chat_id] -= 1
+        if self._by_chat[chat_id] > 0:
+            self._queued -= 1  # the next waiter of this chat inherits its slot
+        else:
+            del self._by_chat[chat_id]
+            self._inflight -= 1
         self._metrics.executions_in_flight.set(self._inflight)
         if self._inflight == 0 and self._idle is not None:
             self._idle.set()

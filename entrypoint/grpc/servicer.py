@@ -1,8 +1,9 @@
 """The SandboxService servicer: parse, call the SandboxApi facade, convert to messages.
 
-API keys are checked before any of this, in ``entrypoint.grpc.interceptor``. Every call has a
-request id (the caller's ``x-request-id`` metadata when it is plain, else a new one); a failed
-call returns it in its trailing metadata, and the log holds the detail under it."""
+API keys are checked before any of this, in ``entrypoint.grpc.interceptor``; each method then
+reads which tenant called (``_caller``) and passes it on, and the use cases enforce ownership.
+Every call has a request id (the caller's ``x-request-id`` metadata when it is plain, else a new
+one); a failed call returns it in its trailing metadata, and the log holds the detail under it."""
 
 from __future__ import annotations
 
@@ -16,8 +17,10 @@ from grpc.aio import ServicerContext as Ctx
 
 from domain.execution import ExecutionResult, OutputChunk, OutputStream
 from domain.sandbox import SandboxSession, parse_chat_id
+from domain.tenant import Caller
 from entrypoint.application.files_api import FilesApi
 from entrypoint.application.sandbox_api import SandboxApi
+from entrypoint.auth import ApiKeyAuthenticator
 from entrypoint.errors import error_row, is_generic, log_error_detail, public_message
 from entrypoint.grpc.file_service import FileRpcs
 from entrypoint.grpc.generated import sandboxd_pb2 as pb
@@ -43,9 +46,11 @@ class SandboxServicer(FileRpcs, pb_grpc.SandboxServiceServicer):
         api: SandboxApi,
         metrics: ServiceMetrics,
         logger: Logger,
+        authenticator: ApiKeyAuthenticator,
         files_api: FilesApi | None = None,
     ) -> None:
         self._api = api
+        self._authenticator = authenticator
         self._files_api = files_api
         self._metrics = metrics
         self._logger = logger
@@ -57,6 +62,7 @@ class SandboxServicer(FileRpcs, pb_grpc.SandboxServiceServicer):
                 self._execution_request(request),
                 TRANSPORT,
                 packages=tuple(request.packages),
+                caller=self._caller(context),
             )
             return execute_response(execution)
 
@@ -72,6 +78,7 @@ class SandboxServicer(FileRpcs, pb_grpc.SandboxServiceServicer):
                 self._execution_request(request),
                 TRANSPORT,
                 tuple(request.packages),
+                self._caller(context),
             )
             try:
                 async for event in stream:
@@ -94,7 +101,10 @@ class SandboxServicer(FileRpcs, pb_grpc.SandboxServiceServicer):
     async def EnsureSandbox(self, request: Any, context: Ctx) -> Any:  # noqa: N802
         async def run() -> Any:
             session = await self._api.ensure_sandbox(
-                parse_chat_id(request.chat_id), tuple(request.packages), request.language or None
+                parse_chat_id(request.chat_id),
+                tuple(request.packages),
+                request.language or None,
+                self._caller(context),
             )
             return sandbox_message(session)
 
@@ -102,19 +112,27 @@ class SandboxServicer(FileRpcs, pb_grpc.SandboxServiceServicer):
 
     async def GetSandbox(self, request: Any, context: Ctx) -> Any:  # noqa: N802
         async def run() -> Any:
-            return sandbox_message(await self._api.get_sandbox(parse_chat_id(request.chat_id)))
+            session = await self._api.get_sandbox(
+                parse_chat_id(request.chat_id), self._caller(context)
+            )
+            return sandbox_message(session)
 
         return await self._guard(context, run)
 
     async def RenewSandbox(self, request: Any, context: Ctx) -> Any:  # noqa: N802
         async def run() -> Any:
-            return sandbox_message(await self._api.renew_sandbox(parse_chat_id(request.chat_id)))
+            session = await self._api.renew_sandbox(
+                parse_chat_id(request.chat_id), self._caller(context)
+            )
+            return sandbox_message(session)
 
         return await self._guard(context, run)
 
     async def DestroySandbox(self, request: Any, context: Ctx) -> Any:  # noqa: N802
         async def run() -> Any:
-            session = await self._api.destroy_sandbox(parse_chat_id(request.chat_id))
+            session = await self._api.destroy_sandbox(
+                parse_chat_id(request.chat_id), self._caller(context)
+            )
             if session is None:
                 return pb.DestroySandboxResponse(destroyed=False)
             return pb.DestroySandboxResponse(destroyed=True, sandbox=sandbox_message(session))
@@ -122,6 +140,12 @@ class SandboxServicer(FileRpcs, pb_grpc.SandboxServiceServicer):
         return await self._guard(context, run)
 
     # -- helpers -------------------------------------------------------------------------------
+
+    def _caller(self, context: Ctx) -> Caller:
+        # The interceptor already refused unknown keys; this says which known one called.
+        return self._authenticator.authenticate(
+            metadata_value(context.invocation_metadata(), "authorization")
+        )
 
     def _execution_request(self, request: Any) -> Any:
         timeout_s = request.timeout_s if request.HasField("timeout_s") else None

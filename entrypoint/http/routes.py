@@ -16,6 +16,7 @@ from starlette.types import Receive, Scope, Send
 from domain.errors import InvalidInputError
 from domain.execution import OutputChunk, OutputStream
 from domain.sandbox import SandboxStatus, parse_chat_id
+from domain.tenant import Caller
 from entrypoint.application.sandbox_api import SandboxApi
 from entrypoint.application.streaming import ExecutionStream, StreamEvent
 from entrypoint.auth import ApiKeyAuthenticator
@@ -53,11 +54,12 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorBody, "description": description}
     for status, description in (
         (401, "Missing or unknown API key (code: unauthenticated)."),
-        (404, "The chat has no (usable) sandbox (code: sandbox_not_found)."),
+        (404, "The chat has no (usable) sandbox, or is another key's (code: sandbox_not_found)."),
         (409, "Conflicting session records (code: session_conflict)."),
         (413, "Code or body too large (code: code_too_large)."),
         (422, "Invalid input: invalid_chat_id, unsupported_language, invalid_timeout, ..."),
-        (429, "Too many executions in flight (code: too_many_executions)."),
+        (421, "The chat's sandbox runs on another node, named in the message (code: wrong_node)."),
+        (429, "Too many executions in flight (too_many_executions) or sandboxes (sandbox_limit)."),
         (503, "Runtime or database unavailable, lock timeout, shutting down."),
     )
 }
@@ -71,9 +73,15 @@ def _api(request: Request) -> SandboxApi:
 async def require_api_key(
     request: Request,
     _credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> None:
+) -> Caller:
+    """The calling tenant (the router-level dependency and each route's ``caller`` are one
+    call: FastAPI caches a dependency per request)."""
     authenticator: ApiKeyAuthenticator = request.app.state.authenticator
-    authenticator.check_header(request.headers.get("authorization"))
+    return authenticator.authenticate(request.headers.get("authorization"))
+
+
+# Routes that touch a chat take the caller and pass it on: the use cases enforce ownership.
+CallerDep = Annotated[Caller, Depends(require_api_key)]
 
 
 v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)], responses=_ERRORS)
@@ -91,31 +99,33 @@ protected = APIRouter(dependencies=[Depends(require_api_key)])
         "`stdout`/`stderr` events, then one `result` event (or an `error` event)."
     ),
 )
-async def execute(chat_id: str, body: ExecuteBody, request: Request) -> Response:
+async def execute(chat_id: str, body: ExecuteBody, request: Request, caller: CallerDep) -> Response:
     api = _api(request)
     parsed = parse_chat_id(chat_id)
     execution_request = api.build_request(body.code, body.language, body.timeout_s)
     packages = tuple(body.packages)
     if EVENT_STREAM in request.headers.get("accept", ""):
-        return await _stream(api, request, parsed, execution_request, packages)
-    execution = await api.execute(parsed, execution_request, TRANSPORT, packages=packages)
+        return await _stream(api, request, parsed, execution_request, packages, caller)
+    execution = await api.execute(
+        parsed, execution_request, TRANSPORT, packages=packages, caller=caller
+    )
     return JSONResponse(execution_json(execution))
 
 
 @v1.put("/chats/{chat_id}/sandbox", response_model=SandboxView, summary="Create or reuse")
 async def ensure_sandbox(
-    chat_id: str, request: Request, body: EnsureBody | None = None
+    chat_id: str, request: Request, caller: CallerDep, body: EnsureBody | None = None
 ) -> Response:
     body = body or EnsureBody.model_validate({})
     session = await _api(request).ensure_sandbox(
-        parse_chat_id(chat_id), tuple(body.packages), body.language
+        parse_chat_id(chat_id), tuple(body.packages), body.language, caller
     )
     return JSONResponse(sandbox_json(session))
 
 
 @v1.get("/chats/{chat_id}/sandbox", response_model=SandboxView, summary="The chat's sandbox")
-async def get_sandbox(chat_id: str, request: Request) -> Response:
-    session = await _api(request).get_sandbox(parse_chat_id(chat_id))
+async def get_sandbox(chat_id: str, request: Request, caller: CallerDep) -> Response:
+    session = await _api(request).get_sandbox(parse_chat_id(chat_id), caller)
     return JSONResponse(sandbox_json(session))
 
 
@@ -125,8 +135,8 @@ async def get_sandbox(chat_id: str, request: Request) -> Response:
     response_class=Response,
     summary="Destroy the chat's sandbox (idempotent)",
 )
-async def destroy_sandbox(chat_id: str, request: Request) -> Response:
-    await _api(request).destroy_sandbox(parse_chat_id(chat_id))
+async def destroy_sandbox(chat_id: str, request: Request, caller: CallerDep) -> Response:
+    await _api(request).destroy_sandbox(parse_chat_id(chat_id), caller)
     return Response(status_code=204)
 
 
@@ -135,21 +145,22 @@ async def destroy_sandbox(chat_id: str, request: Request) -> Response:
     response_model=SandboxView,
     summary="Slide the idle deadline (404 when the chat has no usable sandbox)",
 )
-async def renew_sandbox(chat_id: str, request: Request) -> Response:
-    session = await _api(request).renew_sandbox(parse_chat_id(chat_id))
+async def renew_sandbox(chat_id: str, request: Request, caller: CallerDep) -> Response:
+    session = await _api(request).renew_sandbox(parse_chat_id(chat_id), caller)
     return JSONResponse(sandbox_json(session))
 
 
 @v1.get("/sandboxes", response_model=SandboxPage, summary="List session records")
 async def list_sandboxes(
     request: Request,
+    caller: CallerDep,
     status: str | None = Query(None, description="running or dead"),
     limit: int = Query(100, ge=1, le=1000),
     offset: int = Query(0, ge=0),
 ) -> Response:
     parsed_status = _parse_status(status)
     # One extra row tells whether another page follows.
-    sessions = await _api(request).list_sandboxes(parsed_status, limit + 1, offset)
+    sessions = await _api(request).list_sandboxes(parsed_status, limit + 1, offset, caller)
     more = len(sessions) > limit
     return JSONResponse(
         {
@@ -204,8 +215,11 @@ async def _stream(
     chat_id: Any,
     execution_request: Any,
     packages: tuple[str, ...] = (),
+    caller: Caller | None = None,
 ) -> Response:
-    stream = api.execute_stream(chat_id, execution_request, TRANSPORT, packages)
+    stream = api.execute_stream(
+        chat_id, execution_request, TRANSPORT, packages, **({"caller": caller} if caller else {})
+    )
     first = asyncio.ensure_future(anext(stream))
     done, _ = await asyncio.wait({first}, timeout=STREAM_HEADER_WAIT_S)
     if done:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from uuid import UUID, uuid4
 
@@ -45,6 +46,8 @@ def test_save_then_get_returns_an_equal_session_with_every_field(repository) -> 
         last_activity_at=T0 + timedelta(seconds=7, microseconds=123456),
         max_expires_at=T0 + timedelta(hours=4),
         packages=("pandas>=2.0", "npm:lodash@4.17.21"),
+        owner="alice",
+        node="node-a",
     )
     repository.save(stored)
     assert repository.get(stored.session_id) == stored
@@ -175,3 +178,35 @@ def test_concurrent_saves_for_one_chat_leave_exactly_one_record(repository) -> N
     current = repository.get_active_by_chat_id(chat_id)
     assert current in candidates
     assert repository.list_sessions() == [current]
+
+
+def _owned(owner: str, node: str, status: SandboxStatus = SandboxStatus.RUNNING, **kw):
+    return replace(session(status=status, **kw), owner=owner, node=node)
+
+
+def test_list_sessions_filters_by_owner(repository) -> None:
+    alice = [_owned("alice", "a", created=timedelta(seconds=i)) for i in range(3)]
+    bob = _owned("bob", "a")
+    for stored in (*alice, bob):
+        repository.save(stored)
+    assert repository.list_sessions(owner="alice") == alice
+    assert repository.list_sessions(owner="alice", limit=1, offset=1) == alice[1:2]
+    assert repository.list_sessions(owner="bob") == [bob]
+    assert repository.list_sessions(owner="carol") == []
+    assert len(repository.list_sessions()) == 4
+
+
+def test_count_running_counts_one_nodes_running_records_per_owner(repository) -> None:
+    for stored in (
+        _owned("alice", "a"),
+        _owned("alice", "a", expires=timedelta(seconds=-5)),  # expired, not yet swept
+        _owned("bob", "a"),
+        _owned("alice", "a", status=SandboxStatus.DEAD),
+        _owned("alice", "b"),
+    ):
+        repository.save(stored)
+    assert repository.count_running("a") == 3
+    assert repository.count_running("a", "alice") == 2
+    assert repository.count_running("a", "carol") == 0
+    assert repository.count_running("b") == 1
+    assert repository.count_running("c") == 0

@@ -1,0 +1,143 @@
+"""A well-behaved key's executes while another key floods: fairness between tenants.
+
+    uv run python -m bench.bench_tenants [--seconds 10] [--good-chats 4] [--flood-chats 8]
+        [--flood-callers 48] [--per-key-cap N]
+
+Starts a real ``sandboxd serve`` (PostgreSQL, Docker) with two keys. Phase 1: the good key alone,
+one closed-loop caller per chat (its unloaded p99). Phase 2: the same while the flood key runs
+``--flood-callers`` closed-loop callers over ``--flood-chats`` chats (several per chat, so they
+also queue behind their chats' locks), retrying at once on 429. Prints JSON: executes/s and
+latency of the good key in both phases, the flood key's executes and 429s, and whether the good
+key's p99 stayed within 2x of its unloaded p99 (the target).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import time
+import uuid
+from typing import Any
+
+from bench.common import (
+    KeepAliveConnection,
+    emit,
+    running_service,
+    sigterm_as_interrupt,
+    summary_ms,
+)
+
+GOOD = "good-" + uuid.uuid4().hex
+FLOOD = "flood-" + uuid.uuid4().hex
+BODY = json.dumps({"code": "print(1)"}).encode()
+
+
+async def _caller(
+    port: int, key: str, chat: uuid.UUID, stop_at: float, latencies: list[float], counts: dict
+) -> None:
+    connection = await KeepAliveConnection.open(port, key)
+    try:
+        while time.monotonic() < stop_at:
+            started = time.perf_counter()
+            try:
+                status, _ = await connection.post(f"/v1/chats/{chat}/executions", BODY)
+            except (ConnectionError, asyncio.IncompleteReadError):
+                connection.close()
+                connection = await KeepAliveConnection.open(port, key)
+                continue
+            if status == 200:
+                latencies.append(time.perf_counter() - started)
+                counts["ok"] = counts.get("ok", 0) + 1
+            else:
+                counts[str(status)] = counts.get(str(status), 0) + 1
+    finally:
+        connection.close()
+
+
+async def _phase(port: int, seconds: float, good: list, flood: list, callers: int) -> dict:
+    stop_at = time.monotonic() + seconds
+    good_lat: list[float] = []
+    flood_lat: list[float] = []
+    good_counts: dict[str, int] = {}
+    flood_counts: dict[str, int] = {}
+    tasks = [_caller(port, GOOD, chat, stop_at, good_lat, good_counts) for chat in good]
+    tasks += [
+        _caller(port, FLOOD, flood[i % len(flood)], stop_at, flood_lat, flood_counts)
+        for i in range(callers if flood else 0)
+    ]
+    started = time.monotonic()
+    await asyncio.gather(*tasks)
+    elapsed = time.monotonic() - started
+    return {
+        "good": {
+            "executes_per_s": round(len(good_lat) / elapsed, 1),
+            "latency_ms": summary_ms(good_lat),
+            "responses": good_counts,
+        },
+        "flood": {
+            "executes_per_s": round(len(flood_lat) / elapsed, 1),
+            "responses": flood_counts,
+        }
+        if flood
+        else None,
+    }
+
+
+async def _warm(port: int, key: str, chats: list[uuid.UUID]) -> None:
+    connection = await KeepAliveConnection.open(port, key)
+    try:
+        for chat in chats:
+            for _ in range(3):
+                status, payload = await connection.post(f"/v1/chats/{chat}/executions", BODY)
+                if status != 200:
+                    raise RuntimeError(f"warm-up failed: {status} {payload[:200]!r}")
+    finally:
+        connection.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--good-chats", type=int, default=4)
+    parser.add_argument("--flood-chats", type=int, default=8)
+    parser.add_argument("--flood-callers", type=int, default=48)
+    # SANDBOXD_MAX_INFLIGHT_EXECUTIONS_PER_KEY for the run (0: the service's default).
+    parser.add_argument("--per-key-cap", type=int, default=0)
+    args = parser.parse_args()
+    sigterm_as_interrupt()
+    good = [uuid.uuid4() for _ in range(args.good_chats)]
+    flood = [uuid.uuid4() for _ in range(args.flood_chats)]
+    settings = {"api_keys": f"good:{GOOD},flood:{FLOOD}"}
+    if args.per_key_cap:
+        settings["max_inflight_executions_per_key"] = str(args.per_key_cap)
+    with running_service("tenants", **settings) as service:
+        port = service.http_port
+
+        async def run() -> dict[str, Any]:
+            await _warm(port, GOOD, good)
+            await _warm(port, FLOOD, flood)
+            alone = await _phase(port, args.seconds, good, [], 0)
+            loaded = await _phase(port, args.seconds, good, flood, args.flood_callers)
+            return {"alone": alone, "flooded": loaded}
+
+        phases = asyncio.run(run())
+    unloaded = phases["alone"]["good"]["latency_ms"].get("p99")
+    flooded = phases["flooded"]["good"]["latency_ms"].get("p99")
+    ratio = round(flooded / unloaded, 2) if unloaded and flooded else None
+    emit(
+        {
+            "benchmark": "tenants",
+            "settings": vars(args),
+            "load_average": os.getloadavg(),
+            **phases,
+            "good_p99_ratio": ratio,
+            "target": "good key's p99 under flood <= 2x its unloaded p99",
+            "target_met": ratio is not None and ratio <= 2.0,
+        }
+    )
+
+
+if __name__ == "__main__":
+    main()
