@@ -86,7 +86,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 VERSION = "1"
@@ -944,6 +944,44 @@ def _prctl(option: int, value: int) -> bool:
         return False
 
 
+@contextlib.contextmanager
+def _as_file_user(uid: int | None, gid: int | None) -> Iterator[None]:
+    """File accesses of this thread checked and owned as ``uid``:``gid`` (the sandbox user).
+
+    The agent is root with only SETUID, SETGID and KILL: it may not write into the sandbox
+    user's workspace as root, and must not (what it creates belongs to the user, and the user's
+    permissions are the ones that apply). The file-system ids are per thread, so interpreters
+    and the other threads keep theirs. Without root or a user to act as, a no-op.
+    """
+    if uid is None or os.geteuid() != 0:
+        yield
+        return
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.setfsgid(gid if gid is not None else uid)
+    libc.setfsuid(uid)
+    if libc.setfsuid(uid) == uid:  # setfsuid answers the previous id, never an error
+        try:
+            yield
+        finally:
+            libc.setfsuid(0)
+            libc.setfsgid(0)
+        return
+    # No per-thread file-system ids (gVisor does not implement them): the effective ids of the
+    # whole agent instead, which is safe because only the request thread acts while they are
+    # switched (the reaper only waits for children).
+    libc.setfsuid(0)
+    libc.setfsgid(0)
+    os.setegid(gid if gid is not None else uid)
+    os.seteuid(uid)
+    try:
+        yield
+    finally:
+        os.seteuid(0)
+        os.setegid(0)
+
+
 def _protect_self() -> None:
     """Keep user code away from the agent's memory and from privileges it could gain.
 
@@ -1261,6 +1299,23 @@ class PendingWrite:
         self.digest = hashlib.sha256()
 
 
+def _same_entry_or_refuse(dir_fd: int, name: str, opened: int) -> None:
+    """Refuse (closing ``opened``) unless ``opened`` is the entry ``name`` itself, not what a
+    symlink there points to. O_NOFOLLOW already refuses links where the kernel implements it;
+    gVisor's does not for every open, so the entry is compared without following it."""
+    try:
+        entry = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        same = not stat.S_ISLNK(entry.st_mode) and (entry.st_dev, entry.st_ino) == (
+            os.fstat(opened).st_dev,
+            os.fstat(opened).st_ino,
+        )
+    except OSError:
+        same = False
+    if not same:
+        os.close(opened)
+        raise FileRefusedError("path_refused", "the path leads through a symlink")
+
+
 class WorkspaceFiles:
     """File operations confined to the workspace: nothing outside it is opened or created."""
 
@@ -1271,7 +1326,8 @@ class WorkspaceFiles:
 
     def handle(self, request_id: object, op: str, frame: dict[str, Any], send: Send) -> None:
         try:
-            answer = getattr(self, op)(request_id, frame, send)
+            with _as_file_user(self.uid, self.gid):
+                answer = getattr(self, op)(request_id, frame, send)
         except FileRefusedError as exc:
             answer = {"error": exc.code, "message": str(exc)}
         except OSError as exc:
@@ -1491,6 +1547,7 @@ class WorkspaceFiles:
                             "path_refused", "the path leads through a symlink or a file"
                         ) from exc
                     raise
+                _same_entry_or_refuse(fd, part, child)
                 os.close(fd)
                 fd = child
         except BaseException:
@@ -1507,6 +1564,7 @@ class WorkspaceFiles:
             if exc.errno == errno.ELOOP:
                 raise FileRefusedError("path_refused", "the path is a symlink") from exc
             raise
+        _same_entry_or_refuse(dir_fd, name, fd)
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             os.close(fd)
             raise FileRefusedError("not_found", "not a regular file")
