@@ -153,6 +153,11 @@ class AgentConnections:
                         vm.lock.release()
 
 
+# Past the execution's own timeout, how long the agent may take to kill and sweep what the code
+# left (then answer): under TCG a fork bomb's sweep alone took seconds on a loaded host.
+TCG_MARGIN_S = 30.0
+
+
 def _connect_agent(vm_dir: VmDir) -> AgentClient:
     # Ask whoever holds the VM's only connection to let go (see the module docstring).
     with contextlib.suppress(OSError):
@@ -162,4 +167,4 @@ def _connect_agent(vm_dir: VmDir) -> AgentClient:
     except OSError as exc:
         raise SandboxGoneError(f"microVM {vm_dir.vm_id} agent unreachable: {exc}") from exc
     sock.settimeout(None)
-    return AgentClient(sock)
+    return AgentClient(sock, margin_s=TCG_MARGIN_S)

@@ -23,8 +23,12 @@ SANDBOX_USER = "sandbox"
 # A VM has no pids cgroup: the agent caps the sandbox user's processes with RLIMIT_NPROC instead
 # (as many as the container runtime's pids limit allows), so a fork bomb cannot starve the agent.
 MAX_PROCESSES = 128
-# /tmp is small as in the container; /workspace may use up to half the guest's memory (tmpfs).
+# /tmp is small as in the container. /workspace is a tmpfs of a quarter of the guest's memory:
+# the preloaded interpreter (numpy, pandas, matplotlib) holds another third, and a workspace
+# filled to the kernel's default half made the OOM killer take the interpreter before the
+# writer ever saw ENOSPC.
 TMP_SIZE = "32m"
+WORKSPACE_SIZE = "25%"
 PRELOAD_PARAM = "sandboxd.preload"
 MODE_PARAM = "sandboxd.mode"
 BUILD_MODE = "build"
@@ -82,7 +86,8 @@ mount -t tmpfs -o size={TMP_SIZE},mode=1777,nosuid,nodev tmpfs /newroot/tmp \\
     || fail "cannot mount /tmp"
 ids=$(awk -F: '$1 == "{SANDBOX_USER}" {{ print $3 ":" $4 }}' /newroot/etc/passwd)
 [ -n "$ids" ] || ids=0:0
-mount -t tmpfs -o mode=0755,nosuid,nodev,uid=${{ids%:*}},gid=${{ids#*:}} tmpfs /newroot/workspace \\
+mount -t tmpfs -o size={WORKSPACE_SIZE},mode=0755,nosuid,nodev,uid=${{ids%:*}},gid=${{ids#*:}} \\
+    tmpfs /newroot/workspace \\
     || fail "cannot mount /workspace"
 port=""
 i=0

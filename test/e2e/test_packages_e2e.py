@@ -73,7 +73,7 @@ def test_packages_per_chat_on_qemu(services: ServiceFactory) -> None:
             chat,
             "x = 41\nimport tabulate\nprint(tabulate.__version__)",
             packages=["tabulate==0.9.0"],
-            timeout_s=600,
+            timeout_s=300,
         )
         assert first.exit_code == 0, first.stderr
         assert first.stdout.strip() == "0.9.0"
