@@ -63,6 +63,7 @@ from usecase.sandbox import (
     Lifetime,
     ListSandboxes,
     RenewSandbox,
+    SandboxProvisioner,
 )
 
 # Expired sandboxes the sweep stops at once.
@@ -323,6 +324,19 @@ class Container(containers.DeclarativeContainer):
     max_lifetime = settings.provided.lifetime.max_lifetime
     limits = settings.provided.limits
 
+    # One provisioner (ensure, create from the pool or an environment, replace) for every use
+    # case that gives a chat its sandbox.
+    provisioner = providers.Singleton(
+        SandboxProvisioner,
+        repository=repository,
+        runtime=runtime,
+        clock=clock,
+        logger=logger,
+        lifetime=providers.Factory(Lifetime, ttl=ttl, max_lifetime=max_lifetime),
+        environments=environments,
+        warm=warm_pools,
+        placement=placement,
+    )
     create_sandbox = providers.Factory(
         CreateSandbox,
         repository=repository,
@@ -331,10 +345,7 @@ class Container(containers.DeclarativeContainer):
         clock=clock,
         logger=logger,
         ttl=ttl,
-        max_lifetime=max_lifetime,
-        environments=environments,
-        warm=warm_pools,
-        placement=placement,
+        provisioner=provisioner,
     )
     execute_code = providers.Singleton(
         ExecuteCode,
@@ -344,16 +355,13 @@ class Container(containers.DeclarativeContainer):
         clock=clock,
         logger=logger,
         ttl=ttl,
-        max_lifetime=max_lifetime,
-        warm=warm_pools,
         limits=providers.Factory(
             ExecutionLimits,
             max_code_bytes=limits.max_code_bytes,
             max_timeout_s=limits.max_timeout_s,
         ),
-        environments=environments,
         renew_slack=settings.provided.lifetime.renew_slack,
-        placement=placement,
+        provisioner=provisioner,
     )
     file_store = providers.Singleton(_file_store, runtime)
     workspace_files = providers.Singleton(
@@ -366,6 +374,7 @@ class Container(containers.DeclarativeContainer):
         logger=logger,
         lifetime=providers.Factory(Lifetime, ttl=ttl, max_lifetime=max_lifetime),
         limits=providers.Factory(FileLimits, max_file_bytes=limits.max_file_bytes),
+        provisioner=provisioner,
     )
     files_api = providers.Singleton(FilesApi, files=workspace_files)
     get_sandbox = providers.Factory(GetSandbox, repository=repository)

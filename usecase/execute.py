@@ -95,6 +95,7 @@ class ExecuteCode:
         warm: WarmSandboxSource | None = None,
         renew_slack: timedelta = timedelta(0),
         placement: Placement | None = None,
+        provisioner: SandboxProvisioner | None = None,
     ) -> None:
         if renew_slack < timedelta(0):
             raise ValueError("renew_slack must not be negative")
@@ -106,7 +107,8 @@ class ExecuteCode:
         self._logger = logger
         self._ttl = ttl
         self._limits = limits or ExecutionLimits()
-        self._provisioner = SandboxProvisioner(
+        # The composition root hands in the one provisioner it wires; built here otherwise.
+        self._provisioner = provisioner or SandboxProvisioner(
             repository,
             runtime,
             clock,

@@ -51,6 +51,7 @@ class WorkspaceFiles:
         logger: Logger,
         lifetime: Lifetime,
         limits: FileLimits | None = None,
+        provisioner: SandboxProvisioner | None = None,
     ) -> None:
         self._repository = repository
         self._locker = locker
@@ -59,7 +60,11 @@ class WorkspaceFiles:
         self._logger = logger
         self._lifetime = lifetime
         self._limits = limits or FileLimits()
-        self._provisioner = SandboxProvisioner(repository, runtime, clock, logger, lifetime)
+        # The service's one provisioner (pools, capacity caps, placement apply to an upload that
+        # creates the chat's sandbox as to an execution); a bare one otherwise.
+        self._provisioner = provisioner or SandboxProvisioner(
+            repository, runtime, clock, logger, lifetime
+        )
 
     @property
     def max_file_bytes(self) -> int:

@@ -349,9 +349,12 @@ class CreateSandbox:
         no_environments_reason: str = NO_ENVIRONMENTS,
         warm: WarmSandboxSource | None = None,
         placement: Placement | None = None,
+        provisioner: SandboxProvisioner | None = None,
     ) -> None:
         self._locker = locker
-        self._provisioner = SandboxProvisioner(
+        # The composition root hands in the one provisioner it wires; built here otherwise
+        # (the user's contract constructs CreateSandbox from its parts).
+        self._provisioner = provisioner or SandboxProvisioner(
             repository,
             runtime,
             clock,
