@@ -153,9 +153,9 @@ class AgentConnections:
                         vm.lock.release()
 
 
-# Past the execution's own timeout, how long the agent may take to kill and sweep what the code
-# left (then answer): under TCG a fork bomb's sweep alone took seconds on a loaded host.
-TCG_MARGIN_S = 30.0
+# Past an execution's own timeout, how long a VM's agent may take to kill and sweep what the
+# code left, then answer: under TCG a fork bomb's sweep alone took seconds on a loaded host.
+AGENT_MARGIN_S = 30.0
 
 
 def _connect_agent(vm_dir: VmDir) -> AgentClient:
@@ -167,4 +167,4 @@ def _connect_agent(vm_dir: VmDir) -> AgentClient:
     except OSError as exc:
         raise SandboxGoneError(f"microVM {vm_dir.vm_id} agent unreachable: {exc}") from exc
     sock.settimeout(None)
-    return AgentClient(sock, margin_s=TCG_MARGIN_S)
+    return AgentClient(sock, margin_s=AGENT_MARGIN_S)

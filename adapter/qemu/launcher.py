@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from adapter.agent.client import AgentClient
-from adapter.qemu.connections import RunningVm
+from adapter.qemu.connections import AGENT_MARGIN_S, RunningVm
 from adapter.qemu.handshake import handshake
 from adapter.qemu.image import QemuImage
 from adapter.qemu.process import QemuUser, resolve_qemu_user, start_qemu
@@ -86,7 +86,7 @@ class VmLauncher:
             if isinstance(exc, RuntimeUnavailableError):
                 raise RuntimeUnavailableError(f"{exc} [{vm_dir.console_tail()}]") from exc
             raise
-        vm.client = AgentClient(sock)
+        vm.client = AgentClient(sock, margin_s=AGENT_MARGIN_S)
         return vm
 
     def restore(self, vm_dir: VmDir, image: QemuImage, spec: VmSpec, memory: Path) -> RunningVm:
@@ -114,7 +114,7 @@ class VmLauncher:
                 # VMs restored from one snapshot share the guest kernel's random state until
                 # it is reseeded: an uncredited reseed leaves this VM predictable to its twins.
                 raise RuntimeUnavailableError("the guest kernel did not credit the reseed")
-            client = AgentClient(sock)
+            client = AgentClient(sock, margin_s=AGENT_MARGIN_S)
         except (RuntimeUnavailableError, SandboxGoneError) as exc:
             if sock is not None:
                 sock.close()
