@@ -116,6 +116,7 @@ def _qemu_runtime(settings: Settings, logger: Logger) -> QemuSandboxRuntime:
         image_dir=qemu.image_dir,
         user=qemu.user or None,
         log_max_bytes=qemu.log_max_bytes,
+        preload=tuple(name.strip() for name in qemu.preload.split(",") if name.strip()),
         overlay_pool_size=pool_size_for(settings.pools.host_capacity, qemu.overlay_pool_ratio),
     )
     return QemuSandboxRuntime(config, logger)

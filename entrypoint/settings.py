@@ -181,6 +181,11 @@ class QemuSettings(SettingsGroup):
     user: str = "sandboxd-qemu"
     # Each VM's console and QEMU log files are capped at this size (one older file kept).
     log_max_bytes: int = Field(default=1024 * 1024, ge=4096)
+    # Comma-separated modules the guest's python imports before the memory snapshot (e.g.
+    # "numpy,pandas,matplotlib.pyplot": a chat's first import then costs nothing under TCG).
+    # Empty by default: a fork bomb in a 256 MiB guest holding them starves its agent; give
+    # the VMs more memory (SANDBOXD_QEMU_MEMORY_MB) before turning it on.
+    preload: str = ""
     # qcow2 overlays kept ready per base image: max(1, int(pool host capacity x ratio)); 0: off.
     overlay_pool_ratio: float = Field(default=0.0, ge=0, le=1)
 

@@ -43,7 +43,9 @@ class QemuSandboxConfig:
     log_max_bytes: int = 1024 * 1024
     # Imported by the guest's python before the memory snapshot is taken, so a chat's first
     # ``import pandas, matplotlib.pyplot`` costs nothing (20-40 s under TCG otherwise).
-    preload: tuple[str, ...] = ("numpy", "pandas", "matplotlib.pyplot")
+    # Off by default: forking an interpreter that holds them (a fork bomb) starves a 256 MiB
+    # TCG guest until its agent cannot answer; turn on with more guest memory.
+    preload: tuple[str, ...] = ()
     # qcow2 overlays kept ready per base image (adapter.qemu.overlay_pool); 0 disables the pool.
     overlay_pool_size: int = 0
 

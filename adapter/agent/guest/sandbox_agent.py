@@ -216,6 +216,12 @@ def _sandboxd_run_cell(source, name, ns, display):
             display(value)
 def _sandboxd_runner(ctl_fd, done_fd, preload):
     signal.signal(signal.SIGHUP, lambda signum, frame: None)
+    # User code runs below the agent's priority (inherited by all it starts), so that a fork
+    # bomb on one slow vCPU cannot starve the agent that has to kill it.
+    try:
+        os.nice(10)
+    except OSError:
+        pass
     try:
         with open("/proc/self/oom_score_adj", "w") as f:
             f.write("1000")

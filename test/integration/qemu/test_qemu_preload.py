@@ -34,7 +34,7 @@ print(sorted(os.listdir('/workspace')), cache,
 def test_snapshot_has_the_modules_preloaded_and_the_workspace_stays_clean(
     make_runtime: RuntimeFactory,
 ) -> None:
-    runtime, logger = make_runtime(shared=True)
+    runtime, logger = make_runtime(preload=("numpy", "pandas", "matplotlib.pyplot"))
     now = datetime.now(UTC)
     session = runtime.create(
         session_id=uuid4(), chat_id=uuid4(), created_at=now, expires_at=now + timedelta(hours=1)

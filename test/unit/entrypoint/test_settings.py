@@ -64,6 +64,7 @@ VARIABLES: dict[str, tuple[str, str, Any]] = {
     "SANDBOXD_QEMU_IMAGE_DIR": ("qemu.image_dir", "/srv/images", Path("/srv/images")),
     "SANDBOXD_QEMU_USER": ("qemu.user", "qemu-runner", "qemu-runner"),
     "SANDBOXD_QEMU_LOG_MAX_BYTES": ("qemu.log_max_bytes", "65536", 65536),
+    "SANDBOXD_QEMU_PRELOAD": ("qemu.preload", "numpy,pandas", "numpy,pandas"),
     "SANDBOXD_DOCKER_BASE_URL": ("docker.base_url", "tcp://h:2375", "tcp://h:2375"),
     "SANDBOXD_DOCKER_IMAGE": ("docker.image", "img:1", "img:1"),
     "SANDBOXD_DOCKER_IMAGE_REPOSITORY": ("docker.image_repository", "repo", "repo"),
