@@ -1,61 +1,13 @@
-// The client against a real running sandboxd: SANDBOXD_URL and SANDBOXD_API_KEY from the
-// environment (test/e2e/test_operators_typescript_client.py starts the service and sets them).
-// Runs on the compiled dist/ (npm test builds it first).
+// Executions and the chat's sandbox against a real running sandboxd (see live.js). Runs on the
+// compiled dist/ (npm test builds it first).
 import assert from "node:assert/strict";
 import { randomUUID } from "node:crypto";
 import { describe, test } from "node:test";
 
-import { SandboxdClient, SandboxdError, SseParser } from "../dist/index.js";
+import { SandboxdClient, richOutputBytes } from "../dist/index.js";
+import { client, rejectsWith, skipUnlessLive } from "./live.js";
 
-const baseUrl = process.env.SANDBOXD_URL;
-const apiKey = process.env.SANDBOXD_API_KEY;
-const live = Boolean(baseUrl && apiKey);
-
-function client(key = apiKey) {
-  return new SandboxdClient({ baseUrl, apiKey: key, timeoutS: 60 });
-}
-
-async function rejectsWith(promise, status, code) {
-  await assert.rejects(promise, (error) => {
-    assert.ok(error instanceof SandboxdError, `not a SandboxdError: ${error}`);
-    assert.equal(error.status, status);
-    assert.equal(error.code, code);
-    assert.ok(error.requestId.length > 0, "no request id");
-    assert.ok(error.detail.length > 0, "no message");
-    return true;
-  });
-}
-
-describe("SseParser", () => {
-  test("events, comments, multi-line data, unknown events", () => {
-    const parser = new SseParser("rid");
-    assert.equal(parser.feed(": running"), null);
-    assert.equal(parser.feed(""), null);
-    assert.equal(parser.feed("event: stdout"), null);
-    assert.equal(parser.feed('data: {"data":'), null);
-    assert.equal(parser.feed('data: "hi\\n"}'), null);
-    assert.deepEqual(parser.feed(""), { type: "output", stream: "stdout", data: "hi\n" });
-    parser.feed("event: future_kind");
-    parser.feed("data: {}");
-    assert.equal(parser.feed(""), null);
-  });
-
-  test("an error event throws with the service's code", () => {
-    const parser = new SseParser("rid-1");
-    parser.feed("event: error");
-    parser.feed('data: {"code":"sandbox_gone","message":"gone again"}');
-    assert.throws(
-      () => parser.feed(""),
-      (error) =>
-        error instanceof SandboxdError &&
-        error.status === 0 &&
-        error.code === "sandbox_gone" &&
-        error.requestId === "rid-1",
-    );
-  });
-});
-
-describe("against a running service", { skip: live ? false : "SANDBOXD_URL is not set" }, () => {
+describe("against a running service", { skip: skipUnlessLive }, () => {
   test("execute keeps state between messages", async () => {
     const chat = randomUUID();
     const first = await client().execute(chat, "x = 41");
@@ -67,7 +19,9 @@ describe("against a running service", { skip: live ? false : "SANDBOXD_URL is no
     assert.equal(second.stdout, "42\n");
     assert.equal(second.sandbox.sessionId, first.sandbox.sessionId);
     assert.equal(second.sandboxReplaced, false);
-    const shell = await client().execute(chat, "echo $((6 * 7)) >&2; exit 3", { language: "shell" });
+    const shell = await client().execute(chat, "echo $((6 * 7)) >&2; exit 3", {
+      language: "shell",
+    });
     assert.equal(shell.stderr, "42\n");
     assert.equal(shell.exitCode, 3);
     await client().destroySandbox(chat);
@@ -148,7 +102,11 @@ describe("against a running service", { skip: live ? false : "SANDBOXD_URL is no
   test("typed errors carry the service's code, status and request id", async () => {
     await rejectsWith(client("wrong-key").execute(randomUUID(), "1"), 401, "unauthenticated");
     await rejectsWith(client().execute("not-a-uuid", "1"), 422, "invalid_chat_id");
-    await rejectsWith(client().execute(randomUUID(), "1", { timeoutS: -1 }), 422, "invalid_timeout");
+    await rejectsWith(
+      client().execute(randomUUID(), "1", { timeoutS: -1 }),
+      422,
+      "invalid_timeout",
+    );
     const error = await client()
       .execute(randomUUID(), "1", { language: "cobol" })
       .catch((caught) => caught);
@@ -160,5 +118,71 @@ describe("against a running service", { skip: live ? false : "SANDBOXD_URL is no
     assert.equal(await client().ready(), true);
     const nowhere = new SandboxdClient({ baseUrl: "http://127.0.0.1:9", timeoutS: 5 });
     assert.equal(await nowhere.ready(), false);
+  });
+
+  test("rich outputs, displays and changed files", async () => {
+    const chat = randomUUID();
+    const code = [
+      "import matplotlib.pyplot as plt",
+      "plt.plot([1, 2, 3], [1, 4, 9])",
+      "plt.show()",
+      "import os; os.makedirs('out', exist_ok=True)",
+      "open('out/r.txt', 'w').write('four')",
+      "6 * 7",
+    ].join("\n");
+    const result = await client().execute(chat, code, { timeoutS: 120 });
+    assert.equal(result.exitCode, 0, result.stderr);
+    assert.deepEqual(
+      result.outputs.map((output) => [output.mimeType, output.encoding]),
+      [
+        ["image/png", "base64"],
+        ["text/plain", "utf-8"],
+      ],
+    );
+    const png = richOutputBytes(result.outputs[0]);
+    assert.deepEqual([...png.subarray(0, 8)], [0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]);
+    assert.equal(result.outputs[1].data, "42");
+    assert.equal(result.outputsTruncated, false);
+    assert.deepEqual(result.changedFiles, [{ path: "out/r.txt", size: 4 }]);
+    assert.equal(result.changedFilesTruncated, false);
+
+    const items = [];
+    for await (const item of client().executeStream(chat, "display({'k': 1})\nprint('p')\n7")) {
+      items.push(item);
+    }
+    const displays = items
+      .filter((item) => item.type === "display")
+      .map((item) => item.output.data);
+    assert.deepEqual(displays, ["{'k': 1}", "7"]);
+    assert.deepEqual(
+      items.at(-1).result.outputs.map((output) => output.data),
+      ["{'k': 1}", "7"],
+    );
+    await client().destroySandbox(chat);
+  });
+
+  test("packages on execute and ensure", async () => {
+    const chat = randomUUID();
+    const result = await client().execute(chat, "import tabulate\nprint(tabulate.__version__)", {
+      packages: ["tabulate==0.9.0"],
+      timeoutS: 120,
+    });
+    assert.equal(result.exitCode, 0, result.stderr);
+    assert.equal(result.stdout, "0.9.0\n");
+    assert.deepEqual(result.sandbox.packages, ["tabulate==0.9.0"]);
+    const ensured = await client().ensureSandbox(chat, { packages: ["tabulate==0.9.0"] });
+    assert.equal(ensured.sessionId, result.sandbox.sessionId);
+    assert.deepEqual(ensured.packages, ["tabulate==0.9.0"]);
+    await rejectsWith(
+      client().execute(chat, "1", { packages: ["not a package!!"] }),
+      422,
+      "invalid_package",
+    );
+    await rejectsWith(
+      client().ensureSandbox(randomUUID(), { packages: ["x y"] }),
+      422,
+      "invalid_package",
+    );
+    await client().destroySandbox(chat);
   });
 });
