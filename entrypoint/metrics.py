@@ -107,6 +107,18 @@ class ServiceMetrics:
     def downloaded(self, seconds: float) -> None:
         self.environment_download_duration.observe(seconds)
 
+    def expose_sandbox_capacity(self, max_sandboxes: int | None) -> None:
+        """This node's cap on running sandboxes, for dashboards of live sandboxes against it.
+        Not exposed when there is no cap: a 0 would read as "full"."""
+        if max_sandboxes is None:
+            return
+        Gauge(
+            "sandboxd_sandbox_capacity",
+            "Running sandboxes this node takes at most (SANDBOXD_MAX_SANDBOXES, or derived from "
+            "its memory); a new chat past it gets 429 sandbox_limit.",
+            registry=self.registry,
+        ).set(max_sandboxes)
+
     def on_scrape(self, hook: Callable[[], None]) -> None:
         """Run ``hook`` before each exposition (refreshes gauges that are read, not counted)."""
         self._scrape_hooks.append(hook)

@@ -134,6 +134,7 @@ class Service:
         await self._check_and_prepare()
         # After the start-up sweep: members of a previous run (also after kill -9) are gone.
         install_pool_metrics(container.metrics(), container.warm_pools())
+        container.metrics().expose_sandbox_capacity(container.placement().max_sandboxes)
         pool_worker = container.pool_worker()
         await pool_worker.start()
 

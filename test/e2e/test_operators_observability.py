@@ -1,5 +1,6 @@
 """The Grafana dashboard and the Prometheus alert rules name only metrics (and labels) that a real
-service exposes on /metrics; promtool (Debian's prometheus package) accepts the rules."""
+service exposes on /metrics, a service with a warm pool and a sandbox cap; promtool (Debian's
+prometheus package) accepts the rules and passes their unit tests (alerts_test.yml)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ pytestmark = pytest.mark.docker
 
 DASHBOARD = ROOT / "deploy" / "grafana" / "sandboxd.json"
 ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
+ALERT_TESTS = ROOT / "deploy" / "prometheus" / "alerts_test.yml"
 
 _METRIC = re.compile(r"\b(sandboxd_[a-z0-9_]+)\b")
 # label="value", label=~"regex", label!=... inside a selector, and "by (a, b)" groupings.
@@ -30,6 +32,9 @@ _MATCHER = re.compile(r"([a-z_]+)\s*(?:=~|!~|!=|=)")
 _GROUPING = re.compile(r"\bby\s*\(([^)]*)\)")
 # Labels Prometheus adds at scrape time, not the service.
 _TARGET_LABELS = {"instance", "job", "le"}
+# Gauge families whose every value of this label is set at each scrape: a value the rules name
+# must be on /metrics too (a typo such as measure="claim_missed" would never match).
+_ENUMERATED = {"sandboxd_pool": "measure", "sandboxd_live_sandboxes": "status"}
 _SUFFIXES = {
     "counter": ("_total", "_created"),
     "gauge": ("",),
@@ -61,8 +66,11 @@ def test_every_panel_and_rule_has_a_sandboxd_expression() -> None:
 
 @pytest.fixture(scope="module")
 def exposition(module_services: ServiceFactory) -> str:
-    """/metrics of a service that ran an execution, answered an error and swept."""
-    service: ServiceProcess = module_services(cleanup_interval_seconds="1")
+    """/metrics of a service with a warm pool and a sandbox cap that ran an execution, answered
+    an error and swept."""
+    service: ServiceProcess = module_services(
+        cleanup_interval_seconds="1", pool_size="1", max_sandboxes="64"
+    )
     headers = {"Authorization": f"Bearer {API_KEY}"}
     chat = uuid.uuid4()
     executed = httpx.post(
@@ -77,9 +85,28 @@ def exposition(module_services: ServiceFactory) -> str:
     deadline = time.monotonic() + 30
     while True:
         text = httpx.get(f"{service.http_url}/metrics", headers=headers, timeout=10).text
-        if "sandboxd_sweeps_total{" in text or time.monotonic() > deadline:
+        swept = "sandboxd_sweeps_total{" in text
+        if (swept and 'pool="default"' in text) or time.monotonic() > deadline:
             return text
         time.sleep(0.5)
+
+
+def _label_values(exposition: str, name: str, label: str) -> set[str]:
+    return {
+        sample.labels[label]
+        for family in text_string_to_metric_families(exposition)
+        for sample in family.samples
+        if sample.name == name and label in sample.labels
+    }
+
+
+def _named_values(expr: str, name: str, label: str) -> set[str]:
+    """Values of ``label`` that ``expr`` selects on ``name`` with = or =~ (plain alternatives)."""
+    values: set[str] = set()
+    for matchers in re.findall(rf"\b{name}\{{([^}}]*)\}}", expr):
+        for value in re.findall(rf'\b{label}\s*=~?\s*"([^"]*)"', matchers):
+            values.update(value.split("|"))
+    return values
 
 
 def _exposed(exposition: str) -> dict[str, set[str]]:
@@ -107,6 +134,15 @@ def test_metrics_and_labels_exist_on_a_real_service(exposition: str, source: str
         grouped = {label.strip() for group in _GROUPING.findall(expr) for label in group.split(",")}
         available = set().union(*(exposed[name] for name in _METRIC.findall(expr)))
         assert grouped - _TARGET_LABELS <= available, expr
+        for name, label in _ENUMERATED.items():
+            named = _named_values(expr, name, label)
+            assert named <= _label_values(exposition, name, label), f"{name} {label}: {expr}"
+
+
+def test_the_pool_and_capacity_series_are_there(exposition: str) -> None:
+    # So that the checks above ran against a service that has them.
+    assert _label_values(exposition, "sandboxd_pool", "pool") >= {"", "default"}
+    assert "\nsandboxd_sandbox_capacity 64.0\n" in exposition
 
 
 def test_promtool_accepts_the_rules(tmp_path: Path) -> None:
@@ -118,3 +154,16 @@ def test_promtool_accepts_the_rules(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "SUCCESS" in done.stdout
+
+
+def test_promtool_unit_tests_of_the_rules() -> None:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.fail("promtool is not installed: scripts/setup.sh ops-tools")
+    done = subprocess.run(
+        [promtool, "test", "rules", str(ALERT_TESTS)], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "SUCCESS" in done.stdout
+    tested = set(re.findall(r"alertname: (\w+)", ALERT_TESTS.read_text()))
+    assert {"SandboxdPoolExhausted", "SandboxdNearSandboxCapacity"} <= tested
