@@ -144,3 +144,26 @@ def test_compose_file_resolves(tmp_path: Path) -> None:
     )
     assert keyless.returncode != 0
     assert "SANDBOXD_API_KEYS" in keyless.stderr
+
+
+def test_compose_variables_reach_both_services(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [_tool("docker-compose"), "-p", "sandboxd", "-f", str(COMPOSE), "config"],
+        env={
+            "PATH": "/usr/bin:/bin",
+            "SANDBOXD_API_KEYS": "k1",
+            "POSTGRES_PASSWORD": "s3cret",
+            "SERVICE_IMAGE": "sandboxd-service:abc123",
+        },
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    services = yaml.safe_load(done.stdout)["services"]
+    assert services["postgres"]["environment"]["POSTGRES_PASSWORD"] == "s3cret"
+    for name in ("migrate", "sandboxd"):
+        assert services[name]["image"] == "sandboxd-service:abc123"
+        url = services[name]["environment"]["SANDBOXD_DATABASE_URL"]
+        assert url == "postgresql+psycopg://sandboxd:s3cret@postgres:5432/sandboxd", url
