@@ -37,6 +37,8 @@ export interface ExecutionResult {
   stderr: string;
   /** null when the code did not finish (timed out). */
   exitCode: number | null;
+  /** Exit code 0 and not timed out. */
+  succeeded: boolean;
   durationS: number;
   timedOut: boolean;
   stdoutTruncated: boolean;
@@ -165,6 +167,7 @@ export function resultFromJson(data: Json): ExecutionResult {
     stdout: String(data.stdout),
     stderr: String(data.stderr),
     exitCode: typeof data.exit_code === "number" ? data.exit_code : null,
+    succeeded: data.exit_code === 0 && !data.timed_out,
     durationS: Number(data.duration_s),
     timedOut: Boolean(data.timed_out),
     stdoutTruncated: Boolean(data.stdout_truncated),

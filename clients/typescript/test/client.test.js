@@ -12,6 +12,7 @@ describe("against a running service", { skip: skipUnlessLive }, () => {
     const chat = randomUUID();
     const first = await client().execute(chat, "x = 41");
     assert.equal(first.exitCode, 0);
+    assert.equal(first.succeeded, true);
     assert.equal(first.sandbox.chatId, chat);
     assert.equal(first.sandbox.status, "running");
     assert.ok(first.sandbox.expiresAt instanceof Date);
@@ -24,6 +25,7 @@ describe("against a running service", { skip: skipUnlessLive }, () => {
     });
     assert.equal(shell.stderr, "42\n");
     assert.equal(shell.exitCode, 3);
+    assert.equal(shell.succeeded, false);
     await client().destroySandbox(chat);
   });
 
@@ -31,6 +33,7 @@ describe("against a running service", { skip: skipUnlessLive }, () => {
     const chat = randomUUID();
     const result = await client().execute(chat, "import time\ntime.sleep(30)", { timeoutS: 1 });
     assert.equal(result.timedOut, true);
+    assert.equal(result.succeeded, false);
     assert.equal(result.exitCode, null);
     assert.equal(result.stateLost, true);
     await client().destroySandbox(chat);

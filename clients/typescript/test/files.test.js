@@ -89,6 +89,9 @@ describe("workspace files", { skip: skipUnlessLive }, () => {
     await rejectsWith(client().uploadFile(chat, "../../etc/passwd", "x"), 422, "path_refused");
     await rejectsWith(client().readFile(chat, "data/../../etc/passwd"), 422, "path_refused");
     await rejectsWith(client().readFile(chat, "/etc/passwd"), 422, "path_refused");
+    // A URL parser would resolve ".." away: this would be DELETE /v1/chats/{chat}/sandbox.
+    await rejectsWith(client().deleteFile(chat, "../sandbox"), 422, "path_refused");
+    assert.equal((await client().getSandbox(chat))?.status, "running");
     // A prefix filters names; it opens nothing.
     assert.deepEqual((await client().listFiles(chat, { prefix: "../" })).files, []);
     await rejectsWith(client().readFile(randomUUID(), "a.txt"), 404, "sandbox_not_found");
