@@ -6,9 +6,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from uuid import UUID
 
-from domain.errors import SandboxGoneError, SandboxNotFoundError
+from domain.errors import SandboxGoneError
 from domain.files import StoredFile, WorkspaceListing, check_workspace_path
 from domain.sandbox import SandboxSession
+from domain.tenant import OPERATOR, Caller
 from usecase.ports import (
     Clock,
     Logger,
@@ -17,7 +18,13 @@ from usecase.ports import (
     SandboxRuntime,
     SandboxSessionRepository,
 )
-from usecase.sandbox import Lifetime, SandboxProvisioner, session_attrs
+from usecase.sandbox import (
+    Lifetime,
+    SandboxProvisioner,
+    check_access,
+    not_found,
+    session_attrs,
+)
 
 # Opens the upload's content from its start; called again if the sandbox had to be replaced.
 ChunkSource = Callable[[], Iterable[bytes]]
@@ -39,6 +46,9 @@ class WorkspaceFiles:
     - Download, list and delete need the chat's sandbox: without one there are no files
       (SandboxNotFoundError); a gone sandbox is marked so by the next execution, not here.
     - Each operation slides the idle deadline like an execution.
+    - A chat belongs to the key that created it: another tenant's chat is reported exactly as a
+      chat without a sandbox (SandboxNotFoundError), before its sandbox is touched; an upload
+      never creates, replaces or writes into it. Admins reach every chat without taking it over.
     """
 
     def __init__(
@@ -70,11 +80,13 @@ class WorkspaceFiles:
     def max_file_bytes(self) -> int:
         return self._limits.max_file_bytes
 
-    def upload(self, chat_id: UUID, path: str, source: ChunkSource) -> StoredFile:
+    def upload(
+        self, chat_id: UUID, path: str, source: ChunkSource, caller: Caller = OPERATOR
+    ) -> StoredFile:
         check_workspace_path(path)
         limit = self._limits.max_file_bytes
         with self._locker.lock(chat_id):
-            session = self._provisioner.ensure(chat_id).session
+            session = self._provisioner.ensure(chat_id, caller=caller).session
             try:
                 stored = self._files.write_file(session.container_id, path, source(), limit)
             except SandboxGoneError:
@@ -87,10 +99,16 @@ class WorkspaceFiles:
         )
         return stored
 
-    def download(self, chat_id: UUID, path: str, sink: Callable[[bytes], object]) -> StoredFile:
+    def download(
+        self,
+        chat_id: UUID,
+        path: str,
+        sink: Callable[[bytes], object],
+        caller: Caller = OPERATOR,
+    ) -> StoredFile:
         check_workspace_path(path)
         with self._locker.lock(chat_id):
-            session = self._current(chat_id)
+            session = self._current(chat_id, caller)
             stored = self._files.read_file(session.container_id, path, sink)
             self._renew(session)
         self._logger.info(
@@ -98,26 +116,27 @@ class WorkspaceFiles:
         )
         return stored
 
-    def list(self, chat_id: UUID, prefix: str = "") -> WorkspaceListing:
+    def list(self, chat_id: UUID, prefix: str = "", caller: Caller = OPERATOR) -> WorkspaceListing:
         with self._locker.lock(chat_id):
-            session = self._current(chat_id)
+            session = self._current(chat_id, caller)
             listing = self._files.list_files(session.container_id, prefix)
             self._renew(session)
         self._logger.info("files_listed", {**session_attrs(session), "count": len(listing.entries)})
         return listing
 
-    def delete(self, chat_id: UUID, path: str) -> None:
+    def delete(self, chat_id: UUID, path: str, caller: Caller = OPERATOR) -> None:
         check_workspace_path(path)
         with self._locker.lock(chat_id):
-            session = self._current(chat_id)
+            session = self._current(chat_id, caller)
             self._files.delete_file(session.container_id, path)
             self._renew(session)
         self._logger.info("file_deleted", {**session_attrs(session), "path": path})
 
-    def _current(self, chat_id: UUID) -> SandboxSession:
-        session = self._repository.get_active_by_chat_id(chat_id)
+    def _current(self, chat_id: UUID, caller: Caller) -> SandboxSession:
+        session = check_access(self._repository.get_active_by_chat_id(chat_id), caller)
         if session is None or not session.is_usable(self._clock.now()):
-            raise SandboxNotFoundError(f"chat {chat_id} has no live sandbox")
+            raise not_found(chat_id)
+        self._provisioner.check_node(session)
         return session
 
     def _renew(self, session: SandboxSession) -> None:

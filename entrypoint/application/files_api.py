@@ -20,6 +20,7 @@ from uuid import UUID
 
 from domain.errors import FileTooLargeError
 from domain.files import FILE_CHUNK_BYTES, StoredFile, WorkspaceListing, check_workspace_path
+from domain.tenant import OPERATOR, Caller
 from usecase.files import WorkspaceFiles
 
 _THREADS = 8
@@ -57,7 +58,12 @@ class FilesApi:
         return self._files.max_file_bytes
 
     async def upload(
-        self, chat_id: UUID, path: str, body: AsyncIterable[bytes], declared: int | None = None
+        self,
+        chat_id: UUID,
+        path: str,
+        body: AsyncIterable[bytes],
+        declared: int | None = None,
+        caller: Caller = OPERATOR,
     ) -> StoredFile:
         check_workspace_path(path)
         limit = self._files.max_file_bytes
@@ -77,14 +83,16 @@ class FilesApi:
                     pending.clear()
             await self._run(spool.write, bytes(pending))
             source = partial(_replay, spool)
-            stored: StoredFile = await self._run(self._files.upload, chat_id, path, source)
+            stored: StoredFile = await self._run(self._files.upload, chat_id, path, source, caller)
             return stored
 
-    async def download(self, chat_id: UUID, path: str) -> SpooledDownload:
+    async def download(
+        self, chat_id: UUID, path: str, caller: Caller = OPERATOR
+    ) -> SpooledDownload:
         # Closed by the SpooledDownload once the response has read it.
         spool = tempfile.TemporaryFile(dir=self._spool_dir)  # noqa: SIM115
         try:
-            stored = await self._run(self._files.download, chat_id, path, spool.write)
+            stored = await self._run(self._files.download, chat_id, path, spool.write, caller)
             spool.seek(0)
         except BaseException:
             spool.close()
@@ -92,12 +100,14 @@ class FilesApi:
         content_type = mimetypes.guess_type(path)[0] or "application/octet-stream"
         return SpooledDownload(stored, content_type, spool)
 
-    async def list(self, chat_id: UUID, prefix: str = "") -> WorkspaceListing:
-        listing: WorkspaceListing = await self._run(self._files.list, chat_id, prefix)
+    async def list(
+        self, chat_id: UUID, prefix: str = "", caller: Caller = OPERATOR
+    ) -> WorkspaceListing:
+        listing: WorkspaceListing = await self._run(self._files.list, chat_id, prefix, caller)
         return listing
 
-    async def delete(self, chat_id: UUID, path: str) -> None:
-        await self._run(self._files.delete, chat_id, path)
+    async def delete(self, chat_id: UUID, path: str, caller: Caller = OPERATOR) -> None:
+        await self._run(self._files.delete, chat_id, path, caller)
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

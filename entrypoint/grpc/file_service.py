@@ -12,6 +12,7 @@ from grpc.aio import ServicerContext as Ctx
 from domain.errors import InvalidInputError
 from domain.files import StoredFile
 from domain.sandbox import parse_chat_id
+from domain.tenant import Caller
 from entrypoint.application.files_api import FilesApi
 from entrypoint.grpc.generated import sandboxd_pb2 as pb
 
@@ -28,6 +29,8 @@ class FileRpcs:
         async def _guard(self, context: Ctx, call: Callable[[], Awaitable[T]]) -> T: ...
 
         async def _abort(self, context: Ctx, error: Exception) -> Any: ...
+
+        def _caller(self, context: Ctx) -> Caller: ...
 
     def _files(self) -> FilesApi:
         if self._files_api is None:
@@ -48,7 +51,7 @@ class FileRpcs:
                     yield message.chunk
 
             stored = await self._files().upload(
-                parse_chat_id(header.chat_id), header.path, chunks()
+                parse_chat_id(header.chat_id), header.path, chunks(), caller=self._caller(context)
             )
             return _stored_message(stored)
 
@@ -57,7 +60,9 @@ class FileRpcs:
     async def DownloadFile(self, request: Any, context: Ctx) -> None:  # noqa: N802
         failure: Exception | None = None
         try:
-            download = await self._files().download(parse_chat_id(request.chat_id), request.path)
+            download = await self._files().download(
+                parse_chat_id(request.chat_id), request.path, self._caller(context)
+            )
             await context.write(pb.DownloadFileResponse(info=_stored_message(download.stored)))
             async for chunk in download.chunks():
                 await context.write(pb.DownloadFileResponse(chunk=chunk))
@@ -68,7 +73,9 @@ class FileRpcs:
 
     async def ListFiles(self, request: Any, context: Ctx) -> Any:  # noqa: N802
         async def run() -> Any:
-            listing = await self._files().list(parse_chat_id(request.chat_id), request.prefix)
+            listing = await self._files().list(
+                parse_chat_id(request.chat_id), request.prefix, self._caller(context)
+            )
             files = []
             for entry in listing.entries:
                 stamp = Timestamp()
@@ -80,7 +87,9 @@ class FileRpcs:
 
     async def DeleteFile(self, request: Any, context: Ctx) -> Any:  # noqa: N802
         async def run() -> Any:
-            await self._files().delete(parse_chat_id(request.chat_id), request.path)
+            await self._files().delete(
+                parse_chat_id(request.chat_id), request.path, self._caller(context)
+            )
             return pb.DeleteFileResponse()
 
         return await self._guard(context, run)

@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from domain.files import StoredFile
 from domain.sandbox import parse_chat_id
 from entrypoint.application.files_api import FilesApi
-from entrypoint.http.routes import _ERRORS, require_api_key
+from entrypoint.http.routes import _ERRORS, CallerDep, require_api_key
 
 files = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)], responses=_ERRORS)
 _FILE_ERRORS: dict[int | str, dict[str, Any]] = {
@@ -36,11 +36,11 @@ def _stored_json(stored: StoredFile) -> dict[str, Any]:
     description="The raw body is the file's content; it is written atomically.",
     responses=_FILE_ERRORS,
 )
-async def upload_file(chat_id: str, path: str, request: Request) -> Response:
+async def upload_file(chat_id: str, path: str, request: Request, caller: CallerDep) -> Response:
     parsed = parse_chat_id(chat_id)
     length = request.headers.get("content-length", "")
     declared = int(length) if length.isdigit() else None
-    stored = await _files_api(request).upload(parsed, path, request.stream(), declared)
+    stored = await _files_api(request).upload(parsed, path, request.stream(), declared, caller)
     return JSONResponse(_stored_json(stored))
 
 
@@ -51,9 +51,9 @@ async def upload_file(chat_id: str, path: str, request: Request) -> Response:
     responses=_FILE_ERRORS,
     response_class=StreamingResponse,
 )
-async def download_file(chat_id: str, path: str, request: Request) -> Response:
+async def download_file(chat_id: str, path: str, request: Request, caller: CallerDep) -> Response:
     parsed = parse_chat_id(chat_id)
-    download = await _files_api(request).download(parsed, path)
+    download = await _files_api(request).download(parsed, path, caller)
     return StreamingResponse(
         download.chunks(),
         media_type=download.content_type,
@@ -71,9 +71,9 @@ async def download_file(chat_id: str, path: str, request: Request) -> Response:
     responses=_FILE_ERRORS,
 )
 async def list_files(
-    chat_id: str, request: Request, prefix: Annotated[str, Query()] = ""
+    chat_id: str, request: Request, caller: CallerDep, prefix: Annotated[str, Query()] = ""
 ) -> Response:
-    listing = await _files_api(request).list(parse_chat_id(chat_id), prefix)
+    listing = await _files_api(request).list(parse_chat_id(chat_id), prefix, caller)
     return JSONResponse(
         {
             "files": [
@@ -95,6 +95,6 @@ async def list_files(
     status_code=204,
     responses=_FILE_ERRORS,
 )
-async def delete_file(chat_id: str, path: str, request: Request) -> Response:
-    await _files_api(request).delete(parse_chat_id(chat_id), path)
+async def delete_file(chat_id: str, path: str, request: Request, caller: CallerDep) -> Response:
+    await _files_api(request).delete(parse_chat_id(chat_id), path, caller)
     return Response(status_code=204)

@@ -136,3 +136,61 @@ def test_a_new_chat_past_the_keys_cap_is_429_and_its_chats_keep_working(
         for chat in chats[:2]:
             bob.delete(f"/chats/{chat}/sandbox")
         alice.delete(f"/chats/{other}/sandbox")
+
+
+def test_over_http_another_key_gets_404_on_every_file_route(service: ServiceProcess) -> None:
+    chat = str(uuid.uuid4())
+    with http(service, ALICE) as alice, http(service, BOB) as bob:
+        put = alice.put(f"/chats/{chat}/files/secret.txt", content=b"alice's secret")
+        assert put.status_code == 200, put.text
+        attempts = {
+            "put": bob.put(f"/chats/{chat}/files/secret.txt", content=b"bob was here"),
+            "put_new": bob.put(f"/chats/{chat}/files/planted.py", content=b"import os"),
+            "get": bob.get(f"/chats/{chat}/files/secret.txt"),
+            "list": bob.get(f"/chats/{chat}/files"),
+            "delete": bob.delete(f"/chats/{chat}/files/secret.txt"),
+        }
+        for route, response in attempts.items():
+            assert response.status_code == 404, (route, response.text)
+            assert response.json()["code"] == "sandbox_not_found", route
+            assert "secret" not in response.text, route
+        # Alice's file is intact and nothing was planted next to it.
+        got = alice.get(f"/chats/{chat}/files/secret.txt")
+        assert got.content == b"alice's secret"
+        listed = alice.get(f"/chats/{chat}/files").json()["files"]
+        assert [f["path"] for f in listed] == ["secret.txt"]
+        alice.delete(f"/chats/{chat}/sandbox")
+
+
+def test_over_grpc_another_key_gets_not_found_on_every_file_call(
+    service: ServiceProcess, stub: Any
+) -> None:
+    chat = str(uuid.uuid4())
+
+    def upload(key: str, path: str, data: bytes) -> Any:
+        header = pb.UploadFileRequest(header=pb.FileRequest(chat_id=chat, path=path))
+        return stub.UploadFile(iter([header, pb.UploadFileRequest(chunk=data)]), metadata=auth(key))
+
+    assert upload(ALICE, "secret.txt", b"alice's secret").size == 14
+    calls = {
+        "UploadFile": lambda: upload(BOB, "secret.txt", b"bob was here"),
+        "UploadFile(new)": lambda: upload(BOB, "planted.py", b"import os"),
+        "DownloadFile": lambda: list(
+            stub.DownloadFile(pb.FileRequest(chat_id=chat, path="secret.txt"), metadata=auth(BOB))
+        ),
+        "ListFiles": lambda: stub.ListFiles(pb.ListFilesRequest(chat_id=chat), metadata=auth(BOB)),
+        "DeleteFile": lambda: stub.DeleteFile(
+            pb.FileRequest(chat_id=chat, path="secret.txt"), metadata=auth(BOB)
+        ),
+    }
+    for name, call in calls.items():
+        with pytest.raises(grpc.RpcError) as raised:
+            call()
+        assert raised.value.code() is grpc.StatusCode.NOT_FOUND, name
+    parts = list(
+        stub.DownloadFile(pb.FileRequest(chat_id=chat, path="secret.txt"), metadata=auth(ALICE))
+    )
+    assert b"".join(p.chunk for p in parts if p.WhichOneof("part") == "chunk") == b"alice's secret"
+    listed = stub.ListFiles(pb.ListFilesRequest(chat_id=chat), metadata=auth(ALICE))
+    assert [f.path for f in listed.files] == ["secret.txt"]
+    stub.DestroySandbox(pb.ChatRequest(chat_id=chat), metadata=auth(ALICE))
