@@ -7,9 +7,9 @@ from datetime import datetime
 
 from domain.errors import FilePathRefusedError
 
-# The chunk size of file transfers between the host and the agent: large files never sit whole
-# in the service's memory, and every agent frame stays small (base64 of this, plus a little).
-FILE_CHUNK_BYTES = 256 * 1024
+# The chunk size of file transfers inside the service (spool to agent): large files never sit
+# whole in the service's memory. The agent's data frames carry at most this much.
+FILE_CHUNK_BYTES = 1024 * 1024
 MAX_PATH_CHARS = 4096
 
 

@@ -11,10 +11,13 @@ Standard library only; installed at /opt/sandboxd/agent.py in the sandbox root f
              execution, outside the user's namespace: a microVM snapshot then holds them loaded)
 
 Protocol: newline-delimited JSON frames, both directions, one request at a time per connection;
-every frame carries the request's "id". The socket server serves one host connection at a time,
-until end of file, or until another connection waits while the current one is idle: then the
-idle one is closed (no request in flight) and the waiting one served, so several host processes
-can take turns without waiting for each other to disconnect.
+every frame carries the request's "id". File content travels in binary data frames instead
+(HostLink): a 13-byte header (the byte 0, the request id as uint64, the payload length as
+uint32, at most DATA_FRAME_MAX; big-endian) and the raw bytes, without base64 or JSON.
+The socket server serves one host connection at a time, until end of file, or until another
+connection waits while the current one is idle: then the idle one is closed (no request in
+flight) and the waiting one served, so several host processes can take turns without waiting
+for each other to disconnect.
     {"id", "op": "ping"} -> {"id", "type": "pong", "version"}
     {"id", "op": "execute", "language", "code", "timeout_s", "max_output_bytes", "stream"}
         -> {"id", "type": "output", "stream", "data"}*  (only when stream is true)
@@ -23,15 +26,16 @@ can take turns without waiting for each other to disconnect.
     {"id", "op": "reseed", "entropy": base64[, "now": host unix time]}
         -> {"id", "type": "reseeded", "ok"}  ("now", optional: set the clock, when root)
     Workspace files (paths relative to --workdir, resolved component by component with
-    O_NOFOLLOW from the workspace's directory fd, so symlinks planted by user code never lead out;
-    data is base64 in chunks of at most FILE_CHUNK_MAX bytes):
-    {"id", "op": "file_write_begin", "path", "max_bytes"} -> {"id", "type": "file_ok", "handle"}
-    {"id", "op": "file_write_chunk", "handle", "data"} -> {"id", "type": "file_ok"}
-    {"id", "op": "file_write_end", "handle"} -> {"id", "type": "file_ok", "path", "size", "sha256"}
-        (a temporary file in the target's directory, renamed over the target at the end)
-    {"id", "op": "file_write_abort", "handle"} -> {"id", "type": "file_ok"}
-    {"id", "op": "file_read", "path"} -> {"id", "type": "file_data", "data"}*
+    O_NOFOLLOW from the workspace's directory fd, so symlinks planted by user code never lead
+    out); file transfers need an integer id, which their data frames carry:
+    {"id", "op": "file_write", "path", "max_bytes"} -> {"id", "type": "file_ok"} (ready)
+        <- data frames, pipelined (no answer each), the last one empty
         -> {"id", "type": "file_ok", "path", "size", "sha256"}
+        (a temporary file in the target's directory, renamed over the target at the end; a
+        failure midway is answered after the last data frame; a host that gives up midway
+        closes the connection, which drops the temporary file)
+    {"id", "op": "file_read", "path"} -> data frames -> {"id", "type": "file_ok", "path",
+        "size", "sha256"}
     {"id", "op": "file_list", "prefix"} -> {"id", "type": "file_ok", "entries": [{"path",
         "size", "mtime"}], "truncated"}
     {"id", "op": "file_delete", "path"} -> {"id", "type": "file_ok"}
@@ -74,6 +78,7 @@ import codecs
 import contextlib
 import errno
 import functools
+import io
 import json
 import os
 import select
@@ -1062,7 +1067,8 @@ class Agent:
 
     # --- operations -------------------------------------------------------------------------
 
-    def handle(self, frame: object, send: Send) -> None:
+    def handle(self, frame: object, link: HostLink) -> None:
+        send = link.send
         if not isinstance(frame, dict):
             send({"id": None, "type": "error", "code": "bad_request", "message": "not an object"})
             return
@@ -1076,7 +1082,7 @@ class Agent:
             elif op == "reseed":
                 send({"id": request_id, "type": "reseeded", "ok": self._reseed(frame)})
             elif isinstance(op, str) and op in FILE_OPS:
-                self.files.handle(request_id, op, frame, send)
+                self.files.handle(request_id, op, frame, link)
             else:
                 raise BadRequestError("unknown_op", f"unknown op {op!r}")
         except BadRequestError as exc:
@@ -1266,16 +1272,11 @@ def _add_kernel_entropy(entropy: bytes) -> bool:
 
 # --- workspace files --------------------------------------------------------------------------
 
-FILE_OPS = (
-    "file_write_begin",
-    "file_write_chunk",
-    "file_write_end",
-    "file_write_abort",
-    "file_read",
-    "file_list",
-    "file_delete",
-)
-FILE_CHUNK_MAX = 256 * 1024
+FILE_OPS = ("file_write", "file_read", "file_list", "file_delete")
+# File content travels in binary data frames (see serve_stream): a header, then the raw bytes.
+DATA_MAGIC = 0
+DATA_HEADER = struct.Struct(">BQI")  # magic, request id, payload length
+DATA_FRAME_MAX = 1024 * 1024
 LIST_MAX_ENTRIES = 5000
 LIST_MAX_SCANNED = 50000
 # Changed files of an execution: a scan before and after, bounded on both counts.
@@ -1295,195 +1296,81 @@ class FileRefusedError(Exception):
         self.code = code
 
 
-class PendingWrite:
-    def __init__(self, dir_fd: int, name: str, temp: str, fd: int, path: str, limit: int):
-        self.dir_fd, self.name, self.temp, self.fd = dir_fd, name, temp, fd
-        self.path, self.limit = path, limit
-        self.size = 0
-        import hashlib
+class WorkspacePaths:
+    """The path policy: nothing outside the workspace is opened, created or listed.
 
-        self.digest = hashlib.sha256()
-
-
-def _same_entry_or_refuse(dir_fd: int, name: str, opened: int) -> None:
-    """Refuse (closing ``opened``) unless ``opened`` is the entry ``name`` itself, not what a
-    symlink there points to. O_NOFOLLOW already refuses links where the kernel implements it;
-    gVisor's does not for every open, so the entry is compared without following it."""
-    try:
-        entry = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-        same = not stat.S_ISLNK(entry.st_mode) and (entry.st_dev, entry.st_ino) == (
-            os.fstat(opened).st_dev,
-            os.fstat(opened).st_ino,
-        )
-    except OSError:
-        same = False
-    if not same:
-        os.close(opened)
-        raise FileRefusedError("path_refused", "the path leads through a symlink")
-
-
-class WorkspaceFiles:
-    """File operations confined to the workspace: nothing outside it is opened or created."""
+    Paths are relative; every component is opened from its parent's directory fd with
+    O_NOFOLLOW and compared with the entry itself, so symlinks planted by user code never lead
+    out, whatever they point to.
+    """
 
     def __init__(self, root: str, uid: int | None, gid: int | None) -> None:
         self.root = root
         self.uid, self.gid = uid, gid
-        self.pending: dict[str, PendingWrite] = {}
 
-    def handle(self, request_id: object, op: str, frame: dict[str, Any], send: Send) -> None:
+    @staticmethod
+    def check(path: object) -> str:
+        if not isinstance(path, str) or not path or len(path) > 4096 or "\x00" in path:
+            raise FileRefusedError("path_refused", "the path is empty, too long or has a NUL")
+        if path.startswith("/") or any(part in ("", ".", "..") for part in path.split("/")):
+            raise FileRefusedError("path_refused", "the path must be relative, without '..'")
+        return path
+
+    def open_root(self) -> int:
+        return os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+
+    def parent(self, path: str, create: bool) -> tuple[int, str]:
+        """An fd of the path's directory, reached without following any symlink, and the
+        leaf name."""
+        *parts, name = path.split("/")
+        fd = self.open_root()
         try:
-            with _as_file_user(self.uid, self.gid):
-                answer = getattr(self, op)(request_id, frame, send)
-        except FileRefusedError as exc:
-            answer = {"error": exc.code, "message": str(exc)}
-        except OSError as exc:
-            code = "workspace_full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "not_found"
-            answer = {"error": code, "message": os.strerror(exc.errno or 0)}
-        send({"id": request_id, "type": "file_ok", **answer})
-
-    # Each operation returns the fields of its file_ok answer.
-
-    def file_write_begin(self, _id: object, frame: dict[str, Any], _send: Send) -> dict[str, Any]:
-        path = _file_path(frame.get("path"))
-        limit = frame.get("max_bytes")
-        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
-            raise BadRequestError("bad_request", "max_bytes must be a non-negative integer")
-        for handle in list(self.pending):
-            self._abort(handle)  # one upload at a time: an old one was abandoned by its host
-        dir_fd, name = self._parent(path, create=True)
-        try:
-            temp = UPLOAD_PREFIX + os.urandom(8).hex()
-            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | NOFOLLOW | os.O_CLOEXEC
-            fd = os.open(temp, flags, 0o644, dir_fd=dir_fd)
-            self._own(fd)
+            for part in parts:
+                flags = os.O_RDONLY | os.O_DIRECTORY | NOFOLLOW | os.O_CLOEXEC
+                try:
+                    child = os.open(part, flags, dir_fd=fd)
+                except FileNotFoundError:
+                    if not create:
+                        raise FileRefusedError("not_found", "no such file") from None
+                    os.mkdir(part, 0o755, dir_fd=fd)
+                    child = os.open(part, flags, dir_fd=fd)
+                    self.own(child)
+                except OSError as exc:
+                    if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                        raise FileRefusedError(
+                            "path_refused", "the path leads through a symlink or a file"
+                        ) from exc
+                    raise
+                _same_entry_or_refuse(fd, part, child)
+                os.close(fd)
+                fd = child
         except BaseException:
-            os.close(dir_fd)
+            os.close(fd)
             raise
-        handle = os.urandom(8).hex()
-        self.pending[handle] = PendingWrite(dir_fd, name, temp, fd, path, limit)
-        return {"handle": handle}
+        return fd, name
 
-    def file_write_chunk(self, _id: object, frame: dict[str, Any], _send: Send) -> dict[str, Any]:
-        pending, handle = self._pending(frame)
+    def open_leaf(self, dir_fd: int, name: str, flags: int) -> int:
+        """A regular file in ``dir_fd``, never what a symlink there points to."""
         try:
-            data = base64.b64decode(frame.get("data") or "", validate=True)
-        except (ValueError, TypeError) as exc:
-            self._abort(handle)
-            raise BadRequestError("bad_request", "data must be base64") from exc
-        if len(data) > FILE_CHUNK_MAX:
-            self._abort(handle)
-            raise BadRequestError("bad_request", "chunk too large")
-        if pending.size + len(data) > pending.limit:
-            self._abort(handle)
-            raise FileRefusedError("too_large", f"the file is larger than {pending.limit} bytes")
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(pending.fd, view) :]
-        except OSError:
-            self._abort(handle)
+            fd = os.open(name, flags | NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+        except FileNotFoundError:
+            raise FileRefusedError("not_found", "no such file") from None
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise FileRefusedError("path_refused", "the path is a symlink") from exc
             raise
-        pending.size += len(data)
-        pending.digest.update(data)
-        return {}
+        _same_entry_or_refuse(dir_fd, name, fd)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise FileRefusedError("not_found", "not a regular file")
+        return fd
 
-    def file_write_end(self, _id: object, frame: dict[str, Any], _send: Send) -> dict[str, Any]:
-        pending, handle = self._pending(frame)
-        try:
-            os.rename(
-                pending.temp, pending.name, src_dir_fd=pending.dir_fd, dst_dir_fd=pending.dir_fd
-            )
-        except IsADirectoryError as exc:
-            self._abort(handle)
-            raise FileRefusedError("path_refused", "the path is a directory") from exc
-        except OSError:
-            self._abort(handle)
-            raise
-        self.pending.pop(handle)
-        os.close(pending.fd)
-        os.close(pending.dir_fd)
-        return {"path": pending.path, "size": pending.size, "sha256": pending.digest.hexdigest()}
+    def own(self, fd: int) -> None:
+        """Files the agent makes belong to the sandbox user, as if user code had made them."""
+        if self.uid is not None and os.geteuid() == 0:
+            os.fchown(fd, self.uid, self.gid if self.gid is not None else -1)
 
-    def file_write_abort(self, _id: object, frame: dict[str, Any], _send: Send) -> dict[str, Any]:
-        handle = frame.get("handle")
-        if isinstance(handle, str):
-            self._abort(handle)
-        return {}
-
-    def file_read(self, request_id: object, frame: dict[str, Any], send: Send) -> dict[str, Any]:
-        import hashlib
-
-        path = _file_path(frame.get("path"))
-        dir_fd, name = self._parent(path, create=False)
-        try:
-            fd = self._open_leaf(dir_fd, name, os.O_RDONLY | os.O_NONBLOCK)
-        finally:
-            os.close(dir_fd)
-        digest = hashlib.sha256()
-        size = 0
-        with os.fdopen(fd, "rb", buffering=0) as f:
-            while chunk := f.read(FILE_CHUNK_MAX):
-                digest.update(chunk)
-                size += len(chunk)
-                data = base64.b64encode(chunk).decode("ascii")
-                send({"id": request_id, "type": "file_data", "data": data})
-        return {"path": path, "size": size, "sha256": digest.hexdigest()}
-
-    def file_list(self, _id: object, frame: dict[str, Any], _send: Send) -> dict[str, Any]:
-        prefix = frame.get("prefix") or ""
-        if not isinstance(prefix, str):
-            raise BadRequestError("bad_request", "prefix must be a string")
-        entries: list[dict[str, Any]] = []
-        budget = [LIST_MAX_SCANNED]
-        root = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        truncated = self._walk(root, "", prefix, entries, budget)
-        entries.sort(key=lambda entry: entry["path"])
-        kept = _within_budget(
-            [{"path": e["path"], "size": e["size"], "mtime": e["mtime"]} for e in entries],
-            LIST_MAX_BYTES,
-        )
-        return {"entries": kept, "truncated": truncated or len(kept) < len(entries)}
-
-    def file_delete(self, _id: object, frame: dict[str, Any], _send: Send) -> dict[str, Any]:
-        path = _file_path(frame.get("path"))
-        dir_fd, name = self._parent(path, create=False)
-        try:
-            info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-            if stat.S_ISDIR(info.st_mode):
-                raise FileRefusedError("path_refused", "the path is a directory")
-            os.unlink(name, dir_fd=dir_fd)
-        finally:
-            os.close(dir_fd)
-        return {}
-
-    # --- files an execution created or changed ---
-
-    def snapshot(self) -> tuple[dict[str, tuple[int, int]], bool]:
-        """(mtime_ns, size) of the workspace's regular files (bounded) and whether it was cut."""
-        entries: list[dict[str, Any]] = []
-        try:
-            root = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            cut = self._walk(root, "", "", entries, [CHANGED_MAX_SCANNED], exact=True)
-        except OSError:
-            return {}, True
-        return {e["path"]: (e["mtime_ns"], e["size"]) for e in entries}, cut
-
-    def changed_since(
-        self, before: tuple[dict[str, tuple[int, int]], bool]
-    ) -> tuple[list[dict[str, Any]], bool]:
-        old, old_cut = before
-        new, new_cut = self.snapshot()
-        changed = [
-            {"path": path, "size": size}
-            for path, (mtime_ns, size) in sorted(new.items())
-            if old.get(path) != (mtime_ns, size)
-        ]
-        reported = _within_budget(changed[:CHANGED_MAX_REPORTED], CHANGED_MAX_BYTES)
-        return reported, old_cut or new_cut or len(reported) < len(changed)
-
-    # --- helpers ---
-
-    def _walk(
+    def walk(
         self,
         dir_fd: int,
         base: str,
@@ -1511,7 +1398,7 @@ class WorkspaceFiles:
                             )
                         except OSError:
                             continue
-                        if self._walk(child, path + "/", prefix, out, budget, exact):
+                        if self.walk(child, path + "/", prefix, out, budget, exact):
                             return True
                     elif (
                         entry.is_file(follow_symlinks=False)
@@ -1531,72 +1418,202 @@ class WorkspaceFiles:
             os.close(dir_fd)
         return False
 
-    def _parent(self, path: str, create: bool) -> tuple[int, str]:
-        """An fd of the path's directory, reached without following any symlink, and the
-        leaf name."""
-        *parts, name = path.split("/")
-        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            for part in parts:
-                flags = os.O_RDONLY | os.O_DIRECTORY | NOFOLLOW | os.O_CLOEXEC
-                try:
-                    child = os.open(part, flags, dir_fd=fd)
-                except FileNotFoundError:
-                    if not create:
-                        raise FileRefusedError("not_found", "no such file") from None
-                    os.mkdir(part, 0o755, dir_fd=fd)
-                    child = os.open(part, flags, dir_fd=fd)
-                    self._own(child)
-                except OSError as exc:
-                    if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-                        raise FileRefusedError(
-                            "path_refused", "the path leads through a symlink or a file"
-                        ) from exc
-                    raise
-                _same_entry_or_refuse(fd, part, child)
-                os.close(fd)
-                fd = child
-        except BaseException:
-            os.close(fd)
-            raise
-        return fd, name
 
-    def _open_leaf(self, dir_fd: int, name: str, flags: int) -> int:
+def _same_entry_or_refuse(dir_fd: int, name: str, opened: int) -> None:
+    """Refuse (closing ``opened``) unless ``opened`` is the entry ``name`` itself, not what a
+    symlink there points to. O_NOFOLLOW already refuses links where the kernel implements it;
+    gVisor's does not for every open, so the entry is compared without following it."""
+    try:
+        entry = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        same = not stat.S_ISLNK(entry.st_mode) and (entry.st_dev, entry.st_ino) == (
+            os.fstat(opened).st_dev,
+            os.fstat(opened).st_ino,
+        )
+    except OSError:
+        same = False
+    if not same:
+        os.close(opened)
+        raise FileRefusedError("path_refused", "the path leads through a symlink")
+
+
+class WorkspaceFiles:
+    """The file operations and the changed-files scan, within WorkspacePaths' policy."""
+
+    def __init__(self, root: str, uid: int | None, gid: int | None) -> None:
+        self.paths = WorkspacePaths(root, uid, gid)
+        self.uid, self.gid = uid, gid
+        # One reused buffer for data frames: no allocation per MiB moved.
+        self.buffer = bytearray(DATA_FRAME_MAX)
+
+    def handle(self, request_id: object, op: str, frame: dict[str, Any], link: HostLink) -> None:
         try:
-            fd = os.open(name, flags | NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
-        except FileNotFoundError:
-            raise FileRefusedError("not_found", "no such file") from None
+            with _as_file_user(self.uid, self.gid):
+                answer = getattr(self, op)(request_id, frame, link)
+        except FileRefusedError as exc:
+            answer = {"error": exc.code, "message": str(exc)}
         except OSError as exc:
-            if exc.errno == errno.ELOOP:
-                raise FileRefusedError("path_refused", "the path is a symlink") from exc
+            answer = {"error": _os_error_code(exc), "message": os.strerror(exc.errno or 0)}
+        link.send({"id": request_id, "type": "file_ok", **answer})
+
+    # Each operation returns the fields of its (last) file_ok answer.
+
+    def file_write(
+        self, request_id: object, frame: dict[str, Any], link: HostLink
+    ) -> dict[str, Any]:
+        """Answer "ready" (or a refusal), then take data frames until an empty one; the file
+        is a temporary one in the target's directory until it is renamed over the target.
+        A failure midway (too large, a full workspace) is answered after the last frame."""
+        stream_id = _stream_id(request_id)
+        path = self.paths.check(frame.get("path"))
+        limit = frame.get("max_bytes")
+        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
+            raise BadRequestError("bad_request", "max_bytes must be a non-negative integer")
+        dir_fd, name = self.paths.parent(path, create=True)
+        temp = UPLOAD_PREFIX + os.urandom(8).hex()
+        try:
+            fd = os.open(
+                temp,
+                os.O_WRONLY | os.O_CREAT | os.O_EXCL | NOFOLLOW | os.O_CLOEXEC,
+                0o644,
+                dir_fd=dir_fd,
+            )
+        except BaseException:
+            os.close(dir_fd)
             raise
-        _same_entry_or_refuse(dir_fd, name, fd)
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        try:
+            self.paths.own(fd)
+            link.send({"id": request_id, "type": "file_ok"})
+            size, digest, failure = self._receive(stream_id, fd, limit, link)
+            if failure is not None:
+                raise failure
+            try:
+                os.rename(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            except IsADirectoryError as exc:
+                raise FileRefusedError("path_refused", "the path is a directory") from exc
+            temp = ""
+        finally:
+            if temp:
+                with contextlib.suppress(OSError):
+                    os.unlink(temp, dir_fd=dir_fd)
             os.close(fd)
-            raise FileRefusedError("not_found", "not a regular file")
-        return fd
+            os.close(dir_fd)
+        return {"path": path, "size": size, "sha256": digest}
 
-    def _own(self, fd: int) -> None:
-        """Files the agent makes belong to the sandbox user, as if user code had made them."""
-        if self.uid is not None and os.geteuid() == 0:
-            os.fchown(fd, self.uid, self.gid if self.gid is not None else -1)
+    def _receive(
+        self, stream_id: int, fd: int, limit: int, link: HostLink
+    ) -> tuple[int, str, Exception | None]:
+        """Write the data frames to ``fd`` up to the empty one; after a failure the rest is
+        read and dropped, so that the stream stays in step with the host."""
+        import hashlib
 
-    def _pending(self, frame: dict[str, Any]) -> tuple[PendingWrite, str]:
-        handle = frame.get("handle")
-        pending = self.pending.get(handle) if isinstance(handle, str) else None
-        if pending is None or not isinstance(handle, str):
-            raise BadRequestError("bad_request", "no such upload")
-        return pending, handle
+        digest = hashlib.sha256()
+        size = 0
+        failure: Exception | None = None
+        view = memoryview(self.buffer)
+        while length := link.receive_data(stream_id, view):
+            chunk = view[:length]
+            size += length
+            if failure is not None:
+                continue
+            if size > limit:
+                failure = FileRefusedError("too_large", f"the file is larger than {limit} bytes")
+                continue
+            try:
+                while chunk:
+                    chunk = chunk[os.write(fd, chunk) :]
+            except OSError as exc:
+                failure = exc
+                continue
+            digest.update(view[:length])
+        return size, digest.hexdigest(), failure
 
-    def _abort(self, handle: str) -> None:
-        pending = self.pending.pop(handle, None)
-        if pending is None:
-            return
-        with contextlib.suppress(OSError):
-            os.unlink(pending.temp, dir_fd=pending.dir_fd)
-        for fd in (pending.fd, pending.dir_fd):
-            with contextlib.suppress(OSError):
-                os.close(fd)
+    def file_read(
+        self, request_id: object, frame: dict[str, Any], link: HostLink
+    ) -> dict[str, Any]:
+        import hashlib
+
+        stream_id = _stream_id(request_id)
+        path = self.paths.check(frame.get("path"))
+        dir_fd, name = self.paths.parent(path, create=False)
+        try:
+            fd = self.paths.open_leaf(dir_fd, name, os.O_RDONLY | os.O_NONBLOCK)
+        finally:
+            os.close(dir_fd)
+        digest = hashlib.sha256()
+        size = 0
+        view = memoryview(self.buffer)
+        with os.fdopen(fd, "rb", buffering=0) as f:
+            while length := f.readinto(view):
+                chunk = view[:length]
+                digest.update(chunk)
+                size += length
+                link.send_data(stream_id, chunk)
+        return {"path": path, "size": size, "sha256": digest.hexdigest()}
+
+    def file_list(self, _id: object, frame: dict[str, Any], _link: HostLink) -> dict[str, Any]:
+        prefix = frame.get("prefix") or ""
+        if not isinstance(prefix, str):
+            raise BadRequestError("bad_request", "prefix must be a string")
+        entries: list[dict[str, Any]] = []
+        truncated = self.paths.walk(self.paths.open_root(), "", prefix, entries, [LIST_MAX_SCANNED])
+        entries.sort(key=lambda entry: entry["path"])
+        kept = _within_budget(
+            [{"path": e["path"], "size": e["size"], "mtime": e["mtime"]} for e in entries],
+            LIST_MAX_BYTES,
+        )
+        return {"entries": kept, "truncated": truncated or len(kept) < len(entries)}
+
+    def file_delete(self, _id: object, frame: dict[str, Any], _link: HostLink) -> dict[str, Any]:
+        path = self.paths.check(frame.get("path"))
+        dir_fd, name = self.paths.parent(path, create=False)
+        try:
+            info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            if stat.S_ISDIR(info.st_mode):
+                raise FileRefusedError("path_refused", "the path is a directory")
+            os.unlink(name, dir_fd=dir_fd)
+        finally:
+            os.close(dir_fd)
+        return {}
+
+    # --- files an execution created or changed ---
+
+    def snapshot(self) -> tuple[dict[str, tuple[int, int]], bool]:
+        """(mtime_ns, size) of the workspace's regular files (bounded) and whether it was cut."""
+        entries: list[dict[str, Any]] = []
+        try:
+            root = self.paths.open_root()
+            cut = self.paths.walk(root, "", "", entries, [CHANGED_MAX_SCANNED], exact=True)
+        except OSError:
+            return {}, True
+        return {e["path"]: (e["mtime_ns"], e["size"]) for e in entries}, cut
+
+    def changed_since(
+        self, before: tuple[dict[str, tuple[int, int]], bool]
+    ) -> tuple[list[dict[str, Any]], bool]:
+        old, old_cut = before
+        new, new_cut = self.snapshot()
+        changed = [
+            {"path": path, "size": size}
+            for path, (mtime_ns, size) in sorted(new.items())
+            if old.get(path) != (mtime_ns, size)
+        ]
+        reported = _within_budget(changed[:CHANGED_MAX_REPORTED], CHANGED_MAX_BYTES)
+        return reported, old_cut or new_cut or len(reported) < len(changed)
+
+
+def _os_error_code(exc: OSError) -> str:
+    return "workspace_full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "not_found"
+
+
+def _stream_id(request_id: object) -> int:
+    """Data frames name their request by a number: file transfers need an integer id."""
+    if (
+        not isinstance(request_id, int)
+        or isinstance(request_id, bool)
+        or not (0 <= request_id < 2**64)
+    ):
+        raise BadRequestError("bad_request", "a file transfer needs an unsigned integer id")
+    return request_id
 
 
 def _within_budget(entries: list[dict[str, Any]], budget: int) -> list[dict[str, Any]]:
@@ -1608,14 +1625,6 @@ def _within_budget(entries: list[dict[str, Any]], budget: int) -> list[dict[str,
             break
         kept.append(entry)
     return kept
-
-
-def _file_path(path: object) -> str:
-    if not isinstance(path, str) or not path or len(path) > 4096 or "\x00" in path:
-        raise FileRefusedError("path_refused", "the path is empty, too long or has a NUL")
-    if path.startswith("/") or any(part in ("", ".", "..") for part in path.split("/")):
-        raise FileRefusedError("path_refused", "the path must be relative, without '..'")
-    return path
 
 
 class HostGoneError(Exception):
@@ -1631,35 +1640,80 @@ class BadRequestError(Exception):
 # --- transports -------------------------------------------------------------------------------
 
 
-def serve_stream(
-    agent: Agent, read_line: Callable[[], bytes], write: Callable[[bytes], object]
-) -> None:
+def serve_stream(agent: Agent, link: HostLink) -> None:
     """Serve one host connection until end of file (or until it is handed over)."""
-
-    def send(frame: dict[str, Any]) -> None:
-        data = (json.dumps(frame, ensure_ascii=False) + "\n").encode("utf-8", "surrogatepass")
-        try:
-            write(data)
-        except OSError as exc:
-            raise HostGoneError(str(exc)) from exc
-
     while True:
-        line = read_line()
+        line = link.read_line()
         if not line:
             return
         if not line.endswith(b"\n") and len(line) >= MAX_REQUEST_BYTES:
             while line and not line.endswith(b"\n"):
-                line = read_line()
-            send({"id": None, "type": "error", "code": "bad_request", "message": "frame too large"})
+                line = link.read_line()
+            link.send(
+                {"id": None, "type": "error", "code": "bad_request", "message": "frame too large"}
+            )
             continue
         if not line.strip():
             continue
         try:
             frame = json.loads(line)
         except ValueError:
-            send({"id": None, "type": "error", "code": "bad_request", "message": "invalid JSON"})
+            link.send(
+                {"id": None, "type": "error", "code": "bad_request", "message": "invalid JSON"}
+            )
             continue
-        agent.handle(frame, send)
+        agent.handle(frame, link)
+
+
+class HostLink:
+    """One host connection's frames: JSON lines, and binary data frames for file content.
+
+    A data frame is DATA_HEADER (the byte 0, which no JSON line starts with; the request id,
+    uint64; the payload length, uint32, at most DATA_FRAME_MAX; big-endian) and the payload.
+    Data frames only come where the protocol says so (an upload after its "ready" answer);
+    a forged one (another id, a length past the cap, not a data frame at all) or an end of
+    file inside one ends the connection (HostGoneError): the stream cannot be trusted after.
+    """
+
+    def __init__(
+        self,
+        read_line: Callable[[], bytes],
+        read_into: Callable[[memoryview], int],
+        write: Callable[[Any], object],
+    ) -> None:
+        self.read_line = read_line
+        self._read_into = read_into
+        self._write = write
+        self._header = bytearray(DATA_HEADER.size)
+
+    def send(self, frame: dict[str, Any]) -> None:
+        self._send((json.dumps(frame, ensure_ascii=False) + "\n").encode("utf-8", "surrogatepass"))
+
+    def send_data(self, request_id: int, data: memoryview) -> None:
+        self._send(DATA_HEADER.pack(DATA_MAGIC, request_id, len(data)))
+        self._send(data)
+
+    def receive_data(self, request_id: int, into: memoryview) -> int:
+        """The next data frame's payload, into ``into``; its length (0: the last frame)."""
+        self._fill(memoryview(self._header))
+        magic, frame_id, length = DATA_HEADER.unpack(self._header)
+        if magic != DATA_MAGIC or frame_id != request_id or length > min(len(into), DATA_FRAME_MAX):
+            raise HostGoneError(f"a forged data frame (id {frame_id}, {length} bytes)")
+        self._fill(into[:length])
+        return int(length)
+
+    def _fill(self, view: memoryview) -> None:
+        while view:
+            got = self._read_into(view)
+            if not got:
+                raise HostGoneError("the host's stream ended inside a data frame")
+            view = view[got:]
+
+    def _send(self, data: Any) -> None:
+        try:
+            self._write(data)
+        except OSError as exc:
+            raise HostGoneError(str(exc)) from exc
 
 
 class HandOverError(Exception):
@@ -1733,6 +1787,16 @@ class ConnectionReader:
         self._policy = policy
         self._buffer = bytearray()
 
+    def read_into(self, view: memoryview) -> int:
+        """Bytes of a data frame: what is buffered first, then straight from the socket (a
+        request is in flight: no hand-over)."""
+        if self._buffer:
+            taken = min(len(view), len(self._buffer))
+            view[:taken] = self._buffer[:taken]
+            del self._buffer[:taken]
+            return taken
+        return self._connection.recv_into(view)
+
     def read_line(self) -> bytes:
         while True:
             newline = self._buffer.find(b"\n")
@@ -1773,7 +1837,7 @@ def listen(agent: Agent, path: str) -> None:
             continue
         try:
             reader = ConnectionReader(connection, server, policy)
-            serve_stream(agent, reader.read_line, connection.sendall)
+            serve_stream(agent, HostLink(reader.read_line, reader.read_into, connection.sendall))
         except HandOverError as handover:
             waiting = handover.waiting
         except (OSError, HostGoneError) as exc:
@@ -1809,9 +1873,9 @@ def serve_device(agent: Agent, path: str) -> None:
 
         # A tty in cooked mode echoes the input back and mangles newlines: make it a byte pipe.
         tty.setraw(fd, termios.TCSANOW)
-    reader = os.fdopen(os.dup(fd), "rb", buffering=READ_CHUNK)
+    reader = io.BufferedReader(io.FileIO(os.dup(fd), "rb"), READ_CHUNK)
 
-    def write(data: bytes) -> None:
+    def write(data: Any) -> None:
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view) :]
@@ -1819,7 +1883,10 @@ def serve_device(agent: Agent, path: str) -> None:
     log(f"serving on {path}")
     while True:
         try:
-            serve_stream(agent, functools.partial(reader.readline, MAX_REQUEST_BYTES), write)
+            link = HostLink(
+                functools.partial(reader.readline, MAX_REQUEST_BYTES), reader.readinto, write
+            )
+            serve_stream(agent, link)
         except (OSError, HostGoneError) as exc:
             log(f"device error: {exc}")
         # End of file: the host side is not connected; wait for it to come back.
