@@ -4,14 +4,19 @@ by user code, a file past the limit."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
+import io
 import json
+import os
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
+from sandboxd_client import AsyncSandboxdClient, SandboxdError
 
 from testkit.service import API_KEY, ServiceFactory, ServiceProcess
 
@@ -156,3 +161,47 @@ def test_display_events_are_streamed(http: httpx.Client) -> None:
     assert [d["data"] for d in displays] == ["{'k': 1}", "7"]
     result = [data for kind, data in events if kind == "result"][-1]
     assert [o["data"] for o in result["outputs"]] == ["{'k': 1}", "7"]
+
+
+def test_the_async_python_client_streams_files_both_ways(
+    service: ServiceProcess, tmp_path: Path
+) -> None:
+    data = os.urandom(3 * 1024 * 1024 + 1234)  # several data frames, an odd tail
+    source = tmp_path / "in.bin"
+    source.write_bytes(data)
+    chats = [uuid.uuid4(), uuid.uuid4()]
+
+    async def scenario() -> None:
+        async with AsyncSandboxdClient(service.http_url, api_key=API_KEY, timeout_s=300) as client:
+            # Two chats at once: each upload streams from its own local file object.
+            first, second = await asyncio.gather(
+                client.upload_file(chats[0], "data/in.bin", source),
+                client.upload_file(chats[1], "copy.bin", io.BytesIO(data)),
+            )
+            digest = hashlib.sha256(data).hexdigest()
+            assert (first.size, first.sha256) == (len(data), digest)
+            assert second.sha256 == digest
+            assert (await client.upload_file(chats[0], "b.txt", b"hello")).size == 5
+            ran = await client.execute(chats[0], "print(len(open('data/in.bin','rb').read()))")
+            assert ran.stdout == f"{len(data)}\n"
+            out = io.BytesIO()
+            got = await client.download_file(chats[1], "copy.bin", out)
+            assert out.getvalue() == data and got.sha256 == digest
+            await client.download_file(chats[0], "data/in.bin", tmp_path / "out.bin")
+            assert (tmp_path / "out.bin").read_bytes() == data
+            listed = await client.list_files(chats[0])
+            assert [(f.path, f.size) for f in listed] == [("b.txt", 5), ("data/in.bin", len(data))]
+            assert [f.path for f in await client.list_files(chats[0], "data/")] == ["data/in.bin"]
+            await client.delete_file(chats[0], "b.txt")
+            with pytest.raises(SandboxdError) as caught:
+                await client.download_file(chats[0], "b.txt", io.BytesIO())
+            assert caught.value.code == "file_not_found"
+            with pytest.raises(SandboxdError) as refused:
+                await client.upload_file(
+                    chats[0], "big.bin", io.BytesIO(b"z" * (MAX_FILE_BYTES + 1))
+                )
+            assert refused.value.code == "file_too_large"
+            for chat in chats:
+                await client.destroy_sandbox(chat)
+
+    asyncio.run(scenario())

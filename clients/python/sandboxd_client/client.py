@@ -12,6 +12,7 @@ and 503. A timed-out execution is not an error: ``result.timed_out`` is True.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
@@ -21,9 +22,11 @@ from uuid import UUID
 import httpx
 
 from sandboxd_client.files import (
+    CHUNK,
     Destination,
     DigestCheck,
     Source,
+    async_chunks_of,
     chunks_of,
     file_url,
     listing,
@@ -149,8 +152,17 @@ _FILE_TIMEOUT_S = 600.0
 
 def _copy(response: httpx.Response, out: IO[bytes], check: DigestCheck) -> int:
     size = 0
-    for chunk in response.iter_bytes():
+    for chunk in response.iter_bytes(CHUNK):
         out.write(chunk)
+        check.update(chunk)
+        size += len(chunk)
+    return size
+
+
+async def _async_copy(response: httpx.Response, out: IO[bytes], check: DigestCheck) -> int:
+    size = 0
+    async for chunk in response.aiter_bytes(CHUNK):
+        await asyncio.to_thread(out.write, chunk)
         check.update(chunk)
         size += len(chunk)
     return size
@@ -408,6 +420,49 @@ class AsyncSandboxdClient:
                 item = parser.feed(line)
                 if item is not None:
                     yield item
+
+    # -- workspace files -----------------------------------------------------------------------
+
+    async def upload_file(self, chat_id: UUID | str, path: str, source: Source) -> StoredFile:
+        """Upload bytes, a local file (path) or a binary file object, streamed in chunks."""
+        response = await self._http.put(
+            file_url(_chat(chat_id), path),
+            content=async_chunks_of(source),
+            timeout=_FILE_TIMEOUT_S,
+        )
+        _raise_for_error(response)
+        return stored(response.json())
+
+    async def download_file(
+        self, chat_id: UUID | str, path: str, destination: Destination
+    ) -> StoredFile:
+        """Stream the file into a local path or a binary file object; checks its SHA-256."""
+        async with self._http.stream(
+            "GET", file_url(_chat(chat_id), path), timeout=_FILE_TIMEOUT_S
+        ) as response:
+            if response.status_code >= 400:
+                await response.aread()
+                _raise_for_error(response)
+            digest = response.headers.get("x-sandboxd-sha256", "")
+            check = DigestCheck(digest, response.headers.get("x-request-id", ""))
+            if isinstance(destination, str | os.PathLike):
+                f = await asyncio.to_thread(open, destination, "wb")
+                try:
+                    size = await _async_copy(response, f, check)
+                finally:
+                    await asyncio.to_thread(f.close)
+            else:
+                size = await _async_copy(response, destination, check)
+            check.check()
+        return StoredFile(path, size, digest)
+
+    async def list_files(self, chat_id: UUID | str, prefix: str = "") -> list[WorkspaceFile]:
+        response = await self._http.get(file_url(_chat(chat_id)), params={"prefix": prefix})
+        _raise_for_error(response)
+        return listing(response.json())
+
+    async def delete_file(self, chat_id: UUID | str, path: str) -> None:
+        _raise_for_error(await self._http.delete(file_url(_chat(chat_id), path)))
 
     async def ensure_sandbox(
         self, chat_id: UUID | str, *, packages: Sequence[str] = (), language: str = "python"

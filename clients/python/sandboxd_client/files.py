@@ -1,18 +1,20 @@
-"""Workspace file helpers of the client: sources and destinations as bytes, paths or file
-objects, streamed in chunks."""
+"""Workspace file helpers of the clients: sources and destinations as bytes, paths or file
+objects, streamed in chunks. The async client reads and writes local files in a worker thread
+(a chunk at a time), so a large file never blocks the event loop."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import datetime
 from typing import IO, Any, Union
 from urllib.parse import quote
 
 from sandboxd_client.models import SandboxdError, StoredFile, WorkspaceFile
 
-CHUNK = 256 * 1024
+CHUNK = 1024 * 1024
 Source = Union[bytes, str, "os.PathLike[str]", IO[bytes]]
 Destination = Union[str, "os.PathLike[str]", IO[bytes]]
 
@@ -35,6 +37,28 @@ def chunks_of(source: Source) -> Iterator[bytes]:
 
 def _read(f: IO[bytes]) -> Iterator[bytes]:
     while chunk := f.read(CHUNK):
+        yield chunk
+
+
+async def async_chunks_of(source: Source) -> AsyncIterator[bytes]:
+    """``chunks_of`` for the async client: each read in a worker thread."""
+    if isinstance(source, bytes):
+        yield source
+        return
+    if isinstance(source, str | os.PathLike):
+        f = await asyncio.to_thread(open, source, "rb")
+        try:
+            async for chunk in _async_read(f):
+                yield chunk
+        finally:
+            await asyncio.to_thread(f.close)
+        return
+    async for chunk in _async_read(source):
+        yield chunk
+
+
+async def _async_read(f: IO[bytes]) -> AsyncIterator[bytes]:
+    while chunk := await asyncio.to_thread(f.read, CHUNK):
         yield chunk
 
 

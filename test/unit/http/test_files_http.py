@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 import json
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from sandboxd_client import SandboxdClient, SandboxdError
+from sandboxd_client import AsyncSandboxdClient, SandboxdClient, SandboxdError
 
 from entrypoint.cli import main
 from entrypoint.container import Container
@@ -128,6 +129,31 @@ def test_the_python_client_uploads_downloads_lists_deletes(tmp_path: Path) -> No
         with pytest.raises(SandboxdError) as caught:
             client.download_file(chat, "b.txt", io.BytesIO())
         assert caught.value.code == "file_not_found"
+
+
+def test_the_async_python_client_has_the_same_file_methods(tmp_path: Path) -> None:
+    source = tmp_path / "in.bin"
+    source.write_bytes(b"\x02\x03" * 700_000)
+    chat = uuid.uuid4()
+
+    async def scenario(url: str) -> None:
+        async with AsyncSandboxdClient(url, api_key=API_KEY) as client:
+            stored = await client.upload_file(chat, "dir/in.bin", source)
+            assert stored.size == 1_400_000
+            assert (await client.upload_file(chat, "b.txt", io.BytesIO(b"hello"))).size == 5
+            out = io.BytesIO()
+            assert (await client.download_file(chat, "dir/in.bin", out)).sha256 == stored.sha256
+            assert out.getvalue() == source.read_bytes()
+            await client.download_file(chat, "b.txt", tmp_path / "b.txt")
+            assert (tmp_path / "b.txt").read_bytes() == b"hello"
+            assert [f.path for f in await client.list_files(chat)] == ["b.txt", "dir/in.bin"]
+            await client.delete_file(chat, "b.txt")
+            with pytest.raises(SandboxdError) as caught:
+                await client.download_file(chat, "b.txt", io.BytesIO())
+            assert caught.value.code == "file_not_found"
+
+    with live_service(make_container()) as live:
+        asyncio.run(scenario(live.http_url))
 
 
 def test_the_cli_puts_gets_lists_and_removes(
