@@ -22,9 +22,10 @@ class AgentHost(Protocol):
 
 
 class AgentSandboxFileStore:
-    """Files go through the agent in chunks (domain.files.FILE_CHUNK_BYTES), so neither side
-    holds a whole file in memory. Requests that were never answered because the agent handed an
-    idle connection over to another process are sent again (nothing of them ran)."""
+    """Files go through the agent in binary data frames of at most 1 MiB (pipelined, no answer
+    per frame), so neither side holds a whole file in memory. Requests that were never answered
+    because the agent handed an idle connection over to another process are sent again (nothing
+    of them ran)."""
 
     _ATTEMPTS = 2
 

@@ -1,7 +1,8 @@
 """Async facade over the WorkspaceFiles use case for HTTP and gRPC.
 
 Uploads are spooled to a temporary file on the host while they arrive (the per-file limit is
-enforced there, before the sandbox is touched), then sent to the agent in chunks; downloads are
+enforced there, before the sandbox is touched), then sent to the agent in chunks (pipelined
+binary data frames, see adapter/agent/connection.py); downloads are
 spooled the same way, so the digest is known before the first byte goes out and a slow reader
 never holds the chat's lock. Neither ever sits whole in memory.
 """
@@ -70,18 +71,19 @@ class FilesApi:
         if declared is not None and declared > limit:
             raise FileTooLargeError(f"the file is {declared} bytes; the limit is {limit}")
         with tempfile.TemporaryFile(dir=self._spool_dir) as spool:
-            size = 0
-            pending = bytearray()
+            size = pending_bytes = 0
+            pending: list[bytes] = []
             async for chunk in body:
                 size += len(chunk)
                 if size > limit:
                     raise FileTooLargeError(f"the file is larger than the limit of {limit} bytes")
-                pending += chunk
-                # One thread hop per MiB, not per network read.
-                if len(pending) >= _SPOOL_BATCH:
-                    await self._run(spool.write, bytes(pending))
-                    pending.clear()
-            await self._run(spool.write, bytes(pending))
+                pending.append(chunk)
+                pending_bytes += len(chunk)
+                # One thread hop per MiB, not per network read; the chunks are not copied.
+                if pending_bytes >= _SPOOL_BATCH:
+                    await self._run(spool.writelines, pending)
+                    pending, pending_bytes = [], 0
+            await self._run(spool.writelines, pending)
             source = partial(_replay, spool)
             stored: StoredFile = await self._run(self._files.upload, chat_id, path, source, caller)
             return stored

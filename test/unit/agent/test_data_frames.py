@@ -9,6 +9,7 @@ the connection rather than read on out of step, and the agent leaves no partial 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
 import json
 import socket
@@ -19,11 +20,13 @@ from pathlib import Path
 
 import pytest
 
+from adapter.agent import connection
 from adapter.agent.client import AgentClient
 from adapter.agent.connection import DATA_FRAME_MAX
 from domain.errors import FileTooLargeError, SandboxGoneError
 from domain.execution import ExecutionRequest
-from testkit.agent import AgentProcess
+from domain.files import FILE_CHUNK_BYTES
+from testkit.agent import AGENT, AgentProcess
 
 HEADER = struct.Struct(">BQI")
 
@@ -34,6 +37,16 @@ def data_frame(request_id: int, payload: bytes, length: int | None = None) -> by
 
 def answer(request_id: int, **fields: object) -> bytes:
     return json.dumps({"id": request_id, "type": "file_ok", **fields}).encode() + b"\n"
+
+
+def test_host_and_agent_agree_on_the_frame_format() -> None:
+    spec = importlib.util.spec_from_file_location("sandbox_agent_frames", AGENT)
+    assert spec is not None and spec.loader is not None
+    agent = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(agent)
+    assert agent.DATA_HEADER.format == connection.DATA_HEADER.format == HEADER.format
+    assert agent.DATA_FRAME_MAX == connection.DATA_FRAME_MAX == FILE_CHUNK_BYTES
+    assert agent.DATA_MAGIC == connection.DATA_MAGIC == 0
 
 
 # --- the host against a hijacked agent --------------------------------------------------------
