@@ -38,7 +38,8 @@ import docker
 from adapter.clock import SystemClock
 from adapter.docker.image import ensure_docker_image
 from adapter.docker.runtime import LABEL_INSTANCE, DockerSandboxConfig, DockerSandboxRuntime
-from adapter.environment.docker_store import DockerEnvironmentConfig, DockerEnvironmentStore
+from adapter.environment.docker_images import DockerEnvironmentConfig
+from adapter.environment.docker_store import DockerEnvironmentStore
 from adapter.image.rootfs import build_rootfs
 from adapter.logging import StructlogLogger, configure_logging
 from adapter.qemu.image import load_qemu_image

@@ -214,7 +214,8 @@ def cmd_env_build(container: Container, args: argparse.Namespace) -> int:
     _print_json(
         {
             "key": built.key,
-            "image": built.reference,
+            # A Docker image tag, or the QEMU environment's qcow2 disk.
+            "reference": built.reference,
             "packages": list(built.environment.packages),
             "size_bytes": built.size_bytes,
             "l3": store.in_artifact_store(built.key),
@@ -263,7 +264,9 @@ def cmd_env_prune(container: Container, args: argparse.Namespace) -> int:
 
 
 def _add_env_commands(commands: Any) -> None:
-    env = commands.add_parser("env", help="package environments (Docker runtime)")
+    env = commands.add_parser(
+        "env", help="package environments of the configured runtime (SANDBOXD_RUNTIME)"
+    )
     env_commands = env.add_subparsers(dest="env_command", required=True)
     env_build = env_commands.add_parser("build", help="build (or find) an environment")
     env_build.add_argument("--language", default="python", help="python or javascript")

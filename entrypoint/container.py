@@ -15,7 +15,8 @@ from adapter.agent.files import AgentHost, AgentSandboxFileStore
 from adapter.clock import SystemClock
 from adapter.docker.image import default_image_tag
 from adapter.docker.runtime import DockerSandboxConfig, DockerSandboxRuntime
-from adapter.environment.docker_store import DockerEnvironmentConfig, DockerEnvironmentStore
+from adapter.environment.docker_images import DockerEnvironmentConfig
+from adapter.environment.docker_store import DockerEnvironmentStore
 from adapter.environment.host_fetch import HostFetchConfig
 from adapter.environment.live_install import DockerEnvironmentRuntime
 from adapter.logging import StructlogLogger
@@ -142,8 +143,24 @@ def _environment_store(
     logger: Logger,
     artifacts: S3ArtifactStore,
     metrics: ServiceMetrics,
-) -> DockerEnvironmentStore:
-    """L2 on the Docker engine (with L3 behind it when a bucket is configured)."""
+    qemu_runtime: Callable[[], QemuSandboxRuntime],
+) -> DockerEnvironmentStore | QemuEnvironmentStore:
+    """L2 of the configured runtime (Docker images or QEMU disks), with L3 behind it when a
+    bucket is configured."""
+    env = settings.environments
+    if settings.runtime == "qemu":
+        return QemuEnvironmentStore(
+            qemu_runtime(),
+            QemuEnvironmentConfig(
+                service_version=SERVICE_VERSION,
+                max_total_mb=env.env_cache_max_mb,
+                snapshot=settings.qemu.snapshot,
+                max_concurrent_uploads=env.s3_max_concurrent_uploads,
+            ),
+            logger,
+            artifacts=artifacts,
+            observer=metrics,
+        )
     import docker as docker_sdk  # only when environments are used: the engine may be absent
 
     config = settings.docker
@@ -158,8 +175,9 @@ def _environment_store(
             base_image=config.image or default_image_tag(config.image_repository),
             data_dir=settings.data_dir,
             service_version=SERVICE_VERSION,
-            max_total_mb=settings.environments.env_cache_max_mb,
-            repository=settings.environments.env_image_repository,
+            max_total_mb=env.env_cache_max_mb,
+            repository=env.env_image_repository,
+            max_concurrent_uploads=env.s3_max_concurrent_uploads,
             fetch=HostFetchConfig(),
         ),
         clock,
@@ -189,40 +207,29 @@ def _allow_list(settings: Settings) -> PackageAllowList:
 def _environments(
     settings: Settings,
     runtime: Callable[[], SandboxRuntime],
-    docker_store: Callable[[], DockerEnvironmentStore],
+    store: Callable[[], DockerEnvironmentStore | QemuEnvironmentStore],
     logger: Logger,
 ) -> EnvironmentProvisioning | None:
-    """Package environments of the configured runtime: Docker images (with the S3 tier) or QEMU
-    disks (local only for now). A runtime swapped in by a test gets none."""
+    """Package environments of the configured runtime: Docker images or QEMU disks, each with
+    the S3 tier behind. A runtime swapped in by a test gets none."""
     selected = runtime()
+    environment_runtime: DockerEnvironmentRuntime | QemuEnvironmentRuntime
     if isinstance(selected, DockerSandboxRuntime):
-        return EnvironmentProvisioning(
-            store=docker_store(),
-            runtime=DockerEnvironmentRuntime(selected, HostFetchConfig(), logger),
-            allow_list=_allow_list(settings),
-        )
-    if isinstance(selected, QemuSandboxRuntime):
-        store = QemuEnvironmentStore(
-            selected,
-            QemuEnvironmentConfig(
-                service_version=SERVICE_VERSION,
-                max_total_mb=settings.environments.env_cache_max_mb,
-            ),
-            logger,
-        )
-        return EnvironmentProvisioning(
-            store=store,
-            runtime=QemuEnvironmentRuntime(selected, HostFetchConfig(), logger),
-            allow_list=_allow_list(settings),
-        )
-    return None
+        environment_runtime = DockerEnvironmentRuntime(selected, HostFetchConfig(), logger)
+    elif isinstance(selected, QemuSandboxRuntime):
+        environment_runtime = QemuEnvironmentRuntime(selected, HostFetchConfig(), logger)
+    else:
+        return None
+    return EnvironmentProvisioning(
+        store=store(), runtime=environment_runtime, allow_list=_allow_list(settings)
+    )
 
 
 def _upload_retrier(
-    settings: Settings, store: Callable[[], DockerEnvironmentStore]
+    settings: Settings, store: Callable[[], DockerEnvironmentStore | QemuEnvironmentStore]
 ) -> Callable[[], int] | None:
-    """The sweep's retry of failed environment uploads (only with a bucket, on Docker)."""
-    if settings.runtime != "docker" or not settings.environments.s3_bucket:
+    """The sweep's retry of failed environment uploads (only with a bucket)."""
+    if not settings.environments.s3_bucket:
         return None
     return lambda: store().retry_uploads()
 
@@ -284,7 +291,7 @@ class Container(containers.DeclarativeContainer):
     metrics = providers.Singleton(ServiceMetrics)
     artifact_store = providers.Singleton(_artifact_store, settings, logger)
     environment_store = providers.Singleton(
-        _environment_store, settings, clock, logger, artifact_store, metrics
+        _environment_store, settings, clock, logger, artifact_store, metrics, qemu_runtime.provider
     )
     environments = providers.Singleton(
         _environments, settings, runtime.provider, environment_store.provider, logger

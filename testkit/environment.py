@@ -13,7 +13,8 @@ from uuid import uuid4
 import docker
 
 from adapter.docker.runtime import DockerSandboxConfig, DockerSandboxRuntime
-from adapter.environment.docker_store import LABEL_BUILDER, DockerEnvironmentStore
+from adapter.environment.docker_images import LABEL_BUILDER
+from adapter.environment.docker_store import DockerEnvironmentStore
 from adapter.logging import StructlogLogger
 from testkit.runtime import Sandbox, create_sandbox, remove_instance_containers, short_temp_dir
 

@@ -1,5 +1,6 @@
-"""EnvironmentRuntime on Docker: sandboxes from environment images, and packages added to a
-running sandbox without losing its state.
+"""EnvironmentRuntime: sandboxes from an environment, and packages added to a running sandbox
+without losing its state. The flow is shared by the runtimes (``LiveInstallEnvironmentRuntime``;
+QEMU's hand-off is adapter.qemu.environment_runtime); this module's Docker one is below.
 
 Adding packages to a running sandbox (``install_packages``):
 1. the host fetches built artifacts only, as the L2 builder does (wheels; npm packages unpacked
@@ -21,8 +22,12 @@ from __future__ import annotations
 import json
 import shutil
 import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 from uuid import UUID
 
 from adapter.docker.image import AGENT_SOCKET_DIR
@@ -75,20 +80,24 @@ _NODE_INSTALLER = """
 """
 
 
-class DockerEnvironmentRuntime:
-    """EnvironmentRuntime port over a DockerSandboxRuntime; see the module docstring."""
+class LiveInstallEnvironmentRuntime(ABC):
+    """EnvironmentRuntime port over a runtime whose agent runs the installer. A subclass says
+    how a sandbox starts from an environment (options of its runtime's ``create``) and how the
+    fetched files reach the sandbox."""
+
+    INSTALL_TIMEOUT_S = 300.0
 
     def __init__(
         self,
-        runtime: DockerSandboxRuntime,
+        runtime: Any,  # the subclass's runtime (it narrows ``_runtime``)
         fetch: HostFetchConfig,
         logger: Logger,
-        install_timeout_s: float = 300.0,
+        install_timeout_s: float | None = None,
     ) -> None:
         self._runtime = runtime
         self._fetch = fetch
         self._logger = logger
-        self._install_timeout_s = install_timeout_s
+        self._install_timeout_s = install_timeout_s or self.INSTALL_TIMEOUT_S
 
     def create_from(
         self,
@@ -99,33 +108,62 @@ class DockerEnvironmentRuntime:
         created_at: datetime,
         expires_at: datetime,
     ) -> SandboxSession:
-        return self._runtime.create(
+        session: SandboxSession = self._runtime.create(
             session_id=session_id,
             chat_id=chat_id,
             created_at=created_at,
             expires_at=expires_at,
-            image=environment.reference,
+            **self._start_options(environment),
         )
+        return session
 
     def install_packages(self, container_id: str, environment: Environment) -> None:
         if environment.is_base:
             return
+        with self._handoff(container_id) as (staging, guest_dir):
+            code = installer_code(self._fetch, environment, staging, guest_dir)
+            self._hand_in(container_id, staging, guest_dir)
+            result = self._runtime.execute(
+                container_id,
+                ExecutionRequest(code, environment.language, self._install_timeout_s),
+            )
+        check_installed(result, container_id, environment, self._logger)
+
+    @abstractmethod
+    def _start_options(self, environment: BuiltEnvironment) -> dict[str, str]:
+        """The runtime's create() options that start a sandbox from the environment."""
+
+    @abstractmethod
+    def _handoff(self, container_id: str) -> AbstractContextManager[tuple[Path, str]]:
+        """A host directory to fetch into and where the sandbox will see it; both gone after."""
+
+    @abstractmethod
+    def _hand_in(self, container_id: str, staging: Path, guest_dir: str) -> None:
+        """Make the fetched files in ``staging`` visible in the sandbox at ``guest_dir``."""
+
+
+class DockerEnvironmentRuntime(LiveInstallEnvironmentRuntime):
+    """The sandbox's agent channel on the host is the hand-off (see the module docstring)."""
+
+    _runtime: DockerSandboxRuntime
+
+    def _start_options(self, environment: BuiltEnvironment) -> dict[str, str]:
+        return {"image": environment.reference}
+
+    @contextmanager
+    def _handoff(self, container_id: str) -> Iterator[tuple[Path, str]]:
         channel = self._runtime.channel_dir(container_id)
         if channel is None:
             raise SandboxGoneError(f"container {container_id[:12]} is gone or not running")
         handoff = channel / f"packages-{uuid.uuid4().hex}"
         handoff.mkdir(mode=0o755)
-        guest_dir = f"{AGENT_SOCKET_DIR}/{handoff.name}"
         try:
-            code = installer_code(self._fetch, environment, handoff, guest_dir)
-            _readable(handoff)
-            result = self._runtime.execute(
-                container_id,
-                ExecutionRequest(code, environment.language, self._install_timeout_s),
-            )
+            yield handoff, f"{AGENT_SOCKET_DIR}/{handoff.name}"
         finally:
             shutil.rmtree(handoff, ignore_errors=True)
-        check_installed(result, container_id, environment, self._logger)
+
+    def _hand_in(self, container_id: str, staging: Path, guest_dir: str) -> None:
+        _readable(staging)
 
 
 def installer_code(

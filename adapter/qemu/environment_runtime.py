@@ -1,13 +1,12 @@
 """EnvironmentRuntime on QEMU: microVMs from an environment's disk, and packages added to a
-running microVM without losing its state.
+running microVM without losing its state (the flow of adapter.environment.live_install).
 
-A VM shares no directory with the host, so adding packages (``install_packages``) pushes what the
-host fetched (wheels only; npm packages with their scripts ignored, as for Docker) through the
-agent channel itself: the files go, in chunks of ``PUSH_CHUNK_BYTES``, into a fresh directory
-under ``/workspace/.sandboxd`` by small writes the chat's python interpreter runs (inside a
-function, so the chat's variables are untouched), then the same installer as on Docker
-(adapter.environment.live_install) runs offline in the interpreter of the environment's language,
-and the directory is removed. No package code runs on the host; the VM has no network.
+A VM shares no directory with the host, so the hand-off goes through the agent channel itself:
+the files the host fetched (wheels only; npm packages with their scripts ignored, as for Docker)
+go, in chunks of ``PUSH_CHUNK_BYTES``, into a fresh directory under ``/workspace/.sandboxd`` by
+small writes the chat's python interpreter runs (inside a function, so the chat's variables are
+untouched); after the install the directory is removed. No package code runs on the host; the
+VM has no network.
 """
 
 from __future__ import annotations
@@ -15,18 +14,15 @@ from __future__ import annotations
 import base64
 import tempfile
 import uuid
-from datetime import datetime
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from uuid import UUID
 
-from adapter.environment.host_fetch import HostFetchConfig
-from adapter.environment.live_install import check_installed, installer_code
+from adapter.environment.live_install import LiveInstallEnvironmentRuntime
 from adapter.qemu.runtime import QemuSandboxRuntime
-from domain.environment import BuiltEnvironment, Environment
+from domain.environment import BuiltEnvironment
 from domain.errors import EnvironmentBuildError
 from domain.execution import ExecutionRequest, Language
-from domain.sandbox import SandboxSession
-from usecase.ports import Logger
 
 # Raw bytes per write; base64 makes a frame of about 4/3 of it, well under the agent's limit.
 PUSH_CHUNK_BYTES = 2 * 1024 * 1024
@@ -51,56 +47,25 @@ del __sandboxd_remove
 """
 
 
-class QemuEnvironmentRuntime:
+class QemuEnvironmentRuntime(LiveInstallEnvironmentRuntime):
     """EnvironmentRuntime port over a QemuSandboxRuntime; see the module docstring."""
 
-    def __init__(
-        self,
-        runtime: QemuSandboxRuntime,
-        fetch: HostFetchConfig,
-        logger: Logger,
-        install_timeout_s: float = 600.0,
-    ) -> None:
-        self._runtime = runtime
-        self._fetch = fetch
-        self._logger = logger
-        self._install_timeout_s = install_timeout_s
+    _runtime: QemuSandboxRuntime
+    INSTALL_TIMEOUT_S = 600.0  # TCG: pip runs several times slower than in a container
 
-    def create_from(
-        self,
-        environment: BuiltEnvironment,
-        *,
-        session_id: UUID,
-        chat_id: UUID,
-        created_at: datetime,
-        expires_at: datetime,
-    ) -> SandboxSession:
-        return self._runtime.create(
-            session_id=session_id,
-            chat_id=chat_id,
-            created_at=created_at,
-            expires_at=expires_at,
-            environment_key=environment.key,
-        )
+    def _start_options(self, environment: BuiltEnvironment) -> dict[str, str]:
+        return {"environment_key": environment.key}
 
-    def install_packages(self, container_id: str, environment: Environment) -> None:
-        if environment.is_base:
-            return
+    @contextmanager
+    def _handoff(self, container_id: str) -> Iterator[tuple[Path, str]]:
         guest_dir = f"{STAGING_ROOT}/packages-{uuid.uuid4().hex}"
-        with tempfile.TemporaryDirectory(prefix="sandboxd-pkgs-") as staging_name:
-            staging = Path(staging_name)
-            code = installer_code(self._fetch, environment, staging, guest_dir)
+        with tempfile.TemporaryDirectory(prefix="sandboxd-pkgs-") as staging:
             try:
-                self._push(container_id, staging, guest_dir)
-                result = self._runtime.execute(
-                    container_id,
-                    ExecutionRequest(code, environment.language, self._install_timeout_s),
-                )
+                yield Path(staging), guest_dir
             finally:
                 self._python(container_id, _REMOVE.format(path=guest_dir))
-        check_installed(result, container_id, environment, self._logger)
 
-    def _push(self, container_id: str, staging: Path, guest_dir: str) -> None:
+    def _hand_in(self, container_id: str, staging: Path, guest_dir: str) -> None:
         for path in sorted(staging.rglob("*")):
             if path.is_symlink() or not path.is_file():
                 continue
@@ -109,8 +74,6 @@ class QemuEnvironmentRuntime:
                 first = True
                 while True:
                     chunk = source.read(PUSH_CHUNK_BYTES)
-                    if not chunk and not first:
-                        break
                     data = base64.b64encode(chunk).decode()
                     self._python(container_id, _WRITE.format(path=target, data=data, first=first))
                     first = False

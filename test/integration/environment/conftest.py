@@ -12,7 +12,8 @@ import pytest
 
 from adapter.clock import SystemClock
 from adapter.docker.image import ensure_docker_image
-from adapter.environment.docker_store import DockerEnvironmentConfig, DockerEnvironmentStore
+from adapter.environment.docker_images import DockerEnvironmentConfig
+from adapter.environment.docker_store import DockerEnvironmentStore
 from adapter.environment.host_fetch import HostFetchConfig
 from testkit.environment import SERVICE_VERSION, StoreFactory
 from testkit.fakes import FakeLogger

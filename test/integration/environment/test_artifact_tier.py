@@ -14,7 +14,8 @@ import pytest
 from dependency_injector import providers
 
 from adapter.clock import SystemClock
-from adapter.environment.docker_store import DockerEnvironmentConfig, DockerEnvironmentStore
+from adapter.environment.docker_images import DockerEnvironmentConfig
+from adapter.environment.docker_store import DockerEnvironmentStore
 from adapter.environment.host_fetch import HostFetchConfig
 from adapter.s3.artifact_store import S3ArtifactConfig, S3ArtifactStore
 from domain.environment import ArtifactKind, Environment
@@ -134,12 +135,12 @@ def test_s3_down_builds_locally_and_the_upload_is_retried_later(
     store.wait_for_uploads()
     assert seen.hits == ["miss"]
     assert "environment_upload_failed" in logger.events()
-    assert (store._root / "pending-upload" / built.key).exists()
+    assert (store.config.root / "pending-upload" / built.key).exists()
 
     # The next sweep, with S3 back (same data directory and images, a working endpoint).
     healthy = DockerEnvironmentStore(
-        store._client,
-        store._config,
+        store.images.client,
+        store.config,
         SystemClock(),
         logger,
         artifacts=S3ArtifactStore(

@@ -13,7 +13,7 @@ from pathlib import Path
 import docker
 import pytest
 
-from adapter.environment.docker_store import LABEL_CREATED, LABEL_KEY, LABEL_PACKAGES
+from adapter.environment.docker_images import LABEL_CREATED, LABEL_KEY, LABEL_PACKAGES
 from adapter.environment.host_fetch import HostFetchConfig
 from domain.environment import Environment
 from domain.errors import EnvironmentBuildError
@@ -113,7 +113,7 @@ def test_a_package_without_a_wheel_is_refused_on_the_host(
     assert "sandboxd-marker-pkg" in str(caught.value)
     assert not marker.exists()
     key = store.key_for(environment)
-    assert not image_exists(f"{store._config.repository}:{key}")
+    assert not image_exists(f"{store.config.repository}:{key}")
     assert build_containers(client, key) == []
     assert "environment_build_failed" in logger.events()
     assert list((tmp_path / "data" / "environments" / "staging").iterdir()) == []
@@ -165,7 +165,7 @@ def test_a_javascript_environment_without_install_scripts(make_store: StoreFacto
 def test_leftovers_of_a_crashed_builder_are_cleared_before_building(
     make_store: StoreFactory, client, base_image: str, tmp_path: Path
 ) -> None:
-    from adapter.environment.docker_store import LABEL_BUILDER
+    from adapter.environment.docker_images import LABEL_BUILDER
 
     store = make_store()
     environment = Environment(Language.PYTHON, ("six==1.16.0",))

@@ -19,7 +19,7 @@ def test_env_build_list_prune(make_store: StoreFactory, capsys) -> None:
     assert main(["env", "build", "--language", "python", "tabulate==0.9.0"], container) == 0
     built = json.loads(capsys.readouterr().out)
     assert built["packages"] == ["tabulate==0.9.0"] and built["l3"] is None  # no bucket
-    assert image_exists(built["image"])
+    assert image_exists(built["reference"])
 
     assert main(["env", "list"], container) == 0
     listed = json.loads(capsys.readouterr().out)
@@ -31,4 +31,4 @@ def test_env_build_list_prune(make_store: StoreFactory, capsys) -> None:
     assert json.loads(capsys.readouterr().out) == {"removed": []}
     assert main(["env", "prune", "--all"], container) == 0
     assert json.loads(capsys.readouterr().out) == {"removed": [built["key"]]}
-    assert not image_exists(built["image"])
+    assert not image_exists(built["reference"])
