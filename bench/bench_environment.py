@@ -16,8 +16,14 @@
   environment's own layer, a second store with its own data dir and repository) vs the cold build
   (target <= 0.5x).
 
-    uv run python bench/bench_environment.py [--cold] [--package tabulate==0.9.0]
+- ``--runtime qemu`` (or ``all``): the same package-environment figures on QEMU microVMs
+  (bench.environment_qemu): first result from the cached environment's disk and snapshot vs the
+  base (target <= 1.2x), and the L3 hit (download + zstd decompress + re-point at the local base
+  + qemu-img check) vs the cold build in a build VM (target <= 0.5x).
+
+    uv run python -m bench.bench_environment [--cold] [--package tabulate==0.9.0]
         [--packages "tabulate==0.9.0 tomli-w==1.0.0 humanize==4.9.0"] [--only-packages]
+        [--runtime docker|qemu|all] [--rounds 7]
 """
 
 from __future__ import annotations
@@ -29,6 +35,8 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from uuid import uuid4
@@ -37,20 +45,25 @@ import docker
 
 from adapter.clock import SystemClock
 from adapter.docker.image import ensure_docker_image
-from adapter.docker.runtime import LABEL_INSTANCE, DockerSandboxConfig, DockerSandboxRuntime
+from adapter.docker.runtime import DockerSandboxConfig, DockerSandboxRuntime
 from adapter.environment.docker_images import DockerEnvironmentConfig
 from adapter.environment.docker_store import DockerEnvironmentStore
 from adapter.image.rootfs import build_rootfs
 from adapter.logging import StructlogLogger, configure_logging
 from adapter.qemu.image import load_qemu_image
+from adapter.s3.artifact_store import S3ArtifactConfig, S3ArtifactStore
 from bench.common import emit
 from domain.environment import ArtifactKind, Environment
 from domain.execution import ExecutionRequest, Language
 from entrypoint.settings import Settings
+from testkit.runtime import remove_instance_containers
+from usecase.ports import Logger
 
 # Fixed times: the runtime only records them.
 CREATED_AT = datetime(2030, 1, 1, tzinfo=UTC)
 EXPIRES_AT = CREATED_AT + timedelta(minutes=15)
+# moto accepts any credentials; boto insists on having some.
+MOTO_CREDENTIALS = {"aws_access_key_id": "bench", "aws_secret_access_key": "bench"}
 
 PLOT = (
     "import pandas as pd, matplotlib.pyplot as plt\n"
@@ -95,6 +108,42 @@ def default_image(client: docker.APIClient, data_dir: Path, cold: bool) -> dict:
     return report
 
 
+@contextmanager
+def moto_bucket(bucket: str, logger: Logger) -> Iterator[tuple[str, S3ArtifactStore]]:
+    """A real S3 endpoint on loopback (moto's server) with one bucket, and a store on it."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = int(probe.getsockname()[1])
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", **MOTO_CREDENTIALS)
+    s3.create_bucket(Bucket=bucket)
+    store = S3ArtifactStore(
+        S3ArtifactConfig(
+            bucket=bucket,
+            endpoint_url=endpoint,
+            access_key_id=MOTO_CREDENTIALS["aws_access_key_id"],
+            secret_access_key=MOTO_CREDENTIALS["aws_secret_access_key"],
+        ),
+        logger,
+    )
+    try:
+        yield endpoint, store
+    finally:
+        store.close()
+        server.stop()
+
+
+def remove_repository(client: docker.APIClient, repository: str) -> None:
+    for image in client.images(name=repository):
+        for tag in image.get("RepoTags") or []:
+            client.remove_image(tag, force=True)
+
+
 def first_plot(client: docker.APIClient, image: str) -> dict:
     instance_id = f"bench-{uuid4().hex[:12]}"
     data_dir = Path(tempfile.mkdtemp(prefix="sbxb-", dir="/tmp"))
@@ -130,14 +179,7 @@ def first_plot(client: docker.APIClient, image: str) -> dict:
             "interpreter_max_rss_mb": round(int(rss.stdout.strip() or 0) / 1024, 1),
         }
     finally:
-        ids = subprocess.run(
-            ["docker", "ps", "-aq", "--filter", f"label={LABEL_INSTANCE}={instance_id}"],
-            capture_output=True,
-            text=True,
-            check=False,
-        ).stdout.split()
-        if ids:
-            subprocess.run(["docker", "rm", "-f", *ids], capture_output=True, check=False)
+        remove_instance_containers(instance_id)
         runtime.close()
         shutil.rmtree(data_dir, ignore_errors=True)
 
@@ -172,59 +214,32 @@ def environment_build(client: docker.APIClient, base: str, package: str) -> dict
         report["l3"] = l3_round_trip(built.reference, built.key, scratch)
         return report
     finally:
-        for image in client.images(name=repository):
-            for tag in image.get("RepoTags") or []:
-                client.remove_image(tag, force=True)
+        remove_repository(client, repository)
         shutil.rmtree(scratch, ignore_errors=True)
 
 
 def l3_round_trip(reference: str, key: str, scratch: Path) -> dict:
     import boto3
-    from moto.server import ThreadedMotoServer
-
-    from adapter.s3.artifact_store import S3ArtifactConfig, S3ArtifactStore
 
     tarball = scratch / "image.tar"
     subprocess.run(["docker", "save", "-o", str(tarball), reference], check=True)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = int(probe.getsockname()[1])
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    credentials = {"aws_access_key_id": "bench", "aws_secret_access_key": "bench"}
-    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", **credentials).create_bucket(
-        Bucket="sandboxd-bench"
-    )
-    store = S3ArtifactStore(
-        S3ArtifactConfig(
-            bucket="sandboxd-bench",
-            endpoint_url=endpoint,
-            access_key_id="bench",
-            secret_access_key="bench",
-        ),
-        StructlogLogger("bench-environment"),
-    )
-    try:
+    with moto_bucket("sandboxd-bench", StructlogLogger("bench-environment")) as (endpoint, store):
         started = time.monotonic()
         store.upload(ArtifactKind.IMAGE, key, tarball)
         upload = time.monotonic() - started
         head = boto3.client(
-            "s3", endpoint_url=endpoint, region_name="us-east-1", **credentials
+            "s3", endpoint_url=endpoint, region_name="us-east-1", **MOTO_CREDENTIALS
         ).head_object(Bucket="sandboxd-bench", Key=ArtifactKind.IMAGE.object_key(key))
         started = time.monotonic()
         store.download(ArtifactKind.IMAGE, key, scratch / "back.tar")
         download = time.monotonic() - started
-        return {
-            "image_tar_mb": mb(tarball.stat().st_size),
-            "compressed_mb": mb(head["ContentLength"]),
-            "upload_s": round(upload, 2),
-            "download_s": round(download, 2),
-            "note": "docker save of the whole image (base layers included), moto on loopback",
-        }
-    finally:
-        store.close()
-        server.stop()
+    return {
+        "image_tar_mb": mb(tarball.stat().st_size),
+        "compressed_mb": mb(head["ContentLength"]),
+        "upload_s": round(upload, 2),
+        "download_s": round(download, 2),
+        "note": "docker save of the whole image (base layers included), moto on loopback",
+    }
 
 
 def _median(values: list[float]) -> float:
@@ -285,37 +300,16 @@ def pip_in_fresh_container(base: str, packages: tuple[str, ...]) -> dict:
     return {"ok": True, "s": round(seconds, 2)}
 
 
-def package_environments(client: docker.APIClient, base: str, packages: tuple[str, ...]) -> dict:
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    from adapter.s3.artifact_store import S3ArtifactConfig, S3ArtifactStore
-
+def package_environments(
+    client: docker.APIClient,
+    base: str,
+    packages: tuple[str, ...],
+    artifacts: S3ArtifactStore,
+    rounds: int,
+) -> dict:
     scratch = Path(tempfile.mkdtemp(prefix="sbx-bench-pkg-", dir="/tmp"))
     repositories = [f"sandboxd-env-bench-{uuid4().hex[:8]}" for _ in range(2)]
     logger = StructlogLogger("bench-environment")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = int(probe.getsockname()[1])
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        region_name="us-east-1",
-        aws_access_key_id="bench",
-        aws_secret_access_key="bench",
-    ).create_bucket(Bucket="sandboxd-bench-envs")
-    artifacts = S3ArtifactStore(
-        S3ArtifactConfig(
-            bucket="sandboxd-bench-envs",
-            endpoint_url=endpoint,
-            access_key_id="bench",
-            secret_access_key="bench",
-        ),
-        logger,
-    )
 
     def store(index: int) -> DockerEnvironmentStore:
         return DockerEnvironmentStore(
@@ -352,7 +346,7 @@ def package_environments(client: docker.APIClient, base: str, packages: tuple[st
         first_result_s(runtime, loaded.reference, 1)
         # Alternated, so that drift in the shared machine's load hits both alike.
         base_times, env_times = [], []
-        for _ in range(7):
+        for _ in range(rounds):
             base_times.append(first_result_s(runtime, None, 1))
             env_times.append(first_result_s(runtime, loaded.reference, 1))
         base_first, env_first = _median(base_times), _median(env_times)
@@ -370,52 +364,59 @@ def package_environments(client: docker.APIClient, base: str, packages: tuple[st
             "l3_target": "<= 0.5",
         }
     finally:
-        ids = subprocess.run(
-            ["docker", "ps", "-aq", "--filter", f"label={LABEL_INSTANCE}={instance_id}"],
-            capture_output=True,
-            text=True,
-            check=False,
-        ).stdout.split()
-        if ids:
-            subprocess.run(["docker", "rm", "-f", *ids], capture_output=True, check=False)
+        remove_instance_containers(instance_id)
         runtime.close()
-        artifacts.close()
-        server.stop()
         for repository in repositories:
-            for image in client.images(name=repository):
-                for tag in image.get("RepoTags") or []:
-                    client.remove_image(tag, force=True)
+            remove_repository(client, repository)
         shutil.rmtree(scratch, ignore_errors=True)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.bench_environment",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--cold", action="store_true", help="also build the rootfs from scratch")
     parser.add_argument("--package", default="tabulate==0.9.0")
-    parser.add_argument("--skip-l3", action="store_true")
     parser.add_argument("--packages", default="tabulate==0.9.0 tomli-w==1.0.0 humanize==4.9.0")
     parser.add_argument(
         "--only-packages", action="store_true", help="only the package-environment figures"
     )
+    parser.add_argument(
+        "--runtime",
+        choices=("docker", "qemu", "all"),
+        default="docker",
+        help="whose package-environment figures (qemu: microVMs, the image set must be built)",
+    )
+    parser.add_argument("--rounds", type=int, default=7, help="first-result samples per side")
     args = parser.parse_args()
     configure_logging("warning")
-    client = docker.APIClient(version="auto", timeout=600)
+    logger = StructlogLogger("bench-environment")
+    packages = tuple(args.packages.split())
     data_dir = Settings().data_dir
-    report: dict = {"benchmark": "environment"}
-    if args.only_packages:
-        image = ensure_docker_image(client, data_dir)
-        report["package_environments_docker"] = package_environments(
-            client, image, tuple(args.packages.split())
-        )
-        emit(report)
-        return
-    report["default_image"] = default_image(client, data_dir, args.cold)
-    image = report["default_image"]["docker_image"]
-    report["first_plot_docker"] = first_plot(client, image)
-    report["environment_build_docker"] = environment_build(client, image, args.package)
-    report["package_environments_docker"] = package_environments(
-        client, image, tuple(args.packages.split())
-    )
+    report: dict = {"benchmark": "environment", "load_avg_1m_at_start": os.getloadavg()[0]}
+    client = docker.APIClient(version="auto", timeout=600)
+    if args.runtime in ("docker", "all"):
+        if args.only_packages:
+            image = ensure_docker_image(client, data_dir)
+        else:
+            report["default_image"] = default_image(client, data_dir, args.cold)
+            image = report["default_image"]["docker_image"]
+            report["first_plot_docker"] = first_plot(client, image)
+            report["environment_build_docker"] = environment_build(client, image, args.package)
+        with moto_bucket("sandboxd-bench-envs", logger) as (_endpoint, artifacts):
+            report["package_environments_docker"] = package_environments(
+                client, image, packages, artifacts, args.rounds
+            )
+    if args.runtime in ("qemu", "all"):
+        from bench.environment_qemu import package_environments_qemu
+
+        with moto_bucket("sandboxd-bench-qemu-envs", logger) as (_endpoint, artifacts):
+            report["package_environments_qemu"] = package_environments_qemu(
+                artifacts, packages, args.rounds, logger
+            )
+    report["load_avg_1m_at_end"] = os.getloadavg()[0]
     emit(report)
 
 

@@ -28,11 +28,16 @@ def ensure_qemu_images(data_dir: Path | None = None) -> Path:
     return directory
 
 
-def create_vm(runtime: QemuSandboxRuntime) -> SandboxSession:
-    """A VM for a fresh session and chat, valid for an hour."""
+def create_vm(runtime: QemuSandboxRuntime, environment_key: str | None = None) -> SandboxSession:
+    """A VM for a fresh session and chat, valid for an hour (from an environment's disk when
+    ``environment_key`` is given)."""
     now = datetime.now(UTC)
     return runtime.create(
-        session_id=uuid4(), chat_id=uuid4(), created_at=now, expires_at=now + timedelta(hours=1)
+        session_id=uuid4(),
+        chat_id=uuid4(),
+        created_at=now,
+        expires_at=now + timedelta(hours=1),
+        environment_key=environment_key,
     )
 
 

@@ -6,14 +6,13 @@
    no-new-privileges and memory/pids limits, gets them mounted read-only and installs offline
    (``pip install --no-index --find-links``; npm packages are copied onto node's global path);
 3. the container is committed as the key's image (adapter.environment.docker_images).
-A failed build removes its container and tags nothing; a crashed builder's containers (labelled
-``sandboxd.environment.builder=<key>``) and staging directories are removed before the next
-build of the key.
+A failed build removes its container and tags nothing; a crashed builder's containers
+(labelled ``sandboxd.environment.builder=<repository>:<key>``) and staging directories are
+removed before the next build of the key.
 """
 
 from __future__ import annotations
 
-import contextlib
 import re
 import shutil
 import tempfile
@@ -86,7 +85,9 @@ class DockerEnvironmentBuilder:
         the key's lock, since no other builder on this host is working on it."""
         client = self._images.client
         try:
-            stale = client.containers(all=True, filters={"label": f"{LABEL_BUILDER}={key}"})
+            stale = client.containers(
+                all=True, filters={"label": f"{LABEL_BUILDER}={self._images.tag(key)}"}
+            )
             for container in stale:
                 client.remove_container(container["Id"], force=True)
         except ENGINE_ERRORS as exc:
@@ -103,7 +104,6 @@ class DockerEnvironmentBuilder:
         client = self._images.client
         config = self._images.config
         self._images.base()  # a clear error when it is missing
-        container_id: str | None = None
         try:
             host_config = client.create_host_config(
                 binds={str(mount[0]): {"bind": mount[1], "mode": "ro"}},
@@ -113,13 +113,11 @@ class DockerEnvironmentBuilder:
                 mem_limit=f"{config.build_memory_mb}m",
                 pids_limit=config.build_pids,
             )
-            container_id = client.create_container(
-                config.base_image,
-                command=command,
-                host_config=host_config,
-                labels={LABEL_BUILDER: key},
-                network_disabled=True,
-            )["Id"]
+        except ENGINE_ERRORS as exc:
+            raise engine_error(exc) from exc
+        with self._images.scratch_container(
+            config.base_image, key, command=command, host_config=host_config
+        ) as container_id:
             self._progress(f"installing in build container {container_id[:12]}")
             client.start(container_id)
             try:
@@ -135,12 +133,6 @@ class DockerEnvironmentBuilder:
                     package=_failed_package(logs),
                 )
             self._images.commit(container_id, environment, key, self._clock)
-        except ENGINE_ERRORS as exc:
-            raise engine_error(exc) from exc
-        finally:
-            if container_id is not None:
-                with contextlib.suppress(*ENGINE_ERRORS):
-                    client.remove_container(container_id, force=True)
 
 
 _PIP_NOT_FOUND = re.compile(r"No matching distribution found for ([A-Za-z0-9._\-\[\]]+)")

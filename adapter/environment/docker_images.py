@@ -8,7 +8,10 @@ image's ``Size`` minus the base image's). Use is recorded as the mtime of a stam
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +30,8 @@ LABEL_KEY = "sandboxd.environment.key"
 LABEL_PACKAGES = "sandboxd.environment.packages"
 LABEL_CREATED = "sandboxd.environment.created"
 # On build containers only (the committed image carries it empty): finds leftovers of a crash.
+# Its value is the image's tag, not the key alone: another service on the same engine (its own
+# repository) may be building the same key right now.
 LABEL_BUILDER = "sandboxd.environment.builder"
 
 
@@ -86,6 +91,23 @@ class DockerEnvironmentImages:
             self._base_image_hash = str(self.base()["Id"]).removeprefix("sha256:")
         return self._base_image_hash
 
+    @contextmanager
+    def scratch_container(self, image: str, key: str, **options: Any) -> Iterator[str]:
+        """A container of ``image`` (labelled as a builder of ``key``'s tag) for the duration of
+        the context, removed however it ends; engine errors become RuntimeUnavailableError."""
+        container_id: str | None = None
+        try:
+            container_id = self.client.create_container(
+                image, labels={LABEL_BUILDER: self.tag(key)}, network_disabled=True, **options
+            )["Id"]
+            yield container_id
+        except ENGINE_ERRORS as exc:
+            raise engine_error(exc) from exc
+        finally:
+            if container_id is not None:
+                with contextlib.suppress(*ENGINE_ERRORS):
+                    self.client.remove_container(container_id, force=True)
+
     def find(self, key: str) -> BuiltEnvironment | None:
         image = self.inspect(self.tag(key))
         return None if image is None else self.built(key, image)
@@ -120,9 +142,6 @@ class DockerEnvironmentImages:
                 own = int(image.get("Size") or 0) - base_size
                 found.append(self._environment(key, labels, own))
         return found
-
-    def sizes(self) -> dict[str, int]:
-        return {built.key: built.size_bytes for built in self.inventory()}
 
     def remove(self, key: str) -> None:
         try:

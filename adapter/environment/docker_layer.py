@@ -6,16 +6,10 @@ put in place and is committed with the same labels as a build."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 from pathlib import Path
 
-from adapter.environment.docker_images import (
-    ENGINE_ERRORS,
-    LABEL_BUILDER,
-    DockerEnvironmentImages,
-    engine_error,
-)
+from adapter.environment.docker_images import DockerEnvironmentImages
 from adapter.environment.install_commands import NODE_GLOBAL_DIR
 from domain.environment import BuiltEnvironment, Environment
 from domain.errors import RuntimeUnavailableError
@@ -35,47 +29,26 @@ class DockerLayerArchive:
 
     def export(self, key: str, destination: Path) -> None:
         """Write the environment's own layer as a tar file."""
-        if self._images.inspect(self._images.tag(key)) is None:
+        tag = self._images.tag(key)
+        if self._images.inspect(tag) is None:
             raise RuntimeUnavailableError(f"no environment image for {key}")
         layer_dir = LAYER_DIRS[Language(key.split("-v", 1)[0])]
-        client = self._images.client
-        container_id: str | None = None
-        try:
-            container_id = client.create_container(
-                self._images.tag(key), command=["true"], network_disabled=True
-            )["Id"]
-            stream, _stat = client.get_archive(container_id, layer_dir)
+        with self._images.scratch_container(tag, key, command=["true"]) as container_id:
+            stream, _stat = self._images.client.get_archive(container_id, layer_dir)
             with destination.open("wb") as out:
                 for chunk in stream:
                     out.write(chunk)
-        except ENGINE_ERRORS as exc:
-            raise engine_error(exc) from exc
-        finally:
-            if container_id is not None:
-                with contextlib.suppress(*ENGINE_ERRORS):
-                    client.remove_container(container_id, force=True)
 
     def load(self, environment: Environment, key: str, archive: Path) -> BuiltEnvironment:
         """Tag ``archive`` (a layer tar) over the base image as the key's image."""
-        client = self._images.client
         base_image = self._images.config.base_image
         self._images.base()  # a clear error when it is missing
-        container_id: str | None = None
-        try:
-            container_id = client.create_container(
-                base_image, command=["true"], labels={LABEL_BUILDER: key}, network_disabled=True
-            )["Id"]
-            layer_parent = os.path.dirname(LAYER_DIRS[environment.language])
+        layer_parent = os.path.dirname(LAYER_DIRS[environment.language])
+        with self._images.scratch_container(base_image, key, command=["true"]) as container_id:
             with archive.open("rb") as data:
-                if not client.put_archive(container_id, layer_parent, data):
+                if not self._images.client.put_archive(container_id, layer_parent, data):
                     raise RuntimeUnavailableError(f"the engine refused the layer of {key}")
             self._images.commit(container_id, environment, key, self._clock)
-        except ENGINE_ERRORS as exc:
-            raise engine_error(exc) from exc
-        finally:
-            if container_id is not None:
-                with contextlib.suppress(*ENGINE_ERRORS):
-                    client.remove_container(container_id, force=True)
         built = self._images.find(key)
         if built is None:
             raise RuntimeUnavailableError(f"docker commit did not produce {self._images.tag(key)}")

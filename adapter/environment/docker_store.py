@@ -82,9 +82,6 @@ class DockerEnvironmentStore(TieredEnvironmentStore):
     def _remove_leftovers(self, key: str) -> None:
         self._builder.remove_leftovers(key)
 
-    def _sizes(self) -> dict[str, int]:
-        return self.images.sizes()
-
     def _inventory(self) -> list[BuiltEnvironment]:
         return self.images.inventory()
 

@@ -95,12 +95,8 @@ class TieredEnvironmentStore(ABC):
         """What a crashed builder of the key left; called under the key's lock."""
 
     @abstractmethod
-    def _sizes(self) -> dict[str, int]:
-        """Own size in bytes of every local entry, by key."""
-
-    @abstractmethod
     def _inventory(self) -> list[BuiltEnvironment]:
-        """Every local entry, not marked as used."""
+        """Every local entry (with its own size), not marked as used."""
 
     @abstractmethod
     def _touch(self, key: str) -> None: ...
@@ -201,6 +197,9 @@ class TieredEnvironmentStore(ABC):
         return removed
 
     # -- internals ----------------------------------------------------------------------------
+
+    def _sizes(self) -> dict[str, int]:
+        return {built.key: built.size_bytes for built in self._inventory()}
 
     def _found(self, key: str, after_wait: bool) -> BuiltEnvironment | None:
         found = self.find(key)

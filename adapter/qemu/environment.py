@@ -127,9 +127,6 @@ class QemuEnvironmentStore(TieredEnvironmentStore):
     def _remove_leftovers(self, key: str) -> None:
         self._builder.remove_leftovers(key)
 
-    def _sizes(self) -> dict[str, int]:
-        return {key: self._disks.size(key) for key in self._disks.list_keys()}
-
     def _inventory(self) -> list[BuiltEnvironment]:
         found = []
         for key in self._disks.list_keys():

@@ -22,29 +22,11 @@ from domain.environment import ArtifactKind, Environment
 from domain.execution import Language
 from entrypoint.cli import main
 from entrypoint.container import Container
-from testkit.environment import SERVICE_VERSION, sandbox_from
+from testkit.environment import NO_PIP, SERVICE_VERSION, CountingObserver, sandbox_from
 from testkit.fakes import FakeLogger
 from testkit.s3 import CREDENTIALS, free_port
 
 TABULATE = Environment(Language.PYTHON, ("tabulate==0.9.0",))
-# A pip that cannot run: a store that would build fails loudly instead of passing quietly.
-NO_PIP = HostFetchConfig(pip_command=("/nonexistent/pip",), npm_command=("/nonexistent/npm",))
-
-
-class CountingObserver:
-    def __init__(self) -> None:
-        self.hits: list[str] = []
-        self.builds = 0
-        self.downloads = 0
-
-    def cache_hit(self, level: str) -> None:
-        self.hits.append(level)
-
-    def built(self, seconds: float) -> None:
-        self.builds += 1
-
-    def downloaded(self, seconds: float) -> None:
-        self.downloads += 1
 
 
 @pytest.fixture

@@ -38,7 +38,7 @@ def test_builds_an_environment_that_a_sandbox_imports(make_store: StoreFactory, 
     assert labels[LABEL_KEY] == built.key
     assert labels[LABEL_PACKAGES] == "tabulate==0.9.0"
     assert labels[LABEL_CREATED]
-    assert build_containers(client, built.key) == []
+    assert build_containers(client, built.reference) == []
 
     with sandbox_from(client, built.reference) as sandbox:
         result = sandbox.run(
@@ -113,8 +113,8 @@ def test_a_package_without_a_wheel_is_refused_on_the_host(
     assert "sandboxd-marker-pkg" in str(caught.value)
     assert not marker.exists()
     key = store.key_for(environment)
-    assert not image_exists(f"{store.config.repository}:{key}")
-    assert build_containers(client, key) == []
+    assert not image_exists(store.images.tag(key))
+    assert build_containers(client, store.images.tag(key)) == []
     assert "environment_build_failed" in logger.events()
     assert list((tmp_path / "data" / "environments" / "staging").iterdir()) == []
 
@@ -165,19 +165,26 @@ def test_a_javascript_environment_without_install_scripts(make_store: StoreFacto
 def test_leftovers_of_a_crashed_builder_are_cleared_before_building(
     make_store: StoreFactory, client, base_image: str, tmp_path: Path
 ) -> None:
+    """Only this store's: another service on the engine (its own repository) building the same
+    key at the same time keeps its build container."""
     from adapter.environment.docker_images import LABEL_BUILDER
 
     store = make_store()
     environment = Environment(Language.PYTHON, ("six==1.16.0",))
     key = store.key_for(environment)
-    crashed = client.create_container(base_image, command=["true"], labels={LABEL_BUILDER: key})
+    tag = store.images.tag(key)
+    crashed = client.create_container(base_image, command=["true"], labels={LABEL_BUILDER: tag})
+    elsewhere = f"sandboxd-env-other-{key[-8:]}:{key}"
+    busy = client.create_container(base_image, command=["true"], labels={LABEL_BUILDER: elsewhere})
     staging = tmp_path / "data" / "environments" / "staging" / f"{key}-crashed"
     staging.mkdir(parents=True)
     try:
         built = store.ensure(environment)
         assert built.key == key
-        assert build_containers(client, key) == []
+        assert build_containers(client, tag) == []
+        assert [c["Id"] for c in build_containers(client, elsewhere)] == [busy["Id"]]
         assert not staging.exists()
     finally:
-        with contextlib.suppress(docker.errors.NotFound):  # removed by the store, as it should
-            client.remove_container(crashed["Id"], force=True)
+        for container in (crashed, busy):
+            with contextlib.suppress(docker.errors.NotFound):  # crashed: removed by the store
+                client.remove_container(container["Id"], force=True)
