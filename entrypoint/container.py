@@ -143,14 +143,15 @@ def _environment_store(
     logger: Logger,
     artifacts: S3ArtifactStore,
     metrics: ServiceMetrics,
-    qemu_runtime: Callable[[], QemuSandboxRuntime],
+    runtime: Callable[[], SandboxRuntime],
 ) -> DockerEnvironmentStore | QemuEnvironmentStore:
-    """L2 of the configured runtime (Docker images or QEMU disks), with L3 behind it when a
-    bucket is configured."""
+    """L2 of the configured runtime (QEMU disks for a QEMU runtime, Docker images otherwise),
+    with L3 behind it when a bucket is configured."""
     env = settings.environments
-    if settings.runtime == "qemu":
+    selected = runtime()
+    if isinstance(selected, QemuSandboxRuntime):
         return QemuEnvironmentStore(
-            qemu_runtime(),
+            selected,
             QemuEnvironmentConfig(
                 service_version=SERVICE_VERSION,
                 max_total_mb=env.env_cache_max_mb,
@@ -291,7 +292,7 @@ class Container(containers.DeclarativeContainer):
     metrics = providers.Singleton(ServiceMetrics)
     artifact_store = providers.Singleton(_artifact_store, settings, logger)
     environment_store = providers.Singleton(
-        _environment_store, settings, clock, logger, artifact_store, metrics, qemu_runtime.provider
+        _environment_store, settings, clock, logger, artifact_store, metrics, runtime.provider
     )
     environments = providers.Singleton(
         _environments, settings, runtime.provider, environment_store.provider, logger
