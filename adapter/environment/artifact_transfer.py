@@ -85,10 +85,6 @@ class ArtifactTransfer:
         self._uploader: ThreadPoolExecutor | None = None
         self._uploader_lock = threading.Lock()
 
-    @property
-    def enabled(self) -> bool:
-        return self._artifacts is not None
-
     def download(
         self, key: str, load: Callable[[Path], BuiltEnvironment]
     ) -> BuiltEnvironment | None:
