@@ -40,16 +40,7 @@ class DockerEnvironmentStore(TieredEnvironmentStore):
         artifacts: ArtifactStore | None = None,
         observer: EnvironmentCacheObserver | None = None,
     ) -> None:
-        super().__init__(
-            root=config.root,
-            kind=ArtifactKind.IMAGE,
-            logger=logger,
-            max_total_mb=config.max_total_mb,
-            lock_timeout_s=config.lock_timeout_s,
-            artifacts=artifacts,
-            observer=observer,
-            max_concurrent_uploads=config.max_concurrent_uploads,
-        )
+        super().__init__(config.root, ArtifactKind.IMAGE, config, logger, artifacts, observer)
         self.config = config
         self.images = DockerEnvironmentImages(client, config)
         self._builder = DockerEnvironmentBuilder(self.images, clock, logger, progress)

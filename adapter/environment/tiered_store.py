@@ -20,6 +20,7 @@ import time
 from abc import ABC, abstractmethod
 from contextlib import AbstractContextManager
 from pathlib import Path
+from typing import Protocol
 
 from filelock import FileLock, Timeout
 
@@ -33,25 +34,35 @@ from domain.errors import EnvironmentBuildError, RuntimeUnavailableError
 from usecase.ports import ArtifactStore, Logger
 
 
+class CacheLimits(Protocol):
+    """What both stores' configurations say about the cache."""
+
+    @property
+    def max_total_mb(self) -> int: ...
+
+    @property
+    def lock_timeout_s(self) -> float: ...
+
+    @property
+    def max_concurrent_uploads(self) -> int: ...
+
+
 class TieredEnvironmentStore(ABC):
     """EnvironmentStore port over a local tier (the subclass) and an optional artifact store."""
 
     def __init__(
         self,
-        *,
         root: Path,
         kind: ArtifactKind,
+        limits: CacheLimits,
         logger: Logger,
-        max_total_mb: int,
-        lock_timeout_s: float,
-        artifacts: ArtifactStore | None = None,
-        observer: EnvironmentCacheObserver | None = None,
-        max_concurrent_uploads: int = 2,
+        artifacts: ArtifactStore | None,
+        observer: EnvironmentCacheObserver | None,
     ) -> None:
         self._root = root
         self._logger = logger
-        self._max_total_mb = max_total_mb
-        self._lock_timeout_s = lock_timeout_s
+        self._max_total_mb = limits.max_total_mb
+        self._lock_timeout_s = limits.lock_timeout_s
         self._observer = observer or NoObserver()
         self._transfer = ArtifactTransfer(
             artifacts,
@@ -60,7 +71,7 @@ class TieredEnvironmentStore(ABC):
             logger,
             self._observer,
             self._artifact_file,
-            max_concurrent_uploads,
+            limits.max_concurrent_uploads,
         )
 
     # -- the local tier (subclasses) -----------------------------------------------------------

@@ -67,16 +67,8 @@ class QemuEnvironmentStore(TieredEnvironmentStore):
         self._runtime = runtime
         self._config = config
         self._disks = runtime.environment_disks
-        super().__init__(
-            root=self._disks.root,
-            kind=ArtifactKind.SNAPSHOT,
-            logger=logger,
-            max_total_mb=config.max_total_mb,
-            lock_timeout_s=config.lock_timeout_s,
-            artifacts=artifacts,
-            observer=observer,
-            max_concurrent_uploads=config.max_concurrent_uploads,
-        )
+        root = self._disks.root
+        super().__init__(root, ArtifactKind.SNAPSHOT, config, logger, artifacts, observer)
         self._builder = QemuEnvironmentBuilder(
             runtime, config.fetch, config.build_timeout_s, logger, progress
         )

@@ -24,7 +24,7 @@ from entrypoint.cli import main
 from entrypoint.container import Container
 from testkit.environment import NO_PIP, SERVICE_VERSION, CountingObserver, sandbox_from
 from testkit.fakes import FakeLogger
-from testkit.s3 import CREDENTIALS, free_port
+from testkit.s3 import CREDENTIALS, free_port, quick_failing_store
 
 TABULATE = Environment(Language.PYTHON, ("tabulate==0.9.0",))
 
@@ -40,16 +40,7 @@ def service_factory(client: docker.APIClient, base_image: str, tmp_path: Path) -
         repository = f"sandboxd-env-test-{uuid4().hex[:10]}"
         repositories.append(repository)
         logger, observer = FakeLogger(), CountingObserver()
-        artifacts = S3ArtifactStore(
-            S3ArtifactConfig(
-                bucket=bucket_name,
-                endpoint_url=endpoint,
-                connect_timeout_s=1.0,
-                max_attempts=1,
-                **CREDENTIALS,
-            ),
-            logger,
-        )
+        artifacts = quick_failing_store(endpoint, bucket_name, logger)
         artifact_stores.append(artifacts)
         store = DockerEnvironmentStore(
             client,

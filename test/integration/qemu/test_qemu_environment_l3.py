@@ -18,7 +18,7 @@ from adapter.environment.host_fetch import HostFetchConfig
 from adapter.qemu.envdisk import backing_file
 from adapter.qemu.environment import QemuEnvironmentConfig, QemuEnvironmentStore
 from adapter.qemu.runtime import QemuSandboxRuntime
-from adapter.s3.artifact_store import S3ArtifactConfig, S3ArtifactStore
+from adapter.s3.artifact_store import S3ArtifactStore
 from domain.environment import ArtifactKind, Environment
 from domain.errors import EnvironmentBuildError
 from domain.execution import Language
@@ -28,7 +28,7 @@ from entrypoint.settings import SERVICE_VERSION
 from testkit.environment import NO_PIP, CountingObserver
 from testkit.fakes import FakeLogger
 from testkit.qemu import RuntimeFactory, create_vm, run_ok
-from testkit.s3 import CREDENTIALS, free_port
+from testkit.s3 import CREDENTIALS, free_port, quick_failing_store
 
 pytestmark = pytest.mark.qemu
 
@@ -52,16 +52,7 @@ def _store(
     made: list[S3ArtifactStore],
     fetch: HostFetchConfig = NO_PIP,
 ) -> tuple[QemuEnvironmentStore, CountingObserver]:
-    artifacts = S3ArtifactStore(
-        S3ArtifactConfig(
-            bucket=bucket,
-            endpoint_url=endpoint,
-            connect_timeout_s=1.0,
-            max_attempts=1,
-            **CREDENTIALS,
-        ),
-        logger,
-    )
+    artifacts = quick_failing_store(endpoint, bucket, logger)
     made.append(artifacts)
     observer = CountingObserver()
     config = QemuEnvironmentConfig(service_version=SERVICE_VERSION, snapshot=False, fetch=fetch)
