@@ -15,7 +15,6 @@ import shutil
 import statistics
 import tempfile
 import time
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from uuid import uuid4
 
@@ -26,20 +25,14 @@ from adapter.s3.artifact_store import S3ArtifactStore
 from domain.environment import Environment
 from domain.execution import ExecutionRequest, Language
 from entrypoint.settings import SERVICE_VERSION, Settings
+from testkit.qemu import create_vm
 from usecase.ports import Logger
 
 
 def _first_result_s(runtime: QemuSandboxRuntime, key: str | None) -> float:
     """Create (restored from the snapshot) + first ``print(1)`` of a new chat; VM stopped after."""
-    now = datetime.now(UTC)
     started = time.monotonic()
-    session = runtime.create(
-        session_id=uuid4(),
-        chat_id=uuid4(),
-        created_at=now,
-        expires_at=now + timedelta(hours=1),
-        environment_key=key,
-    )
+    session = create_vm(runtime, key)
     try:
         result = runtime.execute(session.container_id, ExecutionRequest("print(1)"))
         seconds = time.monotonic() - started
