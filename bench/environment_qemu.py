@@ -103,7 +103,7 @@ def package_environments_qemu(
             "first_result_rounds": rounds,
             "cold_build_s": round(cold_build, 2),
             "l3_download_decompress_adopt_s": round(l3, 2),
-            "l3_vs_cold_build_ratio": round(l3 / cold_build, 2),
+            "l3_vs_cold_build_ratio": round(l3 / cold_build, 3),
             "l3_target": "<= 0.5",
             "environment_snapshot_s": round(environment_snapshot, 2),
             "note": "build and L3 without the memory snapshot; it follows either, once per host",
