@@ -100,6 +100,10 @@ class PoolAlreadyExistsError(SandboxServiceError):
     """A pool with this name exists already."""
 
 
+class AdminRequiredError(SandboxServiceError):
+    """The operation changes what the whole service runs (pools): only admin keys may do it."""
+
+
 class InvalidPoolError(InvalidInputError):
     """A pool definition breaks a rule (name not a DNS label, negative or inverted bounds)."""
 

@@ -491,5 +491,9 @@ class Container(containers.DeclarativeContainer):
         files_api=files_api,
     )
     grpc_pool_servicer = providers.Singleton(
-        PoolServicer, manage=manage_pools.provider, metrics=metrics, logger=logger
+        PoolServicer,
+        manage=manage_pools.provider,
+        metrics=metrics,
+        logger=logger,
+        authenticator=authenticator,
     )

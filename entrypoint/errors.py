@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import grpc
 
 from domain.errors import (
+    AdminRequiredError,
     ArtifactStoreUnavailableError,
     CodeTooLargeError,
     EnvironmentBuildError,
@@ -118,6 +119,7 @@ ERROR_TABLE: tuple[ErrorRow, ...] = (
     ErrorRow(InvalidInputError, "invalid_input", 422, _G.INVALID_ARGUMENT, 2),
     ErrorRow(PoolNotFoundError, "pool_not_found", 404, _G.NOT_FOUND, 3),
     ErrorRow(PoolAlreadyExistsError, "pool_already_exists", 409, _G.ALREADY_EXISTS, 2),
+    ErrorRow(AdminRequiredError, "admin_required", 403, _G.PERMISSION_DENIED, 2),
     ErrorRow(SandboxNotFoundError, "sandbox_not_found", 404, _G.NOT_FOUND, 3),
     ErrorRow(
         SandboxUidConflictError,

@@ -15,12 +15,15 @@ from repository.sweep_leader import ProcessLocalSweepLeaderLock
 from testkit.fakes import FakeFileStore, FakeLogger, FakeRuntime
 
 API_KEY = "unit-test-key"
+# An admin key (SANDBOXD_ADMIN_KEYS): pool management and every chat.
+ADMIN_KEY = "unit-test-admin-key"
 
 
 def make_container(runtime: FakeRuntime | None = None, **settings: Any) -> Container:
     """The real composition root, with the store, locks and runtime swapped for in-memory ones."""
     values: dict[str, Any] = {
         "api_keys": API_KEY,
+        "admin_keys": ADMIN_KEY,
         "host": "127.0.0.1",
         "http_port": 0,
         "grpc_port": 0,
@@ -50,3 +53,4 @@ def recorded(logger: object) -> FakeLogger:
 
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
+ADMIN_AUTH = {"Authorization": f"Bearer {ADMIN_KEY}"}

@@ -4,14 +4,20 @@ Definitions live in the PoolRepository (the database, shared by replicas); after
 this replica's WarmPools follow at once, the others on their next health round (``sync``).
 Status (total, allocated, available) is this replica's view of its own members. Without
 WarmPools (the CLI, which runs no pools) only the definitions change and status reads zero.
+
+Who may do what: pools change what the whole service runs (and how much of the host it holds),
+so creating, resizing and deleting them is for admin callers only (SANDBOXD_ADMIN_KEYS, and the
+operator: the CLI); any other key gets AdminRequiredError, checked before anything is looked up.
+Reading definitions and counts is open to every key: they hold no tenant's data.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from domain.errors import PoolAlreadyExistsError, PoolNotFoundError
+from domain.errors import AdminRequiredError, PoolAlreadyExistsError, PoolNotFoundError
 from domain.pool import PoolCapacity, PoolDefinition, PoolStatus
+from domain.tenant import OPERATOR, Caller
 from usecase.pool import WarmPools
 from usecase.ports import Logger, PoolRepository
 
@@ -41,9 +47,10 @@ class ManagePools:
             return
         self._logger.info("pool_created", {"pool": definition.name, "source": "settings"})
 
-    def create(self, definition: PoolDefinition) -> PoolView:
+    def create(self, definition: PoolDefinition, caller: Caller = OPERATOR) -> PoolView:
+        _require_admin(caller, "create pools")
         self._repository.add_pool(replace(definition, revision=1))
-        self._logger.info("pool_created", {"pool": definition.name})
+        self._logger.info("pool_created", {"pool": definition.name, "by": caller.tenant})
         self.sync()
         return self.get(definition.name)
 
@@ -56,20 +63,24 @@ class ManagePools:
             raise PoolNotFoundError(f"no pool named {name!r}")
         return self._view(definition)
 
-    def update(self, name: str, capacity: PoolCapacity) -> PoolView:
+    def update(self, name: str, capacity: PoolCapacity, caller: Caller = OPERATOR) -> PoolView:
+        _require_admin(caller, "change pools")
         current = self._repository.get_pool(name)
         if current is None:
             raise PoolNotFoundError(f"no pool named {name!r}")
         updated = replace(current, capacity=capacity, revision=current.revision + 1)
         self._repository.update_pool(updated)
-        self._logger.info("pool_updated", {"pool": name, "revision": updated.revision})
+        self._logger.info(
+            "pool_updated", {"pool": name, "revision": updated.revision, "by": caller.tenant}
+        )
         self.sync()
         return self._view(updated)
 
-    def delete(self, name: str) -> None:
+    def delete(self, name: str, caller: Caller = OPERATOR) -> None:
+        _require_admin(caller, "delete pools")
         if not self._repository.delete_pool(name):
             raise PoolNotFoundError(f"no pool named {name!r}")
-        self._logger.info("pool_deleted", {"pool": name})
+        self._logger.info("pool_deleted", {"pool": name, "by": caller.tenant})
         self.sync()
 
     def _view(self, definition: PoolDefinition) -> PoolView:
@@ -80,3 +91,8 @@ class ManagePools:
             else replace(pool.status(), revision=definition.revision)
         )
         return PoolView(definition, status)
+
+
+def _require_admin(caller: Caller, action: str) -> None:
+    if not caller.admin:
+        raise AdminRequiredError(f"only admin keys may {action}")

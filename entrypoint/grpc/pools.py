@@ -1,4 +1,5 @@
-"""The PoolService servicer (/v1/pools over gRPC): the same ManagePools as HTTP, same errors."""
+"""The PoolService servicer (/v1/pools over gRPC): the same ManagePools as HTTP, same errors
+(changes need an admin key: PERMISSION_DENIED ``admin_required`` otherwise)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from typing import Any, NoReturn, TypeVar
 from grpc.aio import ServicerContext as Ctx
 
 from domain.pool import PoolCapacity, PoolDefinition
+from domain.tenant import Caller
+from entrypoint.auth import ApiKeyAuthenticator
 from entrypoint.errors import error_row, is_generic, log_error_detail, public_message
 from entrypoint.grpc.generated import sandboxd_pb2 as pb
 from entrypoint.grpc.generated import sandboxd_pb2_grpc as pb_grpc
@@ -58,9 +61,14 @@ def _capacity(message: Any) -> PoolCapacity:
 
 class PoolServicer(pb_grpc.PoolServiceServicer):
     def __init__(
-        self, manage: Callable[[], ManagePools], metrics: ServiceMetrics, logger: Logger
+        self,
+        manage: Callable[[], ManagePools],
+        metrics: ServiceMetrics,
+        logger: Logger,
+        authenticator: ApiKeyAuthenticator,
     ) -> None:
         self._manage = manage
+        self._authenticator = authenticator
         self._metrics = metrics
         self._logger = logger
 
@@ -72,6 +80,8 @@ class PoolServicer(pb_grpc.PoolServiceServicer):
         return pool_message(await self._call(context, lambda: self._manage().get(request.name)))
 
     async def CreatePool(self, request: Any, context: Ctx) -> Any:  # noqa: N802
+        caller = self._caller(context)
+
         def create() -> PoolView:
             definition = PoolDefinition(
                 name=request.name,
@@ -79,19 +89,28 @@ class PoolServicer(pb_grpc.PoolServiceServicer):
                 packages=tuple(request.environment.packages),
                 capacity=_capacity(request),
             )
-            return self._manage().create(definition)
+            return self._manage().create(definition, caller)
 
         return pool_message(await self._call(context, create))
 
     async def UpdatePool(self, request: Any, context: Ctx) -> Any:  # noqa: N802
+        caller = self._caller(context)
+
         def update() -> PoolView:
-            return self._manage().update(request.name, _capacity(request))
+            return self._manage().update(request.name, _capacity(request), caller)
 
         return pool_message(await self._call(context, update))
 
     async def DeletePool(self, request: Any, context: Ctx) -> Any:  # noqa: N802
-        await self._call(context, lambda: self._manage().delete(request.name))
+        caller = self._caller(context)
+        await self._call(context, lambda: self._manage().delete(request.name, caller))
         return pb.DeletePoolResponse()
+
+    def _caller(self, context: Ctx) -> Caller:
+        # The interceptor already refused unknown keys; this says which known one called.
+        return self._authenticator.authenticate(
+            metadata_value(context.invocation_metadata(), "authorization")
+        )
 
     async def _call(self, context: Ctx, call: Callable[[], T]) -> T:
         try:

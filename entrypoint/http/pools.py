@@ -1,4 +1,7 @@
-"""/v1/pools in OpenSandbox's shape: pool definitions (capacitySpec) and their status."""
+"""/v1/pools in OpenSandbox's shape: pool definitions (capacitySpec) and their status.
+
+Every key may read; POST, PUT and DELETE need an admin key (ManagePools enforces it: 403
+``admin_required`` otherwise)."""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from domain.pool import PoolCapacity, PoolDefinition
+from domain.tenant import Caller
 from usecase.pool_admin import ManagePools, PoolView
 
 
@@ -89,22 +93,26 @@ def pool_json(view: PoolView) -> dict[str, object]:
     }
 
 
-def pools_router(require_api_key: Callable[..., object]) -> APIRouter:
+def pools_router(require_api_key: Callable[..., Caller]) -> APIRouter:
     router = APIRouter(prefix="/v1/pools", dependencies=[Depends(require_api_key)], tags=["pools"])
+    # A default, not an Annotated alias: annotations are strings here (future import).
+    caller_dep = Depends(require_api_key)
 
     def manage(request: Request) -> ManagePools:
         factory: Callable[[], ManagePools] = request.app.state.pools
         return factory()
 
     @router.post("", status_code=201, response_model=PoolViewModel, summary="Create a pool")
-    async def create_pool(body: PoolBody, request: Request) -> dict[str, object]:
+    async def create_pool(
+        body: PoolBody, request: Request, caller: Caller = caller_dep
+    ) -> dict[str, object]:
         definition = PoolDefinition(
             name=body.name,
             language=body.environment.language,
             packages=tuple(body.environment.packages),
             capacity=body.capacitySpec.capacity(),
         )
-        return pool_json(await asyncio.to_thread(manage(request).create, definition))
+        return pool_json(await asyncio.to_thread(manage(request).create, definition, caller))
 
     @router.get("", response_model=PoolList, summary="List pools")
     async def list_pools(request: Request) -> dict[str, object]:
@@ -116,13 +124,15 @@ def pools_router(require_api_key: Callable[..., object]) -> APIRouter:
         return pool_json(await asyncio.to_thread(manage(request).get, name))
 
     @router.put("/{name}", response_model=PoolViewModel, summary="Change a pool's capacity")
-    async def update_pool(name: str, body: CapacityBody, request: Request) -> dict[str, object]:
+    async def update_pool(
+        name: str, body: CapacityBody, request: Request, caller: Caller = caller_dep
+    ) -> dict[str, object]:
         capacity = body.capacitySpec.capacity()
-        return pool_json(await asyncio.to_thread(manage(request).update, name, capacity))
+        return pool_json(await asyncio.to_thread(manage(request).update, name, capacity, caller))
 
     @router.delete("/{name}", status_code=204, summary="Delete a pool (idle members destroyed)")
-    async def delete_pool(name: str, request: Request) -> Response:
-        await asyncio.to_thread(manage(request).delete, name)
+    async def delete_pool(name: str, request: Request, caller: Caller = caller_dep) -> Response:
+        await asyncio.to_thread(manage(request).delete, name, caller)
         return Response(status_code=204)
 
     return router

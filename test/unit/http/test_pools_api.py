@@ -7,7 +7,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from entrypoint.container import Container
-from testkit.container import AUTH, make_container
+from testkit.container import ADMIN_AUTH, AUTH, make_container
 from testkit.fakes import FakeRuntime
 from testkit.live import live_service
 
@@ -30,7 +30,7 @@ def pools_client(container: Container) -> Iterator[TestClient]:
 
 
 def test_create_get_list_update_delete(pools_client: TestClient, runtime: FakeRuntime) -> None:
-    created = pools_client.post("/v1/pools", json=body(), headers=AUTH)
+    created = pools_client.post("/v1/pools", json=body(), headers=ADMIN_AUTH)
     assert created.status_code == 201, created.text
     assert created.json()["capacitySpec"] == {
         "bufferMax": 2,
@@ -49,13 +49,13 @@ def test_create_get_list_update_delete(pools_client: TestClient, runtime: FakeRu
     updated = pools_client.put(
         "/v1/pools/base",
         json={"capacitySpec": {"bufferMax": 3, "bufferMin": 2, "poolMax": 6, "poolMin": 1}},
-        headers=AUTH,
+        headers=ADMIN_AUTH,
     )
     assert updated.status_code == 200
     assert updated.json()["status"]["revision"] == 2
     assert updated.json()["capacitySpec"]["bufferMax"] == 3
 
-    deleted = pools_client.delete("/v1/pools/base", headers=AUTH)
+    deleted = pools_client.delete("/v1/pools/base", headers=ADMIN_AUTH)
     assert deleted.status_code == 204
     assert pools_client.get("/v1/pools/base", headers=AUTH).json()["code"] == "pool_not_found"
 
@@ -65,10 +65,31 @@ def test_errors_have_stable_codes(pools_client: TestClient) -> None:
     assert pools_client.post("/v1/pools", json=body()).status_code == 401
     missing = pools_client.get("/v1/pools/nope", headers=AUTH)
     assert (missing.status_code, missing.json()["code"]) == (404, "pool_not_found")
-    assert pools_client.delete("/v1/pools/nope", headers=AUTH).status_code == 404
-    assert pools_client.post("/v1/pools", json=body(), headers=AUTH).status_code == 201
-    taken = pools_client.post("/v1/pools", json=body(), headers=AUTH)
+    assert pools_client.delete("/v1/pools/nope", headers=ADMIN_AUTH).status_code == 404
+    assert pools_client.post("/v1/pools", json=body(), headers=ADMIN_AUTH).status_code == 201
+    taken = pools_client.post("/v1/pools", json=body(), headers=ADMIN_AUTH)
     assert (taken.status_code, taken.json()["code"]) == (409, "pool_already_exists")
+
+
+def test_a_tenant_key_cannot_create_resize_or_delete_pools(
+    pools_client: TestClient, container: Container, runtime: FakeRuntime
+) -> None:
+    refused = pools_client.post("/v1/pools", json=body("greedy", bufferMax=50), headers=AUTH)
+    assert (refused.status_code, refused.json()["code"]) == (403, "admin_required")
+    assert pools_client.get("/v1/pools", headers=ADMIN_AUTH).json()["items"] == []
+    assert container.warm_pools().pools() == [] and runtime.create_calls == []
+
+    assert pools_client.post("/v1/pools", json=body(), headers=ADMIN_AUTH).status_code == 201
+    resize = {"capacitySpec": {"bufferMax": 50, "bufferMin": 50, "poolMax": 99, "poolMin": 0}}
+    for response in (
+        pools_client.put("/v1/pools/base", json=resize, headers=AUTH),
+        pools_client.delete("/v1/pools/base", headers=AUTH),
+        pools_client.delete("/v1/pools/nope", headers=AUTH),  # 403 before any look-up
+    ):
+        assert (response.status_code, response.json()["code"]) == (403, "admin_required")
+    # Reading stays open to every key: definitions and counts, no tenant's data.
+    kept = pools_client.get("/v1/pools/base", headers=AUTH).json()
+    assert kept["capacitySpec"]["bufferMax"] == 2 and kept["status"]["revision"] == 1
 
 
 @pytest.mark.parametrize(
@@ -84,7 +105,7 @@ def test_errors_have_stable_codes(pools_client: TestClient) -> None:
     ],
 )
 def test_invalid_definitions_are_422(pools_client: TestClient, payload: dict) -> None:
-    response = pools_client.post("/v1/pools", json=payload, headers=AUTH)
+    response = pools_client.post("/v1/pools", json=payload, headers=ADMIN_AUTH)
     assert response.status_code == 422, response.text
     assert pools_client.get("/v1/pools", headers=AUTH).json()["items"] == []
 
@@ -92,7 +113,7 @@ def test_invalid_definitions_are_422(pools_client: TestClient, payload: dict) ->
 def test_a_created_pool_fills_and_serves_a_new_chat(
     pools_client: TestClient, container: Container, runtime: FakeRuntime
 ) -> None:
-    pools_client.post("/v1/pools", json=body(bufferMax=2, bufferMin=2), headers=AUTH)
+    pools_client.post("/v1/pools", json=body(bufferMax=2, bufferMin=2), headers=ADMIN_AUTH)
     pool = container.warm_pools().get("base")
     assert pool is not None
     pool.fill()
@@ -137,11 +158,11 @@ def test_the_clients_manage_pools() -> None:
 
     from sandboxd_client import AsyncSandboxdClient, SandboxdClient, SandboxdError
 
-    from testkit.container import API_KEY
+    from testkit.container import ADMIN_KEY
 
     with (
         live_service(make_container()) as live,
-        SandboxdClient(live.http_url, api_key=API_KEY) as client,
+        SandboxdClient(live.http_url, api_key=ADMIN_KEY) as client,
     ):
         created = client.create_pool(
             "np", buffer_min=0, buffer_max=1, pool_max=3, packages=["numpy"]
@@ -150,7 +171,7 @@ def test_the_clients_manage_pools() -> None:
         listed = client.list_pools()
 
         async def via_async() -> tuple[int, list[str]]:
-            async with AsyncSandboxdClient(live.http_url, api_key=API_KEY) as aclient:
+            async with AsyncSandboxdClient(live.http_url, api_key=ADMIN_KEY) as aclient:
                 got = await aclient.get_pool("np")
                 await aclient.delete_pool("np")
                 return got.revision, [pool.name for pool in await aclient.list_pools()]

@@ -26,7 +26,7 @@ from testkit.live import live_service
 
 
 def test_serve_refuses_to_start_without_api_keys(capsys: pytest.CaptureFixture[str]) -> None:
-    container = make_container(api_keys="")
+    container = make_container(api_keys="", admin_keys="")
 
     with pytest.raises(InsecureConfigurationError):
         asyncio.run(Service(container).run(handle_signals=False))
@@ -35,7 +35,7 @@ def test_serve_refuses_to_start_without_api_keys(capsys: pytest.CaptureFixture[s
 
 
 def test_insecure_dev_mode_serves_without_keys() -> None:
-    container = make_container(api_keys="", insecure_dev=True)
+    container = make_container(api_keys="", admin_keys="", insecure_dev=True)
     with live_service(container) as live:
         response = httpx.post(
             f"{live.http_url}/v1/chats/{uuid.uuid4()}/executions", json={"code": "hi"}
