@@ -10,7 +10,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from domain.environment import Environment, recorded_packages
 from domain.errors import InvalidPoolError
+from domain.execution import Language
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 
@@ -51,7 +53,12 @@ class PoolCapacity:
 
 @dataclass(frozen=True)
 class PoolDefinition:
-    """A named pool for one environment (language + package set; no packages = the base one)."""
+    """A named pool for one environment (language + package set; no packages = the base one).
+
+    The language is stored by its canonical name and the packages normalised as in Environment
+    (UnsupportedLanguageError, InvalidPackageError otherwise), so a pool matches a chat's request
+    for the same set written another way.
+    """
 
     name: str
     language: str
@@ -62,10 +69,20 @@ class PoolDefinition:
     def __post_init__(self) -> None:
         if not _DNS_LABEL.match(self.name):
             raise InvalidPoolError(f"pool name {self.name!r} is not a DNS label")
+        environment = Environment(Language.parse(self.language), tuple(self.packages))
+        object.__setattr__(self, "language", environment.language.value)
+        object.__setattr__(self, "packages", environment.packages)
 
     @property
-    def environment_key(self) -> tuple[str, tuple[str, ...]]:
-        return (self.language, tuple(sorted(self.packages)))
+    def environment(self) -> Environment:
+        return Environment(Language(self.language), self.packages)
+
+    @property
+    def environment_key(self) -> tuple[str, ...]:
+        """The packages a session started from this environment records: what a chat's request
+        must equal to be served from this pool. Every base pool has the key ``()``: the base
+        sandbox serves all languages."""
+        return recorded_packages(self.environment)
 
 
 @dataclass(frozen=True)

@@ -298,7 +298,8 @@ class Container(containers.DeclarativeContainer):
         _environments, settings, runtime.provider, environment_store.provider, logger
     )
     # Warm pools: empty unless a pool is defined (SANDBOXD_POOL_SIZE/RATIO or /v1/pools), so
-    # without one every sandbox is created on demand exactly as before.
+    # without one every sandbox is created on demand exactly as before. Package pools start
+    # their members from the same environment store and runtime as the provisioner.
     pool_repository = providers.Singleton(SqlAlchemyPoolRepository, ready_database)
     warm_pools = providers.Singleton(
         WarmPools,
@@ -309,6 +310,7 @@ class Container(containers.DeclarativeContainer):
         health=providers.Callable(_health_probe, runtime),
         health_timeout_s=settings.provided.pools.health_timeout_seconds,
         rebinder=providers.Callable(_rebinder, runtime),
+        environments=environments,
     )
     manage_pools = providers.Singleton(
         ManagePools, repository=pool_repository, pools=warm_pools, logger=logger

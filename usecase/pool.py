@@ -1,31 +1,44 @@
 """Warm pools: agent-ready sandboxes started ahead of need, claimed by new chats in O(1).
 
-Binding. A member is created through the ordinary runtime port with a fresh session id that
-also serves as its placeholder chat id (runtime labels cannot change after create). On claim the
-member keeps its session id, which becomes the chat's session id: the session record is what
-binds the sandbox to the chat, and reconciliation trusts the record (it looks a listed object up
-by its session id when its chat label matches no record). Until the record is saved the pool
-still ``owns`` the member, so reconciliation never takes a member for an orphan. A member is
-removed from the idle queue under the pool's lock before it is returned: it is handed out once
-and never comes back (a chat's sandbox is destroyed with its session, never returned).
+Binding. A member is created with a fresh session id that also serves as its placeholder chat
+id (runtime labels cannot change after create). On claim the member keeps its session id, which
+becomes the chat's session id: the session record is what binds the sandbox to the chat, and
+reconciliation trusts the record (it looks a listed object up by its session id when its chat
+label matches no record). Until the record is saved the pool still ``owns`` the member, so
+reconciliation never takes a member for an orphan. A member is removed from the idle queue under
+the pool's lock before it is returned: it is handed out once and never comes back (a chat's
+sandbox is destroyed with its session, never returned).
 
-Replenishment runs on background threads under a per-pool semaphore (1 for small pools, a capped
-number for large ones), released on failure and on cancellation (``close``). A worker re-checks
-the deficit after taking the semaphore and does nothing when the pool filled meanwhile; a member
-that finished booting after the pool was closed or shrunk is destroyed, not kept.
+Environments. A pool serves one environment: the base one (no packages) or a package set. A
+new chat is served from a pool only when it asks for exactly that environment (the packages a
+session records, in their normalised form); any other set gets no pooled sandbox and is created
+on demand. Several pools of one environment are tried by name. Package pools run only where the
+runtime serves package environments; elsewhere they stay stored, with a zero status.
+
+Bookkeeping lives in PoolMembers (usecase/pool_members.py), starting members in the Replenisher
+(usecase/pool_replenish.py); this module claims, checks health, and keeps the pools in step
+with their definitions.
 """
 
 from __future__ import annotations
 
 import threading
-from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
-from uuid import UUID, uuid4
+from dataclasses import dataclass, replace
+from datetime import datetime
+from uuid import UUID
 
 from domain.pool import PoolDefinition, PoolStatus
 from domain.sandbox import SandboxSession, SandboxStatus
+from usecase.environment import EnvironmentProvisioning
+from usecase.pool_members import PoolCounters, PoolMembers
+from usecase.pool_replenish import (
+    BaseMembers,
+    EnvironmentMembers,
+    MemberMaker,
+    Replenisher,
+    replenish_parallelism,
+)
 from usecase.ports import (
     Clock,
     Logger,
@@ -35,40 +48,22 @@ from usecase.ports import (
     SandboxSessionRepository,
 )
 
-# Idle members have no record and no deadline of their own; this keeps them out of any
-# expiry logic that might read the runtime's view.
-_MEMBER_LIFETIME = timedelta(days=3650)
-_LARGE_POOL = 8
-_MAX_PARALLEL = 4
 
+@dataclass(frozen=True)
+class PoolServices:
+    """What every pool of a process shares."""
 
-def replenish_parallelism(buffer_max: int) -> int:
-    """One replenish at a time for small pools, a capped number in parallel for large ones."""
-    if buffer_max < _LARGE_POOL:
-        return 1
-    return min(_MAX_PARALLEL, buffer_max // _LARGE_POOL + 1)
-
-
-@dataclass
-class PoolCounters:
-    claimed: int = 0
-    missed: int = 0
-    replenished: int = 0
-    replenish_failures: int = 0
-    health_failures: int = 0
-
-
-@dataclass
-class _State:
-    idle: deque[SandboxSession] = field(default_factory=deque)
-    pending: int = 0
-    owned: set[UUID] = field(default_factory=set)
-    allocated: set[UUID] = field(default_factory=set)
-    closed: bool = False
+    runtime: SandboxRuntime
+    repository: SandboxSessionRepository
+    clock: Clock
+    logger: Logger
+    health: SandboxHealthProbe | None = None
+    health_timeout_s: float = 1.0
+    rebinder: SandboxRebinder | None = None
 
 
 class WarmPool:
-    """One pool: its idle members, its replenishment and its health check."""
+    """One pool: claiming its idle members, its health check, its capacity."""
 
     def __init__(
         self,
@@ -80,52 +75,53 @@ class WarmPool:
         health: SandboxHealthProbe | None = None,
         health_timeout_s: float = 1.0,
         rebinder: SandboxRebinder | None = None,
+        maker: MemberMaker | None = None,
     ) -> None:
         self._definition = definition
-        self._rebinder = rebinder
-        self._runtime = runtime
         self._repository = repository
-        self._clock = clock
         self._logger = logger
         self._health = health
         self._health_timeout_s = health_timeout_s
-        self._lock = threading.Lock()
-        self._state = _State()
-        self._semaphore = threading.BoundedSemaphore(
-            replenish_parallelism(definition.capacity.buffer_max)
+        self._rebinder = rebinder
+        self._members = PoolMembers(definition.capacity)
+        self._replenisher = Replenisher(
+            definition.name,
+            self._members,
+            maker or BaseMembers(runtime),
+            runtime,
+            clock,
+            logger,
+            replenish_parallelism(definition.capacity.buffer_max),
         )
-        self._workers: set[threading.Thread] = set()
-        self.counters = PoolCounters()
 
     @property
     def definition(self) -> PoolDefinition:
         return self._definition
 
+    @property
+    def counters(self) -> PoolCounters:
+        return self._members.counters
+
     def redefine(self, definition: PoolDefinition) -> None:
         """Take a new capacity; surplus idle members are destroyed, a deficit is refilled."""
-        with self._lock:
-            self._definition = definition
-            surplus: list[SandboxSession] = []
-            wanted = definition.capacity.wanted_idle(len(self._state.allocated))
-            while len(self._state.idle) > wanted:
-                surplus.append(self._state.idle.pop())
-        for member in surplus:
-            self._destroy(member, "pool_member_surplus")
+        self._definition = definition
+        for member in self._members.resize(definition.capacity):
+            self._replenisher.destroy(member, "pool_member_surplus")
         self.request_refill()
+
+    def request_refill(self) -> None:
+        self._replenisher.request()
+
+    def fill(self) -> None:
+        """Replenish on the caller's thread until the pool is full (start-up, tests)."""
+        self._replenisher.fill()
 
     # --- claiming -------------------------------------------------------------------------
 
     def claim(
         self, *, chat_id: UUID, created_at: datetime, expires_at: datetime
     ) -> SandboxSession | None:
-        with self._lock:
-            if self._state.closed or not self._state.idle:
-                self.counters.missed += 1
-                member = None
-            else:
-                member = self._state.idle.popleft()
-                self._state.allocated.add(member.session_id)
-                self.counters.claimed += 1
+        member = self._members.take()
         self.request_refill()
         if member is None:
             return None
@@ -145,149 +141,34 @@ class WarmPool:
                     "pool_rebind_failed",
                     {"pool": self._definition.name, "error": type(exc).__name__},
                 )
-                with self._lock:
-                    self._state.allocated.discard(member.session_id)
-                    self.counters.claimed -= 1
-                    self.counters.missed += 1
-                self._destroy(member, "pool_member_removed")
+                self._members.untake(member)
+                self._replenisher.destroy(member, "pool_member_removed")
                 return None
         return bound
 
     def settle(self, session_id: UUID) -> None:
-        with self._lock:
-            self._state.owned.discard(session_id)
+        self._members.disown(session_id)
 
     def owns(self, session_id: UUID) -> bool:
-        with self._lock:
-            return session_id in self._state.owned
+        return self._members.owns(session_id)
 
     def status(self) -> PoolStatus:
         self._forget_finished()
-        with self._lock:
-            idle = len(self._state.idle)
-            allocated = len(self._state.allocated)
-            return PoolStatus(
-                total=idle + allocated,
-                allocated=allocated,
-                available=idle,
-                revision=self._definition.revision,
-            )
+        counts = self._members.counts()
+        return PoolStatus(
+            total=counts.idle + counts.allocated,
+            allocated=counts.allocated,
+            available=counts.idle,
+            revision=self._definition.revision,
+        )
 
     def _forget_finished(self) -> None:
-        """Allocated members whose chat session ended no longer count toward the total."""
-        with self._lock:
-            allocated = list(self._state.allocated - self._state.owned)
         gone = []
-        for session_id in allocated:
+        for session_id in self._members.settled_allocations():
             record = self._repository.get(session_id)
             if record is None or record.status is not SandboxStatus.RUNNING:
                 gone.append(session_id)
-        with self._lock:
-            self._state.allocated.difference_update(gone)
-
-    # --- replenishment --------------------------------------------------------------------
-
-    def _deficit(self) -> int:
-        """Members to start now (caller holds the lock)."""
-        state = self._state
-        if state.closed:
-            return 0
-        capacity = self._definition.capacity
-        allocated = len(state.allocated)
-        have = len(state.idle) + state.pending
-        return max(0, capacity.wanted_idle(allocated) - have)
-
-    def request_refill(self) -> None:
-        """Start background workers when the pool is below its buffer (or its minimum)."""
-        with self._lock:
-            state = self._state
-            capacity = self._definition.capacity
-            if state.closed or not capacity.needs_refill(
-                len(state.idle) + state.pending, len(state.allocated)
-            ):
-                return
-            workers = min(self._deficit(), replenish_parallelism(capacity.buffer_max))
-            started = []
-            for _ in range(workers):
-                thread = threading.Thread(
-                    target=self._replenish, name=f"pool-{self._definition.name}", daemon=True
-                )
-                self._workers.add(thread)
-                started.append(thread)
-        for thread in started:
-            thread.start()
-
-    def fill(self) -> None:
-        """Replenish on the caller's thread until the pool is full (start-up, tests)."""
-        self._replenish()
-
-    def _replenish(self) -> None:
-        try:
-            while self._replenish_one():
-                pass
-        finally:
-            with self._lock:
-                self._workers.discard(threading.current_thread())
-
-    def _replenish_one(self) -> bool:
-        """Start one member; False when there is nothing (more) to do or it failed."""
-        with self._semaphore:
-            with self._lock:
-                if self._deficit() == 0:
-                    return False
-                member_id = uuid4()
-                self._state.pending += 1
-                self._state.owned.add(member_id)
-            now = self._clock.now()
-            try:
-                member = self._runtime.create(
-                    session_id=member_id,
-                    chat_id=member_id,
-                    created_at=now,
-                    expires_at=now + _MEMBER_LIFETIME,
-                )
-            except Exception as exc:
-                with self._lock:
-                    self._state.pending -= 1
-                    self._state.owned.discard(member_id)
-                    self.counters.replenish_failures += 1
-                self._logger.error(
-                    "pool_replenish_failed",
-                    {"pool": self._definition.name, "error": type(exc).__name__},
-                )
-                return False
-            with self._lock:
-                self._state.pending -= 1
-                keep = not self._state.closed and len(self._state.idle) < (
-                    self._definition.capacity.wanted_idle(len(self._state.allocated))
-                )
-                if keep:
-                    self._state.idle.append(member)
-                    self.counters.replenished += 1
-            if not keep:
-                # Booted after the pool was closed or shrunk: nobody will ever claim it.
-                self._destroy(member, "pool_member_discarded")
-                return False
-            self._logger.info(
-                "pool_member_ready",
-                {"pool": self._definition.name, "container_id": member.container_id},
-            )
-            return True
-
-    def _destroy(self, member: SandboxSession, event: str) -> None:
-        try:
-            self._runtime.stop(member.container_id)
-        except Exception as exc:
-            # Reconciliation removes it later: it is no longer owned by the pool.
-            self._logger.error(
-                "pool_member_stop_failed",
-                {"container_id": member.container_id, "error": type(exc).__name__},
-            )
-        with self._lock:
-            self._state.owned.discard(member.session_id)
-        self._logger.info(
-            event, {"pool": self._definition.name, "container_id": member.container_id}
-        )
+        self._members.forget(gone)
 
     # --- health ---------------------------------------------------------------------------
 
@@ -298,24 +179,18 @@ class WarmPool:
         """
         if self._health is None:
             return 0
-        with self._lock:
-            members = list(self._state.idle)
         unhealthy = 0
-        for member in members:
+        for member in self._members.idle():
             if self._health.ping(member.container_id, self._health_timeout_s):
                 continue
-            with self._lock:
-                try:
-                    self._state.idle.remove(member)
-                except ValueError:
-                    continue  # claimed meanwhile: the chat's own path handles a dead sandbox
-                self.counters.health_failures += 1
+            if not self._members.remove_idle(member):
+                continue  # claimed meanwhile: the chat's own path handles a dead sandbox
             unhealthy += 1
             self._logger.warning(
                 "pool_member_unhealthy",
                 {"pool": self._definition.name, "container_id": member.container_id},
             )
-            self._destroy(member, "pool_member_removed")
+            self._replenisher.destroy(member, "pool_member_removed")
         self.request_refill()
         return unhealthy
 
@@ -327,16 +202,10 @@ class WarmPool:
         A member still booting is destroyed by its worker when it comes up; ``wait_s`` joins
         the workers for that long (None: do not wait).
         """
-        with self._lock:
-            self._state.closed = True
-            members = list(self._state.idle)
-            self._state.idle.clear()
-            workers = list(self._workers)
-        for member in members:
-            self._destroy(member, "pool_member_drained")
+        for member in self._members.close():
+            self._replenisher.destroy(member, "pool_member_drained")
         if wait_s is not None:
-            for worker in workers:
-                worker.join(wait_s)
+            self._replenisher.join(wait_s)
 
 
 class WarmPools:
@@ -351,17 +220,16 @@ class WarmPools:
         health: SandboxHealthProbe | None = None,
         health_timeout_s: float = 1.0,
         rebinder: SandboxRebinder | None = None,
+        environments: EnvironmentProvisioning | None = None,
     ) -> None:
-        self._rebinder = rebinder
-        self._runtime = runtime
-        self._repository = repository
-        self._clock = clock
-        self._logger = logger
-        self._health = health
-        self._health_timeout_s = health_timeout_s
+        self._services = PoolServices(
+            runtime, repository, clock, logger, health, health_timeout_s, rebinder
+        )
+        self._environments = environments
+        self._unrunnable: set[str] = set()  # package pools already logged as not run
         self._lock = threading.Lock()
         self._pools: dict[str, WarmPool] = {}
-        self._by_environment: dict[tuple[str, tuple[str, ...]], WarmPool] = {}
+        self._by_environment: dict[tuple[str, ...], list[WarmPool]] = {}
         self.on_demand = 0
 
     def pools(self) -> list[WarmPool]:
@@ -375,11 +243,10 @@ class WarmPools:
     def apply(self, definitions: Iterable[PoolDefinition]) -> None:
         """Make the running pools match the definitions (add, redefine, close the rest).
 
-        Only base-environment pools (no packages) run: the runtime port creates base sandboxes,
-        so a package pool would hand out sandboxes without its packages. Package pools stay
-        stored (status zero) until creation per environment reaches the runtime port.
+        Package pools run only with ``environments`` (a runtime that serves package
+        environments); without, they stay stored and are logged once per start.
         """
-        wanted = {d.name: d for d in definitions if not d.packages}
+        wanted = {d.name: d for d in definitions if self._runnable(d)}
         started: list[WarmPool] = []
         redefined: list[tuple[WarmPool, PoolDefinition]] = []
         closed: list[WarmPool] = []
@@ -394,27 +261,49 @@ class WarmPools:
                     redefined.append((pool, definition))
             for name, definition in wanted.items():
                 if name not in self._pools:
-                    pool = WarmPool(
-                        definition,
-                        self._runtime,
-                        self._repository,
-                        self._clock,
-                        self._logger,
-                        self._health,
-                        self._health_timeout_s,
-                        self._rebinder,
-                    )
-                    self._pools[name] = pool
+                    self._pools[name] = pool = self._new_pool(definition)
                     started.append(pool)
-            self._by_environment = {
-                pool.definition.environment_key: pool for pool in self._pools.values()
-            }
+            by_environment: dict[tuple[str, ...], list[WarmPool]] = {}
+            for name in sorted(self._pools):
+                pool = self._pools[name]
+                by_environment.setdefault(pool.definition.environment_key, []).append(pool)
+            self._by_environment = by_environment
         for pool in closed:
             pool.close()
         for pool, definition in redefined:
             pool.redefine(definition)
         for pool in started:
             pool.request_refill()
+
+    def _runnable(self, definition: PoolDefinition) -> bool:
+        if not definition.packages or self._environments is not None:
+            return True
+        with self._lock:
+            known = definition.name in self._unrunnable
+            self._unrunnable.add(definition.name)
+        if not known:
+            self._services.logger.warning(
+                "pool_environments_unsupported", {"pool": definition.name}
+            )
+        return False
+
+    def _new_pool(self, definition: PoolDefinition) -> WarmPool:
+        services = self._services
+        maker: MemberMaker | None = None
+        if definition.packages:
+            assert self._environments is not None  # _runnable() let no other through
+            maker = EnvironmentMembers(self._environments, definition.environment)
+        return WarmPool(
+            definition,
+            services.runtime,
+            services.repository,
+            services.clock,
+            services.logger,
+            services.health,
+            services.health_timeout_s,
+            services.rebinder,
+            maker,
+        )
 
     def claim(
         self,
@@ -423,19 +312,17 @@ class WarmPools:
         created_at: datetime,
         expires_at: datetime,
         packages: tuple[str, ...] = (),
-        language: str = "python",
     ) -> SandboxSession | None:
+        """A member of a pool for exactly these (recorded) packages, or None (on demand)."""
         with self._lock:
-            pool = self._by_environment.get((language, tuple(sorted(packages))))
-        session = (
-            None
-            if pool is None
-            else pool.claim(chat_id=chat_id, created_at=created_at, expires_at=expires_at)
-        )
-        if session is None:
-            with self._lock:
-                self.on_demand += 1
-        return session
+            candidates = self._by_environment.get(packages, [])
+        for pool in candidates:
+            session = pool.claim(chat_id=chat_id, created_at=created_at, expires_at=expires_at)
+            if session is not None:
+                return session
+        with self._lock:
+            self.on_demand += 1
+        return None
 
     def settle(self, session_id: UUID) -> None:
         for pool in self.pools():

@@ -278,9 +278,10 @@ class WarmSandboxSource(Protocol):
     """Agent-ready sandboxes started ahead of need (the warm pools).
 
     ``claim`` hands out a pooled sandbox in O(1), already bound to the chat (its session id is
-    the member's, kept), or None when no pool serves these packages or the pool is empty; a
-    member is handed out at most once. The caller saves the record and then calls ``settle``;
-    until then reconciliation still counts the member as owned by the pool.
+    the member's, kept), or None when no pool serves exactly these packages (in the form
+    sessions record them; none: the base environment) or the pool is empty; a member is handed
+    out at most once, and it records its packages already. The caller saves the record and then
+    calls ``settle``; until then reconciliation still counts the member as owned by the pool.
     """
 
     def claim(

@@ -263,12 +263,18 @@ class SandboxProvisioner:
             for env in (recorded_environment(packages, lang) for lang in PACKAGE_LANGUAGES)
             if not env.is_base
         ]
-        pooled = None
-        if not with_packages:
-            # Warm pools serve the base environment only (package pools are defined but not run).
-            if self._warm is not None:
-                pooled = self._warm.claim(chat_id=chat_id, created_at=now, expires_at=expires_at)
-            session = pooled or self._runtime.create(
+        # A warm pool serves exactly these packages (the base environment: none), or nobody.
+        pooled = (
+            None
+            if self._warm is None
+            else self._warm.claim(
+                chat_id=chat_id, created_at=now, expires_at=expires_at, packages=packages
+            )
+        )
+        if pooled is not None:
+            session = pooled
+        elif not with_packages:
+            session = self._runtime.create(
                 session_id=_new_session_id(),
                 chat_id=chat_id,
                 created_at=now,

@@ -6,7 +6,7 @@ Every key may read; POST, PUT and DELETE need an admin key (ManagePools enforces
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
@@ -93,7 +93,7 @@ def pool_json(view: PoolView) -> dict[str, object]:
     }
 
 
-def pools_router(require_api_key: Callable[..., Caller]) -> APIRouter:
+def pools_router(require_api_key: Callable[..., Awaitable[Caller]]) -> APIRouter:
     router = APIRouter(prefix="/v1/pools", dependencies=[Depends(require_api_key)], tags=["pools"])
     # A default, not an Annotated alias: annotations are strings here (future import).
     caller_dep = Depends(require_api_key)

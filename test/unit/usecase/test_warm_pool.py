@@ -8,9 +8,12 @@ import pytest
 from domain.errors import InvalidPoolError, RuntimeUnavailableError
 from domain.execution import ExecutionRequest
 from domain.pool import PoolCapacity, PoolDefinition, pool_size_for
+from testkit.fakes import FakeEnvironmentRuntime, FakeEnvironmentStore
 from testkit.world import CHAT, OTHER_CHAT, TTL, World
+from usecase.environment import EnvironmentProvisioning
 from usecase.execute import ExecuteCode, ExecuteCodeCommand
-from usecase.pool import WarmPool, WarmPools, replenish_parallelism
+from usecase.pool import WarmPool, WarmPools
+from usecase.pool_replenish import replenish_parallelism
 from usecase.reconcile import ReconcileSandboxes
 from usecase.sandbox import CreateSandbox, CreateSandboxCommand
 
@@ -86,10 +89,90 @@ def test_a_package_set_without_a_pool_is_created_on_demand(world: World) -> None
     pools.close(wait_s=5)
 
 
-def test_package_pools_are_not_run_on_base_sandboxes(world: World) -> None:
+def test_package_pools_are_not_run_without_package_environments(world: World) -> None:
     pools = pools_for(world, definition(1, "numpy", ("numpy",)))
+    pools.apply([definition(1, "numpy", ("numpy",))])  # the next sync round logs nothing new
     assert pools.pools() == []
     assert world.runtime.create_calls == []
+    assert world.logger.events().count("pool_environments_unsupported") == 1
+
+
+def package_world(world: World) -> tuple[WarmPools, CreateSandbox, FakeEnvironmentRuntime]:
+    store = FakeEnvironmentStore()
+    env_runtime = FakeEnvironmentRuntime(world.runtime)
+    environments = EnvironmentProvisioning(store, env_runtime)
+    pools = WarmPools(
+        world.runtime, world.repository, world.clock, world.logger, environments=environments
+    )
+    pools.apply([definition(2, "np", ("NumPy>=1.0", "pandas"))])
+    wait_filled(pools)
+    create_sandbox = CreateSandbox(
+        world.repository,
+        world.locker,
+        world.runtime,
+        world.clock,
+        world.logger,
+        TTL,
+        environments=environments,
+        warm=pools,
+    )
+    return pools, create_sandbox, env_runtime
+
+
+def test_a_package_pool_starts_members_from_the_environment_and_serves_that_set(
+    world: World,
+) -> None:
+    pools, create_sandbox, env_runtime = package_world(world)
+    pool = pools.get("np")
+    assert pool is not None and pool.status().available == 2
+    members = list(world.runtime.create_calls)
+    assert len(env_runtime.created_from) == 2  # both from the environment's build
+
+    # The same set, written another way (order, case, spacing), is served from the pool.
+    session = create_sandbox.execute(CreateSandboxCommand(CHAT, ("pandas", "numpy >= 1.0")))
+
+    assert session.session_id in members
+    assert session.packages == ("numpy>=1.0", "pandas")
+    assert world.repository.get_active_by_chat_id(CHAT) == session
+    assert world.logger.named("sandbox_created")[-1]["pooled"] is True
+    assert pool.counters.claimed == 1
+    pools.close(wait_s=5)
+
+
+def test_another_package_set_or_the_base_gets_no_package_member(world: World) -> None:
+    pools, create_sandbox, _ = package_world(world)
+    pool = pools.get("np")
+    assert pool is not None
+    members = set(world.runtime.create_calls)
+
+    subset = create_sandbox.execute(CreateSandboxCommand(CHAT, ("numpy>=1.0",)))
+    base = create_sandbox.execute(CreateSandboxCommand(OTHER_CHAT))
+
+    assert subset.session_id not in members and base.session_id not in members
+    assert subset.packages == ("numpy>=1.0",) and base.packages == ()
+    assert pool.status().available == 2 and pool.counters.claimed == 0
+    assert pools.on_demand == 2
+    pools.close(wait_s=5)
+
+
+def test_a_failed_environment_build_counts_as_a_replenish_failure(world: World) -> None:
+    from domain.errors import EnvironmentBuildError
+
+    environments = EnvironmentProvisioning(
+        FakeEnvironmentStore(fail=EnvironmentBuildError("no wheel for nosuchpkg")),
+        FakeEnvironmentRuntime(world.runtime),
+    )
+    pools = WarmPools(
+        world.runtime, world.repository, world.clock, world.logger, environments=environments
+    )
+    pools.apply([definition(1, "bad", ("nosuchpkg",))])
+    wait_filled(pools)
+    pool = pools.get("bad")
+    assert pool is not None
+    # apply() starts a background refill too: one or two attempts, each failed and counted.
+    assert pool.counters.replenish_failures >= 1 and pool.status().available == 0
+    assert world.runtime.create_calls == [] and not pools.owns(uuid4())
+    pools.close(wait_s=5)
 
 
 def test_many_threads_never_share_a_member(world: World) -> None:

@@ -1,0 +1,175 @@
+"""Starting warm pool members: what a member is started from, and the background replenishment.
+
+A member of the base environment is an ordinary ``SandboxRuntime.create``; a member of a
+package environment is started from that environment's cached build (``EnvironmentStore.ensure``
+finds it, or builds it once when absent; ``EnvironmentRuntime.create_from`` starts it) and
+records its packages, exactly as a chat's sandbox created on demand for them would.
+
+Replenishment runs on background threads under a per-pool semaphore (1 for small pools, a capped
+number for large ones), released on failure and on cancellation (the pool's ``close``). A worker
+reserves a member only while the pool is short (``PoolMembers.reserve``), so it does nothing when
+the pool filled meanwhile; a member that finished booting after the pool was closed or shrunk is
+destroyed, not kept.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import replace
+from datetime import datetime, timedelta
+from typing import Protocol
+from uuid import UUID
+
+from domain.environment import Environment, recorded_packages
+from domain.sandbox import SandboxSession
+from usecase.environment import EnvironmentProvisioning
+from usecase.pool_members import PoolMembers
+from usecase.ports import Clock, Logger, SandboxRuntime
+
+# Idle members have no record and no deadline of their own; this keeps them out of any
+# expiry logic that might read the runtime's view.
+MEMBER_LIFETIME = timedelta(days=3650)
+_LARGE_POOL = 8
+_MAX_PARALLEL = 4
+
+
+def replenish_parallelism(buffer_max: int) -> int:
+    """One replenish at a time for small pools, a capped number in parallel for large ones."""
+    if buffer_max < _LARGE_POOL:
+        return 1
+    return min(_MAX_PARALLEL, buffer_max // _LARGE_POOL + 1)
+
+
+class MemberMaker(Protocol):
+    """Starts one agent-ready member; its session id is also its placeholder chat id (runtime
+    labels cannot change after create)."""
+
+    def make(self, member_id: UUID, now: datetime) -> SandboxSession: ...
+
+
+class BaseMembers:
+    """Members of the base environment."""
+
+    def __init__(self, runtime: SandboxRuntime) -> None:
+        self._runtime = runtime
+
+    def make(self, member_id: UUID, now: datetime) -> SandboxSession:
+        return self._runtime.create(
+            session_id=member_id,
+            chat_id=member_id,
+            created_at=now,
+            expires_at=now + MEMBER_LIFETIME,
+        )
+
+
+class EnvironmentMembers:
+    """Members of a package environment, started from its cached build."""
+
+    def __init__(self, environments: EnvironmentProvisioning, environment: Environment) -> None:
+        self._environments = environments
+        self._environment = environment
+
+    def make(self, member_id: UUID, now: datetime) -> SandboxSession:
+        # ensure() is a cache look-up once built (and rebuilds an environment evicted since).
+        built = self._environments.store.ensure(self._environment)
+        session = self._environments.runtime.create_from(
+            built,
+            session_id=member_id,
+            chat_id=member_id,
+            created_at=now,
+            expires_at=now + MEMBER_LIFETIME,
+        )
+        return replace(session, packages=recorded_packages(self._environment))
+
+
+class Replenisher:
+    """Starts members into ``members`` in the background; ``destroy`` stops one."""
+
+    def __init__(
+        self,
+        name: str,
+        members: PoolMembers,
+        maker: MemberMaker,
+        runtime: SandboxRuntime,
+        clock: Clock,
+        logger: Logger,
+        parallelism: int,
+    ) -> None:
+        self._name = name
+        self._members = members
+        self._maker = maker
+        self._runtime = runtime
+        self._clock = clock
+        self._logger = logger
+        self._parallelism = parallelism
+        self._semaphore = threading.BoundedSemaphore(parallelism)
+        self._lock = threading.Lock()
+        self._workers: set[threading.Thread] = set()
+
+    def request(self) -> None:
+        """Start background workers when the pool is below its buffer (or its minimum)."""
+        wanted = min(self._members.refill_wanted(), self._parallelism)
+        if wanted == 0:
+            return
+        started = []
+        with self._lock:
+            # Not fewer for the workers still running: one may be past its last reserve().
+            for _ in range(wanted):
+                thread = threading.Thread(target=self._run, name=f"pool-{self._name}", daemon=True)
+                self._workers.add(thread)
+                started.append(thread)
+        for thread in started:
+            thread.start()
+
+    def fill(self) -> None:
+        """Replenish on the caller's thread until the pool is full (start-up, tests)."""
+        while self._start_one():
+            pass
+
+    def join(self, wait_s: float) -> None:
+        with self._lock:
+            workers = list(self._workers)
+        for worker in workers:
+            worker.join(wait_s)
+
+    def destroy(self, member: SandboxSession, event: str) -> None:
+        try:
+            self._runtime.stop(member.container_id)
+        except Exception as exc:
+            # Reconciliation removes it later: it is no longer owned by the pool.
+            self._logger.error(
+                "pool_member_stop_failed",
+                {"container_id": member.container_id, "error": type(exc).__name__},
+            )
+        self._members.disown(member.session_id)
+        self._logger.info(event, {"pool": self._name, "container_id": member.container_id})
+
+    def _run(self) -> None:
+        try:
+            self.fill()
+        finally:
+            with self._lock:
+                self._workers.discard(threading.current_thread())
+
+    def _start_one(self) -> bool:
+        """Start one member; False when there is nothing (more) to do or it failed."""
+        with self._semaphore:
+            member_id = self._members.reserve()
+            if member_id is None:
+                return False
+            try:
+                member = self._maker.make(member_id, self._clock.now())
+            except Exception as exc:
+                self._members.abandon(member_id)
+                self._logger.error(
+                    "pool_replenish_failed", {"pool": self._name, "error": type(exc).__name__}
+                )
+                return False
+            if not self._members.admit(member):
+                # Booted after the pool was closed or shrunk: nobody will ever claim it.
+                self.destroy(member, "pool_member_discarded")
+                return False
+        self._logger.info(
+            "pool_member_ready", {"pool": self._name, "container_id": member.container_id}
+        )
+        return True
