@@ -343,7 +343,12 @@ class Container(containers.DeclarativeContainer):
         runtime=runtime,
         clock=clock,
         logger=logger,
-        lifetime=providers.Factory(Lifetime, ttl=ttl, max_lifetime=max_lifetime),
+        lifetime=providers.Factory(
+            Lifetime,
+            ttl=ttl,
+            max_lifetime=max_lifetime,
+            renew_slack=settings.provided.lifetime.renew_slack,
+        ),
         environments=environments,
         warm=warm_pools,
         placement=placement,

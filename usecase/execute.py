@@ -113,7 +113,7 @@ class ExecuteCode:
             runtime,
             clock,
             logger,
-            Lifetime(ttl, max_lifetime),
+            Lifetime(ttl, max_lifetime, renew_slack),
             environments,
             no_environments_reason,
             warm,
@@ -127,13 +127,15 @@ class ExecuteCode:
         environment = Environment(command.request.language, command.packages)
         self._provisioner.check(environment)
         with self._locker.lock(command.chat_id):
-            ensured = self._provisioner.ensure(command.chat_id, environment, command.caller)
+            ensured = self._provisioner.ensure(
+                command.chat_id, environment, command.caller, running_code=True
+            )
             session, replaced = ensured.session, ensured.replaced_dead
             try:
                 result = self._runtime.execute(session.container_id, command.request, on_output)
             except SandboxGoneError:
                 self._logger.warning("sandbox_found_dead", session_attrs(session))
-                session = self._provisioner.replace(session, environment)
+                session = self._provisioner.replace(session, environment, running_code=True)
                 result = self._runtime.execute(session.container_id, command.request, on_output)
                 replaced = True
             if replaced:

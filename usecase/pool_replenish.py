@@ -5,6 +5,11 @@ package environment is started from that environment's cached build (``Environme
 finds it, or builds it once when absent; ``EnvironmentRuntime.create_from`` starts it) and
 records its packages, exactly as a chat's sandbox created on demand for them would.
 
+A member is ready when its python interpreter has run once (a warm-up ``pass``): the cost of a
+first run in a fresh interpreter (and, on a restored microVM, of faulting its pages back in) is
+paid here instead of by the chat that claims it, and a member that cannot run code is never
+handed out.
+
 Replenishment runs on background threads under a per-pool semaphore (1 for small pools, a capped
 number for large ones), released on failure and on cancellation (the pool's ``close``). A worker
 reserves a member only while the pool is short (``PoolMembers.reserve``), so it does nothing when
@@ -21,6 +26,7 @@ from typing import Protocol
 from uuid import UUID
 
 from domain.environment import Environment, recorded_packages
+from domain.execution import ExecutionRequest, Language
 from domain.sandbox import SandboxSession
 from usecase.environment import EnvironmentProvisioning
 from usecase.pool_members import PoolMembers
@@ -29,6 +35,7 @@ from usecase.ports import Clock, Logger, SandboxRuntime
 # Idle members have no record and no deadline of their own; this keeps them out of any
 # expiry logic that might read the runtime's view.
 MEMBER_LIFETIME = timedelta(days=3650)
+WARM_UP = ExecutionRequest(code="pass", language=Language.PYTHON, timeout_s=60.0)
 _LARGE_POOL = 8
 _MAX_PARALLEL = 4
 
@@ -105,9 +112,11 @@ class Replenisher:
         self._semaphore = threading.BoundedSemaphore(parallelism)
         self._lock = threading.Lock()
         self._workers: set[threading.Thread] = set()
+        self._cancelled = threading.Event()
 
-    def request(self) -> None:
-        """Start background workers when the pool is below its buffer (or its minimum)."""
+    def request(self, delay_s: float = 0.0) -> None:
+        """Start background workers when the pool is below its buffer (or its minimum); they
+        begin after ``delay_s`` (cut short by ``cancel``)."""
         wanted = min(self._members.refill_wanted(), self._parallelism)
         if wanted == 0:
             return
@@ -115,11 +124,17 @@ class Replenisher:
         with self._lock:
             # Not fewer for the workers still running: one may be past its last reserve().
             for _ in range(wanted):
-                thread = threading.Thread(target=self._run, name=f"pool-{self._name}", daemon=True)
+                thread = threading.Thread(
+                    target=self._run, args=(delay_s,), name=f"pool-{self._name}", daemon=True
+                )
                 self._workers.add(thread)
                 started.append(thread)
         for thread in started:
             thread.start()
+
+    def cancel(self) -> None:
+        """Wake workers waiting out their delay (the pool is closing: they start nothing)."""
+        self._cancelled.set()
 
     def fill(self) -> None:
         """Replenish on the caller's thread until the pool is full (start-up, tests)."""
@@ -144,8 +159,10 @@ class Replenisher:
         self._members.disown(member.session_id)
         self._logger.info(event, {"pool": self._name, "container_id": member.container_id})
 
-    def _run(self) -> None:
+    def _run(self, delay_s: float) -> None:
         try:
+            if delay_s > 0:
+                self._cancelled.wait(delay_s)
             self.fill()
         finally:
             with self._lock:
@@ -157,13 +174,17 @@ class Replenisher:
             member_id = self._members.reserve()
             if member_id is None:
                 return False
+            member = None
             try:
                 member = self._maker.make(member_id, self._clock.now())
+                self._runtime.execute(member.container_id, WARM_UP)
             except Exception as exc:
                 self._members.abandon(member_id)
                 self._logger.error(
                     "pool_replenish_failed", {"pool": self._name, "error": type(exc).__name__}
                 )
+                if member is not None:
+                    self.destroy(member, "pool_member_discarded")
                 return False
             if not self._members.admit(member):
                 # Booted after the pool was closed or shrunk: nobody will ever claim it.

@@ -59,10 +59,17 @@ def session_attrs(session: SandboxSession) -> dict[str, str | int | float | bool
 
 @dataclass(frozen=True)
 class Lifetime:
-    """How long sandboxes live: ``ttl`` idle (sliding), ``max_lifetime`` in all (None: no cap)."""
+    """How long sandboxes live: ``ttl`` idle (sliding), ``max_lifetime`` in all (None: no cap).
+
+    ``renew_slack`` is ExecuteCode's: a renewal writes ``now + ttl + renew_slack`` and the next
+    ones within the slack write nothing. A new sandbox starts with the same deadline, so the
+    renewal after a new chat's first execution writes nothing either (one database write less
+    on the path of a new chat's first result); the deadline is never shorter than ``ttl``.
+    """
 
     ttl: timedelta
     max_lifetime: timedelta | None = None
+    renew_slack: timedelta = timedelta(0)
 
 
 @dataclass(frozen=True)
@@ -157,12 +164,19 @@ class SandboxProvisioner:
         self._environments.allow_list.check(environment)
 
     def ensure(
-        self, chat_id: UUID, environment: Environment | None = None, caller: Caller = OPERATOR
+        self,
+        chat_id: UUID,
+        environment: Environment | None = None,
+        caller: Caller = OPERATOR,
+        *,
+        running_code: bool = False,
     ) -> EnsuredSandbox:
         """Reuse the chat's usable session, or replace an expired or dead one, or create one.
 
         Another tenant's chat raises SandboxNotFoundError, one whose sandbox runs on another
-        node WrongNodeError, a new chat past a cap SandboxLimitError.
+        node WrongNodeError, a new chat past a cap SandboxLimitError. ``running_code``: the
+        caller runs code in it at once, so a new sandbox's record says so (``last_activity_at``)
+        from the start (the renewal after that code then has nothing to write).
         """
         wanted = environment or Environment(Language.PYTHON)
         self.check(wanted)
@@ -171,7 +185,7 @@ class SandboxProvisioner:
         if current is None:
             self._check_capacity(caller.tenant)
             return EnsuredSandbox(
-                self._create(chat_id, now, recorded_packages(wanted), caller.tenant),
+                self._create(chat_id, now, recorded_packages(wanted), caller.tenant, running_code),
                 replaced_dead=False,
             )
         self.check_node(current)
@@ -182,14 +196,21 @@ class SandboxProvisioner:
             except SandboxGoneError:
                 # Died under us: replaced (with the packages), and the caller told state was lost.
                 self._logger.warning("sandbox_found_dead", session_attrs(current))
-                return EnsuredSandbox(self.replace(current, wanted), replaced_dead=True)
+                replaced = self.replace(current, wanted, running_code=running_code)
+                return EnsuredSandbox(replaced, replaced_dead=True)
         dead = current.status is SandboxStatus.DEAD
         if dead:
             self._logger.warning("sandbox_found_dead", session_attrs(current))
-        return EnsuredSandbox(self.replace(current, wanted), replaced_dead=dead)
+        return EnsuredSandbox(
+            self.replace(current, wanted, running_code=running_code), replaced_dead=dead
+        )
 
     def replace(
-        self, current: SandboxSession, environment: Environment | None = None
+        self,
+        current: SandboxSession,
+        environment: Environment | None = None,
+        *,
+        running_code: bool = False,
     ) -> SandboxSession:
         """Stop the current sandbox (idempotent), drop its record, and create a fresh one with
         the packages it had plus the requested ones.
@@ -203,7 +224,9 @@ class SandboxProvisioner:
         self._runtime.stop(current.container_id)
         self._repository.delete(current.session_id)
         self._logger.info("sandbox_replaced", session_attrs(current))
-        return self._create(current.chat_id, self._clock.now(), packages, current.owner)
+        return self._create(
+            current.chat_id, self._clock.now(), packages, current.owner, running_code
+        )
 
     def check_node(self, session: SandboxSession) -> None:
         """Refuse to touch a sandbox another node runs (this node's runtime cannot reach it).
@@ -252,12 +275,19 @@ class SandboxProvisioner:
         return updated
 
     def _create(
-        self, chat_id: UUID, now: datetime, packages: tuple[str, ...] = (), owner: str = ""
+        self,
+        chat_id: UUID,
+        now: datetime,
+        packages: tuple[str, ...] = (),
+        owner: str = "",
+        running_code: bool = False,
     ) -> SandboxSession:
         max_expires_at = (
             None if self._lifetime.max_lifetime is None else now + self._lifetime.max_lifetime
         )
-        expires_at = capped_deadline(now + self._lifetime.ttl, max_expires_at)
+        expires_at = capped_deadline(
+            now + self._lifetime.ttl + self._lifetime.renew_slack, max_expires_at
+        )
         with_packages = [
             env
             for env in (recorded_environment(packages, lang) for lang in PACKAGE_LANGUAGES)
@@ -301,7 +331,12 @@ class SandboxProvisioner:
             session = replace(session, packages=packages)
         if max_expires_at is not None:
             session = replace(session, max_expires_at=max_expires_at)
-        session = replace(session, owner=owner, node=self._placement.node)
+        session = replace(
+            session,
+            owner=owner,
+            node=self._placement.node,
+            last_activity_at=now if running_code else None,
+        )
         try:
             self._repository.save(session)
         except Exception:

@@ -1,5 +1,6 @@
-"""Warm pools on QEMU microVMs: a claimed VM is rebound (vm.json, fresh entropy and clock), and
-a SIGSTOPped member fails the health check."""
+"""Warm pools on QEMU microVMs: a claimed VM is rebound (vm.json, fresh entropy and clock), a
+SIGSTOPped member fails the health check, and a package pool boots its members from the
+environment's disk."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from domain.pool import PoolCapacity, PoolDefinition
 from repository.sandbox_lock import ProcessLocalSandboxLifecycleLocker
 from repository.sandbox_session import InMemorySandboxSessionRepository
 from testkit.qemu import RuntimeFactory, run_ok
-from testkit.world import CHAT
+from testkit.world import CHAT, OTHER_CHAT
 from usecase.pool import WarmPool
 from usecase.sandbox import CreateSandbox, CreateSandboxCommand
 
@@ -110,3 +111,64 @@ def test_vms_start_on_pooled_overlays(make_runtime: RuntimeFactory) -> None:
     stats = runtime._overlays.stats()
     assert stats.pooled >= 1
     assert stats.pooled + stats.on_demand == 2
+
+
+def test_a_package_pool_boots_members_from_the_environment_disk(
+    make_runtime: RuntimeFactory,
+) -> None:
+    from adapter.environment.host_fetch import HostFetchConfig
+    from adapter.qemu.environment import QemuEnvironmentConfig, QemuEnvironmentStore
+    from adapter.qemu.environment_runtime import QemuEnvironmentRuntime
+    from usecase.environment import EnvironmentProvisioning
+    from usecase.pool import WarmPools
+
+    runtime, logger = make_runtime(preload=())
+    store = QemuEnvironmentStore(runtime, QemuEnvironmentConfig(service_version="0.1.0"), logger)
+    environments = EnvironmentProvisioning(
+        store, QemuEnvironmentRuntime(runtime, HostFetchConfig(), logger)
+    )
+    repository = InMemorySandboxSessionRepository()
+    pools = WarmPools(
+        runtime,
+        repository,
+        SystemClock(),
+        logger,
+        health=runtime,
+        rebinder=runtime,
+        environments=environments,
+    )
+    pools.apply([PoolDefinition("tab", "python", ("tabulate==0.9.0",), PoolCapacity.fixed(1))])
+    pool = pools.get("tab")
+    assert pool is not None
+    try:
+        pool.fill()
+        (member,) = runtime.list_managed()
+        key = store.key_for(pool.definition.environment)
+        started = [a for a in logger.named("qemu_vm_started") if a.get("environment") == key]
+        assert len(started) == 1  # the member, booted from the environment's disk
+        now = SystemClock().now()
+        assert pools.claim(chat_id=CHAT, created_at=now, expires_at=now) is None  # base: none
+
+        session = CreateSandbox(
+            repository,
+            ProcessLocalSandboxLifecycleLocker(),
+            runtime,
+            SystemClock(),
+            logger,
+            timedelta(minutes=5),
+            environments=environments,
+            warm=pools,
+        ).execute(CreateSandboxCommand(OTHER_CHAT, ("tabulate==0.9.0",)))
+
+        assert session.container_id == member.container_id
+        assert session.packages == ("tabulate==0.9.0",)
+        vm_json = Path(runtime._vms_root) / member.container_id / "vm.json"
+        assert json.loads(vm_json.read_text())["chat_id"] == str(OTHER_CHAT)
+        assert (
+            run_ok(
+                runtime, session.container_id, "import tabulate; print(tabulate.__version__)"
+            ).strip()
+            == "0.9.0"
+        )
+    finally:
+        pools.close(wait_s=120)

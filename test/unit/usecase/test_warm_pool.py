@@ -225,6 +225,23 @@ def test_replenish_failure_releases_the_semaphore_and_counts(world: World) -> No
     pool.close()
 
 
+def test_a_member_is_warmed_up_and_one_that_cannot_run_code_is_never_pooled(
+    world: World,
+) -> None:
+    pool = WarmPool(definition(1), world.runtime, world.repository, world.clock, world.logger)
+    world.runtime.die_on_every_execute = True
+    pool.fill()
+    (broken,) = world.runtime.create_calls
+    assert pool.status().available == 0 and pool.counters.replenish_failures == 1
+    assert f"fake-{broken.hex[:12]}" in world.runtime.stopped and not pool.owns(broken)
+
+    world.runtime.die_on_every_execute = False
+    pool.fill()
+    (member,) = world.runtime.alive.values()
+    assert world.runtime.executed == [(member.chat_id, "pass")]  # its interpreter ran once
+    pool.close()
+
+
 def test_a_member_that_boots_after_close_is_destroyed(world: World) -> None:
     world.runtime.create_gate = threading.Event()
     pool = WarmPool(definition(1), world.runtime, world.repository, world.clock, world.logger)
