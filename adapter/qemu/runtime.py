@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import secrets
 import shutil
 import threading
 import time
@@ -172,8 +171,12 @@ class QemuSandboxRuntime:
         return vm_dir.meta_file.exists() and vm_dir.qemu_pid() is not None
 
     def rebind(self, session: SandboxSession) -> None:
-        """SandboxRebinder: vm.json names the claiming chat, and the guest gets fresh entropy
-        and the host's clock (it idled in the pool since its restore)."""
+        """SandboxRebinder: vm.json names the claiming chat.
+
+        No second reseed: the member got its own entropy and the host's clock when it was
+        restored (the launcher's handshake, credited or the VM is discarded), no code has run in
+        it since but the pool's warm-up, and a running guest keeps its clock. A reseed here cost
+        a guest round trip through the interpreters (about 180 ms under TCG) on every claim."""
         vm_dir = VmDir(self._vms_root / session.container_id)
         meta = vm_dir.read_meta() if VM_ID_PATTERN.match(session.container_id) else None
         if meta is None:
@@ -184,10 +187,6 @@ class QemuSandboxRuntime:
             )
         except OSError as exc:
             raise RuntimeUnavailableError(f"cannot rebind {session.container_id}: {exc}") from exc
-        entropy = secrets.token_bytes(64)
-        self._connections.with_agent(
-            session.container_id, lambda agent: agent.reseed(entropy, now=time.time())
-        )
 
     def ping(self, container_id: str, timeout_s: float) -> bool:
         """SandboxHealthProbe: True when the VM's agent answers within ``timeout_s``."""

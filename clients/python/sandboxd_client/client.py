@@ -329,6 +329,8 @@ class SandboxdClient:
         language: str = "python",
         packages: Sequence[str] = (),
     ) -> Pool:
+        """Needs an admin key (as update_pool and delete_pool): SandboxdError admin_required
+        (403) otherwise."""
         response = self._http.post(
             "/v1/pools",
             json=_pool_body(name, language, packages, buffer_min, buffer_max, pool_min, pool_max),

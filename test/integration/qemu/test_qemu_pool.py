@@ -1,4 +1,4 @@
-"""Warm pools on QEMU microVMs: a claimed VM is rebound (vm.json, fresh entropy and clock), a
+"""Warm pools on QEMU microVMs: a claimed VM is rebound (vm.json; its clock is right), a
 SIGSTOPped member fails the health check, and a package pool boots its members from the
 environment's disk."""
 
@@ -61,12 +61,18 @@ def test_a_claimed_vm_is_rebound_and_a_frozen_one_is_unhealthy(
         assert session.container_id == member.container_id
         assert json.loads(vm_json.read_text())["chat_id"] == str(CHAT)
         guest_now = float(run_ok(runtime, session.container_id, "import time; print(time.time())"))
-        assert abs(guest_now - time.time()) < 60  # the clock was set at the handover
+        assert abs(guest_now - time.time()) < 60  # set at its restore, kept while pooled
         assert {m.chat_id for m in runtime.list_managed()} >= {CHAT}
 
         pool.fill()
         idle = [m for m in runtime.list_managed() if m.container_id != session.container_id]
         (frozen,) = idle
+        # Two members restored from one snapshot: each has entropy of its own without a reseed
+        # at the claim (each was reseeded at its restore).
+        urandom = "import os; print(os.urandom(16).hex())"
+        assert run_ok(runtime, frozen.container_id, urandom) != run_ok(
+            runtime, session.container_id, urandom
+        )
         pid = int((Path(runtime._vms_root) / frozen.container_id / "qemu.pid").read_text())
         os.kill(pid, signal.SIGSTOP)
         try:
