@@ -1,6 +1,6 @@
 """Warm pools in the real service process: the settings' default pool fills, a new chat gets a
 pooled sandbox, the API reports it, and members of a service killed with -9 are removed when it
-starts again."""
+starts again; a package pool made with an admin key serves a chat asking for its set."""
 
 from __future__ import annotations
 
@@ -15,16 +15,20 @@ from testkit.service import API_KEY, ServiceFactory, ServiceProcess
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
 
+ADMIN_KEY = "e2e-admin-" + uuid.uuid4().hex
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
+
+
 def pool_status(service: ServiceProcess, name: str = "default") -> dict[str, int]:
     response = httpx.get(f"{service.http_url}/v1/pools/{name}", headers=AUTH, timeout=30)
     response.raise_for_status()
     return dict(response.json()["status"])
 
 
-def wait_available(service: ServiceProcess, count: int) -> None:
+def wait_available(service: ServiceProcess, count: int, name: str = "default") -> None:
     # Polls the service's own status; the bound only fails a pool that never fills.
-    for _ in range(600):
-        if pool_status(service)["available"] >= count:
+    for _ in range(1200):
+        if pool_status(service, name)["available"] >= count:
             return
         time.sleep(0.1)
     raise AssertionError(f"the pool never held {count}:\n{service.log_tail()}")
@@ -68,3 +72,42 @@ def test_pooled_sandboxes_serve_chats_and_do_not_outlive_a_killed_service(
     alive = container_ids(service, docker_client)
     assert not (idle_before_kill & alive), "idle members of the killed service survived"
     assert sandbox["container_id"] in alive  # the chat's sandbox is the chat's, kept
+
+
+def test_a_package_pool_made_by_an_admin_serves_its_set(
+    services: ServiceFactory, docker_client: docker.DockerClient
+) -> None:
+    repository = f"sandboxd-env-e2e-{uuid.uuid4().hex[:10]}"
+    service = services(env_image_repository=repository, admin_keys=ADMIN_KEY)
+    pool = {
+        "name": "tab",
+        "environment": {"language": "python", "packages": ["tabulate==0.9.0"]},
+        "capacitySpec": {"bufferMax": 1, "bufferMin": 1, "poolMax": 5, "poolMin": 0},
+    }
+    try:
+        refused = httpx.post(f"{service.http_url}/v1/pools", json=pool, headers=AUTH, timeout=30)
+        assert (refused.status_code, refused.json()["code"]) == (403, "admin_required")
+        created = httpx.post(f"{service.http_url}/v1/pools", json=pool, headers=ADMIN, timeout=30)
+        assert created.status_code == 201, created.text
+        wait_available(service, 1, "tab")  # the environment is built, then its member started
+        (member,) = container_ids(service, docker_client)
+
+        chat = uuid.uuid4()
+        response = httpx.post(
+            f"{service.http_url}/v1/chats/{chat}/executions",
+            json={
+                "code": "import tabulate; print(tabulate.__version__)",
+                "packages": ["tabulate==0.9.0"],
+            },
+            headers=AUTH,
+            timeout=120,
+        )
+        assert response.status_code == 200, response.text
+        assert response.json()["stdout"].strip() == "0.9.0"
+        assert response.json()["session"]["container_id"] == member
+        assert pool_status(service, "tab")["allocated"] == 1
+    finally:
+        service.remove_sandboxes(docker_client)
+        for found in docker_client.images.list(name=repository):
+            for tag in found.tags:
+                docker_client.images.remove(tag, force=True)
