@@ -51,11 +51,17 @@ def test_typescript_client_against_the_service(
     assert built.returncode == 0, built.stdout + built.stderr
 
     repository = f"sandboxd-env-ts-{uuid.uuid4().hex[:10]}"
-    service = module_services(max_file_bytes=str(MAX_FILE_BYTES), env_image_repository=repository)
+    admin_key = f"ts-admin-{uuid.uuid4().hex}"
+    service = module_services(
+        max_file_bytes=str(MAX_FILE_BYTES),
+        env_image_repository=repository,
+        admin_keys=admin_key,
+    )
     env = {
         **os.environ,
         "SANDBOXD_URL": service.http_url,
         "SANDBOXD_API_KEY": API_KEY,
+        "SANDBOXD_ADMIN_KEY": admin_key,
         "SANDBOXD_MAX_FILE_BYTES": str(MAX_FILE_BYTES),
         "NO_COLOR": "1",
     }

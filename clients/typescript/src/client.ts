@@ -238,7 +238,11 @@ export class SandboxdClient {
     return poolFromJson(await this.http.json("GET", pool(name)));
   }
 
-  /** 409 pool_already_exists when the name is taken; 422 invalid_pool for a bad capacity. */
+  /**
+   * Needs an admin key (SANDBOXD_ADMIN_KEYS), as updatePool and deletePool: 403 admin_required
+   * otherwise. 409 pool_already_exists when the name is taken; 422 invalid_pool for a bad
+   * capacity.
+   */
   async createPool(name: string, spec: CapacityInput, options: PoolOptions = {}): Promise<Pool> {
     const json = {
       name,

@@ -24,6 +24,7 @@ export const ERROR_CODES = [
   "invalid_pool",
   "pool_not_found",
   "pool_already_exists",
+  "admin_required",
   "sandbox_not_found",
   "session_conflict",
   "too_many_executions",

@@ -5,18 +5,18 @@ import { randomUUID } from "node:crypto";
 import { setTimeout as sleep } from "node:timers/promises";
 import { describe, test } from "node:test";
 
-import { client, rejectsWith, skipUnlessLive } from "./live.js";
+import { admin, client, rejectsWith, skipUnlessLive } from "./live.js";
 
 describe("warm pools", { skip: skipUnlessLive }, () => {
   test("create, fill, serve a chat, resize, delete", async () => {
     const name = `ts-${randomUUID().slice(0, 8)}`;
-    const created = await client().createPool(name, { bufferMin: 1, bufferMax: 1, poolMax: 3 });
+    const created = await admin().createPool(name, { bufferMin: 1, bufferMax: 1, poolMax: 3 });
     assert.equal(created.name, name);
     assert.deepEqual(created.environment, { language: "python", packages: [] });
     assert.deepEqual(created.capacitySpec, { bufferMin: 1, bufferMax: 1, poolMin: 0, poolMax: 3 });
     try {
       await rejectsWith(
-        client().createPool(name, { bufferMin: 0, bufferMax: 1, poolMax: 1 }),
+        admin().createPool(name, { bufferMin: 0, bufferMax: 1, poolMax: 1 }),
         409,
         "pool_already_exists",
       );
@@ -38,7 +38,7 @@ describe("warm pools", { skip: skipUnlessLive }, () => {
       );
       await client().destroySandbox(chat);
 
-      const resized = await client().updatePool(name, {
+      const resized = await admin().updatePool(name, {
         bufferMin: 0,
         bufferMax: 2,
         poolMax: 4,
@@ -53,7 +53,7 @@ describe("warm pools", { skip: skipUnlessLive }, () => {
       assert.ok(resized.status.revision > created.status.revision, JSON.stringify(resized.status));
       assert.deepEqual((await client().getPool(name)).capacitySpec, resized.capacitySpec);
     } finally {
-      await client().deletePool(name);
+      await admin().deletePool(name);
     }
     await rejectsWith(client().getPool(name), 404, "pool_not_found");
     assert.ok(!(await client().listPools()).some((pool) => pool.name === name));
@@ -61,14 +61,18 @@ describe("warm pools", { skip: skipUnlessLive }, () => {
 
   test("the service's refusals", async () => {
     await rejectsWith(client().getPool("no-such-pool"), 404, "pool_not_found");
-    await rejectsWith(client().deletePool("no-such-pool"), 404, "pool_not_found");
+    await rejectsWith(admin().deletePool("no-such-pool"), 404, "pool_not_found");
     const capacity = { bufferMin: 0, bufferMax: 1, poolMax: 1 };
-    await rejectsWith(client().updatePool("no-such-pool", capacity), 404, "pool_not_found");
+    await rejectsWith(admin().updatePool("no-such-pool", capacity), 404, "pool_not_found");
     await rejectsWith(
-      client().createPool("ts-bad", { bufferMin: 2, bufferMax: 1, poolMax: 3 }),
+      admin().createPool("ts-bad", { bufferMin: 2, bufferMax: 1, poolMax: 3 }),
       422,
       "invalid_pool",
     );
-    await rejectsWith(client().createPool("Not_A_Label", capacity), 422, "invalid_request");
+    await rejectsWith(admin().createPool("Not_A_Label", capacity), 422, "invalid_request");
+    // A tenant's key reads pools but cannot create, change or delete them.
+    await rejectsWith(client().createPool("ts-tenant", capacity), 403, "admin_required");
+    await rejectsWith(client().updatePool("no-such-pool", capacity), 403, "admin_required");
+    await rejectsWith(client().deletePool("no-such-pool"), 403, "admin_required");
   });
 });
