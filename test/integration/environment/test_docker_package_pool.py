@@ -50,7 +50,7 @@ def test_a_package_pool_serves_exactly_its_set(
             pool.fill()
             (member,) = runtime.list_managed()
             image = client.inspect_container(member.container_id)["Config"]["Image"]
-            assert image.startswith(f"{store._config.repository}:")  # the environment's image
+            assert image.startswith(f"{store.config.repository}:")  # the environment's image
             assert logger.events().count("environment_built") == 1
 
             execute = ExecuteCode(
