@@ -11,6 +11,7 @@ from entrypoint.application.sandbox_api import SandboxApi
 from entrypoint.auth import ApiKeyAuthenticator
 from entrypoint.http.docs import mount_docs
 from entrypoint.http.errors import install_error_handlers
+from entrypoint.http.fast_execute import EXECUTE_PATH, ExecuteFastPath
 from entrypoint.http.file_routes import files
 from entrypoint.http.middleware import RequestContextMiddleware
 from entrypoint.http.pools import pools_router
@@ -68,6 +69,14 @@ def create_app(
     app.include_router(health)
     app.include_router(protected)
     install_error_handlers(app, metrics, logger)
+    # Added first, so it runs inside the request context middleware (added last: outermost).
+    app.add_middleware(
+        ExecuteFastPath,
+        api=api,
+        route=next(r for r in v1.routes if getattr(r, "path", None) == EXECUTE_PATH),
+        metrics=metrics,
+        logger=logger,
+    )
     app.add_middleware(
         RequestContextMiddleware,
         logger=access_logger,

@@ -56,19 +56,36 @@ def request_id_of(request: Request) -> str:
     return str(getattr(request.state, "request_id", ""))
 
 
+def service_error_response(
+    exc: Exception, request_id: str, metrics: ServiceMetrics, logger: Logger
+) -> JSONResponse:
+    """A SandboxServiceError's response: its row's status and code, its public message."""
+    row = error_row(exc)
+    metrics.errors.labels(row.code, "http").inc()
+    if is_generic(exc):
+        log_error_detail(logger, "http_request_failed", exc, request_id, "http")
+    return error_response(
+        row.http_status, row.code, public_message(exc, request_id), request_id=request_id
+    )
+
+
+def unexpected_error_response(
+    exc: Exception, request_id: str, metrics: ServiceMetrics, logger: Logger
+) -> JSONResponse:
+    """Anything else a handler raised (a bug): 500, the detail only in the log."""
+    metrics.errors.labels(INTERNAL_ERROR, "http").inc()
+    log_error_detail(logger, "http_unhandled_error", exc, request_id, "http")
+    return error_response(
+        500, INTERNAL_ERROR, public_message(exc, request_id), request_id=request_id
+    )
+
+
 def install_error_handlers(app: FastAPI, metrics: ServiceMetrics, logger: Logger) -> None:
     def count(code: str) -> None:
         metrics.errors.labels(code, "http").inc()
 
     async def service_error(request: Request, exc: Exception) -> JSONResponse:
-        row = error_row(exc)
-        count(row.code)
-        request_id = request_id_of(request)
-        if is_generic(exc):
-            log_error_detail(logger, "http_request_failed", exc, request_id, "http")
-        return error_response(
-            row.http_status, row.code, public_message(exc, request_id), request_id=request_id
-        )
+        return service_error_response(exc, request_id_of(request), metrics, logger)
 
     async def validation_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
@@ -93,12 +110,7 @@ def install_error_handlers(app: FastAPI, metrics: ServiceMetrics, logger: Logger
         )
 
     async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
-        count(INTERNAL_ERROR)
-        request_id = request_id_of(request)
-        log_error_detail(logger, "http_unhandled_error", exc, request_id, "http")
-        return error_response(
-            500, INTERNAL_ERROR, public_message(exc, request_id), request_id=request_id
-        )
+        return unexpected_error_response(exc, request_id_of(request), metrics, logger)
 
     app.add_exception_handler(SandboxServiceError, service_error)
     app.add_exception_handler(RequestValidationError, validation_error)

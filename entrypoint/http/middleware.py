@@ -90,7 +90,7 @@ class RequestContextMiddleware:
                 if body is None:
                     await self._reject_too_large(send_with_id, request_id)
                     return
-                receive = _replay(body, receive)
+                receive = replay(body, receive)
             await self._app(scope, receive, send_with_id)
         finally:
             self._log(scope, status, request_id, time.perf_counter() - started)
@@ -99,9 +99,11 @@ class RequestContextMiddleware:
         if not is_protected(scope.get("path", "")):
             return None
         try:
-            self._authenticator.check_header(headers.get("authorization"))
+            caller = self._authenticator.authenticate(headers.get("authorization"))
         except UnauthenticatedError as error:
             return str(error)
+        # The routes' key dependency (and the execute fast path) take it from here.
+        scope["state"]["caller"] = caller
         return None
 
     async def _read_body(self, receive: Receive) -> list[Message] | None:
@@ -182,7 +184,7 @@ async def _drain(receive: Receive, limit: int) -> bool:
             return True
 
 
-def _replay(messages: list[Message], receive: Receive) -> Receive:
+def replay(messages: list[Message], receive: Receive) -> Receive:
     """The buffered body first, then the connection's own messages (a disconnect)."""
     pending = list(messages)
 

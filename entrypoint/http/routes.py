@@ -76,6 +76,9 @@ async def require_api_key(
 ) -> Caller:
     """The calling tenant (the router-level dependency and each route's ``caller`` are one
     call: FastAPI caches a dependency per request)."""
+    known: Caller | None = getattr(request.state, "caller", None)
+    if known is not None:  # the request context middleware has just checked this very header
+        return known
     authenticator: ApiKeyAuthenticator = request.app.state.authenticator
     return authenticator.authenticate(request.headers.get("authorization"))
 
@@ -101,13 +104,21 @@ protected = APIRouter(dependencies=[Depends(require_api_key)])
 )
 async def execute(chat_id: str, body: ExecuteBody, request: Request, caller: CallerDep) -> Response:
     api = _api(request)
+    if EVENT_STREAM not in request.headers.get("accept", ""):
+        return await execute_json(api, chat_id, body, caller)
     parsed = parse_chat_id(chat_id)
     execution_request = api.build_request(body.code, body.language, body.timeout_s)
-    packages = tuple(body.packages)
-    if EVENT_STREAM in request.headers.get("accept", ""):
-        return await _stream(api, request, parsed, execution_request, packages, caller)
+    return await _stream(api, request, parsed, execution_request, tuple(body.packages), caller)
+
+
+async def execute_json(
+    api: SandboxApi, chat_id: str, body: ExecuteBody, caller: Caller
+) -> Response:
+    """The execute route's JSON answer; the fast path (``fast_execute.py``) answers with it too."""
+    parsed = parse_chat_id(chat_id)
+    execution_request = api.build_request(body.code, body.language, body.timeout_s)
     execution = await api.execute(
-        parsed, execution_request, TRANSPORT, packages=packages, caller=caller
+        parsed, execution_request, TRANSPORT, packages=tuple(body.packages), caller=caller
     )
     return JSONResponse(execution_json(execution))
 
