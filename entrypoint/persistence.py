@@ -65,11 +65,13 @@ def ready_engine(engine: Engine, settings: Settings) -> Engine:
 
 
 def session_repository(engine: Engine, locker: SandboxLifecycleLocker) -> SandboxSessionRepository:
-    # On PostgreSQL a lock holder checks it still holds its chat's lock before every write.
-    fence = (
-        locker.verify_held if isinstance(locker, PostgresAdvisorySandboxLifecycleLocker) else None
-    )
-    return SqlAlchemySandboxSessionRepository(engine=engine, fence=fence)
+    # On PostgreSQL a lock holder checks it still holds its chat's lock before every write, and
+    # the first read under a lock is the one that came with the lock.
+    if isinstance(locker, PostgresAdvisorySandboxLifecycleLocker):
+        return SqlAlchemySandboxSessionRepository(
+            engine=engine, fence=locker.verify_held, locked_read=locker.take_locked_read
+        )
+    return SqlAlchemySandboxSessionRepository(engine=engine)
 
 
 def lock_engine(settings: Settings) -> Engine:

@@ -14,15 +14,19 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from uuid import UUID
 
+import psycopg
 import sqlalchemy as sa
 from sqlalchemy import exc
 from sqlalchemy.engine import Connection, Engine
 
 from domain.errors import LockLostError, LockTimeoutError
+from domain.sandbox import SandboxSession
 from repository.chat_queue import TimedFifoChatLock
 from repository.database import database_error
+from repository.sqlalchemy_session import current_record_sql, session_from_driver_row
 
 _LOCK_NOT_AVAILABLE = "55P03"  # SQLSTATE raised when lock_timeout runs out
 
@@ -54,11 +58,28 @@ def _key_parts(key: int) -> dict[str, int]:
 
 def _release(connection: Connection, key: int) -> None:
     try:
-        connection.execute(sa.select(sa.func.pg_advisory_unlock(key)))
-    except exc.SQLAlchemyError:
+        # The driver's own call, one simple-protocol statement: this runs once per execute.
+        _driver(connection).execute(f"SELECT pg_advisory_unlock({int(key)})")
+    except (exc.SQLAlchemyError, psycopg.Error):
         # The connection is broken, so the server has dropped (or will drop, on seeing it
         # close) the session and its lock. Raising here would hide the caller's own outcome.
         connection.invalidate()
+
+
+def _driver(connection: Connection) -> psycopg.Connection[tuple[object, ...]]:
+    driver: psycopg.Connection[tuple[object, ...]] = connection.connection.driver_connection  # type: ignore[assignment]
+    return driver
+
+
+# What a hold has read in its lock's round trip: consumed by the first read, dropped by a write.
+_UNREAD = object()
+
+
+@dataclass(slots=True)
+class _Hold:
+    connection: Connection
+    key: int
+    record: SandboxSession | object | None = _UNREAD
 
 
 class PostgresAdvisorySandboxLifecycleLocker:
@@ -73,13 +94,20 @@ class PostgresAdvisorySandboxLifecycleLocker:
     pg_terminate_backend), another replica may take the chat. So ``verify_held`` asks the
     server, on the holder's own connection, whether this thread's locks are still held, and the
     session store calls it before every write (LockLostError when not).
+
+    The lock and the chat's current record come in one round trip: set lock_timeout, take the
+    lock, read the record, as three statements of one simple-protocol query. Each statement has
+    a snapshot of its own, so the read sees everything the previous holder committed before it
+    let go (a single statement's snapshot would predate the wait for the lock). The session
+    store answers its next get_active_by_chat_id for the chat with it (``take_locked_read``):
+    what a read issued right after the lock would return, without another round trip.
     """
 
     def __init__(self, engine: Engine, timeout_s: float = 360.0) -> None:
         self._engine = engine
         self._timeout_s = timeout_s
         self._local = TimedFifoChatLock()
-        # Per thread: chat -> (connection, key) of the locks it holds now.
+        # Per thread: chat -> the hold (connection, key, record read) of the locks it holds now.
         self._held = threading.local()
 
     def with_timeout(self, timeout_s: float) -> PostgresAdvisorySandboxLifecycleLocker:
@@ -94,25 +122,41 @@ class PostgresAdvisorySandboxLifecycleLocker:
         self._local.acquire(chat_id, deadline)
         try:
             key = chat_lock_key(chat_id)
-            connection = self._acquire(chat_id, key, deadline)
+            hold = self._acquire(chat_id, key, deadline)
             held = self._holdings()
-            held[chat_id] = (connection, key)
+            held[chat_id] = hold
             try:
                 yield
             finally:
                 held.pop(chat_id, None)
-                _release(connection, key)
-                connection.close()
+                _release(hold.connection, key)
+                hold.connection.close()
         finally:
             self._local.release(chat_id)
 
+    def take_locked_read(self, chat_id: UUID) -> tuple[bool, SandboxSession | None]:
+        """(True, the chat's current record as read with its lock) once per hold by this
+        thread; (False, None) when this thread does not hold it, or has read or written since."""
+        hold = self._holdings().get(chat_id)
+        if hold is None or hold.record is _UNREAD:
+            return False, None
+        record, hold.record = hold.record, _UNREAD
+        return True, record  # type: ignore[return-value]
+
     def verify_held(self) -> None:
-        """Raise LockLostError unless every chat lock this thread holds is still held."""
-        for chat_id, (connection, key) in list(self._holdings().items()):
+        """Raise LockLostError unless every chat lock this thread holds is still held.
+
+        Called before every write: what the holds read with their locks is dropped first, so
+        that no read after a write answers from before it.
+        """
+        holdings = list(self._holdings().items())
+        for _, hold in holdings:
+            hold.record = _UNREAD
+        for chat_id, hold in holdings:
             try:
                 # The lock connection runs in autocommit (see _acquire): one statement, no
                 # transaction around it.
-                held = bool(connection.execute(_HOLDS_KEY, _key_parts(key)).scalar_one())
+                held = bool(hold.connection.execute(_HOLDS_KEY, _key_parts(hold.key)).scalar_one())
             except exc.SQLAlchemyError as error:
                 raise LockLostError(
                     f"chat {chat_id}: the lock's database connection failed"
@@ -120,41 +164,48 @@ class PostgresAdvisorySandboxLifecycleLocker:
             if not held:
                 raise LockLostError(f"chat {chat_id}: the lock is no longer held")
 
-    def _holdings(self) -> dict[UUID, tuple[Connection, int]]:
-        held: dict[UUID, tuple[Connection, int]] | None = getattr(self._held, "chats", None)
+    def _holdings(self) -> dict[UUID, _Hold]:
+        held: dict[UUID, _Hold] | None = getattr(self._held, "chats", None)
         if held is None:
             held = self._held.chats = {}
         return held
 
-    def _acquire(self, chat_id: UUID, key: int, deadline: float) -> Connection:
+    def _acquire(self, chat_id: UUID, key: int, deadline: float) -> _Hold:
         try:
             connection = self._engine.connect()
         except exc.TimeoutError as error:
             raise self._timeout(chat_id, "no free lock connection") from error
         except exc.SQLAlchemyError as error:
             raise database_error(error, self._engine, "chat lock") from error
+        # lock_timeout is set for the session, which every hold on these connections sets
+        # afresh; 0 would mean "wait forever". Autocommit: no transaction is left open around
+        # the session-level lock.
+        wait_ms = max(1, int((deadline - time.monotonic()) * 1000))
+        query = (
+            f"SELECT set_config('lock_timeout', '{wait_ms}ms', false);"
+            f" SELECT pg_advisory_lock({int(key)}); {current_record_sql(chat_id)}"
+        )
         try:
-            # One round trip, no transaction (autocommit): lock_timeout is set for the session,
-            # which every hold on these connections sets afresh, then the session-level lock is
-            # taken. lock_timeout 0 would mean "wait forever". The volatile set_config in a
-            # subquery is evaluated (not flattened away) before the lock is asked for.
-            wait_ms = max(1, int((deadline - time.monotonic()) * 1000))
             connection = connection.execution_options(isolation_level="AUTOCOMMIT")
-            configured = sa.select(
-                sa.func.set_config("lock_timeout", f"{wait_ms}ms", False).label("timeout")
-            ).subquery("configured")
-            connection.execute(
-                sa.select(sa.func.pg_advisory_lock(key)).select_from(configured)
-            ).all()
-        except exc.SQLAlchemyError as error:
+            with _driver(connection).cursor() as cursor:
+                # Without parameters psycopg sends one simple-protocol query: three statements,
+                # one round trip; the record is the last result.
+                cursor.execute(query)
+                while cursor.nextset():
+                    pass
+                row = cursor.fetchone()
+        except psycopg.errors.LockNotAvailable as error:
             connection.close()
-            if getattr(getattr(error, "orig", None), "sqlstate", None) == _LOCK_NOT_AVAILABLE:
-                raise self._timeout(chat_id, "held by another request") from error
-            raise database_error(error, self._engine, "chat lock") from error
-        except BaseException:
+            raise self._timeout(chat_id, "held by another request") from error
+        except BaseException as error:
+            # The lock may be held (a failure after it): only dropping the connection makes
+            # sure the server lets it go.
+            connection.invalidate()
             connection.close()
+            if isinstance(error, psycopg.Error | exc.SQLAlchemyError):
+                raise database_error(error, self._engine, "chat lock") from error
             raise
-        return connection
+        return _Hold(connection, key, None if row is None else session_from_driver_row(row))
 
     def _timeout(self, chat_id: UUID, why: str) -> LockTimeoutError:
         return LockTimeoutError(

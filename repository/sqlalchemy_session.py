@@ -13,7 +13,8 @@ rolled back, so nothing is half-written.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections import namedtuple
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
@@ -144,6 +145,27 @@ def _to_session(row: sa.Row[Any]) -> SandboxSession:
     )
 
 
+# The chat's current record as plain SQL with the chat id inlined (a UUID's canonical text is
+# safe to inline): the PostgreSQL chat locker sends it right after the lock, in the lock's own
+# round trip (see repository/postgres_lock.py). The same rows as get_active_by_chat_id.
+_COLUMN_NAMES = [column.name for column in sandbox_sessions.columns]
+_DriverRow = namedtuple("_DriverRow", _COLUMN_NAMES)  # type: ignore[misc]
+
+
+def current_record_sql(chat_id: UUID) -> str:
+    # Inlined: only the UUID's canonical text (hex digits and dashes) enters the SQL.
+    return (
+        f"SELECT {', '.join(_COLUMN_NAMES)} FROM sandbox_sessions"  # noqa: S608
+        f" WHERE chat_id = '{UUID(str(chat_id))}' AND {CURRENT_STATUSES_SQL}"
+    )
+
+
+def session_from_driver_row(values: Sequence[Any]) -> SandboxSession:
+    """A row of ``current_record_sql`` as the driver returned it (UUIDs, aware datetimes)."""
+    row = _DriverRow(*(v.astimezone(UTC) if isinstance(v, datetime) else v for v in values))
+    return _to_session(row)  # type: ignore[arg-type]
+
+
 class SqlAlchemySandboxSessionRepository:
     """Session records in PostgreSQL or SQLite, behind the SandboxSessionRepository port.
 
@@ -154,9 +176,18 @@ class SqlAlchemySandboxSessionRepository:
     ``fence``, when given, runs before every write (save, delete): the PostgreSQL wiring passes
     the chat locker's ``verify_held``, so a holder whose lock was lost (its connection dropped,
     another replica may own the chat now) changes nothing (LockLostError).
+
+    ``locked_read``, when given, answers get_active_by_chat_id first: the PostgreSQL wiring
+    passes the chat locker's ``take_locked_read``, the chat's record as read in the lock's own
+    round trip, right after the lock was granted (once per hold, and not after a write).
     """
 
-    def __init__(self, engine: Engine, fence: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        fence: Callable[[], None] | None = None,
+        locked_read: Callable[[UUID], tuple[bool, SandboxSession | None]] | None = None,
+    ) -> None:
         self._engine = engine
         # Same pool; every method below is a single statement (keep it so: a second one would
         # not share its transaction).
@@ -166,6 +197,7 @@ class SqlAlchemySandboxSessionRepository:
             else engine
         )
         self._fence = fence
+        self._locked_read = locked_read
         self._upsert = self._upsert_statement(engine.dialect.name)
 
     @property
@@ -202,6 +234,10 @@ class SqlAlchemySandboxSessionRepository:
         return self._fetch_one(query, "get")
 
     def get_active_by_chat_id(self, chat_id: UUID) -> SandboxSession | None:
+        if self._locked_read is not None:
+            found, session = self._locked_read(chat_id)
+            if found:
+                return session
         query = sa.select(sandbox_sessions).where(_columns.chat_id == chat_id, _is_current)
         return self._fetch_one(query, "get_active_by_chat_id")
 

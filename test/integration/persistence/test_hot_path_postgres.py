@@ -3,12 +3,14 @@ reconnects without pre-ping on every checkout."""
 
 from __future__ import annotations
 
+import threading
+import time
 from datetime import timedelta
 from uuid import uuid4
 
+import psycopg
 import pytest
 import sqlalchemy as sa
-from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
 from domain.execution import ExecutionRequest
@@ -32,8 +34,11 @@ class Replica:
     def __init__(self, url: str, clock: FakeClock, runtime: FakeRuntime) -> None:
         self.engine = create_database_engine(url)
         self.lock_engine = create_database_engine(url)
-        self.repository = SqlAlchemySandboxSessionRepository(self.engine)
         self.locker = PostgresAdvisorySandboxLifecycleLocker(self.lock_engine, timeout_s=10)
+        # Wired as the service wires it (entrypoint/persistence.py).
+        self.repository = SqlAlchemySandboxSessionRepository(
+            self.engine, fence=self.locker.verify_held, locked_read=self.locker.take_locked_read
+        )
         self.logger = FakeLogger()
         self.execute_code = ExecuteCode(
             self.repository, self.locker, runtime, clock, self.logger, TTL, renew_slack=SLACK
@@ -61,24 +66,58 @@ def replicas(postgres_url: str, postgres_engine: Engine):
         replica.dispose()
 
 
-def test_a_warm_execute_within_the_slack_is_three_statements(replicas) -> None:
+def test_a_warm_execute_within_the_slack_is_two_round_trips(
+    replicas, monkeypatch: pytest.MonkeyPatch
+) -> None:
     clock, (replica, _, _) = replicas
     chat = uuid4()
     replica.run(chat)
     clock.advance(timedelta(seconds=10))
     replica.run(chat)  # written with the slack
-    statements: list[str] = []
+    # Every query the driver sends, SQLAlchemy's and the locker's own alike: one per round trip.
+    queries: list[str] = []
+    send = psycopg.Cursor.execute
 
-    def record(conn, cursor, statement, parameters, context, executemany) -> None:
-        statements.append(statement.split()[0] + " " + statement.split()[1][:24])
+    def record(cursor, query, *args, **kwargs):
+        queries.append(str(query))
+        return send(cursor, query, *args, **kwargs)
 
-    for engine in (replica.engine, replica.lock_engine):
-        event.listen(engine, "before_cursor_execute", record)
+    monkeypatch.setattr(psycopg.Cursor, "execute", record)
     clock.advance(timedelta(seconds=10))
     replica.run(chat)
 
-    # The lock (lock_timeout and pg_advisory_lock in one), the read, the unlock: no write.
-    assert len(statements) == 3, statements
+    # The lock with the read (lock_timeout, pg_advisory_lock, the record), the unlock: no write.
+    assert len(queries) == 2, queries
+    assert "pg_advisory_lock" in queries[0] and "FROM sandbox_sessions" in queries[0]
+    assert "pg_advisory_unlock" in queries[1]
+
+
+def test_the_read_with_the_lock_sees_what_the_previous_holder_wrote(replicas) -> None:
+    """The record comes in the lock's round trip, yet after the wait: not from a snapshot taken
+    before another replica, holding the lock meanwhile, replaced the sandbox."""
+    _, (first, second, _) = replicas
+    chat = uuid4()
+    first.run(chat)
+    waiting = threading.Event()
+    with second.locker.lock(chat):
+        assert second.repository.get_active_by_chat_id(chat) is not None
+
+        def run_first() -> None:
+            waiting.set()
+            first.run(chat)
+
+        thread = threading.Thread(target=run_first)
+        thread.start()
+        waiting.wait()
+        time.sleep(0.3)  # the first replica now waits for the lock with its query sent
+        stale = second.repository.get_active_by_chat_id(chat)
+        second.repository.delete(stale.session_id)
+    thread.join()
+
+    # The first replica found no record (the delete), so it made a new sandbox and said so.
+    current = first.repository.get_active_by_chat_id(chat)
+    assert current is not None and current.session_id != stale.session_id
+    assert first.logger.named("sandbox_created")[-1]["session_id"] == str(current.session_id)
 
 
 @pytest.mark.parametrize("gap_s", [1, 59, 61, 200])

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from collections.abc import MutableMapping
 from typing import Any
 
 import pytest
@@ -83,14 +84,14 @@ def test_the_fast_path_serves_an_execute_without_the_app_behind_it(container: Co
         logger=container.logger(),
     )
 
-    async def call(path: str, headers: list[tuple[bytes, bytes]]) -> list[dict[str, Any]]:
+    async def call(path: str, headers: list[tuple[bytes, bytes]]) -> list[MutableMapping[str, Any]]:
         body = json.dumps({"code": "print(1)"}).encode()
-        sent: list[dict[str, Any]] = []
+        sent: list[MutableMapping[str, Any]] = []
 
         async def receive() -> dict[str, Any]:
             return {"type": "http.request", "body": body, "more_body": False}
 
-        async def send(message: dict[str, Any]) -> None:
+        async def send(message: MutableMapping[str, Any]) -> None:
             sent.append(message)
 
         scope = {
@@ -103,7 +104,7 @@ def test_the_fast_path_serves_an_execute_without_the_app_behind_it(container: Co
         await fast(scope, receive, send)
         return sent
 
-    async def scenario() -> tuple[list[dict[str, Any]], ...]:
+    async def scenario() -> tuple[list[MutableMapping[str, Any]], ...]:
         served = await call(f"/v1/chats/{uuid.uuid4()}/executions", [])
         streamed = await call(
             f"/v1/chats/{uuid.uuid4()}/executions", [(b"accept", b"text/event-stream")]
