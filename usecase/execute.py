@@ -127,6 +127,8 @@ class ExecuteCode:
         environment = Environment(command.request.language, command.packages)
         self._provisioner.check(environment)
         with self._locker.lock(command.chat_id):
+            # Reuse is every message's normal case and code_executed names the session: reuse
+            # is logged at debug level then, one info event per message.
             ensured = self._provisioner.ensure(
                 command.chat_id, environment, command.caller, running_code=True
             )

@@ -176,7 +176,8 @@ class SandboxProvisioner:
         Another tenant's chat raises SandboxNotFoundError, one whose sandbox runs on another
         node WrongNodeError, a new chat past a cap SandboxLimitError. ``running_code``: the
         caller runs code in it at once, so a new sandbox's record says so (``last_activity_at``)
-        from the start (the renewal after that code then has nothing to write).
+        from the start (the renewal after that code then has nothing to write), and reuse is
+        logged at debug level (the caller's code_executed names the session).
         """
         wanted = environment or Environment(Language.PYTHON)
         self.check(wanted)
@@ -190,7 +191,8 @@ class SandboxProvisioner:
             )
         self.check_node(current)
         if current.is_usable(now):
-            self._logger.info("sandbox_reused", session_attrs(current))
+            log = self._logger.debug if running_code else self._logger.info
+            log("sandbox_reused", session_attrs(current))
             try:
                 return EnsuredSandbox(self._add_packages(current, wanted), replaced_dead=False)
             except SandboxGoneError:

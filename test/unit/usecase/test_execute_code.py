@@ -49,6 +49,17 @@ def test_later_messages_reuse_the_sandbox(world: World) -> None:
     assert len(world.runtime.create_calls) == 1
 
 
+def test_a_message_in_a_reused_sandbox_is_one_info_event(world: World) -> None:
+    usecase = executor(world)
+    run(usecase)
+    before = len(world.logger.messages)
+
+    run(usecase)
+
+    logged = [(level, name) for level, name, _ in world.logger.messages[before:]]
+    assert logged == [("debug", "sandbox_reused"), ("info", "code_executed")]
+
+
 def test_each_execution_slides_the_idle_deadline(world: World) -> None:
     usecase = executor(world)
     run(usecase)
