@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import TypeVar
 from uuid import UUID
@@ -28,6 +27,7 @@ from entrypoint.application.streaming import (
     ExecutionStream,
     OutputRelay,
 )
+from entrypoint.application.threads import WorkerThreads
 from entrypoint.metrics import ServiceMetrics, execution_outcome
 from usecase.execute import CodeExecution, ExecuteCode, ExecuteCodeCommand
 from usecase.ports import Logger, SandboxRuntime, SandboxSessionRepository
@@ -85,9 +85,7 @@ class SandboxApi:
             repository, runtime, metrics, logger, readiness_timeout_s, readiness_cache_s
         )
         # Slots plus queue: a message waiting for its chat's lock waits in a thread.
-        self._executor = ThreadPoolExecutor(
-            max_workers=2 * max_inflight_executions + _EXTRA_THREADS, thread_name_prefix="sandboxd"
-        )
+        self._threads = WorkerThreads(2 * max_inflight_executions + _EXTRA_THREADS, "sandboxd")
 
     # -- executions ----------------------------------------------------------------------------
 
@@ -111,18 +109,16 @@ class SandboxApi:
         caller: Caller = OPERATOR,
     ) -> CodeExecution:
         """Run one execution; ``on_output`` is called from a worker thread."""
-        loop = asyncio.get_running_loop()
         admission = self._admission
         admission.admit(chat_id, caller.tenant)
         started = time.perf_counter()
         try:
-            future = loop.run_in_executor(
-                self._executor,
+            future = self._threads.submit(
                 partial(
                     self._execute_code.execute,
                     ExecuteCodeCommand(chat_id, request, packages, caller),
                     on_output,
-                ),
+                )
             )
         except BaseException:
             admission.release(chat_id, caller.tenant)
@@ -133,8 +129,8 @@ class SandboxApi:
             self._metrics.execution_duration.labels(transport).observe(
                 time.perf_counter() - started
             )
-            error = None if done.cancelled() else done.exception()
-            outcome = "failed" if error is not None else execution_outcome(done.result().result)
+            error = True if done.cancelled() else done.exception() is not None
+            outcome = "failed" if error else execution_outcome(done.result().result)
             self._metrics.executions.labels(outcome, transport).inc()
 
         future.add_done_callback(finished)
@@ -230,9 +226,8 @@ class SandboxApi:
 
     def close(self) -> None:
         # Threads still running (past the drain) finish on their own; nothing waits for them.
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._threads.close()
         self._health.close()
 
     async def _call(self, fn: Callable[..., T], *args: object) -> T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, partial(fn, *args))
+        return await self._threads.submit(partial(fn, *args))
