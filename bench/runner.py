@@ -65,6 +65,11 @@ STEPS = [
     Step("http", "bench.bench_http", ["--seconds", "10"], ["--seconds", "2", "--warmup", "2"]),
     Step("grpc", "bench.grpc_bench", ["--seconds", "10"],
          ["--seconds", "2", "--serial", "50", "--warmup", "1"]),
+    # The embedded store: its service CPU per execute next to PostgreSQL's.
+    Step("http_sqlite", "bench.bench_http", ["--seconds", "10", "--store", "sqlite"],
+         ["--seconds", "2", "--warmup", "2", "--store", "sqlite"]),
+    Step("grpc_sqlite", "bench.grpc_bench", ["--seconds", "10", "--store", "sqlite"],
+         ["--seconds", "2", "--serial", "50", "--warmup", "1", "--store", "sqlite"]),
     Step("load", "bench.load",
          ["--chats", "32", "--executes", "30", "--levels", "1,2,4,8,16,32,64"],
          ["--chats", "8", "--executes", "5", "--levels", "1,4,16"]),
