@@ -41,10 +41,13 @@ class ServiceProcess:
         data_dir: Path,
         runtime: str = "docker",
         qemu_image_dir: Path | None = None,
+        log_dir: Path | None = None,
         **settings: str,
     ) -> None:
         self.instance_id = f"e2e-{uuid.uuid4().hex[:12]}"
         self.data_dir = data_dir
+        # Elsewhere than the data directory when a test fills that one's disk.
+        self.log_dir = log_dir or data_dir
         self.runtime = runtime
         self.qemu_image_dir = qemu_image_dir
         self.http_port = free_port()
@@ -119,6 +122,12 @@ class ServiceProcess:
         self.stop()
         self.start()
 
+    def kill(self) -> None:
+        """SIGKILL: no drain, no clean-up, as a crash or the OOM killer would."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=30)
+
     def log_tail(self, lines: int = 40) -> str:
         log = self._log_path()
         if not log.exists():
@@ -128,12 +137,12 @@ class ServiceProcess:
     def log_text(self) -> str:
         return "\n".join(
             path.read_text(errors="replace")
-            for path in sorted(self.data_dir.glob(f"service-{self.http_port}-*.log"))
+            for path in sorted(self.log_dir.glob(f"service-{self.http_port}-*.log"))
         )
 
     def _log_path(self) -> Path:
         # Port in the name: replicas may share one data directory.
-        return self.data_dir / f"service-{self.http_port}-{self.starts}.log"
+        return self.log_dir / f"service-{self.http_port}-{self.starts}.log"
 
     def containers(self, docker_client: docker.DockerClient) -> list[object]:
         return list(

@@ -8,6 +8,8 @@ from typing import Any
 import docker
 import pytest
 
+from adapter.docker.image import default_image_tag
+from testkit.private_dockerd import PrivateDockerd, private_dockerd
 from testkit.service import ServiceFactory, ServiceProcess
 
 
@@ -53,3 +55,17 @@ def services(
 ) -> Iterator[ServiceFactory]:
     """Services for one test that restarts or reconfigures them."""
     yield from _service_factory(tmp_path_factory, docker_client)
+
+
+@pytest.fixture(scope="session")
+def private_engine(docker_client: docker.DockerClient) -> Iterator[PrivateDockerd]:
+    """A Docker engine of the test session's own (testkit.private_dockerd), with the sandbox
+    image copied in once from the system engine: fault tests stop and restart it, never the
+    system engine other test runs share."""
+    image = default_image_tag()
+    try:
+        docker_client.images.get(image)
+    except docker.errors.ImageNotFound:
+        pytest.fail(f"the sandbox image {image} is not built (scripts/setup.sh image)")
+    with private_dockerd(images=(image,)) as engine:
+        yield engine
