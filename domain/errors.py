@@ -42,6 +42,12 @@ class RepositoryUnavailableError(SandboxServiceError):
     """The session store cannot be reached; the current step was rolled back."""
 
 
+class StorageFullError(RepositoryUnavailableError):
+    """The service's own storage (its data directory's disk, or the database server's) has no
+    space left: the write was refused and rolled back, nothing is half-written. Reads still
+    work; writes work again once space is freed, without a restart."""
+
+
 class LockTimeoutError(SandboxServiceError):
     """The chat's lifecycle lock could not be taken in time."""
 

@@ -48,6 +48,7 @@ from domain.errors import (
     SandboxNotFoundError,
     SandboxServiceError,
     SessionConflictError,
+    StorageFullError,
     TooManyExecutionsError,
     UnsupportedLanguageError,
     WorkspaceFileNotFoundError,
@@ -157,6 +158,16 @@ ERROR_TABLE: tuple[ErrorRow, ...] = (
         _G.UNAVAILABLE,
         4,
         "artifact store unavailable",
+    ),
+    # A 503, not a 507 like workspace_full: the caller asked for nothing too big; the service's
+    # disk is full, and the same request succeeds once an operator frees space.
+    ErrorRow(
+        StorageFullError,
+        "storage_full",
+        503,
+        _G.UNAVAILABLE,
+        4,
+        "the service's storage is full",
     ),
     ErrorRow(
         RepositoryUnavailableError,

@@ -7,7 +7,9 @@ nothing runs on a database whose revision is not the head one.
 
 from __future__ import annotations
 
+import errno
 import fcntl
+import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,12 +26,13 @@ from sqlalchemy import event, exc
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.pool import StaticPool
 
-from domain.errors import RepositoryUnavailableError
+from domain.errors import RepositoryUnavailableError, StorageFullError
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 # A pooled PostgreSQL connection unused for longer than this is pinged before it is handed out.
 PING_AFTER_IDLE_S = 1.0
 _IDLE_SINCE = "sandboxd_idle_since"
+_DISK_FULL = "53100"  # PostgreSQL's SQLSTATE disk_full
 
 
 class SchemaOutOfDateError(RepositoryUnavailableError):
@@ -170,14 +173,27 @@ def _sqlite_engine(url: URL, options: PoolOptions) -> Engine:
     return engine
 
 
+def is_storage_full(error: BaseException) -> bool:
+    """True when a write failed for want of space: SQLite's SQLITE_FULL, PostgreSQL's disk_full
+    (SQLSTATE 53100), or ENOSPC / EDQUOT from the filesystem."""
+    cause = getattr(error, "orig", None) or error
+    if isinstance(cause, sqlite3.Error):
+        return getattr(cause, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_FULL
+    if getattr(cause, "sqlstate", None) == _DISK_FULL:
+        return True
+    return isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
 def database_error(error: BaseException, engine: Engine, doing: str) -> RepositoryUnavailableError:
-    """A RepositoryUnavailableError for a failed database call, naming the URL without password."""
+    """A RepositoryUnavailableError for a failed database call, naming the URL without password;
+    StorageFullError when the database's disk is full."""
     cause = getattr(error, "orig", None) or error
     detail = " ".join(str(cause).split()) or type(cause).__name__
     password = engine.url.password
     if password:
         detail = detail.replace(str(password), "***")
-    return RepositoryUnavailableError(f"database {mask_url(engine.url)} {doing} failed: {detail}")
+    kind = StorageFullError if is_storage_full(error) else RepositoryUnavailableError
+    return kind(f"database {mask_url(engine.url)} {doing} failed: {detail}")
 
 
 @contextmanager

@@ -16,8 +16,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from uuid import UUID
 
-from domain.errors import LockTimeoutError, RepositoryUnavailableError
+from domain.errors import LockTimeoutError, RepositoryUnavailableError, StorageFullError
 from repository.chat_queue import TimedFifoChatLock
+from repository.database import is_storage_full
 
 _POLL_FIRST_S = 0.001
 _POLL_MAX_S = 0.02
@@ -28,7 +29,8 @@ def _open_lock_file(path: Path) -> int:
         path.parent.mkdir(parents=True, exist_ok=True)
         return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     except OSError as error:
-        raise RepositoryUnavailableError(f"cannot open lock file {path}: {error}") from error
+        kind = StorageFullError if is_storage_full(error) else RepositoryUnavailableError
+        raise kind(f"cannot open lock file {path}: {error}") from error
 
 
 def _try_flock(fd: int) -> bool:

@@ -15,6 +15,7 @@ host path. The agent creates its socket there; before ``create`` returns the hos
 
 from __future__ import annotations
 
+import errno
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,7 @@ from docker.types import LogConfig
 
 from adapter.docker.image import AGENT_SOCKET_DIR
 from adapter.image.rootfs import AGENT_GUEST_PATH
-from domain.errors import RuntimeUnavailableError
+from domain.errors import RuntimeUnavailableError, StorageFullError
 
 SOCKET_NAME = "agent.sock"
 AGENT_USER = "0:0"
@@ -146,7 +147,13 @@ def make_channel(channels: Path, name: str) -> Path:
         if os.geteuid() != 0:
             channel.chmod(0o777)
     except OSError as exc:
-        raise RuntimeUnavailableError(f"cannot create the agent channel {channel}: {exc}") from exc
+        # A full data directory is the service's storage, not the engine, failing.
+        kind = (
+            StorageFullError
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT)
+            else RuntimeUnavailableError
+        )
+        raise kind(f"cannot create the agent channel {channel}: {exc}") from exc
     return channel
 
 
