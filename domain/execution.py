@@ -16,6 +16,11 @@ class Language(StrEnum):
     SHELL = "shell"
 
     @classmethod
+    def accepted_names(cls) -> list[str]:
+        """Every name ``parse`` accepts (in lower case): the languages and their aliases."""
+        return sorted([*(member.value for member in cls), *_ALIASES])
+
+    @classmethod
     def parse(cls, value: str) -> Language:
         normalized = value.strip().lower()
         normalized = _ALIASES.get(normalized, normalized)

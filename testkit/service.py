@@ -87,6 +87,7 @@ class ServiceProcess:
 
     def start(self) -> None:
         self.starts += 1
+        self.log_dir.mkdir(parents=True, exist_ok=True)
         with self._log_path().open("wb") as out:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "entrypoint.cli", "serve"],

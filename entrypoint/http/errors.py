@@ -10,6 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from domain.errors import SandboxServiceError
 from entrypoint.errors import (
@@ -99,14 +100,17 @@ def install_error_handlers(app: FastAPI, metrics: ServiceMetrics, logger: Logger
 
     async def http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
-        code = _HTTP_CODES.get(exc.status_code, f"http_{exc.status_code}")
+        status, headers = exc.status_code, dict(exc.headers or {})
+        if status == 400:
+            # FastAPI's "error parsing the body" (not UTF-8, say): as invalid as malformed
+            # JSON, which is a 422 invalid_request.
+            status = 422
+        if status == 405:
+            headers["Allow"] = ", ".join(_allowed_methods(request))
+        code = "invalid_request" if status == 422 else _HTTP_CODES.get(status, f"http_{status}")
         count(code)
         return error_response(
-            exc.status_code,
-            code,
-            str(exc.detail),
-            dict(exc.headers or {}),
-            request_id=request_id_of(request),
+            status, code, str(exc.detail), headers, request_id=request_id_of(request)
         )
 
     async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
@@ -116,6 +120,22 @@ def install_error_handlers(app: FastAPI, metrics: ServiceMetrics, logger: Logger
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(Exception, unexpected_error)
+
+
+_METHODS = ("DELETE", "GET", "HEAD", "PATCH", "POST", "PUT")
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at this path. Starlette's 405 names only the first
+    matching route's (each method is a route of its own here), so each method is tried."""
+    return [
+        method
+        for method in _METHODS
+        if any(
+            route.matches({**request.scope, "method": method})[0] is Match.FULL
+            for route in request.app.routes
+        )
+    ]
 
 
 def _describe_validation(errors: Any) -> str:

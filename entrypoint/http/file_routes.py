@@ -11,6 +11,7 @@ from domain.files import StoredFile
 from domain.sandbox import parse_chat_id
 from entrypoint.application.files_api import FilesApi
 from entrypoint.http.routes import _ERRORS, CallerDep, require_api_key
+from entrypoint.http.schemas import ChatIdPath
 
 files = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)], responses=_ERRORS)
 _FILE_ERRORS: dict[int | str, dict[str, Any]] = {
@@ -36,7 +37,9 @@ def _stored_json(stored: StoredFile) -> dict[str, Any]:
     description="The raw body is the file's content; it is written atomically.",
     responses=_FILE_ERRORS,
 )
-async def upload_file(chat_id: str, path: str, request: Request, caller: CallerDep) -> Response:
+async def upload_file(
+    chat_id: ChatIdPath, path: str, request: Request, caller: CallerDep
+) -> Response:
     parsed = parse_chat_id(chat_id)
     length = request.headers.get("content-length", "")
     declared = int(length) if length.isdigit() else None
@@ -51,7 +54,9 @@ async def upload_file(chat_id: str, path: str, request: Request, caller: CallerD
     responses=_FILE_ERRORS,
     response_class=StreamingResponse,
 )
-async def download_file(chat_id: str, path: str, request: Request, caller: CallerDep) -> Response:
+async def download_file(
+    chat_id: ChatIdPath, path: str, request: Request, caller: CallerDep
+) -> Response:
     parsed = parse_chat_id(chat_id)
     download = await _files_api(request).download(parsed, path, caller)
     return StreamingResponse(
@@ -71,7 +76,7 @@ async def download_file(chat_id: str, path: str, request: Request, caller: Calle
     responses=_FILE_ERRORS,
 )
 async def list_files(
-    chat_id: str, request: Request, caller: CallerDep, prefix: Annotated[str, Query()] = ""
+    chat_id: ChatIdPath, request: Request, caller: CallerDep, prefix: Annotated[str, Query()] = ""
 ) -> Response:
     listing = await _files_api(request).list(parse_chat_id(chat_id), prefix, caller)
     return JSONResponse(
@@ -95,6 +100,8 @@ async def list_files(
     status_code=204,
     responses=_FILE_ERRORS,
 )
-async def delete_file(chat_id: str, path: str, request: Request, caller: CallerDep) -> Response:
+async def delete_file(
+    chat_id: ChatIdPath, path: str, request: Request, caller: CallerDep
+) -> Response:
     await _files_api(request).delete(parse_chat_id(chat_id), path, caller)
     return Response(status_code=204)

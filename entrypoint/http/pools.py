@@ -13,16 +13,22 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from domain.pool import PoolCapacity, PoolDefinition
 from domain.tenant import Caller
+from entrypoint.http.routes import _ERRORS
+from entrypoint.http.schemas import ErrorBody
 from usecase.pool_admin import ManagePools, PoolView
+
+# Far above any host's capacity, and within every store's integer column (larger was a 500).
+MAX_POOL_COUNT = 100_000
 
 
 class CapacitySpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Strict: a JSON true is not a count, nor is "3".
+    model_config = ConfigDict(extra="forbid", strict=True)
 
-    bufferMax: int = Field(ge=0)  # noqa: N815 (the API's field names)
-    bufferMin: int = Field(ge=0)  # noqa: N815
-    poolMax: int = Field(ge=0)  # noqa: N815
-    poolMin: int = Field(ge=0)  # noqa: N815
+    bufferMax: int = Field(ge=0, le=MAX_POOL_COUNT)  # noqa: N815 (the API's field names)
+    bufferMin: int = Field(ge=0, le=MAX_POOL_COUNT)  # noqa: N815
+    poolMax: int = Field(ge=0, le=MAX_POOL_COUNT)  # noqa: N815
+    poolMin: int = Field(ge=0, le=MAX_POOL_COUNT)  # noqa: N815
 
     def capacity(self) -> PoolCapacity:
         return PoolCapacity(
@@ -34,14 +40,14 @@ class CapacitySpec(BaseModel):
 
 
 class PoolEnvironment(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     language: str = Field(default="python", min_length=1, max_length=32)
     packages: list[str] = Field(default_factory=list)
 
 
 class PoolBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     name: str = Field(pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
     environment: PoolEnvironment = Field(default_factory=PoolEnvironment)
@@ -49,7 +55,7 @@ class PoolBody(BaseModel):
 
 
 class CapacityBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     capacitySpec: CapacitySpec  # noqa: N815
 
@@ -94,7 +100,17 @@ def pool_json(view: PoolView) -> dict[str, object]:
 
 
 def pools_router(require_api_key: Callable[..., Awaitable[Caller]]) -> APIRouter:
-    router = APIRouter(prefix="/v1/pools", dependencies=[Depends(require_api_key)], tags=["pools"])
+    router = APIRouter(
+        prefix="/v1/pools",
+        dependencies=[Depends(require_api_key)],
+        tags=["pools"],
+        responses={
+            **_ERRORS,
+            403: {"model": ErrorBody, "description": "Not an admin key (code: admin_required)."},
+            404: {"model": ErrorBody, "description": "No such pool (code: pool_not_found)."},
+            409: {"model": ErrorBody, "description": "The name is taken (pool_already_exists)."},
+        },
+    )
     # A default, not an Annotated alias: annotations are strings here (future import).
     caller_dep = Depends(require_api_key)
 

@@ -29,6 +29,7 @@ from entrypoint.errors import (
 )
 from entrypoint.http.errors import request_id_of
 from entrypoint.http.schemas import (
+    ChatIdPath,
     EnsureBody,
     ErrorBody,
     ExecuteBody,
@@ -102,7 +103,9 @@ protected = APIRouter(dependencies=[Depends(require_api_key)])
         "`stdout`/`stderr` events, then one `result` event (or an `error` event)."
     ),
 )
-async def execute(chat_id: str, body: ExecuteBody, request: Request, caller: CallerDep) -> Response:
+async def execute(
+    chat_id: ChatIdPath, body: ExecuteBody, request: Request, caller: CallerDep
+) -> Response:
     api = _api(request)
     if EVENT_STREAM not in request.headers.get("accept", ""):
         return await execute_json(api, chat_id, body, caller)
@@ -125,7 +128,7 @@ async def execute_json(
 
 @v1.put("/chats/{chat_id}/sandbox", response_model=SandboxView, summary="Create or reuse")
 async def ensure_sandbox(
-    chat_id: str, request: Request, caller: CallerDep, body: EnsureBody | None = None
+    chat_id: ChatIdPath, request: Request, caller: CallerDep, body: EnsureBody | None = None
 ) -> Response:
     body = body or EnsureBody.model_validate({})
     session = await _api(request).ensure_sandbox(
@@ -135,7 +138,7 @@ async def ensure_sandbox(
 
 
 @v1.get("/chats/{chat_id}/sandbox", response_model=SandboxView, summary="The chat's sandbox")
-async def get_sandbox(chat_id: str, request: Request, caller: CallerDep) -> Response:
+async def get_sandbox(chat_id: ChatIdPath, request: Request, caller: CallerDep) -> Response:
     session = await _api(request).get_sandbox(parse_chat_id(chat_id), caller)
     return JSONResponse(sandbox_json(session))
 
@@ -146,7 +149,7 @@ async def get_sandbox(chat_id: str, request: Request, caller: CallerDep) -> Resp
     response_class=Response,
     summary="Destroy the chat's sandbox (idempotent)",
 )
-async def destroy_sandbox(chat_id: str, request: Request, caller: CallerDep) -> Response:
+async def destroy_sandbox(chat_id: ChatIdPath, request: Request, caller: CallerDep) -> Response:
     await _api(request).destroy_sandbox(parse_chat_id(chat_id), caller)
     return Response(status_code=204)
 
@@ -156,7 +159,7 @@ async def destroy_sandbox(chat_id: str, request: Request, caller: CallerDep) -> 
     response_model=SandboxView,
     summary="Slide the idle deadline (404 when the chat has no usable sandbox)",
 )
-async def renew_sandbox(chat_id: str, request: Request, caller: CallerDep) -> Response:
+async def renew_sandbox(chat_id: ChatIdPath, request: Request, caller: CallerDep) -> Response:
     session = await _api(request).renew_sandbox(parse_chat_id(chat_id), caller)
     return JSONResponse(sandbox_json(session))
 
@@ -165,7 +168,11 @@ async def renew_sandbox(chat_id: str, request: Request, caller: CallerDep) -> Re
 async def list_sandboxes(
     request: Request,
     caller: CallerDep,
-    status: str | None = Query(None, description="running or dead"),
+    status: str | None = Query(
+        None,
+        description="running or dead (empty: either)",
+        json_schema_extra={"enum": ["", "running", "dead"]},
+    ),
     limit: int = Query(100, ge=1, le=1000),
     offset: int = Query(0, ge=0),
 ) -> Response:
@@ -204,7 +211,12 @@ async def readyz(request: Request) -> Response:
     )
 
 
-@protected.get("/metrics", summary="Prometheus metrics", response_class=Response)
+@protected.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    response_class=Response,
+    responses={401: _ERRORS[401]},
+)
 async def metrics(request: Request) -> Response:
     body = await _api(request).render_metrics()
     return Response(body, media_type=METRICS_CONTENT_TYPE)

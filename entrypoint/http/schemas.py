@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
+from fastapi import Path
 from pydantic import BaseModel, ConfigDict, Field
 
-from domain.execution import ExecutionResult
+from domain.execution import ExecutionResult, Language
 from domain.sandbox import SandboxSession
 from entrypoint.wire import clamp_exit_code
 from usecase.execute import CodeExecution
@@ -20,13 +21,31 @@ PACKAGES_DESCRIPTION = (
 )
 
 
+# The schema says what is accepted; the checks themselves stay with the use cases (so that a
+# malformed chat id, language or timeout gets its own error code, not FastAPI's generic one).
+ChatIdPath = Annotated[
+    str, Path(description="The chat's id, a UUID.", json_schema_extra={"format": "uuid"})
+]
+_LANGUAGE_SCHEMA: dict[str, Any] = {"enum": Language.accepted_names()}
+
+
 class ExecuteBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Strict: what the schema says is what is accepted ("5" is not a number of seconds).
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     code: str = Field(description="Source code; at most SANDBOXD_MAX_CODE_BYTES UTF-8 bytes.")
-    language: str = Field("python", description="python, javascript or shell (aliases: py, js...)")
+    language: str = Field(
+        "python",
+        description="python, javascript or shell (aliases: py, js...)",
+        json_schema_extra=_LANGUAGE_SCHEMA,
+    )
     timeout_s: float | None = Field(
-        None, description="Seconds before the code is killed; default SANDBOXD_DEFAULT_TIMEOUT_S."
+        None,
+        description=(
+            "Seconds before the code is killed, at most SANDBOXD_MAX_TIMEOUT_S; default "
+            "SANDBOXD_DEFAULT_TIMEOUT_S."
+        ),
+        json_schema_extra={"exclusiveMinimum": 0},
     )
     packages: list[str] = Field(
         default_factory=list, description=PACKAGES_DESCRIPTION, max_length=256
@@ -34,12 +53,16 @@ class ExecuteBody(BaseModel):
 
 
 class EnsureBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     packages: list[str] = Field(
         default_factory=list, description=PACKAGES_DESCRIPTION, max_length=256
     )
-    language: str = Field("python", description="The language the packages are for.")
+    language: str = Field(
+        "python",
+        description="The language the packages are for.",
+        json_schema_extra=_LANGUAGE_SCHEMA,
+    )
 
 
 class ErrorBody(BaseModel):
