@@ -1,7 +1,7 @@
 """A well-behaved key's executes while another key floods: fairness between tenants.
 
     uv run python -m bench.bench_tenants [--seconds 10] [--good-chats 4] [--flood-chats 8]
-        [--flood-callers 48] [--per-key-cap N]
+        [--flood-callers 48] [--per-key-cap N] [--fair-share N]
 
 Starts a real ``sandboxd serve`` (PostgreSQL, Docker) with two keys. Phase 1: the good key alone,
 one closed-loop caller per chat (its unloaded p99). Phase 2: the same while the flood key runs
@@ -105,6 +105,9 @@ def main() -> None:
     parser.add_argument("--flood-callers", type=int, default=48)
     # SANDBOXD_MAX_INFLIGHT_EXECUTIONS_PER_KEY for the run (0: the service's default).
     parser.add_argument("--per-key-cap", type=int, default=0)
+    # SANDBOXD_FAIR_SHARE_EXECUTIONS for the run (0: the service's default, the CPUs; a
+    # number past the slots turns the fair share off, for a comparison).
+    parser.add_argument("--fair-share", type=int, default=0)
     args = parser.parse_args()
     sigterm_as_interrupt()
     good = [uuid.uuid4() for _ in range(args.good_chats)]
@@ -112,6 +115,8 @@ def main() -> None:
     settings = {"api_keys": f"good:{GOOD},flood:{FLOOD}"}
     if args.per_key_cap:
         settings["max_inflight_executions_per_key"] = str(args.per_key_cap)
+    if args.fair_share:
+        settings["fair_share_executions"] = str(args.fair_share)
     with running_service("tenants", **settings) as service:
         port = service.http_port
 

@@ -471,6 +471,7 @@ class Container(containers.DeclarativeContainer):
         logger=logger,
         max_inflight_executions=limits.max_inflight_executions,
         max_inflight_per_key=limits.max_inflight_executions_per_key,
+        fair_share_floor=limits.effective_fair_share_executions,
         default_timeout_s=limits.default_timeout_s,
         readiness_cache_s=settings.provided.server.readiness_cache_seconds,
         stream_buffer_chars=limits.max_stream_buffer_chars,

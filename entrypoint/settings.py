@@ -117,6 +117,9 @@ class LimitSettings(SettingsGroup):
     # Of those, one API key's at most, running or waiting behind its chat (unset: three
     # quarters of max_inflight_executions), so that one key's flood leaves slots for others.
     max_inflight_executions_per_key: int | None = Field(default=None, gt=0)
+    # While several keys run executions, each may run max(this, the busiest other key's count)
+    # at once; its further ones wait, holding nothing. Unset: the host's CPUs (at least 2).
+    fair_share_executions: int | None = Field(default=None, gt=0)
     # Live (running) sandboxes on this node; a new chat past it gets 429 sandbox_limit. Unset:
     # derived at start from the host's memory and the per-sandbox memory (logged).
     max_sandboxes: int | None = Field(default=None, gt=0)
@@ -128,6 +131,10 @@ class LimitSettings(SettingsGroup):
     # One file of a chat's workspace (upload; 413 past it). The workspace's own size (its tmpfs)
     # bounds them all together (507 workspace_full).
     max_file_bytes: int = Field(default=100 * 1024 * 1024, gt=0)
+
+    @property
+    def effective_fair_share_executions(self) -> int:
+        return self.fair_share_executions or max(2, os.cpu_count() or 1)
 
 
 class ServerSettings(SettingsGroup):

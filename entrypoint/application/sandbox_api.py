@@ -20,6 +20,7 @@ from domain.execution import ExecutionRequest, Language, OutputChunk
 from domain.sandbox import SandboxSession, SandboxStatus
 from domain.tenant import OPERATOR, Caller
 from entrypoint.application.admission import ExecutionAdmission
+from entrypoint.application.fair_share import ChatTurns, FairShare
 from entrypoint.application.readiness import ReadinessReport, ServiceHealth
 from entrypoint.application.streaming import (
     STREAM_COALESCE_S,
@@ -64,6 +65,7 @@ class SandboxApi:
         max_inflight_executions: int,
         default_timeout_s: float,
         max_inflight_per_key: int | None = None,
+        fair_share_floor: int = 2,
         readiness_timeout_s: float = 5.0,
         readiness_cache_s: float = 1.0,
         stream_buffer_chars: int = 1024 * 1024,
@@ -81,6 +83,8 @@ class SandboxApi:
         self._admission = ExecutionAdmission(
             max_inflight_executions, max_inflight_per_key, metrics, logger
         )
+        self._turns = ChatTurns()
+        self._fair = FairShare(fair_share_floor)
         self._health = ServiceHealth(
             repository, runtime, metrics, logger, readiness_timeout_s, readiness_cache_s
         )
@@ -110,22 +114,35 @@ class SandboxApi:
     ) -> CodeExecution:
         """Run one execution; ``on_output`` is called from a worker thread."""
         admission = self._admission
-        admission.admit(chat_id, caller.tenant)
+        key = caller.tenant
+        admission.admit(chat_id, key)
         started = time.perf_counter()
+        work = partial(
+            self._execute_code.execute,
+            ExecuteCodeCommand(chat_id, request, packages, caller),
+            on_output,
+        )
+        # Its chat's turn, then a fair running place between keys (fair_share.py); at once when
+        # both are free, else waited for on the loop, holding no thread, lock or slot.
+        turn = self._turns.try_take(chat_id)
+        fast = turn is not None and self._fair.try_acquire(key)
+        if turn is not None and not fast:
+            self._turns.leave(chat_id, turn)  # nobody can step in before the wait below
         try:
-            future = self._threads.submit(
-                partial(
-                    self._execute_code.execute,
-                    ExecuteCodeCommand(chat_id, request, packages, caller),
-                    on_output,
-                )
-            )
+            if fast:
+                future = self._threads.submit(work)
+            else:
+                future = asyncio.ensure_future(self._when_fair(chat_id, key, work))
         except BaseException:
-            admission.release(chat_id, caller.tenant)
+            admission.release(chat_id, key)
+            if fast:
+                self._leave_fast(chat_id, key, turn)
             raise
 
         def finished(done: asyncio.Future[CodeExecution]) -> None:
-            admission.release(chat_id, caller.tenant)
+            if fast:
+                self._leave_fast(chat_id, key, turn)
+            admission.release(chat_id, key)
             self._metrics.execution_duration.labels(transport).observe(
                 time.perf_counter() - started
             )
@@ -135,6 +152,16 @@ class SandboxApi:
 
         future.add_done_callback(finished)
         return await asyncio.shield(future)
+
+    async def _when_fair(
+        self, chat_id: UUID, key: str, work: Callable[[], CodeExecution]
+    ) -> CodeExecution:
+        async with self._turns.turn(chat_id), self._fair.place(key):
+            return await self._threads.submit(work)
+
+    def _leave_fast(self, chat_id: UUID, key: str, turn: object) -> None:
+        self._fair.release(key)
+        self._turns.leave(chat_id, turn)
 
     def execute_stream(
         self,

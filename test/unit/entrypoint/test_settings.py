@@ -40,6 +40,7 @@ VARIABLES: dict[str, tuple[str, str, Any]] = {
     "SANDBOXD_MAX_INFLIGHT_EXECUTIONS_PER_KEY": ("limits.max_inflight_executions_per_key", "3", 3),
     "SANDBOXD_MAX_SANDBOXES": ("limits.max_sandboxes", "20", 20),
     "SANDBOXD_MAX_SANDBOXES_PER_KEY": ("limits.max_sandboxes_per_key", "5", 5),
+    "SANDBOXD_FAIR_SHARE_EXECUTIONS": ("limits.fair_share_executions", "6", 6),
     "SANDBOXD_MAX_STREAM_BUFFER_CHARS": ("limits.max_stream_buffer_chars", "4096", 4096),
     "SANDBOXD_MAX_FILE_BYTES": ("limits.max_file_bytes", "2048", 2048),
     "SANDBOXD_HOST": ("server.host", "0.0.0.0", "0.0.0.0"),
