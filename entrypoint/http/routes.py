@@ -43,6 +43,7 @@ from entrypoint.metrics import METRICS_CONTENT_TYPE, ServiceMetrics
 from usecase.ports import Logger
 
 TRANSPORT = "http"
+MAX_OFFSET = 2**62
 EVENT_STREAM = "text/event-stream"
 # How long a streamed execution may take before the response headers go out. Errors found
 # sooner (bad input, too many executions, runtime down) get their own HTTP status; later ones
@@ -174,7 +175,8 @@ async def list_sandboxes(
         json_schema_extra={"enum": ["", "running", "dead"]},
     ),
     limit: int = Query(100, ge=1, le=1000),
-    offset: int = Query(0, ge=0),
+    # Bounded: the stores' integers are 64-bit (a larger offset was a 500).
+    offset: int = Query(0, ge=0, le=MAX_OFFSET),
 ) -> Response:
     parsed_status = _parse_status(status)
     # One extra row tells whether another page follows.

@@ -55,6 +55,8 @@ def test_fuzzing_the_openapi_document(services: ServiceFactory, tmp_path: Path) 
             "--no-shrink",
             f"--report-dir={tmp_path / 'report'}",
         ],
+        # Its cache of crashes (.schemathesis/) goes there, not into the checkout.
+        cwd=tmp_path,
         capture_output=True,
         text=True,
         timeout=540,

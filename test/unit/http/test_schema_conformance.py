@@ -67,3 +67,9 @@ def test_the_document_says_what_is_accepted(client: TestClient) -> None:
     assert execute["timeout_s"]["exclusiveMinimum"] == 0
     assert "401" in document["paths"]["/metrics"]["get"]["responses"]
     assert {"401", "404"} <= set(document["paths"]["/v1/pools/{name}"]["get"]["responses"])
+
+
+def test_an_offset_past_any_column_is_refused_not_a_500(client: TestClient) -> None:
+    response = client.get("/v1/sandboxes", params={"offset": 10**22}, headers=AUTH)
+
+    assert (response.status_code, response.json()["code"]) == (422, "invalid_request")
