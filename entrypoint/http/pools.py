@@ -60,6 +60,15 @@ class CapacityBody(BaseModel):
     capacitySpec: CapacitySpec  # noqa: N815
 
 
+class CapacityView(BaseModel):
+    """A pool's capacity as stored: a pool defined by settings may be unbounded (2**31 - 1)."""
+
+    bufferMax: int  # noqa: N815 (the API's field names)
+    bufferMin: int  # noqa: N815
+    poolMax: int  # noqa: N815
+    poolMin: int  # noqa: N815
+
+
 class PoolStatusView(BaseModel):
     total: int
     allocated: int
@@ -70,7 +79,7 @@ class PoolStatusView(BaseModel):
 class PoolViewModel(BaseModel):
     name: str
     environment: PoolEnvironment
-    capacitySpec: CapacitySpec  # noqa: N815
+    capacitySpec: CapacityView  # noqa: N815
     status: PoolStatusView
 
 

@@ -73,3 +73,26 @@ def test_an_offset_past_any_column_is_refused_not_a_500(client: TestClient) -> N
     response = client.get("/v1/sandboxes", params={"offset": 10**22}, headers=AUTH)
 
     assert (response.status_code, response.json()["code"]) == (422, "invalid_request")
+
+
+def test_an_unbounded_pool_from_the_settings_is_shown_as_it_is() -> None:
+    # A request may not ask past MAX_POOL_COUNT, but the default pool from the settings is
+    # unbounded: the response model must not refuse what the service holds (was a 500).
+    from entrypoint.http.pools import MAX_POOL_COUNT, PoolViewModel
+
+    unbounded = 2**31 - 1
+    view = PoolViewModel.model_validate(
+        {
+            "name": "default",
+            "environment": {"language": "python", "packages": []},
+            "capacitySpec": {
+                "bufferMax": 1,
+                "bufferMin": 1,
+                "poolMax": unbounded,
+                "poolMin": 0,
+            },
+            "status": {"total": 0, "allocated": 0, "available": 0, "revision": 1},
+        }
+    )
+
+    assert view.capacitySpec.poolMax == unbounded > MAX_POOL_COUNT
