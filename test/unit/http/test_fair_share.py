@@ -149,3 +149,25 @@ def test_a_cancelled_turn_passes_it_on() -> None:
             return True
 
     assert asyncio.run(scenario())
+
+
+def test_a_turn_taken_at_once_holds_off_the_waiting_ones_until_left() -> None:
+    async def scenario() -> tuple[bool, bool, bool]:
+        turns = ChatTurns()
+        chat = uuid.uuid4()
+        token = turns.try_take(chat)
+        second = turns.try_take(chat)
+
+        async def waiter() -> None:
+            async with turns.turn(chat):
+                pass
+
+        waiting = asyncio.ensure_future(waiter())
+        await _settle()
+        held_off = not waiting.done()
+        assert token is not None
+        turns.leave(chat, token)
+        await asyncio.wait_for(waiting, 1)
+        return second is None, held_off, turns.try_take(chat) is not None
+
+    assert asyncio.run(scenario()) == (True, True, True)
