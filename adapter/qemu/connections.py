@@ -75,21 +75,13 @@ class AgentConnections:
         max_output_bytes: int,
         on_output: OutputSink | None,
     ) -> ExecutionResult:
-        vm = self._get_or_adopt(vm_id)
-        self._start_handover()
-        with vm.lock:
-            if vm.client is None:
-                vm.client = _connect_agent(vm.dir)
-                vm.connected_at = time.time()
-            try:
-                return vm.client.execute(request, max_output_bytes, on_output)
-            except SandboxGoneError:
-                vm.drop_client()
-                raise
+        return self.with_agent(
+            vm_id, lambda client: client.execute(request, max_output_bytes, on_output)
+        )
 
     def with_agent(self, vm_id: str, action: Callable[[AgentClient], T]) -> T:
-        """Lend the VM's agent connection for one operation that is not an execution (files,
-        ping, reseed), under the VM's lock."""
+        """Lend the VM's agent connection for one operation (an execution, files, ping,
+        reseed), under the VM's lock; dropped when the agent is gone."""
         vm = self._get_or_adopt(vm_id)
         self._start_handover()
         with vm.lock:

@@ -9,6 +9,9 @@ directory tree. Rules:
   to ``target`` (atomically, refusing to replace: FileExistsError when ``target`` exists), or
   creates one there on demand when the queue is empty, the pool is disabled (size 0), its
   directory could not be created, or the move failed.
+- ``acquirer(base)`` is ``acquire`` for a runtime whose VMs all boot over ``base``: the pool is
+  (re)started for that base on first use and when the base changes (a rebuilt image); None
+  when the pool is disabled.
 - ``stats()`` counts overlays handed out from the pool and created on demand.
 The pool directory must be on the same filesystem as the targets (the VMs' directory), or every
 move fails over to on-demand creation.
@@ -71,6 +74,7 @@ class OverlayPool:
         self._thread: threading.Thread | None = None
         self._pooled = 0
         self._on_demand = 0
+        self._restart_lock = threading.Lock()
 
     @classmethod
     def by_ratio(cls, pool_dir: Path, capacity: int, ratio: float, logger: Logger) -> OverlayPool:
@@ -102,6 +106,17 @@ class OverlayPool:
             )
             return False
         return True
+
+    def acquirer(self, base: Path) -> OverlayCreator | None:
+        if self._size == 0:
+            return None
+        with self._restart_lock:
+            with self._lock:
+                current = list(self._ready) if self._started else []
+            if current != [base]:
+                self.stop()  # a rebuilt image: the old base's overlays are useless
+                self.start([base])
+        return self.acquire
 
     def stop(self) -> None:
         with self._lock:

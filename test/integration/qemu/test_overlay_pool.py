@@ -143,3 +143,26 @@ def test_qemu_img_overlay_creates_a_backed_overlay(base: Path, tmp_path: Path) -
     target = tmp_path / "direct.qcow2"
     qemu_img_overlay(base, target)
     assert backing_of(target) == str(base)
+
+
+def test_acquirer_follows_the_runtime_base_and_drops_the_old_ones(
+    pool: OverlayPool, base: Path, tmp_path: Path
+) -> None:
+    assert pool.acquirer(base) is not None  # started on first use
+    wait_available(pool, base, 2)
+    assert pool.acquirer(base) is not None  # same base: the pool keeps its overlays
+    assert pool.available(base) == 2
+
+    rebuilt = tmp_path / "rebuilt.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(rebuilt), "16M"], check=True)
+    acquire = pool.acquirer(rebuilt)
+    assert acquire is not None
+    assert pool.available(base) == 0  # a rebuilt image: the old base's overlays are gone
+    wait_available(pool, rebuilt, 2)
+    target = tmp_path / "vm" / "overlay.qcow2"
+    target.parent.mkdir()
+    acquire(rebuilt, target)
+    assert backing_of(target) == str(rebuilt)
+
+    disabled = OverlayPool(tmp_path / "off", 0, FakeLogger())
+    assert disabled.acquirer(base) is None

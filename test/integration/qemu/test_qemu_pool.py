@@ -107,7 +107,7 @@ def test_vms_start_on_pooled_overlays(make_runtime: RuntimeFactory) -> None:
     runtime, _ = make_runtime(shared=True, overlay_pool_size=1)
     first = create_vm(runtime)  # starts the pool; this overlay may be made on demand
     for _ in range(2000):  # the pool's own state, bounded only to fail a pool that never fills
-        if runtime._overlays.available(next(iter(runtime._overlay_bases))) >= 1:
+        if runtime._overlays.available(runtime.image().base) >= 1:
             break
         time.sleep(0.01)
     second = create_vm(runtime)
