@@ -3,32 +3,27 @@ the servicer: parse, call the FilesApi facade, convert to messages."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
 
-from google.protobuf.timestamp_pb2 import Timestamp
 from grpc.aio import ServicerContext as Ctx
 
 from domain.errors import InvalidInputError
-from domain.files import StoredFile
 from domain.sandbox import parse_chat_id
 from domain.tenant import Caller
 from entrypoint.application.files_api import FilesApi
+from entrypoint.grpc.failures import CallGuard
 from entrypoint.grpc.generated import sandboxd_pb2 as pb
-
-T = TypeVar("T")
+from entrypoint.grpc.messages import stored_message, timestamp
 
 
 class FileRpcs:
-    """Mixed into SandboxServicer, which provides the error handling named here."""
+    """Mixed into SandboxServicer, which sets the two attributes and has the method named here."""
 
     _files_api: FilesApi | None
+    _guard: CallGuard
 
     if TYPE_CHECKING:
-
-        async def _guard(self, context: Ctx, call: Callable[[], Awaitable[T]]) -> T: ...
-
-        async def _abort(self, context: Ctx, error: Exception) -> Any: ...
 
         def _caller(self, context: Ctx) -> Caller: ...
 
@@ -53,37 +48,35 @@ class FileRpcs:
             stored = await self._files().upload(
                 parse_chat_id(header.chat_id), header.path, chunks(), caller=self._caller(context)
             )
-            return _stored_message(stored)
+            return stored_message(stored)
 
-        return await self._guard(context, run)
+        return await self._guard.run(context, run)
 
     async def DownloadFile(self, request: Any, context: Ctx) -> None:  # noqa: N802
-        failure: Exception | None = None
-        try:
+        async def run() -> None:
             download = await self._files().download(
                 parse_chat_id(request.chat_id), request.path, self._caller(context)
             )
-            await context.write(pb.DownloadFileResponse(info=_stored_message(download.stored)))
+            await context.write(pb.DownloadFileResponse(info=stored_message(download.stored)))
             async for chunk in download.chunks():
                 await context.write(pb.DownloadFileResponse(chunk=chunk))
-        except Exception as exc:
-            failure = exc
-        if failure is not None:
-            await self._abort(context, failure)
+
+        await self._guard.run(context, run)
 
     async def ListFiles(self, request: Any, context: Ctx) -> Any:  # noqa: N802
         async def run() -> Any:
             listing = await self._files().list(
                 parse_chat_id(request.chat_id), request.prefix, self._caller(context)
             )
-            files = []
-            for entry in listing.entries:
-                stamp = Timestamp()
-                stamp.FromDatetime(entry.modified_at)
-                files.append(pb.WorkspaceFile(path=entry.path, size=entry.size, modified_at=stamp))
+            files = [
+                pb.WorkspaceFile(
+                    path=entry.path, size=entry.size, modified_at=timestamp(entry.modified_at)
+                )
+                for entry in listing.entries
+            ]
             return pb.ListFilesResponse(files=files, truncated=listing.truncated)
 
-        return await self._guard(context, run)
+        return await self._guard.run(context, run)
 
     async def DeleteFile(self, request: Any, context: Ctx) -> Any:  # noqa: N802
         async def run() -> Any:
@@ -92,8 +85,4 @@ class FileRpcs:
             )
             return pb.DeleteFileResponse()
 
-        return await self._guard(context, run)
-
-
-def _stored_message(stored: StoredFile) -> Any:
-    return pb.StoredFile(path=stored.path, size=stored.size, sha256=stored.sha256)
+        return await self._guard.run(context, run)

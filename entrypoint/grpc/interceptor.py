@@ -9,6 +9,7 @@ from typing import Any
 import grpc
 from grpc.aio import ServicerContext
 
+from domain.tenant import Caller
 from entrypoint.auth import ApiKeyAuthenticator
 from entrypoint.errors import UnauthenticatedError
 from entrypoint.metrics import ServiceMetrics
@@ -22,6 +23,13 @@ def metadata_value(metadata: Any, name: str) -> str | None:
         if key == name:
             return value if isinstance(value, str) else value.decode("latin-1")
     return None
+
+
+def caller_of(authenticator: ApiKeyAuthenticator, context: ServicerContext[Any, Any]) -> Caller:
+    """Which known key called (the interceptor already refused unknown ones)."""
+    return authenticator.authenticate(
+        metadata_value(context.invocation_metadata(), "authorization")
+    )
 
 
 class ApiKeyInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]

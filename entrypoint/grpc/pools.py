@@ -5,25 +5,22 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any, NoReturn, TypeVar
+from typing import Any, TypeVar
 
 from grpc.aio import ServicerContext as Ctx
 
 from domain.pool import PoolCapacity, PoolDefinition
 from domain.tenant import Caller
 from entrypoint.auth import ApiKeyAuthenticator
-from entrypoint.errors import error_row, is_generic, log_error_detail, public_message
+from entrypoint.grpc.failures import CallGuard
 from entrypoint.grpc.generated import sandboxd_pb2 as pb
 from entrypoint.grpc.generated import sandboxd_pb2_grpc as pb_grpc
-from entrypoint.grpc.interceptor import ERROR_CODE_METADATA_KEY, metadata_value
+from entrypoint.grpc.interceptor import caller_of
 from entrypoint.metrics import ServiceMetrics
-from entrypoint.request_ids import request_id_or_new
 from usecase.pool_admin import ManagePools, PoolView
 from usecase.ports import Logger
 
 T = TypeVar("T")
-TRANSPORT = "grpc"
-REQUEST_ID_METADATA_KEY = "x-request-id"
 
 
 def pool_message(view: PoolView) -> Any:
@@ -69,8 +66,7 @@ class PoolServicer(pb_grpc.PoolServiceServicer):
     ) -> None:
         self._manage = manage
         self._authenticator = authenticator
-        self._metrics = metrics
-        self._logger = logger
+        self._guard = CallGuard(metrics, logger)
 
     async def ListPools(self, request: Any, context: Ctx) -> Any:  # noqa: N802
         views = await self._call(context, lambda: self._manage().list())
@@ -107,32 +103,8 @@ class PoolServicer(pb_grpc.PoolServiceServicer):
         return pb.DeletePoolResponse()
 
     def _caller(self, context: Ctx) -> Caller:
-        # The interceptor already refused unknown keys; this says which known one called.
-        return self._authenticator.authenticate(
-            metadata_value(context.invocation_metadata(), "authorization")
-        )
+        return caller_of(self._authenticator, context)
 
     async def _call(self, context: Ctx, call: Callable[[], T]) -> T:
-        try:
-            return await asyncio.to_thread(call)
-        except Exception as exc:
-            failure = exc
-        await self._abort(context, failure)
-
-    async def _abort(self, context: Ctx, error: Exception) -> NoReturn:
-        row = error_row(error)
-        self._metrics.errors.labels(row.code, TRANSPORT).inc()
-        request_id = request_id_or_new(
-            metadata_value(context.invocation_metadata(), REQUEST_ID_METADATA_KEY)
-        )
-        if is_generic(error):
-            log_error_detail(self._logger, "grpc_request_failed", error, request_id, TRANSPORT)
-        await context.abort(
-            row.grpc_status,
-            public_message(error, request_id),
-            trailing_metadata=(
-                (ERROR_CODE_METADATA_KEY, row.code),
-                (REQUEST_ID_METADATA_KEY, request_id),
-            ),
-        )
-        raise AssertionError("context.abort returned")  # pragma: no cover
+        """The blocking use case on a worker thread; its failure aborts the call."""
+        return await self._guard.run(context, lambda: asyncio.to_thread(call))
