@@ -253,16 +253,17 @@ def _strip_setid_bits(root: Path) -> None:
                 os.chmod(path, stat.S_IMODE(mode) & ~setid)
 
 
-def _installed(root: Path) -> set[str]:
-    result = subprocess.run(
-        ["dpkg-query", f"--admindir={root / 'var/lib/dpkg'}", "-W", "-f=${Package}\n"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+def _checked(command: list[str], what: str) -> str:
+    """Run a build step; its output, or RootfsBuildError with the tail of its error output."""
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode != 0:
-        raise RootfsBuildError(f"dpkg-query failed: {result.stderr.strip()}")
-    return set(result.stdout.split())
+        raise RootfsBuildError(f"{what} failed: {result.stderr.strip()[-500:]}")
+    return result.stdout
+
+
+def _installed(root: Path) -> set[str]:
+    admin_dir = f"--admindir={root / 'var/lib/dpkg'}"
+    return set(_checked(["dpkg-query", admin_dir, "-W", "-f=${Package}\n"], "dpkg-query").split())
 
 
 def _purge_toolchain(root: Path) -> None:
@@ -270,13 +271,11 @@ def _purge_toolchain(root: Path) -> None:
     check that what a sandbox uses still imports."""
     present = sorted(set(TOOLCHAIN_PACKAGES) & _installed(root))
     if present:
-        result = subprocess.run(
+        _checked(
             ["dpkg", f"--root={root}", "--force-depends", "--force-remove-essential",
              "--purge", *present],
-            capture_output=True, text=True, check=False,
+            "dpkg --purge",
         )  # fmt: skip
-        if result.returncode != 0:
-            raise RootfsBuildError(f"dpkg --purge failed: {result.stderr.strip()[-500:]}")
     _in_root(root, ["python3", "-c", "import numpy, pandas, scipy.linalg, scipy.stats, pip"])
 
 
@@ -295,23 +294,12 @@ def _build_font_cache(root: Path) -> None:
 
 def _in_root(root: Path, command: list[str]) -> None:
     # Debian's own packages in the tree being built (the host's registries never reach here).
-    result = subprocess.run(
-        ["chroot", str(root), *command], capture_output=True, text=True, check=False
-    )
-    if result.returncode != 0:
-        raise RootfsBuildError(f"{command[-1]!r} in the tree failed: {result.stderr[-500:]}")
+    _checked(["chroot", str(root), *command], f"{command[-1]!r} in the tree")
 
 
 def _write_tarball(root: Path, tarball: Path) -> None:
     # tar(1) keeps owners, modes, device nodes and hard links exactly as debootstrap made them.
-    result = subprocess.run(
-        ["tar", "--numeric-owner", "-C", str(root), "-cf", str(tarball), "."],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if result.returncode != 0:
-        raise RootfsBuildError(f"tar failed: {result.stderr.strip()}")
+    _checked(["tar", "--numeric-owner", "-C", str(root), "-cf", str(tarball), "."], "tar")
     with tarfile.open(tarball) as check:  # fail here, not in docker import, on a broken tarball
         check.next()
 
