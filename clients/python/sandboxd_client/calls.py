@@ -15,7 +15,7 @@ from uuid import UUID
 
 import httpx
 
-from sandboxd_client.files import file_url, listing, stored
+from sandboxd_client.files import file_url, listing, stored, url_segment
 from sandboxd_client.models import (
     ExecutionResult,
     OutputEvent,
@@ -82,7 +82,7 @@ def _sandbox_or_none(response: httpx.Response) -> Sandbox | None:
 
 
 def _chat(chat_id: UUID | str) -> str:
-    return f"/v1/chats/{chat_id}"
+    return f"/v1/chats/{url_segment(str(chat_id))}"
 
 
 # -- executions ------------------------------------------------------------------------------
@@ -197,7 +197,7 @@ def list_pools() -> Call[list[Pool]]:
 
 
 def get_pool(name: str) -> Call[Pool]:
-    return Call("GET", f"/v1/pools/{name}", _body(Pool.from_json))
+    return Call("GET", f"/v1/pools/{url_segment(name)}", _body(Pool.from_json))
 
 
 def create_pool(
@@ -214,11 +214,11 @@ def create_pool(
 
 def update_pool(name: str, capacity: dict[str, int]) -> Call[Pool]:
     body = {"capacitySpec": capacity}
-    return Call("PUT", f"/v1/pools/{name}", _body(Pool.from_json), {"json": body})
+    return Call("PUT", f"/v1/pools/{url_segment(name)}", _body(Pool.from_json), {"json": body})
 
 
 def delete_pool(name: str) -> Call[None]:
-    return Call("DELETE", f"/v1/pools/{name}", _nothing)
+    return Call("DELETE", f"/v1/pools/{url_segment(name)}", _nothing)
 
 
 # -- workspace files -------------------------------------------------------------------------

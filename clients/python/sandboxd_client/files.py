@@ -19,9 +19,28 @@ Source = Union[bytes, str, "os.PathLike[str]", IO[bytes]]
 Destination = Union[str, "os.PathLike[str]", IO[bytes]]
 
 
+def url_segment(value: str) -> str:
+    """One URL path segment (a chat id, a pool name): every reserved character escaped, and no
+    dot segment, which an HTTP client would resolve into another route."""
+    if value in ("", ".", ".."):
+        raise ValueError(f"not a valid identifier: {value!r}")
+    return quote(value, safe="")
+
+
 def file_url(chat: str, path: str = "") -> str:
-    base = f"/v1/chats/{chat}/files"
-    return f"{base}/{quote(path, safe='/')}" if path else base
+    """The URL path of a workspace file. Its slashes stay, except when a segment is "." or "..":
+    the HTTP client would resolve those away ("files/../sandbox" is the sandbox route), so such
+    a path's slashes go as %2F (the service decodes them) and the service, which refuses the
+    path, sees what the caller gave."""
+    base = f"/v1/chats/{url_segment(chat)}/files"
+    if not path:
+        return base
+    if path in (".", ".."):
+        # Alone in the URL it is a dot segment whatever its encoding: nothing to send.
+        raise SandboxdError(422, "path_refused", "the path has an empty, '.' or '..' component")
+    segments = path.split("/")
+    dots = any(segment in (".", "..") for segment in segments)
+    return f"{base}/" + ("%2F" if dots else "/").join(quote(s, safe="") for s in segments)
 
 
 def chunks_of(source: Source) -> Iterator[bytes]:

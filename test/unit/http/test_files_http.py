@@ -175,3 +175,40 @@ def test_the_cli_puts_gets_lists_and_removes(
     assert [f["path"] for f in json.loads(capsys.readouterr().out)["files"]] == ["a.csv"]
     assert main(["files", "--chat-id", chat, "rm", "a.csv"], container) == 0
     assert main(["files", "--chat-id", chat, "rm", "../x"], container) == 2
+
+
+@pytest.mark.parametrize("path", ["../sandbox", "./../sandbox", "a/../../sandbox", "..", "."])
+def test_a_dot_segment_path_from_the_python_client_cannot_reach_another_route(
+    path: str, runtime: FakeRuntime
+) -> None:
+    """An HTTP client resolves '..' away: 'files/../sandbox' would become DELETE .../sandbox
+    and destroy the chat's sandbox. Both clients must send the path as the caller gave it."""
+    chat = uuid.uuid4()
+    container = make_container(runtime=runtime)
+    with (
+        live_service(container) as live,
+        SandboxdClient(live.http_url, api_key=API_KEY) as client,
+    ):
+        client.upload_file(chat, "keep.txt", io.BytesIO(b"x"))
+        for attempt in (
+            lambda: client.delete_file(chat, path),
+            lambda: client.download_file(chat, path, io.BytesIO()),
+            lambda: client.upload_file(chat, path, io.BytesIO(b"y")),
+        ):
+            with pytest.raises(SandboxdError) as caught:
+                attempt()
+            assert (caught.value.status, caught.value.code) == (422, "path_refused")
+        sandbox = client.get_sandbox(chat)
+        assert sandbox is not None and sandbox.status == "running"
+        assert [f.path for f in client.list_files(chat)] == ["keep.txt"]
+    assert runtime.stopped == []
+
+
+def test_chat_ids_and_pool_names_are_one_url_segment_in_the_python_client() -> None:
+    from sandboxd_client import calls
+
+    assert calls.get_pool("../sandboxes").url == "/v1/pools/..%2Fsandboxes"
+    assert calls.delete_file("a/b", "x").url == "/v1/chats/a%2Fb/files/x"
+    for bad in ("..", ".", ""):
+        with pytest.raises(ValueError):
+            calls.delete_pool(bad)
