@@ -14,6 +14,11 @@ from domain.environment import Environment, recorded_packages
 from domain.errors import InvalidPoolError
 from domain.execution import Language
 
+# The most members a pool may be asked to start (bufferMin, bufferMax, poolMin) through the
+# API, gRPC or CLI: beyond any one host's sandboxes, and small enough that a typo cannot ask
+# for 100000. The host's cap (SANDBOXD_MAX_SANDBOXES) bounds what is really started anyway.
+MAX_POOL_MEMBERS = 1000
+
 _DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 
 
@@ -32,6 +37,13 @@ class PoolCapacity:
             raise InvalidPoolError("bufferMin must not exceed bufferMax")
         if self.pool_min > self.pool_max:
             raise InvalidPoolError("poolMin must not exceed poolMax")
+
+    def check_requestable(self) -> None:
+        """Refuse a definition asking to start more than MAX_POOL_MEMBERS members (poolMax is
+        a ceiling, not a start count: it may stay high)."""
+        for name in ("buffer_min", "buffer_max", "pool_min"):
+            if getattr(self, name) > MAX_POOL_MEMBERS:
+                raise InvalidPoolError(f"{name} must not exceed {MAX_POOL_MEMBERS}")
 
     @classmethod
     def fixed(cls, size: int) -> PoolCapacity:

@@ -301,6 +301,9 @@ class Container(containers.DeclarativeContainer):
     # without one every sandbox is created on demand exactly as before. Package pools start
     # their members from the same environment store and runtime as the provisioner.
     pool_repository = providers.Singleton(SqlAlchemyPoolRepository, ready_database)
+    # Where new sandboxes go and how many fit (logged once, when first built); pool members
+    # count against the same cap as the chats' sandboxes.
+    placement = providers.Singleton(placement, settings, logger)
     warm_pools = providers.Singleton(
         WarmPools,
         runtime=runtime,
@@ -311,6 +314,8 @@ class Container(containers.DeclarativeContainer):
         health_timeout_s=settings.provided.pools.health_timeout_seconds,
         rebinder=providers.Callable(_rebinder, runtime),
         environments=environments,
+        node=placement.provided.node,
+        max_sandboxes=placement.provided.max_sandboxes,
     )
     manage_pools = providers.Singleton(
         ManagePools, repository=pool_repository, pools=warm_pools, logger=logger
@@ -327,8 +332,6 @@ class Container(containers.DeclarativeContainer):
         logger=logger,
     )
 
-    # Where new sandboxes go and how many fit (logged once, when first built).
-    placement = providers.Singleton(placement, settings, logger)
     node = settings.provided.effective_node_id
 
     ttl = settings.provided.lifetime.ttl

@@ -27,6 +27,8 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from domain.pool import MAX_POOL_MEMBERS
+
 ENV_PREFIX = "SANDBOXD_"
 # Environment keys carry major.minor of it: a new release never reuses older environments.
 SERVICE_VERSION = "0.1.0"
@@ -251,7 +253,9 @@ class PoolSettings(SettingsGroup):
     # The default warm pool for the base environment (named "default", stored in the database
     # on start when absent): ``size`` idle sandboxes, or when size is 0, ratio x host_capacity
     # (at least 1). Both 0 (the default): no default pool, every sandbox starts on demand.
-    size: int = Field(default=0, ge=0)
+    # At most MAX_POOL_MEMBERS (1000), as for pools defined through the API; members count
+    # against SANDBOXD_MAX_SANDBOXES with the chats' sandboxes.
+    size: int = Field(default=0, ge=0, le=MAX_POOL_MEMBERS)
     ratio: float = Field(default=0.0, ge=0, le=1)
     # How many sandboxes this host runs at most; the ratio is taken of it.
     host_capacity: int = Field(default=32, gt=0)

@@ -15,6 +15,10 @@ session records, in their normalised form); any other set gets no pooled sandbox
 on demand. Several pools of one environment are tried by name. Package pools run only where the
 runtime serves package environments; elsewhere they stay stored, with a zero status.
 
+The host's cap. Pool members count against SANDBOXD_MAX_SANDBOXES with the chats' sandboxes;
+every pool of the process shares one HostBudget (usecase/pool_budget.py, which says how chats
+come first: a chat at the cap claims a member or evicts idle ones, it is never refused for them).
+
 Bookkeeping lives in PoolMembers (usecase/pool_members.py), starting members in the Replenisher
 (usecase/pool_replenish.py); this module claims, checks health, and keeps the pools in step
 with their definitions.
@@ -31,6 +35,7 @@ from uuid import UUID
 from domain.pool import PoolDefinition, PoolStatus
 from domain.sandbox import SandboxSession, SandboxStatus
 from usecase.environment import EnvironmentProvisioning
+from usecase.pool_budget import HostBudget
 from usecase.pool_members import PoolCounters, PoolMembers
 from usecase.pool_replenish import (
     BaseMembers,
@@ -60,6 +65,7 @@ class PoolServices:
     health: SandboxHealthProbe | None = None
     health_timeout_s: float = 1.0
     rebinder: SandboxRebinder | None = None
+    budget: HostBudget | None = None
 
 
 # A claim's refill waits this long: starting a sandbox costs the host a burst of CPU (engine,
@@ -82,8 +88,11 @@ class WarmPool:
         health_timeout_s: float = 1.0,
         rebinder: SandboxRebinder | None = None,
         maker: MemberMaker | None = None,
+        budget: HostBudget | None = None,
     ) -> None:
+        """``budget``: the host's, shared by every pool of the process (None: uncapped)."""
         self._definition = definition
+        self._budget = budget or HostBudget(repository)
         self._repository = repository
         self._logger = logger
         self._health = health
@@ -98,6 +107,7 @@ class WarmPool:
             clock,
             logger,
             replenish_parallelism(definition.capacity.buffer_max),
+            self._budget,
         )
 
     @property
@@ -154,6 +164,18 @@ class WarmPool:
 
     def settle(self, session_id: UUID) -> None:
         self._members.disown(session_id)
+        self._budget.release(session_id)  # its chat's record counts it now
+
+    def evict(self) -> bool:
+        """Destroy one idle member to make room for a chat; False when none is idle."""
+        member = self._members.evict()
+        if member is None:
+            return False
+        self._replenisher.destroy(member, "pool_member_evicted")
+        return True
+
+    def idle_count(self) -> int:
+        return self._members.counts().idle
 
     def owns(self, session_id: UUID) -> bool:
         return self._members.owns(session_id)
@@ -228,9 +250,21 @@ class WarmPools:
         health_timeout_s: float = 1.0,
         rebinder: SandboxRebinder | None = None,
         environments: EnvironmentProvisioning | None = None,
+        node: str = "",
+        max_sandboxes: int | None = None,
     ) -> None:
+        """``node``/``max_sandboxes``: this host's name and sandbox cap (Placement's); every
+        pool's members count against the cap with the chats' sandboxes."""
+        self._budget = HostBudget(repository, node, max_sandboxes)
         self._services = PoolServices(
-            runtime, repository, clock, logger, health, health_timeout_s, rebinder
+            runtime,
+            repository,
+            clock,
+            logger,
+            health,
+            health_timeout_s,
+            rebinder,
+            self._budget,
         )
         self._environments = environments
         self._unrunnable: set[str] = set()  # package pools already logged as not run
@@ -310,6 +344,7 @@ class WarmPools:
             services.health_timeout_s,
             services.rebinder,
             maker,
+            services.budget,
         )
 
     def claim(
@@ -334,6 +369,17 @@ class WarmPools:
     def settle(self, session_id: UUID) -> None:
         for pool in self.pools():
             pool.settle(session_id)
+
+    def make_room(self) -> None:
+        """Before a chat's sandbox is created on demand: evict idle members (the most idle
+        pool's first) until the new sandbox fits the host's cap, or none is idle (then only
+        starting members hold the room, and they are destroyed as soon as they are up)."""
+        excess = self._budget.excess(extra=1)
+        while excess > 0:
+            pools = sorted(self.pools(), key=lambda p: p.idle_count(), reverse=True)
+            if not pools or not pools[0].evict():
+                return
+            excess -= 1
 
     def owns(self, session_id: UUID) -> bool:
         return any(pool.owns(session_id) for pool in self.pools())

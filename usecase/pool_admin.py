@@ -9,6 +9,9 @@ Who may do what: pools change what the whole service runs (and how much of the h
 so creating, resizing and deleting them is for admin callers only (SANDBOXD_ADMIN_KEYS, and the
 operator: the CLI); any other key gets AdminRequiredError, checked before anything is looked up.
 Reading definitions and counts is open to every key: they hold no tenant's data.
+
+Sizes: a definition may ask for at most MAX_POOL_MEMBERS (1000) members (InvalidPoolError, 422),
+and whatever it asks, the host's sandbox cap bounds what runs (usecase/pool_budget.py).
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ class ManagePools:
 
     def create(self, definition: PoolDefinition, caller: Caller = OPERATOR) -> PoolView:
         _require_admin(caller, "create pools")
+        definition.capacity.check_requestable()
         self._repository.add_pool(replace(definition, revision=1))
         self._logger.info("pool_created", {"pool": definition.name, "by": caller.tenant})
         self.sync()
@@ -65,6 +69,7 @@ class ManagePools:
 
     def update(self, name: str, capacity: PoolCapacity, caller: Caller = OPERATOR) -> PoolView:
         _require_admin(caller, "change pools")
+        capacity.check_requestable()
         current = self._repository.get_pool(name)
         if current is None:
             raise PoolNotFoundError(f"no pool named {name!r}")

@@ -10,6 +10,9 @@ leads to are one step. Nothing here starts, stops or waits for a sandbox.
   reconciliation leaves them alone.
 - ``allocated``: handed to a chat; they count toward the pool's total until the chat's session
   ends (``forget``).
+
+The host's budget (usecase/pool_budget.py) is kept beside this, not in it: a reservation the
+budget refuses is handed back with ``unreserve`` and counted as ``replenish_capped``.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ class PoolCounters:
     replenished: int = 0
     replenish_failures: int = 0
     health_failures: int = 0
+    replenish_capped: int = 0  # starts refused (or members dropped) for the host's budget
+    evicted: int = 0  # idle members destroyed to admit a chat at the host's cap
 
 
 @dataclass(frozen=True)
@@ -98,6 +103,13 @@ class PoolMembers:
             self._owned.discard(member_id)
             self.counters.replenish_failures += 1
 
+    def unreserve(self, member_id: UUID) -> None:
+        """A reserved member gets no room in the host's budget: not started, or dropped."""
+        with self._lock:
+            self._pending -= 1
+            self._owned.discard(member_id)
+            self.counters.replenish_capped += 1
+
     def admit(self, member: SandboxSession) -> bool:
         """A reserved member booted: keep it idle, or False when the pool was closed or shrunk
         meanwhile (the caller destroys it)."""
@@ -138,6 +150,14 @@ class PoolMembers:
                 return False
             self.counters.health_failures += 1
             return True
+
+    def evict(self) -> SandboxSession | None:
+        """The newest idle member, removed (to destroy) to make room for a chat; None if none."""
+        with self._lock:
+            if not self._idle:
+                return None
+            self.counters.evicted += 1
+            return self._idle.pop()
 
     def idle(self) -> list[SandboxSession]:
         with self._lock:

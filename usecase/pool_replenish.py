@@ -15,6 +15,12 @@ number for large ones), released on failure and on cancellation (the pool's ``cl
 reserves a member only while the pool is short (``PoolMembers.reserve``), so it does nothing when
 the pool filled meanwhile; a member that finished booting after the pool was closed or shrunk is
 destroyed, not kept.
+
+Every member also needs room in the host's budget (usecase/pool_budget.py): without it nothing
+is started (``replenish_capped``; ``pool_replenish_capped`` is logged once, with the numbers,
+until a start gets room again: ``pool_replenish_resumed``), and a member whose room a chat took
+while it booted is destroyed. Replenishment is requested on every claim and every health round,
+so a capped pool resumes by itself once chats end.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from domain.environment import Environment, recorded_packages
 from domain.execution import ExecutionRequest, Language
 from domain.sandbox import SandboxSession
 from usecase.environment import EnvironmentProvisioning
+from usecase.pool_budget import HostBudget, Room
 from usecase.pool_members import PoolMembers
 from usecase.ports import Clock, Logger, SandboxRuntime
 
@@ -101,8 +108,11 @@ class Replenisher:
         clock: Clock,
         logger: Logger,
         parallelism: int,
+        budget: HostBudget,
     ) -> None:
         self._name = name
+        self._budget = budget
+        self._capped = False  # logged once per capped spell
         self._members = members
         self._maker = maker
         self._runtime = runtime
@@ -157,6 +167,7 @@ class Replenisher:
                 {"container_id": member.container_id, "error": type(exc).__name__},
             )
         self._members.disown(member.session_id)
+        self._budget.release(member.session_id)
         self._logger.info(event, {"pool": self._name, "container_id": member.container_id})
 
     def _run(self, delay_s: float) -> None:
@@ -174,17 +185,25 @@ class Replenisher:
             member_id = self._members.reserve()
             if member_id is None:
                 return False
+            if not self._has_room(member_id):
+                return False
             member = None
             try:
                 member = self._maker.make(member_id, self._clock.now())
                 self._runtime.execute(member.container_id, WARM_UP)
             except Exception as exc:
                 self._members.abandon(member_id)
+                self._budget.release(member_id)
                 self._logger.error(
                     "pool_replenish_failed", {"pool": self._name, "error": type(exc).__name__}
                 )
                 if member is not None:
                     self.destroy(member, "pool_member_discarded")
+                return False
+            if not self._budget.fits():
+                # A chat took this member's room while it booted: chats come first.
+                self._members.unreserve(member_id)
+                self.destroy(member, "pool_member_discarded")
                 return False
             if not self._members.admit(member):
                 # Booted after the pool was closed or shrunk: nobody will ever claim it.
@@ -194,3 +213,28 @@ class Replenisher:
             "pool_member_ready", {"pool": self._name, "container_id": member.container_id}
         )
         return True
+
+    def _has_room(self, member_id: UUID) -> bool:
+        """Hold the host budget's room for a reserved member, or hand the reservation back."""
+        room = self._budget.hold(member_id)
+        if not room.granted:
+            self._members.unreserve(member_id)
+        self._note(room)
+        return room.granted
+
+    def _note(self, room: Room) -> None:
+        """Log the start and the end of a capped spell, not every refused start."""
+        with self._lock:
+            changed = self._capped == room.granted
+            self._capped = not room.granted
+        if not changed:
+            return
+        attrs: dict[str, str | int | float | bool] = {
+            "pool": self._name,
+            "running": room.running,
+            "held": room.held,
+        }
+        if room.granted:
+            self._logger.info("pool_replenish_resumed", attrs)
+        else:
+            self._logger.warning("pool_replenish_capped", {**attrs, "limit": room.limit or -1})

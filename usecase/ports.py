@@ -295,6 +295,11 @@ class WarmSandboxSource(Protocol):
 
     def settle(self, session_id: UUID) -> None: ...
 
+    def make_room(self) -> None:
+        """Before a sandbox is created on demand: free the room pool members hold in the
+        host's cap if the new one would not fit (chats come before warm members)."""
+        ...
+
     def owns(self, session_id: UUID) -> bool:
         """True while the sandbox with this session id is a pool member not yet given to a chat
         (starting, idle, or being claimed)."""

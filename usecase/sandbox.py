@@ -80,8 +80,11 @@ class Placement:
     caps RUNNING sandboxes on the node, ``max_per_owner`` a tenant's on the node (None: no
     cap). Counted in the session store, so replicas on one node sharing it count the same ones.
     Only a new chat is refused: replacing an existing chat's sandbox stops the old one first.
-    At the cap nothing is evicted to make room (one key must not be able to erase another's
-    idle state); the caller retries after sandboxes expire or are deleted.
+    At the cap no chat's sandbox is evicted to make room (one key must not be able to erase
+    another's idle state); the caller retries after sandboxes expire or are deleted. Warm pool
+    members count against ``max_sandboxes`` too (usecase/pool_budget.py) but never make a chat
+    wait: the chat claims one, or idle ones are evicted to admit it; only RUNNING records are
+    checked here, so a claimed member is counted once, as the chat's.
     """
 
     node: str = ""
@@ -276,6 +279,20 @@ class SandboxProvisioner:
         )
         return updated
 
+    def _claim_warm(
+        self, chat_id: UUID, now: datetime, expires_at: datetime, packages: tuple[str, ...]
+    ) -> SandboxSession | None:
+        """A warm pool's member for exactly these packages (the base environment: none), or
+        None; then the pools make room in the host's cap for the sandbox created on demand."""
+        if self._warm is None:
+            return None
+        pooled = self._warm.claim(
+            chat_id=chat_id, created_at=now, expires_at=expires_at, packages=packages
+        )
+        if pooled is None:
+            self._warm.make_room()
+        return pooled
+
     def _create(
         self,
         chat_id: UUID,
@@ -295,14 +312,7 @@ class SandboxProvisioner:
             for env in (recorded_environment(packages, lang) for lang in PACKAGE_LANGUAGES)
             if not env.is_base
         ]
-        # A warm pool serves exactly these packages (the base environment: none), or nobody.
-        pooled = (
-            None
-            if self._warm is None
-            else self._warm.claim(
-                chat_id=chat_id, created_at=now, expires_at=expires_at, packages=packages
-            )
-        )
+        pooled = self._claim_warm(chat_id, now, expires_at, packages)
         if pooled is not None:
             session = pooled
         elif not with_packages:

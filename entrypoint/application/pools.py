@@ -30,7 +30,9 @@ def install_pool_metrics(metrics: ServiceMetrics, pools: WarmPools) -> None:
     gauge = Gauge(
         "sandboxd_pool",
         "Warm pools: idle and allocated members; claims served from the pool, replenish and "
-        "health-check failures (totals since start); on_demand creations (pool = '').",
+        "health-check failures, starts refused for the host's sandbox cap (replenish_capped) "
+        "and idle members evicted to admit a chat at the cap (totals since start); on_demand "
+        "creations (pool = '').",
         ["pool", "measure"],
         registry=metrics.registry,
     )
@@ -47,6 +49,8 @@ def install_pool_metrics(metrics: ServiceMetrics, pools: WarmPools) -> None:
             gauge.labels(name, "claims_missed").set(counters.missed)
             gauge.labels(name, "replenish_failures").set(counters.replenish_failures)
             gauge.labels(name, "health_failures").set(counters.health_failures)
+            gauge.labels(name, "replenish_capped").set(counters.replenish_capped)
+            gauge.labels(name, "evicted").set(counters.evicted)
 
     metrics.on_scrape(refresh)
 

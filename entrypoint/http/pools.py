@@ -11,13 +11,14 @@ from collections.abc import Awaitable, Callable
 from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from domain.pool import PoolCapacity, PoolDefinition
+from domain.pool import MAX_POOL_MEMBERS, PoolCapacity, PoolDefinition
 from domain.tenant import Caller
 from entrypoint.http.routes import _ERRORS
 from entrypoint.http.schemas import ErrorBody
 from usecase.pool_admin import ManagePools, PoolView
 
-# Far above any host's capacity, and within every store's integer column (larger was a 500).
+# poolMax is a ceiling: far above any host's capacity, and within every store's integer column
+# (larger was a 500). The counts that start members are bounded by MAX_POOL_MEMBERS (1000).
 MAX_POOL_COUNT = 100_000
 
 
@@ -25,10 +26,10 @@ class CapacitySpec(BaseModel):
     # Strict: a JSON true is not a count, nor is "3".
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    bufferMax: int = Field(ge=0, le=MAX_POOL_COUNT)  # noqa: N815 (the API's field names)
-    bufferMin: int = Field(ge=0, le=MAX_POOL_COUNT)  # noqa: N815
+    bufferMax: int = Field(ge=0, le=MAX_POOL_MEMBERS)  # noqa: N815 (the API's field names)
+    bufferMin: int = Field(ge=0, le=MAX_POOL_MEMBERS)  # noqa: N815
     poolMax: int = Field(ge=0, le=MAX_POOL_COUNT)  # noqa: N815
-    poolMin: int = Field(ge=0, le=MAX_POOL_COUNT)  # noqa: N815
+    poolMin: int = Field(ge=0, le=MAX_POOL_MEMBERS)  # noqa: N815
 
     def capacity(self) -> PoolCapacity:
         return PoolCapacity(

@@ -97,6 +97,9 @@ class _Source:
     def settle(self, session_id) -> None:
         self._pool.settle(session_id)
 
+    def make_room(self) -> None:
+        pass  # uncapped here
+
     def owns(self, session_id) -> bool:
         return self._pool.owns(session_id)
 

@@ -102,6 +102,10 @@ def test_a_tenant_key_cannot_create_resize_or_delete_pools(
         body(poolMax=-3),
         body(bufferMin=3, bufferMax=2),
         body(poolMin=6, poolMax=5),
+        # Absurd sizes: each count that starts members is at most 1000.
+        body(bufferMin=100_000, bufferMax=100_000, poolMax=100_000),
+        body(bufferMax=1001, poolMax=2000),
+        body(poolMin=1001, poolMax=2000),
     ],
 )
 def test_invalid_definitions_are_422(pools_client: TestClient, payload: dict) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from domain.errors import AdminRequiredError
+from domain.errors import AdminRequiredError, InvalidPoolError
 from domain.pool import PoolCapacity, PoolDefinition
 from domain.tenant import OPERATOR, Caller
 from repository.pool_store import InMemoryPoolRepository
@@ -58,3 +58,31 @@ def test_the_operator_and_admin_keys_manage_pools(manage: ManagePools) -> None:
     manage.delete("two", OPERATOR)
     assert [view.definition.name for view in manage.list()] == ["one"]
     manage.delete("one")  # the operator (CLI, scripts) is the default caller
+
+
+@pytest.mark.parametrize(
+    "capacity",
+    [
+        PoolCapacity(buffer_min=100_000, buffer_max=100_000, pool_min=0, pool_max=100_000),
+        PoolCapacity(buffer_min=0, buffer_max=1001, pool_min=0, pool_max=2000),
+        PoolCapacity(buffer_min=0, buffer_max=1, pool_min=1001, pool_max=2000),
+    ],
+)
+def test_absurd_sizes_are_refused_on_every_transport(
+    manage: ManagePools, world: World, capacity: PoolCapacity
+) -> None:
+    # HTTP, gRPC and the CLI all go through ManagePools.
+    with pytest.raises(InvalidPoolError, match="must not exceed 1000"):
+        manage.create(PoolDefinition("big", "python", (), capacity), ADMIN)
+    manage.create(definition(), ADMIN)
+    with pytest.raises(InvalidPoolError, match="must not exceed 1000"):
+        manage.update("base", capacity, ADMIN)
+    assert [view.definition.name for view in manage.list()] == ["base"]
+    assert manage.get("base").definition.capacity == PoolCapacity.fixed(1)
+
+
+def test_the_largest_allowed_size_is_accepted(world: World) -> None:
+    manage = ManagePools(InMemoryPoolRepository(), None, world.logger)  # the CLI: runs no pools
+    capacity = PoolCapacity(buffer_min=0, buffer_max=1000, pool_min=1000, pool_max=100_000)
+    manage.create(PoolDefinition("big", "python", (), capacity), ADMIN)
+    assert manage.get("big").definition.capacity == capacity
