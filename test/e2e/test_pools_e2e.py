@@ -111,3 +111,73 @@ def test_a_package_pool_made_by_an_admin_serves_its_set(
         for found in docker_client.images.list(name=repository):
             for tag in found.tags:
                 docker_client.images.remove(tag, force=True)
+
+
+def execute(service: ServiceProcess, chat: uuid.UUID) -> httpx.Response:
+    return httpx.post(
+        f"{service.http_url}/v1/chats/{chat}/executions",
+        json={"code": "print('hi')"},
+        headers=AUTH,
+        timeout=60,
+    )
+
+
+def pool_metric(service: ServiceProcess, measure: str, name: str) -> float:
+    metrics = httpx.get(f"{service.http_url}/metrics", headers=AUTH, timeout=30).text
+    prefix = f'sandboxd_pool{{measure="{measure}",pool="{name}"}} '
+    (line,) = [line for line in metrics.splitlines() if line.startswith(prefix)]
+    return float(line.removeprefix(prefix))
+
+
+def test_a_pool_larger_than_the_host_cap_stops_at_it_and_chats_are_still_served(
+    services: ServiceFactory, docker_client: docker.DockerClient
+) -> None:
+    # The host takes 3 sandboxes; an admin asks for 5 idle ones. Pool members count against
+    # the cap with the chats' sandboxes, and chats come first.
+    service = services(max_sandboxes="3", admin_keys=ADMIN_KEY, pool_health_interval_seconds="1")
+
+    def definition(size: int) -> dict[str, object]:
+        return {
+            "name": "big",
+            "environment": {"language": "python", "packages": []},
+            "capacitySpec": {"bufferMax": size, "bufferMin": size, "poolMax": 10, "poolMin": 0},
+        }
+
+    pool, absurd = definition(5), definition(100_000)
+    try:
+        refused = httpx.post(f"{service.http_url}/v1/pools", json=absurd, headers=ADMIN, timeout=30)
+        assert refused.status_code == 422, refused.text
+        created = httpx.post(f"{service.http_url}/v1/pools", json=pool, headers=ADMIN, timeout=30)
+        assert created.status_code == 201, created.text
+        wait_available(service, 3, "big")
+        # Capped: the replenisher was refused a fourth member (and keeps being refused).
+        for _ in range(600):
+            if pool_metric(service, "replenish_capped", "big") >= 1:
+                break
+            time.sleep(0.1)
+        assert pool_metric(service, "replenish_capped", "big") >= 1, service.log_tail()
+        assert len(container_ids(service, docker_client)) == 3
+        assert "pool_replenish_capped" in service.log_tail()
+
+        # At the cap, new chats are served from the pool: nothing is started beyond 3.
+        chats = [uuid.uuid4() for _ in range(3)]
+        for chat in chats:
+            response = execute(service, chat)
+            assert response.status_code == 200, response.text
+            assert len(container_ids(service, docker_client)) <= 3
+        assert pool_status(service, "big")["available"] == 0
+        assert len(container_ids(service, docker_client)) == 3
+
+        # Three chats fill the host: a fourth is refused, not given a fourth sandbox.
+        over = execute(service, uuid.uuid4())
+        assert (over.status_code, over.json()["code"]) == (429, "sandbox_limit")
+
+        # A chat ends: its room goes back to the pool at the next health round.
+        deleted = httpx.delete(
+            f"{service.http_url}/v1/chats/{chats[0]}/sandbox", headers=AUTH, timeout=30
+        )
+        assert deleted.status_code in (200, 204), deleted.text
+        wait_available(service, 1, "big")
+        assert len(container_ids(service, docker_client)) == 3
+    finally:
+        service.remove_sandboxes(docker_client)
