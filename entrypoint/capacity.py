@@ -40,10 +40,17 @@ def default_max_sandboxes(settings: Settings, total_bytes: int | None) -> int | 
     return max(1, int(usable_mb // per_sandbox_mb(settings)))
 
 
+def sandbox_capacity(settings: Settings) -> int | None:
+    """This host's sandbox cap: SANDBOXD_MAX_SANDBOXES, else derived from its memory; None
+    when that cannot be read. Pool ratios (SANDBOXD_POOL_RATIO, SANDBOXD_QEMU_OVERLAY_POOL_RATIO)
+    are taken of it."""
+    return settings.limits.max_sandboxes or default_max_sandboxes(settings, host_memory_bytes())
+
+
 def placement(settings: Settings, logger: Logger) -> Placement:
     limits = settings.limits
     total = host_memory_bytes()
-    cap = limits.max_sandboxes or default_max_sandboxes(settings, total)
+    cap = sandbox_capacity(settings)
     logger.info(
         "sandbox_capacity",
         {

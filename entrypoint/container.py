@@ -33,7 +33,7 @@ from entrypoint.application.pools import PoolWorker
 from entrypoint.application.sandbox_api import SandboxApi
 from entrypoint.application.sweep import CleanupWorker, Sweeper
 from entrypoint.auth import ApiKeyAuthenticator
-from entrypoint.capacity import placement
+from entrypoint.capacity import placement, sandbox_capacity
 from entrypoint.grpc.interceptor import ApiKeyInterceptor
 from entrypoint.grpc.pools import PoolServicer
 from entrypoint.grpc.servicer import SandboxServicer
@@ -118,7 +118,7 @@ def _qemu_runtime(settings: Settings, logger: Logger) -> QemuSandboxRuntime:
         user=qemu.user or None,
         log_max_bytes=qemu.log_max_bytes,
         preload=tuple(name.strip() for name in qemu.preload.split(",") if name.strip()),
-        overlay_pool_size=pool_size_for(settings.pools.host_capacity, qemu.overlay_pool_ratio),
+        overlay_pool_size=pool_size_for(sandbox_capacity(settings) or 1, qemu.overlay_pool_ratio),
     )
     return QemuSandboxRuntime(config, logger)
 
@@ -330,6 +330,7 @@ class Container(containers.DeclarativeContainer):
         pools=warm_pools,
         settings=settings.provided.pools,
         logger=logger,
+        host_capacity=placement.provided.max_sandboxes,
     )
 
     node = settings.provided.effective_node_id

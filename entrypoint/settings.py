@@ -195,7 +195,7 @@ class QemuSettings(SettingsGroup):
     # Empty by default: a fork bomb in a 256 MiB guest holding them starves its agent; give
     # the VMs more memory (SANDBOXD_QEMU_MEMORY_MB) before turning it on.
     preload: str = ""
-    # qcow2 overlays kept ready per base image: max(1, int(pool host capacity x ratio)); 0: off.
+    # qcow2 overlays kept ready per base image: max(1, int(host sandbox cap x ratio)); 0: off.
     overlay_pool_ratio: float = Field(default=0.0, ge=0, le=1)
 
 
@@ -251,14 +251,13 @@ class PoolSettings(SettingsGroup):
     env_prefix = "pool_"
 
     # The default warm pool for the base environment (named "default", stored in the database
-    # on start when absent): ``size`` idle sandboxes, or when size is 0, ratio x host_capacity
-    # (at least 1). Both 0 (the default): no default pool, every sandbox starts on demand.
+    # on start when absent): ``size`` idle sandboxes, or when size is 0, ratio x this host's
+    # sandbox cap (limits.max_sandboxes, configured or derived from memory; at least 1).
+    # Both 0 (the default): no default pool, every sandbox starts on demand.
     # At most MAX_POOL_MEMBERS (1000), as for pools defined through the API; members count
     # against SANDBOXD_MAX_SANDBOXES with the chats' sandboxes.
     size: int = Field(default=0, ge=0, le=MAX_POOL_MEMBERS)
     ratio: float = Field(default=0.0, ge=0, le=1)
-    # How many sandboxes this host runs at most; the ratio is taken of it.
-    host_capacity: int = Field(default=32, gt=0)
     # The health loop pings idle members' agents every interval, each with this timeout; it
     # also picks up pool definitions changed by other replicas.
     health_interval_seconds: float = Field(default=10.0, gt=0)

@@ -17,9 +17,11 @@ from usecase.ports import Logger
 DEFAULT_POOL = "default"
 
 
-def default_pool(settings: PoolSettings) -> PoolDefinition | None:
-    """The base environment's pool from SANDBOXD_POOL_SIZE / SANDBOXD_POOL_RATIO; None when off."""
-    size = settings.size or pool_size_for(settings.host_capacity, settings.ratio)
+def default_pool(settings: PoolSettings, host_capacity: int | None) -> PoolDefinition | None:
+    """The base environment's pool from SANDBOXD_POOL_SIZE, or SANDBOXD_POOL_RATIO of the host's
+    sandbox cap (``host_capacity``; None, unknown: no ratio pool); None when off."""
+    ratio_size = pool_size_for(host_capacity, settings.ratio) if host_capacity else 0
+    size = settings.size or ratio_size
     if size <= 0:
         return None
     return PoolDefinition(DEFAULT_POOL, "python", (), PoolCapacity.fixed(size))
@@ -65,7 +67,9 @@ class PoolWorker:
         pools: WarmPools,
         settings: PoolSettings,
         logger: Logger,
+        host_capacity: int | None = None,
     ) -> None:
+        self._host_capacity = host_capacity
         self._manage = manage
         self._pools = pools
         self._settings = settings
@@ -74,7 +78,12 @@ class PoolWorker:
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        default = default_pool(self._settings)
+        default = default_pool(self._settings, self._host_capacity)
+        if self._settings.ratio and not self._settings.size and self._host_capacity is None:
+            self._logger.warning(
+                "pool_ratio_without_capacity",
+                {"ratio": self._settings.ratio, "reason": "the host's memory cannot be read"},
+            )
         if default is not None:
             await asyncio.to_thread(self._manage.ensure_default, default)
         await asyncio.to_thread(self._manage.sync)

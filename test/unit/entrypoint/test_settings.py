@@ -102,7 +102,6 @@ VARIABLES: dict[str, tuple[str, str, Any]] = {
     "SANDBOXD_POOL_SIZE": ("pools.size", "4", 4),
     "SANDBOXD_QEMU_OVERLAY_POOL_RATIO": ("qemu.overlay_pool_ratio", "0.5", 0.5),
     "SANDBOXD_POOL_RATIO": ("pools.ratio", "0.25", 0.25),
-    "SANDBOXD_POOL_HOST_CAPACITY": ("pools.host_capacity", "8", 8),
     "SANDBOXD_POOL_HEALTH_INTERVAL_SECONDS": ("pools.health_interval_seconds", "3", 3.0),
     "SANDBOXD_POOL_HEALTH_TIMEOUT_SECONDS": ("pools.health_timeout_seconds", "0.5", 0.5),
 }

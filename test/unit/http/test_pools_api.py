@@ -157,6 +157,15 @@ def test_the_settings_pool_starts_with_the_service_and_is_drained_on_stop(
     assert runtime.alive == {}
 
 
+def test_the_settings_pool_ratio_is_taken_of_the_hosts_sandbox_cap(runtime: FakeRuntime) -> None:
+    container = make_container(runtime, pool_ratio=0.5, max_sandboxes=4)
+    with live_service(container):
+        pool = container.warm_pools().get("default")
+        assert pool is not None
+        pool.fill()
+        assert len(runtime.alive) == 2  # max(1, int(4 x 0.5))
+
+
 def test_the_clients_manage_pools() -> None:
     import asyncio
 
