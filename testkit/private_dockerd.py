@@ -35,6 +35,7 @@ class PrivateDockerd:
         self.config.write_text("{}\n")
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
+        self.bridge = self.root.name  # "sbxd-" + 8 characters: within the 15 of an interface name
 
     @property
     def base_url(self) -> str:
@@ -46,6 +47,8 @@ class PrivateDockerd:
 
     def start(self) -> None:
         self.starts += 1
+        if not Path("/sys/class/net", self.bridge).exists():
+            subprocess.run(["ip", "link", "add", self.bridge, "type", "bridge"], check=True)
         with (self.root / f"dockerd-{self.starts}.log").open("wb") as log:
             self.process = subprocess.Popen(
                 [
@@ -55,7 +58,10 @@ class PrivateDockerd:
                     f"--data-root={self.root / 'data'}",
                     f"--exec-root={self.root / 'exec'}",
                     f"--pidfile={self.root / 'docker.pid'}",
-                    "--bridge=none",
+                    # Its own bridge: --bridge=none would make it delete the host's docker0
+                    # (dockerd removes the default bridge interface when bridging is off), and
+                    # the system engine's containers on the default network could not start.
+                    f"--bridge={self.bridge}",
                     "--iptables=false",
                     "--ip6tables=false",
                     "--ip-masq=false",
@@ -147,6 +153,7 @@ class PrivateDockerd:
         if Path("/sys/fs/cgroup", self.root.name).is_dir():  # cgroup v2
             with suppress(OSError):
                 Path("/sys/fs/cgroup", self.root.name).rmdir()
+        subprocess.run(["ip", "link", "delete", self.bridge], check=False, capture_output=True)
 
 
 def _mounts_under(root: Path) -> list[str]:
@@ -163,6 +170,7 @@ def _mounts_under(root: Path) -> list[str]:
 
 @contextmanager
 def private_dockerd(images: tuple[str, ...] = ()) -> Iterator[PrivateDockerd]:
+    host_interfaces = set(os.listdir("/sys/class/net"))
     engine = PrivateDockerd()
     try:
         engine.start()
@@ -171,3 +179,7 @@ def private_dockerd(images: tuple[str, ...] = ()) -> Iterator[PrivateDockerd]:
         yield engine
     finally:
         engine.close()
+    # The system engine's docker0 once vanished this way, and every later container on the
+    # default network failed to start: the private engine must leave the host's network alone.
+    lost = host_interfaces - set(os.listdir("/sys/class/net"))
+    assert not lost, f"the private dockerd removed host network interfaces: {sorted(lost)}"
