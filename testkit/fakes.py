@@ -301,7 +301,8 @@ class FakeFileStore:
     """Workspaces in memory, per container id; refusals as the agent makes them.
 
     ``symlinks`` holds paths that user code turned into links leading out (refused like the
-    agent refuses them); ``capacity`` is the workspace size for every sandbox.
+    agent refuses them); ``capacity`` is the workspace size for every sandbox; ``list_limit``
+    the most entries a listing holds (past it, ``truncated``).
     """
 
     def __init__(self, runtime: FakeRuntime, capacity: int = 10 * 1024 * 1024) -> None:
@@ -309,6 +310,7 @@ class FakeFileStore:
         self.capacity = capacity
         self.workspaces: dict[str, dict[str, bytes]] = {}
         self.symlinks: set[str] = set()
+        self.list_limit: int | None = None
 
     def _workspace(self, container_id: str) -> dict[str, bytes]:
         if container_id not in self.runtime.alive:
@@ -349,14 +351,13 @@ class FakeFileStore:
     def list_files(self, container_id: str, prefix: str) -> WorkspaceListing:
         workspace = self._workspace(container_id)
         epoch = datetime(2026, 1, 1, tzinfo=UTC)
-        return WorkspaceListing(
-            tuple(
-                WorkspaceEntry(path, len(data), epoch)
-                for path, data in sorted(workspace.items())
-                if path.startswith(prefix)
-            ),
-            truncated=False,
+        entries = tuple(
+            WorkspaceEntry(path, len(data), epoch)
+            for path, data in sorted(workspace.items())
+            if path.startswith(prefix)
         )
+        limit = len(entries) if self.list_limit is None else self.list_limit
+        return WorkspaceListing(entries[:limit], truncated=len(entries) > limit)
 
     def delete_file(self, container_id: str, path: str) -> None:
         self._check(path)

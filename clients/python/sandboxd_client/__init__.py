@@ -2,8 +2,10 @@
 
 from sandboxd_client.client import AsyncSandboxdClient, SandboxdClient
 from sandboxd_client.models import (
+    ERROR_CODES,
     ChangedFile,
     ExecutionResult,
+    FileListing,
     OutputEvent,
     Pool,
     RichOutput,
@@ -15,9 +17,11 @@ from sandboxd_client.models import (
 )
 
 __all__ = [
+    "ERROR_CODES",
     "AsyncSandboxdClient",
     "ChangedFile",
     "ExecutionResult",
+    "FileListing",
     "OutputEvent",
     "Pool",
     "RichOutput",

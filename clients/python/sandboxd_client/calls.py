@@ -18,6 +18,7 @@ import httpx
 from sandboxd_client.files import file_url, listing, stored, url_segment
 from sandboxd_client.models import (
     ExecutionResult,
+    FileListing,
     OutputEvent,
     Pool,
     RichOutput,
@@ -25,7 +26,6 @@ from sandboxd_client.models import (
     SandboxdError,
     SandboxPage,
     StoredFile,
-    WorkspaceFile,
 )
 
 T = TypeVar("T")
@@ -35,7 +35,8 @@ StreamItem = OutputEvent | RichOutput | ExecutionResult
 # chat's earlier messages.
 _EXECUTE_SLACK_S = 60.0
 _DEFAULT_EXECUTION_TIMEOUT_S = 30.0
-_FILE_TIMEOUT_S = 600.0
+# Files stream for as long as they take, up to this (a 100 MiB file on a slow link).
+DEFAULT_FILE_TIMEOUT_S = 600.0
 
 
 @dataclass(frozen=True)
@@ -181,6 +182,8 @@ def list_sandboxes(status: str | None, limit: int, offset: int) -> Call[SandboxP
 def _page(data: dict[str, Any]) -> SandboxPage:
     return SandboxPage(
         items=[Sandbox.from_json(item) for item in data["items"]],
+        limit=data["limit"],
+        offset=data["offset"],
         next_offset=data.get("next_offset"),
     )
 
@@ -225,19 +228,24 @@ def delete_pool(name: str) -> Call[None]:
 
 
 def upload_file(
-    chat_id: UUID | str, path: str, chunks: Iterator[bytes] | AsyncIterator[bytes]
+    chat_id: UUID | str,
+    path: str,
+    chunks: Iterator[bytes] | AsyncIterator[bytes],
+    timeout_s: float = DEFAULT_FILE_TIMEOUT_S,
 ) -> Call[StoredFile]:
     """``chunks``: files.chunks_of(source), or async_chunks_of for the async client."""
-    options = {"content": chunks, "timeout": _FILE_TIMEOUT_S}
+    options = {"content": chunks, "timeout": timeout_s}
     return Call("PUT", file_url(str(chat_id), path), _body(stored), options)
 
 
-def download_file(chat_id: UUID | str, path: str) -> Call[None]:
+def download_file(
+    chat_id: UUID | str, path: str, timeout_s: float = DEFAULT_FILE_TIMEOUT_S
+) -> Call[None]:
     """Streamed: the client reads the body itself (``read`` only checks for an error)."""
-    return Call("GET", file_url(str(chat_id), path), _nothing, {"timeout": _FILE_TIMEOUT_S})
+    return Call("GET", file_url(str(chat_id), path), _nothing, {"timeout": timeout_s})
 
 
-def list_files(chat_id: UUID | str, prefix: str) -> Call[list[WorkspaceFile]]:
+def list_files(chat_id: UUID | str, prefix: str) -> Call[FileListing]:
     return Call("GET", file_url(str(chat_id)), _body(listing), {"params": {"prefix": prefix}})
 
 

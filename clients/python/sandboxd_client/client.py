@@ -9,6 +9,8 @@
 Every error response raises SandboxdError(status, code, message); ``retryable`` is True for 429
 and 503. A timed-out execution is not an error: ``result.timed_out`` is True. What each method
 sends and how its answer is read is shared by both clients: sandboxd_client.calls.
+
+``timeout_s`` bounds each request; ``file_timeout_s`` an upload or download as a whole stream.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from uuid import UUID
 import httpx
 
 from sandboxd_client import calls
-from sandboxd_client.calls import Call, SseParser, StreamItem, auth_headers
+from sandboxd_client.calls import DEFAULT_FILE_TIMEOUT_S, Call, SseParser, StreamItem, auth_headers
 from sandboxd_client.files import (
     CHUNK,
     Destination,
@@ -34,11 +36,11 @@ from sandboxd_client.files import (
 )
 from sandboxd_client.models import (
     ExecutionResult,
+    FileListing,
     Pool,
     Sandbox,
     SandboxPage,
     StoredFile,
-    WorkspaceFile,
     capacity_spec,
 )
 
@@ -57,8 +59,10 @@ class SandboxdClient:
         api_key: str | None = None,
         *,
         timeout_s: float = 30.0,
+        file_timeout_s: float = DEFAULT_FILE_TIMEOUT_S,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
+        self._file_timeout_s = file_timeout_s
         self._http = httpx.Client(
             base_url=base_url,
             headers=auth_headers(api_key),
@@ -104,23 +108,32 @@ class SandboxdClient:
     # -- workspace files -----------------------------------------------------------------------
 
     def upload_file(self, chat_id: UUID | str, path: str, source: Source) -> StoredFile:
-        """Upload bytes, a local file (path) or a binary file object, streamed in chunks."""
-        return self._send(calls.upload_file(chat_id, path, chunks_of(source)))
+        """Upload bytes, a local file (path), a binary file object or an iterable of byte
+        chunks, streamed as it is read."""
+        chunks = chunks_of(source)
+        return self._send(calls.upload_file(chat_id, path, chunks, self._file_timeout_s))
 
     def download_file(self, chat_id: UUID | str, path: str, destination: Destination) -> StoredFile:
         """Stream the file into a local path or a binary file object; checks its SHA-256."""
-        with self._stream(calls.download_file(chat_id, path)) as response:
-            digest = response.headers.get("x-sandboxd-sha256", "")
-            check = DigestCheck(digest, response.headers.get("x-request-id", ""))
+        with self._stream(calls.download_file(chat_id, path, self._file_timeout_s)) as response:
+            check = DigestCheck(response)
+            chunks = check.verified(response.iter_bytes(CHUNK))
             if isinstance(destination, str | os.PathLike):
                 with open(destination, "wb") as f:
-                    size = _copy(response, f, check)
+                    f.writelines(chunks)
             else:
-                size = _copy(response, destination, check)
-            check.check()
-        return StoredFile(path, size, digest)
+                destination.writelines(chunks)
+        return StoredFile(path, check.size, check.sha256)
 
-    def list_files(self, chat_id: UUID | str, prefix: str = "") -> list[WorkspaceFile]:
+    def iter_file(self, chat_id: UUID | str, path: str) -> Iterator[bytes]:
+        """The file's content in chunks as they arrive; past the last one, SandboxdError
+        digest_mismatch if it is not what the service's SHA-256 said. The request goes out on
+        the first ``next``; close the iterator (or read it to its end) to free the connection."""
+        with self._stream(calls.download_file(chat_id, path, self._file_timeout_s)) as response:
+            yield from DigestCheck(response).verified(response.iter_bytes(CHUNK))
+
+    def list_files(self, chat_id: UUID | str, prefix: str = "") -> FileListing:
+        """The files under ``prefix``; iterates like a list, ``truncated`` if only part."""
         return self._send(calls.list_files(chat_id, prefix))
 
     def delete_file(self, chat_id: UUID | str, path: str) -> None:
@@ -205,9 +218,11 @@ class AsyncSandboxdClient:
         api_key: str | None = None,
         *,
         timeout_s: float = 30.0,
+        file_timeout_s: float = DEFAULT_FILE_TIMEOUT_S,
         transport: httpx.AsyncBaseTransport | None = None,
         max_connections: int = 100,
     ) -> None:
+        self._file_timeout_s = file_timeout_s
         self._http = httpx.AsyncClient(
             base_url=base_url,
             headers=auth_headers(api_key),
@@ -258,28 +273,37 @@ class AsyncSandboxdClient:
     # -- workspace files -----------------------------------------------------------------------
 
     async def upload_file(self, chat_id: UUID | str, path: str, source: Source) -> StoredFile:
-        """Upload bytes, a local file (path) or a binary file object, streamed in chunks."""
-        return await self._send(calls.upload_file(chat_id, path, async_chunks_of(source)))
+        """Upload bytes, a local file (path), a binary file object or an (async) iterable of
+        byte chunks, streamed as it is read. A sync iterable is iterated on the event loop."""
+        chunks = async_chunks_of(source)
+        return await self._send(calls.upload_file(chat_id, path, chunks, self._file_timeout_s))
 
     async def download_file(
         self, chat_id: UUID | str, path: str, destination: Destination
     ) -> StoredFile:
         """Stream the file into a local path or a binary file object; checks its SHA-256."""
-        async with self._stream(calls.download_file(chat_id, path)) as response:
-            digest = response.headers.get("x-sandboxd-sha256", "")
-            check = DigestCheck(digest, response.headers.get("x-request-id", ""))
+        call = calls.download_file(chat_id, path, self._file_timeout_s)
+        async with self._stream(call) as response:
+            check = DigestCheck(response)
+            chunks = check.averified(response.aiter_bytes(CHUNK))
             if isinstance(destination, str | os.PathLike):
                 f = await asyncio.to_thread(open, destination, "wb")
                 try:
-                    size = await _async_copy(response, f, check)
+                    await _write_all(chunks, f)
                 finally:
                     await asyncio.to_thread(f.close)
             else:
-                size = await _async_copy(response, destination, check)
-            check.check()
-        return StoredFile(path, size, digest)
+                await _write_all(chunks, destination)
+        return StoredFile(path, check.size, check.sha256)
 
-    async def list_files(self, chat_id: UUID | str, prefix: str = "") -> list[WorkspaceFile]:
+    async def iter_file(self, chat_id: UUID | str, path: str) -> AsyncIterator[bytes]:
+        """SandboxdClient.iter_file as an async iterator."""
+        call = calls.download_file(chat_id, path, self._file_timeout_s)
+        async with self._stream(call) as response:
+            async for chunk in DigestCheck(response).averified(response.aiter_bytes(CHUNK)):
+                yield chunk
+
+    async def list_files(self, chat_id: UUID | str, prefix: str = "") -> FileListing:
         return await self._send(calls.list_files(chat_id, prefix))
 
     async def delete_file(self, chat_id: UUID | str, path: str) -> None:
@@ -351,19 +375,6 @@ class AsyncSandboxdClient:
             yield response
 
 
-def _copy(response: httpx.Response, out: IO[bytes], check: DigestCheck) -> int:
-    size = 0
-    for chunk in response.iter_bytes(CHUNK):
-        out.write(chunk)
-        check.update(chunk)
-        size += len(chunk)
-    return size
-
-
-async def _async_copy(response: httpx.Response, out: IO[bytes], check: DigestCheck) -> int:
-    size = 0
-    async for chunk in response.aiter_bytes(CHUNK):
+async def _write_all(chunks: AsyncIterator[bytes], out: IO[bytes]) -> None:
+    async for chunk in chunks:
         await asyncio.to_thread(out.write, chunk)
-        check.update(chunk)
-        size += len(chunk)
-    return size

@@ -1,21 +1,25 @@
-"""Workspace file helpers of the clients: sources and destinations as bytes, paths or file
-objects, streamed in chunks. The async client reads and writes local files in a worker thread
-(a chunk at a time), so a large file never blocks the event loop."""
+"""Workspace file helpers of the clients: sources as bytes, paths, file objects or iterators of
+chunks; destinations as paths or file objects; downloads checked against the service's SHA-256
+as they stream. The async client reads and writes local files in a worker thread (a chunk at a
+time), so a large file never blocks the event loop."""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
 from datetime import datetime
 from typing import IO, Any, Union
 from urllib.parse import quote
 
-from sandboxd_client.models import SandboxdError, StoredFile, WorkspaceFile
+import httpx
+
+from sandboxd_client.models import FileListing, SandboxdError, StoredFile, WorkspaceFile
 
 CHUNK = 1024 * 1024
-Source = Union[bytes, str, "os.PathLike[str]", IO[bytes]]
+# An iterable of chunks is sent as it is iterated; an async iterable only by the async client.
+Source = Union[bytes, str, "os.PathLike[str]", IO[bytes], Iterable[bytes], AsyncIterable[bytes]]
 Destination = Union[str, "os.PathLike[str]", IO[bytes]]
 
 
@@ -51,7 +55,13 @@ def chunks_of(source: Source) -> Iterator[bytes]:
         with open(source, "rb") as f:
             yield from _read(f)
         return
-    yield from _read(source)
+    # A file object is iterable too, by lines: read it in chunks instead.
+    if hasattr(source, "read"):
+        yield from _read(source)  # type: ignore[arg-type]
+        return
+    if isinstance(source, AsyncIterable):
+        raise TypeError("an async iterable is a source for AsyncSandboxdClient only")
+    yield from source
 
 
 def _read(f: IO[bytes]) -> Iterator[bytes]:
@@ -72,7 +82,15 @@ async def async_chunks_of(source: Source) -> AsyncIterator[bytes]:
         finally:
             await asyncio.to_thread(f.close)
         return
-    async for chunk in _async_read(source):
+    if hasattr(source, "read"):
+        async for chunk in _async_read(source):  # type: ignore[arg-type]
+            yield chunk
+        return
+    if isinstance(source, AsyncIterable):
+        async for chunk in source:
+            yield chunk
+        return
+    for chunk in source:
         yield chunk
 
 
@@ -85,24 +103,40 @@ def stored(data: dict[str, Any]) -> StoredFile:
     return StoredFile(data["path"], data["size"], data["sha256"])
 
 
-def listing(data: dict[str, Any]) -> list[WorkspaceFile]:
-    return [
+def listing(data: dict[str, Any]) -> FileListing:
+    files = tuple(
         WorkspaceFile(f["path"], f["size"], datetime.fromisoformat(f["modified_at"]))
         for f in data["files"]
-    ]
+    )
+    return FileListing(files, bool(data.get("truncated", False)))
 
 
 class DigestCheck:
-    """Hashes what is written and checks it against the server's digest at the end."""
+    """A download's chunks as they arrive, hashed; past the last one, a content that is not what
+    the service's X-Sandboxd-Sha256 said raises SandboxdError digest_mismatch."""
 
-    def __init__(self, expected: str, request_id: str) -> None:
-        self._expected = expected
-        self._request_id = request_id
+    def __init__(self, response: httpx.Response) -> None:
+        self.sha256 = response.headers.get("x-sandboxd-sha256", "")
+        self.size = 0
+        self._request_id = response.headers.get("x-request-id", "")
         self._hash = hashlib.sha256()
 
-    def update(self, chunk: bytes) -> None:
-        self._hash.update(chunk)
+    def verified(self, chunks: Iterable[bytes]) -> Iterator[bytes]:
+        for chunk in chunks:
+            self._update(chunk)
+            yield chunk
+        self._check()
 
-    def check(self) -> None:
-        if self._expected and self._hash.hexdigest() != self._expected:
+    async def averified(self, chunks: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
+        async for chunk in chunks:
+            self._update(chunk)
+            yield chunk
+        self._check()
+
+    def _update(self, chunk: bytes) -> None:
+        self._hash.update(chunk)
+        self.size += len(chunk)
+
+    def _check(self) -> None:
+        if self.sha256 and self._hash.hexdigest() != self.sha256:
             raise SandboxdError(0, "digest_mismatch", "the download is corrupt", self._request_id)

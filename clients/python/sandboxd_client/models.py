@@ -3,13 +3,63 @@
 from __future__ import annotations
 
 import base64
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+# The codes the service answers with, as of this client; a newer service may add more. The
+# client makes its own too: ``digest_mismatch`` (a corrupt download) and ``http_<status>`` (an
+# error body that is not JSON, e.g. from a proxy).
+ERROR_CODES: tuple[str, ...] = (
+    # entrypoint/errors.py: the error table
+    "unauthenticated",
+    "invalid_chat_id",
+    "code_too_large",
+    "unsupported_language",
+    "invalid_timeout",
+    "invalid_package",
+    "environment_build_failed",
+    "environments_unsupported",
+    "package_not_allowed",
+    "path_refused",
+    "file_too_large",
+    "file_not_found",
+    "workspace_full",
+    "invalid_input",
+    "invalid_pool",
+    "pool_not_found",
+    "pool_already_exists",
+    "admin_required",
+    "sandbox_not_found",
+    "session_conflict",
+    "too_many_executions",
+    "sandbox_limit",
+    "wrong_node",
+    "runtime_unavailable",
+    "artifact_store_unavailable",
+    "storage_full",
+    "database_unavailable",
+    "sandbox_gone",
+    "lock_timeout",
+    "lock_lost",
+    "shutting_down",
+    "slow_client",
+    "service_error",
+    "internal_error",
+    # entrypoint/http: request validation, routing, readiness
+    "invalid_request",
+    "not_found",
+    "method_not_allowed",
+    "request_too_large",
+    "unsupported_media_type",
+    "not_ready",
+)
+
 
 class SandboxdError(Exception):
-    """An error response: ``status`` (HTTP), ``code`` (stable, see the README), ``message``."""
+    """An error response: ``status`` (HTTP; 0 inside a stream or for a corrupt download),
+    ``code`` (stable: ERROR_CODES, see the README), ``message``."""
 
     def __init__(self, status: int, code: str, message: str, request_id: str = "") -> None:
         super().__init__(f"{status} {code}: {message}")
@@ -101,6 +151,21 @@ class WorkspaceFile:
 
 
 @dataclass(frozen=True)
+class FileListing:
+    """A workspace listing; ``truncated`` when the service listed only part of it. Iterates and
+    sizes like its ``files``."""
+
+    files: tuple[WorkspaceFile, ...]
+    truncated: bool = False
+
+    def __iter__(self) -> Iterator[WorkspaceFile]:
+        return iter(self.files)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+
+@dataclass(frozen=True)
 class ExecutionResult:
     """One execution. A timeout is a result: ``timed_out`` True, ``exit_code`` None."""
 
@@ -149,6 +214,9 @@ class ExecutionResult:
 @dataclass(frozen=True)
 class SandboxPage:
     items: list[Sandbox]
+    # What the service answered for (``limit`` as it applied it).
+    limit: int
+    offset: int
     next_offset: int | None
 
 

@@ -32,6 +32,7 @@ export const ERROR_CODES = [
   "wrong_node",
   "runtime_unavailable",
   "artifact_store_unavailable",
+  "storage_full",
   "database_unavailable",
   "sandbox_gone",
   "lock_timeout",
