@@ -176,7 +176,12 @@ class QemuSettings(SettingsGroup):
 
     env_prefix = "qemu_"
 
-    memory_mb: int = Field(default=256, ge=64)
+    # Guest memory, as the container's SANDBOXD_DOCKER_MEMORY_MB: user code keeps ~400 MiB beside
+    # the preloaded interpreter (~110 MiB at 256). Guest pages never touched are never allocated
+    # on the host: an idle VM restored from the snapshot costs about the same at 512 as at 256
+    # (302 vs 296 MiB RSS, TCG, with the preload below); a busy one can use it all, so the
+    # derived SANDBOXD_MAX_SANDBOXES (entrypoint.capacity) counts 512 per VM, half of 256's.
+    memory_mb: int = Field(default=512, ge=64)
     vcpus: int = Field(default=1, ge=1, le=16)
     accel: Literal["auto", "kvm", "tcg"] = "auto"
     # Start sandboxes from a memory snapshot of a booted VM instead of cold-booting each one.
@@ -190,11 +195,15 @@ class QemuSettings(SettingsGroup):
     user: str = "sandboxd-qemu"
     # Each VM's console and QEMU log files are capped at this size (one older file kept).
     log_max_bytes: int = Field(default=1024 * 1024, ge=4096)
-    # Comma-separated modules the guest's python imports before the memory snapshot (e.g.
-    # "numpy,pandas,matplotlib.pyplot": a chat's first import then costs nothing under TCG).
-    # Empty by default: a fork bomb in a 256 MiB guest holding them starves its agent; give
-    # the VMs more memory (SANDBOXD_QEMU_MEMORY_MB) before turning it on.
-    preload: str = ""
+    # Comma-separated modules the guest's python imports before the memory snapshot, outside the
+    # user's namespace: a new chat's first `import pandas, matplotlib.pyplot` then answers at
+    # once instead of taking 20-40 s under TCG, near the 30 s default timeout (and a fresh
+    # interpreter with the files in the page cache still takes ~15-20 s: executing the modules
+    # dominates, not reading them). The price: the snapshot grows from ~100 to ~210 MB and each
+    # idle VM holds ~110 MiB more host RSS (186 -> 296 MiB at 256 MiB, TCG); a fork bomb now
+    # forks a bigger interpreter, which the guest's process limit, nice 10 for user code and
+    # 512 MiB contain (the conformance suite's bombs). Empty: nothing preloaded, denser VMs.
+    preload: str = "numpy,pandas,matplotlib.pyplot"
     # qcow2 overlays kept ready per base image: max(1, int(host sandbox cap x ratio)); 0: off.
     overlay_pool_ratio: float = Field(default=0.0, ge=0, le=1)
 

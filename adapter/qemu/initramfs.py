@@ -24,9 +24,9 @@ SANDBOX_USER = "sandbox"
 # (as many as the container runtime's pids limit allows), so a fork bomb cannot starve the agent.
 MAX_PROCESSES = 128
 # /tmp is small as in the container. /workspace is a tmpfs of a quarter of the guest's memory:
-# the preloaded interpreter (numpy, pandas, matplotlib) holds another third, and a workspace
-# filled to the kernel's default half made the OOM killer take the interpreter before the
-# writer ever saw ENOSPC.
+# the preloaded interpreter (numpy, pandas, matplotlib) holds about 100 MiB more, and a workspace
+# filled to the kernel's default half of a 256 MiB guest made the OOM killer take the
+# interpreter before the writer ever saw ENOSPC.
 TMP_SIZE = "32m"
 WORKSPACE_SIZE = "25%"
 PRELOAD_PARAM = "sandboxd.preload"

@@ -14,6 +14,7 @@ from adapter.qemu.config import QemuSandboxConfig
 from adapter.qemu.runtime import QemuSandboxRuntime
 from testkit.fakes import FakeLogger
 from testkit.qemu import RuntimeFactory, ensure_qemu_images
+from testkit.service import ServiceProcess
 
 pytestmark = pytest.mark.qemu
 
@@ -63,3 +64,23 @@ def make_runtime(
     yield make
     for runtime in made:
         _stop_all(runtime)
+
+
+@pytest.fixture
+def qemu_service(
+    tmp_path_factory: pytest.TempPathFactory, qemu_image_dir: Path
+) -> Iterator[ServiceProcess]:
+    """``sandboxd serve`` with SANDBOXD_RUNTIME=qemu and otherwise default settings (none of the
+    caller's SANDBOXD_* variables), on the shared image set."""
+    service = ServiceProcess(
+        tmp_path_factory.mktemp("sandboxd-qemu-e2e"),
+        runtime="qemu",
+        qemu_image_dir=qemu_image_dir,
+        ttl_seconds="600",
+    )
+    service.start()
+    try:
+        yield service
+    finally:
+        service.stop()
+        service.remove_sandboxes()

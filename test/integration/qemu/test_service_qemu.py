@@ -6,7 +6,6 @@ from __future__ import annotations
 import signal
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -33,24 +32,6 @@ def _running(pid: int) -> bool:
     except OSError:
         return False
     return stat.rsplit(")", 1)[-1].split()[0] not in ("Z", "X")
-
-
-@pytest.fixture
-def qemu_service(
-    tmp_path_factory: pytest.TempPathFactory, qemu_image_dir: Path
-) -> Iterator[ServiceProcess]:
-    service = ServiceProcess(
-        tmp_path_factory.mktemp("sandboxd-qemu-e2e"),
-        runtime="qemu",
-        qemu_image_dir=qemu_image_dir,
-        ttl_seconds="600",
-    )
-    service.start()
-    try:
-        yield service
-    finally:
-        service.stop()
-        service.remove_sandboxes()
 
 
 def _client(service: ServiceProcess) -> SandboxdClient:

@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from entrypoint.settings import DockerSettings, Settings
+from adapter.qemu.config import QemuSandboxConfig
+from entrypoint.settings import DockerSettings, QemuSettings, Settings
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -179,3 +180,12 @@ def test_invalid_values_are_refused_as_before(monkeypatch) -> None:
     monkeypatch.setenv("SANDBOXD_DOCKER_USER", "root")
     with pytest.raises(ValueError, match=r"docker\.user"):
         Settings()
+
+
+def test_the_qemu_runtime_defaults_are_the_services() -> None:
+    """Code that builds a QemuSandboxConfig without settings (tests, benchmarks) gets what a
+    service with no settings runs: the preloaded modules and the guest memory."""
+    config = QemuSandboxConfig(data_dir=Path("/d"), instance_id="i")
+    settings = QemuSettings()
+    assert ",".join(config.preload) == settings.preload == "numpy,pandas,matplotlib.pyplot"
+    assert config.memory_mb == settings.memory_mb
