@@ -82,6 +82,7 @@ def main() -> None:
             data_dir=data_dir,
             instance_id=f"bench-{uuid4().hex[:8]}",
             memory_mb=settings.qemu.memory_mb,
+            preload=tuple(name for name in settings.qemu.preload.split(",") if name),
             vcpus=settings.qemu.vcpus,
             accel=settings.qemu.accel,
             snapshot=snapshot,
@@ -149,6 +150,7 @@ def main() -> None:
                 {
                     "accel": warm_rt.accelerator,
                     "memory_mb": settings.qemu.memory_mb,
+                    "preload": settings.qemu.preload,
                     "vcpus": settings.qemu.vcpus,
                     "cold_boot_to_agent_ready_s": {
                         "n": len(cold),
