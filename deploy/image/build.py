@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import docker
@@ -48,7 +49,7 @@ PIP_PLATFORM = ("--only-binary=:all:",)
 
 
 def log(message: str) -> None:
-    print(f"[service-image] {message}", file=sys.stderr, flush=True)
+    print(f"[deploy-image] {message}", file=sys.stderr, flush=True)
 
 
 def run(*command: str, cwd: Path = ROOT, quiet: bool = False) -> None:
@@ -62,12 +63,30 @@ def run(*command: str, cwd: Path = ROOT, quiet: bool = False) -> None:
         raise SystemExit(f"{command[0]} exited with {done.returncode}:\n" + "\n".join(tail))
 
 
-def base_tag(mirror: str) -> str:
-    key = json.dumps(
-        {"builder": BUILDER_VERSION, "suite": SUITE, "mirror": mirror, "packages": PACKAGES},
-        sort_keys=True,
-    )
-    return f"{BASE_REPOSITORY}:{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+@dataclass(frozen=True)
+class Rootfs:
+    """What a debootstrap image holds: its packages, files written into the tree after
+    debootstrap (path -> (mode, content)), trees pruned from it and its ``docker import``
+    changes. The service's base is the default; deploy/image/postgres.py makes another."""
+
+    repository: str = BASE_REPOSITORY
+    packages: tuple[str, ...] = PACKAGES
+    files: dict[str, tuple[int, str]] = field(default_factory=dict)
+    pruned: tuple[str, ...] = ()
+    changes: tuple[str, ...] = ("ENV LANG=C.UTF-8",)
+
+    def tag(self, mirror: str) -> str:
+        fields: dict[str, object] = {
+            "builder": BUILDER_VERSION,
+            "suite": SUITE,
+            "mirror": mirror,
+            "packages": self.packages,
+        }
+        # Only images that have them hash these, so the service base keeps its tag.
+        if self.files or self.pruned or self.changes != Rootfs.changes:
+            fields.update(files=self.files, pruned=self.pruned, changes=self.changes)
+        key = json.dumps(fields, sort_keys=True)
+        return f"{self.repository}:{hashlib.sha256(key.encode()).hexdigest()[:12]}"
 
 
 def exists(client: docker.DockerClient, tag: str) -> bool:
@@ -78,19 +97,21 @@ def exists(client: docker.DockerClient, tag: str) -> bool:
     return True
 
 
-def build_base(client: docker.DockerClient, mirror: str, work: Path) -> str:
-    tag = base_tag(mirror)
+def build_base(
+    client: docker.DockerClient, mirror: str, work: Path, rootfs: Rootfs = Rootfs()
+) -> str:
+    tag = rootfs.tag(mirror)
     if exists(client, tag):
         log(f"base {tag} is up to date")
         return tag
     if shutil.which("debootstrap") is None:
         raise SystemExit("debootstrap is missing: scripts/setup.sh image-tools")
     tree = work / "rootfs"
-    log(f"debootstrap {SUITE} from {mirror} with {', '.join(PACKAGES)} (about a minute)")
+    log(f"debootstrap {SUITE} from {mirror} with {', '.join(rootfs.packages)} (about a minute)")
     run(
         "debootstrap",
         "--variant=minbase",
-        f"--include={','.join(PACKAGES)}",
+        f"--include={','.join(rootfs.packages)}",
         SUITE,
         str(tree),
         mirror,
@@ -98,13 +119,20 @@ def build_base(client: docker.DockerClient, mirror: str, work: Path) -> str:
     )
     for pruned in ("usr/share/doc", "usr/share/man", "usr/share/locale", "var/cache/apt"):
         shutil.rmtree(tree / pruned, ignore_errors=True)
+    for pruned in rootfs.pruned:
+        shutil.rmtree(tree / pruned, ignore_errors=True)
+    for name, (mode, content) in rootfs.files.items():
+        path = tree / name.lstrip("/")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(content)
+        path.chmod(mode)
     tarball = work / "rootfs.tar"
     run("tar", "--numeric-owner", "-C", str(tree), "-cf", str(tarball), ".")
     log(f"docker import as {tag}")
     repository, version = tag.split(":")
     with tarball.open("rb") as data:
         client.api.import_image_from_data(
-            data.read(), repository=repository, tag=version, changes=["ENV LANG=C.UTF-8"]
+            data.read(), repository=repository, tag=version, changes=list(rootfs.changes)
         )
     shutil.rmtree(tree, ignore_errors=True)
     tarball.unlink()

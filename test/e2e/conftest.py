@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 from typing import Any
 
 import docker
 import pytest
 
-from adapter.docker.image import default_image_tag
+from adapter.docker.image import default_image_tag, ensure_docker_image
 from testkit.private_dockerd import PrivateDockerd, private_dockerd
-from testkit.service import ServiceFactory, ServiceProcess
+from testkit.service import ROOT, ServiceFactory, ServiceProcess
 
 
 @pytest.fixture(scope="session")
@@ -69,3 +71,40 @@ def private_engine(docker_client: docker.DockerClient) -> Iterator[PrivateDocker
         pytest.fail(f"the sandbox image {image} is not built (scripts/setup.sh image)")
     with private_dockerd(images=(image,)) as engine:
         yield engine
+
+
+def _build_image(script: str, repository: str) -> str:
+    """Run one of deploy/image's offline builders; --no-latest: a test must not move the tag an
+    operator may be running. Returns the <hash12> tag it printed."""
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "deploy" / "image" / script), "--no-latest"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    tag = done.stdout.strip().splitlines()[-1]
+    assert tag.startswith(f"{repository}:")
+    return tag
+
+
+@pytest.fixture(scope="session")
+def service_image() -> str:
+    """The service's own image (deploy/image/build.py), built once for the session's tests."""
+    return _build_image("build.py", "sandboxd-service")
+
+
+@pytest.fixture(scope="session")
+def postgres_image() -> str:
+    """The offline PostgreSQL image compose.yaml uses (deploy/image/postgres.py)."""
+    return _build_image("postgres.py", "sandboxd-postgres")
+
+
+@pytest.fixture(scope="session")
+def sandbox_image(docker_client: docker.DockerClient) -> str:
+    """The sandbox image a service in a container will use (built on the host if needed)."""
+    from entrypoint.settings import Settings
+
+    return ensure_docker_image(docker_client.api, Settings().data_dir)

@@ -133,6 +133,7 @@ def test_compose_file_resolves(tmp_path: Path) -> None:
     assert any("/var/lib/sandboxd:/var/lib/sandboxd" in volume for volume in volumes)
     assert service["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
     assert resolved["services"]["migrate"]["command"] == ["migrate"]
+    assert resolved["services"]["postgres"]["image"] == "sandboxd-postgres:latest"
     # Without keys the file refuses to resolve: the service must not start open.
     keyless = subprocess.run(
         [compose, "-f", str(COMPOSE), "config"],
@@ -154,6 +155,9 @@ def test_compose_variables_reach_both_services(tmp_path: Path) -> None:
             "SANDBOXD_API_KEYS": "k1",
             "POSTGRES_PASSWORD": "s3cret",
             "SERVICE_IMAGE": "sandboxd-service:abc123",
+            "POSTGRES_IMAGE": "postgres:15-bookworm",
+            "DATA_DIR": "/srv/sandboxd",
+            "HTTP_PORT": "18080",
         },
         capture_output=True,
         text=True,
@@ -167,3 +171,9 @@ def test_compose_variables_reach_both_services(tmp_path: Path) -> None:
         assert services[name]["image"] == "sandboxd-service:abc123"
         url = services[name]["environment"]["SANDBOXD_DATABASE_URL"]
         assert url == "postgresql+psycopg://sandboxd:s3cret@postgres:5432/sandboxd", url
+    # The registry's image instead of the offline one: the same variables and data dir.
+    assert services["postgres"]["image"] == "postgres:15-bookworm"
+    sandboxd = services["sandboxd"]
+    assert sandboxd["environment"]["SANDBOXD_DATA_DIR"] == "/srv/sandboxd"
+    assert "/srv/sandboxd:/srv/sandboxd:rw" in sandboxd["volumes"]
+    assert "127.0.0.1:18080:8080/tcp" in sandboxd["ports"]

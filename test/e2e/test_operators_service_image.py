@@ -1,12 +1,11 @@
 """The service's own container image, built offline (deploy/image/build.py), started once with the
 host's Docker engine and an SQLite data dir: /healthz answers and one execution runs in a sibling
 sandbox container. The service container and its sandboxes are removed by id and instance label.
+The images are built once per session (conftest.py); test_operators_compose.py runs the same one.
 """
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -17,38 +16,11 @@ import httpx
 import pytest
 from docker.models.containers import Container
 
-from adapter.docker.image import ensure_docker_image
-from testkit.service import API_KEY, INSTANCE_LABEL, ROOT, free_port
+from testkit.service import API_KEY, INSTANCE_LABEL, free_port
 
 pytestmark = pytest.mark.docker
 
-BUILD = ROOT / "deploy" / "image" / "build.py"
 SOCKET = "/var/run/docker.sock"
-
-
-@pytest.fixture(scope="module")
-def service_image() -> str:
-    # --no-latest: a test must not move the tag an operator may be running.
-    done = subprocess.run(
-        [sys.executable, str(BUILD), "--no-latest"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=1200,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-4000:]
-    tag = done.stdout.strip().splitlines()[-1]
-    assert tag.startswith("sandboxd-service:")
-    return tag
-
-
-@pytest.fixture(scope="module")
-def sandbox_image(docker_client: docker.DockerClient) -> str:
-    """The sandbox image the service in the container will use (built on the host if needed)."""
-    from entrypoint.settings import Settings
-
-    return ensure_docker_image(docker_client.api, Settings().data_dir)
 
 
 @pytest.fixture
