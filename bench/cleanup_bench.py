@@ -1,6 +1,7 @@
 """Cleanup throughput: one sweep over 1,000 expired sessions, PostgreSQL store, Docker runtime.
 
     uv run python -m bench.cleanup_bench [--sessions 1000] [--started 0] [--running 16] [--serial]
+                                        [--engine-stop]
 
 The sweep is the service's own (``container.sweeper().run_once()``, as ``sandboxd cleanup
 --once`` runs it: expiry cleanup under each chat's advisory lock, then reconciliation), wired by
@@ -20,6 +21,12 @@ sweeps, each timed on its own:
 a running container to kill and remove, for a few MB each); ``--serial`` wires the sweep without
 its executor, one stop after another (the figure before the sweep went parallel), for a
 back-to-back comparison.
+
+A running sandbox is ended the sweep's way: its processes are SIGKILLed from the host through its
+cgroup (adapter/docker/fast_stop.py), the record is deleted, and the exited container is removed
+in the background. ``seconds`` is the sweep (``run_once``); ``all_removed_s`` is until the engine
+has no container of this instance left. ``--engine-stop`` makes the engine stop and remove each
+one inside the sweep instead (the figure before the host-side kill).
 
 Each sweep must clean exactly what it was given and leave no container of this instance
 behind; otherwise the exit status is 1. Prints one JSON object.
@@ -106,10 +113,37 @@ def create_containers(image: str, instance_id: str, count: int, started: int) ->
         client.close()
 
 
-def timed_sweep(container: Any, expected: int, kind: str) -> dict[str, Any]:
+def engine_containers(instance_id: str) -> int:
+    """How many containers of this instance the engine still has (background removals too)."""
+    import docker
+
+    from adapter.docker.runtime import LABEL_INSTANCE
+
+    client = docker.APIClient(version="auto", timeout=120)
+    try:
+        return len(
+            client.containers(all=True, filters={"label": f"{LABEL_INSTANCE}={instance_id}"})
+        )
+    finally:
+        client.close()
+
+
+def wait_until_removed(instance_id: str, limit_s: float = 600.0) -> bool:
+    deadline = time.perf_counter() + limit_s
+    while engine_containers(instance_id):
+        if time.perf_counter() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def timed_sweep(container: Any, expected: int, kind: str, instance_id: str) -> dict[str, Any]:
     started = time.perf_counter()
     report = container.sweeper().run_once()
     elapsed = time.perf_counter() - started
+    # Killed sandboxes' containers are removed in the background after the sweep returns.
+    removed = wait_until_removed(instance_id)
+    removed_s = time.perf_counter() - started
     problems = []
     if not report.leader:
         problems.append("the sweep did not lead")
@@ -118,6 +152,8 @@ def timed_sweep(container: Any, expected: int, kind: str) -> dict[str, Any]:
     left = container.runtime().list_managed()
     if left:
         problems.append(f"{len(left)} containers of this instance left behind")
+    if not removed:
+        problems.append("the background removals did not finish")
     return {
         "kind": kind,
         "sessions": expected,
@@ -125,6 +161,7 @@ def timed_sweep(container: Any, expected: int, kind: str) -> dict[str, Any]:
         "orphans_removed": len(report.orphans_removed),
         "marked_dead": len(report.marked_dead),
         "seconds": round(elapsed, 3),
+        "all_removed_s": round(removed_s, 3),
         "sessions_per_s": round(len(report.cleaned) / elapsed, 1) if elapsed else None,
         "ms_per_session": round(elapsed / max(1, expected) * 1000, 3),
         "problems": problems,
@@ -151,7 +188,7 @@ def measure(args: argparse.Namespace, database_url: str, data_dir: Path) -> dict
         setup_s = time.perf_counter() - started
         for container_id in ids:
             repository.save(expired_session(container_id, clock.now()))
-        sweeps.append(timed_sweep(container, len(ids), "containers"))
+        sweeps.append(timed_sweep(container, len(ids), "containers", instance_id))
         sweeps[-1]["started_containers"] = min(args.started, len(ids))
         sweeps[-1]["container_setup_s"] = round(setup_s, 1)
 
@@ -159,11 +196,11 @@ def measure(args: argparse.Namespace, database_url: str, data_dir: Path) -> dict
         for _ in range(args.running):
             session = create.execute(CreateSandboxCommand(uuid.uuid4()))
             repository.save(replace(session, expires_at=clock.now() - timedelta(seconds=1)))
-        sweeps.append(timed_sweep(container, args.running, "running_sandboxes"))
+        sweeps.append(timed_sweep(container, args.running, "running_sandboxes", instance_id))
 
         for index in range(args.sessions):
             repository.save(expired_session(f"gone-{index}", clock.now()))
-        sweeps.append(timed_sweep(container, args.sessions, "records_only"))
+        sweeps.append(timed_sweep(container, args.sessions, "records_only", instance_id))
     finally:
         remove_containers_of(instance_id)
         container.shutdown_resources()
@@ -183,6 +220,8 @@ def measure(args: argparse.Namespace, database_url: str, data_dir: Path) -> dict
         "parallel": not args.serial,
         "sessions_per_s": main_sweep["sessions_per_s"],
         "sweep_s": main_sweep["seconds"],
+        "all_removed_s": main_sweep["all_removed_s"],
+        "fast_kill": not args.engine_stop,
         "running_sandbox_ms_each": sweeps[1]["ms_per_session"],
         "records_only_sessions_per_s": sweeps[2]["sessions_per_s"],
         "sweeps": sweeps,
@@ -191,14 +230,28 @@ def measure(args: argparse.Namespace, database_url: str, data_dir: Path) -> dict
     }
 
 
+def never_kill(info: dict[str, Any], root: Path = Path("/sys/fs/cgroup")) -> bool:
+    return False
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sessions", type=int, default=1000)
     parser.add_argument("--running", type=int, default=16)
     parser.add_argument("--started", type=int, default=0, help="of --sessions, started")
     parser.add_argument("--serial", action="store_true", help="sweep without its executor")
+    parser.add_argument(
+        "--engine-stop",
+        action="store_true",
+        help="stop through the engine, not the host-side kill (the figure before it)",
+    )
     args = parser.parse_args()
     sigterm_as_interrupt()
+    if args.engine_stop:
+        from adapter.docker import fast_stop
+
+        # Every container then takes the runtime's fallback: the engine stops and removes it.
+        fast_stop.kill_container_processes = never_kill
     from adapter.logging import configure_logging
     from testkit.pg import temporary_database
 

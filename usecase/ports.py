@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractContextManager
 from datetime import datetime
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 from uuid import UUID
 
 from domain.environment import ArtifactKind, BuiltEnvironment, Environment
@@ -142,6 +142,19 @@ class SandboxRuntime(Protocol):
     def list_managed(self) -> list[ManagedSandbox]:
         """Every object this service instance manages (found by its labels), alive or not."""
         ...
+
+
+@runtime_checkable
+class SandboxKiller(Protocol):
+    """Optional SandboxRuntime capability: end a sandbox now, remove its object later.
+
+    For the expiry sweep, where waiting for the engine to stop each object one by one turns a
+    backlog into minutes. When ``kill`` returns, no code of the sandbox runs any more; the object
+    itself is removed by the runtime in the background, and if that is lost (a crash) by
+    reconciliation, which removes objects no record points at. Idempotent like ``stop``.
+    """
+
+    def kill(self, container_id: str) -> None: ...
 
 
 class SandboxFileStore(Protocol):

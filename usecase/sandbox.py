@@ -38,6 +38,7 @@ from usecase.environment import EnvironmentProvisioning
 from usecase.ports import (
     Clock,
     Logger,
+    SandboxKiller,
     SandboxLifecycleLocker,
     SandboxRuntime,
     SandboxSessionRepository,
@@ -560,6 +561,9 @@ class CleanupExpiredSandboxes:
     workers (the service wires a bounded pool): each one still under its own chat's lock with
     the re-read, so a backlog costs the slowest stops rather than the sum of all of them.
     Without one (the default) they are cleaned one after another on the caller's thread.
+
+    A runtime that is also a SandboxKiller is asked to ``kill`` (processes gone now, object
+    removed in the background) rather than ``stop``.
     """
 
     def __init__(
@@ -609,7 +613,7 @@ class CleanupExpiredSandboxes:
             ):
                 return None
             try:
-                self._runtime.stop(current.container_id)
+                self._end(current.container_id)
             except Exception as exc:
                 # Any failure, including a bug in an adapter: one bad sandbox must not stop
                 # the sweep for all the others.
@@ -621,3 +625,10 @@ class CleanupExpiredSandboxes:
             self._repository.delete(current.session_id)
             self._logger.info("sandbox_cleaned", session_attrs(current))
             return current
+
+    def _end(self, container_id: str) -> None:
+        # A runtime that can kill now and remove later: the record goes once nothing runs.
+        if isinstance(self._runtime, SandboxKiller):
+            self._runtime.kill(container_id)
+        else:
+            self._runtime.stop(container_id)

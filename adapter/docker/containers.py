@@ -13,8 +13,10 @@ directory, so any process of the service can reconnect after a restart) and ``sa
 from __future__ import annotations
 
 import shutil
+import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -41,6 +43,9 @@ LABEL_INSTANCE = "sandboxd.instance"
 LABEL_CHANNEL = "sandboxd.channel"
 LABEL_RUNTIME = "sandboxd.runtime"
 _POOL_SIZE = 32
+# Background removals of killed containers at once: the engine removes exited containers fast
+# (~260/s), a few workers keep up without crowding the executions' engine connections.
+_REMOVERS = 8
 # Channel directories younger than this may belong to a container that is being created.
 _PRUNE_MIN_AGE_S = 300.0
 
@@ -91,6 +96,10 @@ class DockerContainers:
         self._config = config
         self._logger = logger
         self.channels_root = (config.data_dir / "sandboxes").resolve()
+        # Killed containers whose removal is queued or under way (see remove_later).
+        self._removing: set[str] = set()
+        self._removing_lock = threading.Lock()
+        self._removals = ThreadPoolExecutor(_REMOVERS, thread_name_prefix="docker-remove")
 
     def start(self, session_id: UUID, chat_id: UUID, image: str, channel: Path) -> str:
         """Create and start the sandbox container; its id (which may be set even on failure:
@@ -161,6 +170,31 @@ class DockerContainers:
             shutil.rmtree(channel, ignore_errors=True)
         self._logger.info("docker_sandbox_removed", {"container_id": container_id})
 
+    def remove_later(self, container_id: str) -> None:
+        """Remove a container whose processes are already dead, in the background.
+
+        ``list_managed`` leaves it out meanwhile, so reconciliation does not remove it a second
+        time on its own thread; a failed removal is logged and dropped from that set, and
+        reconciliation removes the orphan on a later sweep (also after a crash: it is labelled).
+        """
+        with self._removing_lock:
+            if container_id in self._removing:
+                return
+            self._removing.add(container_id)
+        self._removals.submit(self._remove_queued, container_id)
+
+    def _remove_queued(self, container_id: str) -> None:
+        try:
+            self.remove(container_id)
+        except Exception as exc:
+            self._logger.error(
+                "docker_sandbox_remove_failed",
+                {"container_id": container_id, "error": type(exc).__name__},
+            )
+        finally:
+            with self._removing_lock:
+                self._removing.discard(container_id)
+
     def discard(self, container_id: str, channel: Path) -> None:
         """Undo a failed create; must not raise over the original error."""
         if container_id:
@@ -191,6 +225,8 @@ class DockerContainers:
                 all=True, filters={"label": f"{LABEL_INSTANCE}={self._config.instance_id}"}
             )
         self._prune_channels()
+        with self._removing_lock:
+            removing = set(self._removing)
         return [
             ManagedSandbox(
                 container_id=item["Id"],
@@ -199,9 +235,12 @@ class DockerContainers:
                 running=item.get("State") == "running",
             )
             for item in containers
+            if item["Id"] not in removing
         ]
 
     def close(self) -> None:
+        """Finish the queued removals (killed containers must not stay behind), then close."""
+        self._removals.shutdown(wait=True)
         self._api.close()
 
     def _prune_channels(self) -> None:

@@ -21,6 +21,7 @@ from uuid import UUID
 import docker
 
 from adapter.agent.client import AgentClient
+from adapter.docker import fast_stop
 from adapter.docker.agents import DockerAgents
 from adapter.docker.container_spec import DockerSandboxConfig, make_channel, seal_channel
 from adapter.docker.containers import (
@@ -124,6 +125,19 @@ class DockerSandboxRuntime:
     def stop(self, container_id: str) -> None:
         self._agents.drop(container_id)
         self._containers.remove(container_id)
+
+    def kill(self, container_id: str) -> None:
+        """SandboxKiller: SIGKILL the container's processes from the host (adapter/docker/
+        fast_stop.py) and remove the exited container in the background; where that cannot be
+        done safely (gVisor, an unknown cgroup layout), the engine stops and removes it now."""
+        self._agents.drop(container_id)
+        info = self._containers.inspect(container_id)
+        if info is None:
+            return
+        if fast_stop.kill_container_processes(info):
+            self._containers.remove_later(container_id)
+        else:
+            self._containers.remove(container_id)
 
     def is_alive(self, container_id: str) -> bool:
         return self._containers.is_running(container_id)

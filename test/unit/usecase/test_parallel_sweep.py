@@ -1,4 +1,5 @@
-"""CleanupExpiredSandboxes with an executor: bounded parallel stops, each under its chat's lock."""
+"""CleanupExpiredSandboxes with an executor: bounded parallel stops, each under its chat's lock;
+and with a runtime that kills now and removes later (SandboxKiller)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from domain.sandbox import SandboxSession, SandboxStatus
 from repository.sandbox_session import InMemorySandboxSessionRepository
 from testkit.fakes import FakeRuntime
 from testkit.world import World
-from usecase.sandbox import CleanupExpiredSandboxes
+from usecase.ports import SandboxKiller
+from usecase.sandbox import CleanupExpiredSandboxes, DestroySandbox
 
 WORKERS = 4
 
@@ -119,3 +121,56 @@ def test_a_session_renewed_before_its_turn_is_skipped(world: World) -> None:
     assert renewed.session_id not in {s.session_id for s in cleaned}
     assert len(cleaned) == WORKERS - 1
     assert repository.get_active_by_chat_id(renewed.chat_id) == renewed
+
+
+class KillingRuntime(FakeRuntime):
+    """Records kills; a stop would be the slow engine path the sweep must not take."""
+
+    def __init__(self, fail: set[str] | None = None) -> None:
+        super().__init__()
+        self.killed: list[str] = []
+        self._fail = fail or set()
+
+    def kill(self, container_id: str) -> None:
+        if container_id in self._fail:
+            raise RuntimeError("cannot kill")
+        self.killed.append(container_id)
+
+
+def test_the_sweep_kills_rather_than_stops_and_deletes_the_records(world: World) -> None:
+    runtime = KillingRuntime()
+    assert isinstance(runtime, SandboxKiller)
+    assert not isinstance(FakeRuntime(), SandboxKiller)
+    sessions = seed(world, 3)
+
+    cleaned = CleanupExpiredSandboxes(
+        world.repository, world.locker, runtime, world.clock, world.logger
+    ).execute()
+
+    assert cleaned == sessions
+    assert runtime.killed == [s.container_id for s in sessions]
+    assert runtime.stopped == []
+    assert world.repository.list_expired(world.clock.now()) == []
+
+
+def test_a_failing_kill_keeps_the_record_for_the_next_sweep(world: World) -> None:
+    sessions = seed(world, 3)
+    runtime = KillingRuntime(fail={sessions[1].container_id})
+
+    cleaned = CleanupExpiredSandboxes(
+        world.repository, world.locker, runtime, world.clock, world.logger
+    ).execute()
+
+    assert cleaned == [sessions[0], sessions[2]]
+    assert world.repository.list_expired(world.clock.now()) == [sessions[1]]
+    assert world.logger.events().count("sandbox_clean_failed") == 1
+
+
+def test_an_explicit_destroy_still_stops_synchronously(world: World) -> None:
+    (session,) = seed(world, 1)
+    runtime = KillingRuntime()
+
+    DestroySandbox(world.repository, world.locker, runtime, world.logger).execute(session.chat_id)
+
+    assert runtime.stopped == [session.container_id]
+    assert runtime.killed == []
