@@ -76,7 +76,7 @@ def _alive(pid: int) -> bool:
     return "\nState:\tZ" not in status
 
 
-def _wait_until(condition: Callable[[], object], what: str, limit_s: float = 60.0) -> None:
+def _wait_until(condition: Callable[[], object], what: str, limit_s: float = 300.0) -> None:
     deadline = time.monotonic() + limit_s
     while not condition():
         assert time.monotonic() < deadline, what
