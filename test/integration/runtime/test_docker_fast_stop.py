@@ -87,7 +87,8 @@ def test_fast_kill_kills_every_process_including_a_fork_tree(
     runtime: DockerSandboxRuntime,
 ) -> None:
     sandbox = create_sandbox(runtime)
-    with ThreadPoolExecutor(1) as pool:
+    pool = ThreadPoolExecutor(1)
+    try:
         running = pool.submit(sandbox.run, RUNNING_FORK_TREE, timeout_s=300)
         info = _inspect(sandbox.id)
         assert info is not None
@@ -97,11 +98,17 @@ def test_fast_kill_kills_every_process_including_a_fork_tree(
 
         assert kill_container_processes(info) is True
 
-        _wait_until(lambda: not any(_alive(pid) for pid in pids), f"survivors of {pids}")
+        _wait_until(lambda: not any(_alive(pid) for pid in pids), f"survivors of {pids}", 30)
         with pytest.raises(SandboxGoneError):
             running.result()
-    _wait_until(lambda: not (_inspect(sandbox.id) or {}).get("State", {}).get("Running"), "exit")
-    runtime.stop(sandbox.id)
+        _wait_until(
+            lambda: not (_inspect(sandbox.id) or {}).get("State", {}).get("Running"), "exit"
+        )
+    finally:
+        # The engine first: the runtime's stop would wait for a still-running execution.
+        docker.APIClient(version="auto").remove_container(sandbox.id, force=True)
+        runtime.stop(sandbox.id)
+        pool.shutdown()
 
 
 def test_fast_kill_touches_no_other_container(runtime: DockerSandboxRuntime) -> None:
