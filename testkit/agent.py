@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -32,6 +35,9 @@ class AgentProcess:
                 *extra_args,
             ],
             stderr=subprocess.PIPE,
+            # Its own process group: with a prefix (unshare --fork) the agent is a grandchild,
+            # which a kill of the direct child would leave running, reparented to init.
+            start_new_session=True,
         )
 
     def connect(self, margin_s: float = 5.0) -> AgentClient:
@@ -52,7 +58,8 @@ class AgentProcess:
         return sock
 
     def stop(self) -> None:
-        self.process.kill()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait(timeout=10)
         assert self.process.stderr is not None
         self.process.stderr.close()
