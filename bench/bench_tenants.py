@@ -1,10 +1,13 @@
 """A well-behaved key's executes while another key floods: fairness between tenants.
 
-    uv run python -m bench.bench_tenants [--seconds 10] [--good-chats 4] [--flood-chats 8]
-        [--flood-callers 48] [--per-key-cap N] [--fair-share N]
+    uv run python -m bench.bench_tenants [--seconds 10] [--good-chats 4] [--good-rate 10]
+        [--flood-chats 8] [--flood-callers 48] [--per-key-cap N] [--fair-share N]
 
 Starts a real ``sandboxd serve`` (PostgreSQL, Docker) with two keys. Phase 1: the good key alone,
-one closed-loop caller per chat (its unloaded p99). Phase 2: the same while the flood key runs
+one caller per chat sending ``--good-rate`` executes per second (its unloaded p99). A
+well-behaved key asks for a modest share of the host; ``--good-rate 0`` makes its callers closed
+loops, which saturate a 2-core host alone, so that an equal share under a flood doubles their
+latency by itself. Phase 2: the same while the flood key runs
 ``--flood-callers`` closed-loop callers over ``--flood-chats`` chats (several per chat, so they
 also queue behind their chats' locks), retrying at once on 429. Prints JSON: executes/s and
 latency of the good key in both phases, the flood key's executes and 429s, and whether the good
@@ -35,12 +38,25 @@ BODY = json.dumps({"code": "print(1)"}).encode()
 
 
 async def _caller(
-    port: int, key: str, chat: uuid.UUID, stop_at: float, latencies: list[float], counts: dict
+    port: int,
+    key: str,
+    chat: uuid.UUID,
+    stop_at: float,
+    latencies: list[float],
+    counts: dict,
+    rate: float = 0.0,
 ) -> None:
+    """Closed loop when ``rate`` is 0; else one execute every 1/rate s, each timed from when it
+    was due, so that a late send counts as waiting (no coordinated omission)."""
     connection = await KeepAliveConnection.open(port, key)
+    due = time.perf_counter()
     try:
         while time.monotonic() < stop_at:
             started = time.perf_counter()
+            if rate:
+                if due > started:
+                    await asyncio.sleep(due - started)
+                started, due = due, due + 1 / rate
             try:
                 status, _ = await connection.post(f"/v1/chats/{chat}/executions", BODY)
             except (ConnectionError, asyncio.IncompleteReadError):
@@ -56,13 +72,15 @@ async def _caller(
         connection.close()
 
 
-async def _phase(port: int, seconds: float, good: list, flood: list, callers: int) -> dict:
+async def _phase(
+    port: int, seconds: float, good: list, flood: list, callers: int, good_rate: float
+) -> dict:
     stop_at = time.monotonic() + seconds
     good_lat: list[float] = []
     flood_lat: list[float] = []
     good_counts: dict[str, int] = {}
     flood_counts: dict[str, int] = {}
-    tasks = [_caller(port, GOOD, chat, stop_at, good_lat, good_counts) for chat in good]
+    tasks = [_caller(port, GOOD, chat, stop_at, good_lat, good_counts, good_rate) for chat in good]
     tasks += [
         _caller(port, FLOOD, flood[i % len(flood)], stop_at, flood_lat, flood_counts)
         for i in range(callers if flood else 0)
@@ -101,6 +119,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--good-chats", type=int, default=4)
+    # Executes per second per good chat (0: closed loop).
+    parser.add_argument("--good-rate", type=float, default=10.0)
     parser.add_argument("--flood-chats", type=int, default=8)
     parser.add_argument("--flood-callers", type=int, default=48)
     # SANDBOXD_MAX_INFLIGHT_EXECUTIONS_PER_KEY for the run (0: the service's default).
@@ -123,8 +143,9 @@ def main() -> None:
         async def run() -> dict[str, Any]:
             await _warm(port, GOOD, good)
             await _warm(port, FLOOD, flood)
-            alone = await _phase(port, args.seconds, good, [], 0)
-            loaded = await _phase(port, args.seconds, good, flood, args.flood_callers)
+            rate = args.good_rate
+            alone = await _phase(port, args.seconds, good, [], 0, rate)
+            loaded = await _phase(port, args.seconds, good, flood, args.flood_callers, rate)
             return {"alone": alone, "flooded": loaded}
 
         phases = asyncio.run(run())
