@@ -33,9 +33,10 @@ def running_service(
     data_dir = tmp_path / "data"
     data_dir.mkdir()
     port = free_port()
-    container = docker_client.containers.run(
+    # Created, then started inside the try: a start that fails (once, the host's bridge was
+    # gone) must not leave the container behind.
+    container = docker_client.containers.create(
         service_image,
-        detach=True,
         environment={
             "SANDBOXD_API_KEYS": API_KEY,
             "SANDBOXD_DATA_DIR": str(data_dir),
@@ -51,6 +52,7 @@ def running_service(
         labels={"sandboxd.test": instance},
     )
     try:
+        container.start()
         url = f"http://127.0.0.1:{port}"
         _wait_healthy(container, url)
         yield url
@@ -101,10 +103,17 @@ def test_service_image_serves_and_executes(running_service: str) -> None:
 
 def test_service_image_runs_doctor(docker_client: docker.DockerClient, service_image: str) -> None:
     """``sandboxd doctor`` inside the image, with the host's engine: the docker line is ok."""
-    output = docker_client.containers.run(
-        service_image,
-        command=["doctor"],
-        volumes={SOCKET: {"bind": SOCKET, "mode": "rw"}},
-        remove=True,
-    ).decode()
+    label = f"sandboxd.test=e2e-doctor-{uuid.uuid4().hex[:12]}"
+    try:
+        output = docker_client.containers.run(
+            service_image,
+            command=["doctor"],
+            volumes={SOCKET: {"bind": SOCKET, "mode": "rw"}},
+            labels=dict([label.split("=", 1)]),
+            remove=True,
+        ).decode()
+    finally:
+        # remove=True does not cover a container whose start failed.
+        for left in docker_client.containers.list(all=True, filters={"label": label}):
+            left.remove(force=True)
     assert "[ok  ] docker: engine " in output, output
