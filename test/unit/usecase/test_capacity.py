@@ -13,7 +13,6 @@ from domain.tenant import Caller
 from testkit.world import CHAT, TTL, World
 from usecase.execute import ExecuteCode, ExecuteCodeCommand
 from usecase.sandbox import (
-    CreateSandbox,
     CreateSandboxCommand,
     DestroySandbox,
     Placement,
@@ -24,13 +23,7 @@ BOB = Caller("bob")
 
 
 def create(world: World, caller: Caller, placement: Placement, chat: UUID | None = None):
-    return CreateSandbox(
-        world.repository,
-        world.locker,
-        world.runtime,
-        world.clock,
-        world.logger,
-        TTL,
+    return world.create_sandbox(
         placement=placement,
     ).execute(CreateSandboxCommand(chat or uuid4(), caller=caller))
 

@@ -38,13 +38,7 @@ def create_use_case(
     env_runtime: FakeEnvironmentRuntime,
     allow: frozenset[str] | None = None,
 ) -> CreateSandbox:
-    return CreateSandbox(
-        world.repository,
-        world.locker,
-        world.runtime,
-        world.clock,
-        world.logger,
-        TTL,
+    return world.create_sandbox(
         environments=EnvironmentProvisioning(store, env_runtime, PackageAllowList(allow)),
     )
 
@@ -149,13 +143,7 @@ def test_a_build_failure_creates_nothing(world, store, env_runtime):
 
 
 def test_packages_on_a_runtime_without_environments_fail_clearly(world):
-    use_case = CreateSandbox(
-        world.repository,
-        world.locker,
-        world.runtime,
-        world.clock,
-        world.logger,
-        TTL,
+    use_case = world.create_sandbox(
         no_environments_reason="package environments are not available on the qemu runtime yet",
     )
     with pytest.raises(EnvironmentsUnsupportedError, match="qemu runtime yet"):

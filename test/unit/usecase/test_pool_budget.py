@@ -8,11 +8,11 @@ from uuid import UUID, uuid4
 
 from domain.pool import PoolCapacity, PoolDefinition
 from domain.sandbox import SandboxSession
-from testkit.world import TTL, World
+from testkit.world import World
 from usecase.pool import WarmPool, WarmPools
 from usecase.pool_budget import HostBudget
 from usecase.pool_replenish import BaseMembers
-from usecase.sandbox import CreateSandbox, CreateSandboxCommand, DestroySandbox, Placement
+from usecase.sandbox import CreateSandboxCommand, DestroySandbox, Placement
 
 NODE = "a"
 
@@ -41,13 +41,7 @@ def live(world: World) -> int:
 
 
 def create(world: World, pools: WarmPools, cap: int, chat: UUID | None = None) -> SandboxSession:
-    return CreateSandbox(
-        world.repository,
-        world.locker,
-        world.runtime,
-        world.clock,
-        world.logger,
-        TTL,
+    return world.create_sandbox(
         warm=pools,
         placement=Placement(node=NODE, max_sandboxes=cap),
     ).execute(CreateSandboxCommand(chat or uuid4()))
@@ -137,13 +131,7 @@ def create_on_demand(world: World, pools: WarmPools) -> SandboxSession:
         def owns(self, session_id: UUID) -> bool:
             return pools.owns(session_id)
 
-    return CreateSandbox(
-        world.repository,
-        world.locker,
-        world.runtime,
-        world.clock,
-        world.logger,
-        TTL,
+    return world.create_sandbox(
         warm=Missing(),
         placement=Placement(node=NODE, max_sandboxes=3),
     ).execute(CreateSandboxCommand(uuid4()))

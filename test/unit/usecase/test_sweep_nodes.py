@@ -9,17 +9,11 @@ from domain.tenant import Caller
 from repository.sandbox_lock import ProcessLocalSandboxLifecycleLocker
 from testkit.world import CHAT, OTHER_CHAT, TTL, World
 from usecase.reconcile import ReconcileSandboxes
-from usecase.sandbox import CleanupExpiredSandboxes, CreateSandbox, CreateSandboxCommand, Placement
+from usecase.sandbox import CleanupExpiredSandboxes, CreateSandboxCommand, Placement
 
 
 def create(world: World, chat, node="a"):
-    return CreateSandbox(
-        world.repository,
-        world.locker,
-        world.runtime,
-        world.clock,
-        world.logger,
-        TTL,
+    return world.create_sandbox(
         placement=Placement(node=node),
     ).execute(CreateSandboxCommand(chat, caller=Caller("alice")))
 

@@ -106,13 +106,7 @@ def package_world(world: World) -> tuple[WarmPools, CreateSandbox, FakeEnvironme
     )
     pools.apply([definition(2, "np", ("NumPy>=1.0", "pandas"))])
     wait_filled(pools)
-    create_sandbox = CreateSandbox(
-        world.repository,
-        world.locker,
-        world.runtime,
-        world.clock,
-        world.logger,
-        TTL,
+    create_sandbox = world.create_sandbox(
         environments=environments,
         warm=pools,
     )
