@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import uvicorn
+import uvloop
 
 from domain.errors import SandboxServiceError
 from entrypoint.application.pools import install_pool_metrics
@@ -36,6 +37,7 @@ from entrypoint.errors import (
     error_row,
 )
 from entrypoint.grpc.server import host_port, start_grpc_server
+from entrypoint.http.coalescing import CoalescingHttpToolsProtocol
 
 if TYPE_CHECKING:
     from entrypoint.container import Container
@@ -148,6 +150,8 @@ class Service:
             lifespan="off",
             timeout_graceful_shutdown=max(1, int(server.drain_seconds)),
             server_header=False,
+            # One write per response instead of head and body apart (see coalescing.py).
+            http=CoalescingHttpToolsProtocol,
         )
         http_server = _HttpServer(config)
         http_task = asyncio.create_task(http_server.serve(sockets=[sock]), name="http")
@@ -210,7 +214,9 @@ class Service:
 
 def serve(container: Container) -> int:
     try:
-        asyncio.run(Service(container).run())
+        # uvloop: the event loop's own work (socket reads and writes, the wake-up when a worker
+        # thread hands an execution back) costs a fraction of asyncio's, on HTTP and gRPC alike.
+        uvloop.run(Service(container).run())
     except SandboxServiceError as error:
         print(f"sandboxd: cannot start: {type(error).__name__}: {error}", file=sys.stderr)
         return error_row(error).exit_code
