@@ -78,10 +78,6 @@ class ApiKeyAuthenticator:
     def enabled(self) -> bool:
         return bool(self._callers)
 
-    def check_header(self, authorization: str | None) -> None:
-        """Raise UnauthenticatedError unless ``authorization`` carries a known bearer key."""
-        self.authenticate(authorization)
-
     def authenticate(self, authorization: str | None) -> Caller:
         """The caller ``authorization`` identifies; UnauthenticatedError when none."""
         if not self._callers:

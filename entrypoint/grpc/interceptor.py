@@ -1,8 +1,14 @@
 """API keys for every gRPC method, checked in one server interceptor before the request message
-is deserialised or any servicer code runs (a new method cannot forget it)."""
+is deserialised or any servicer code runs (a new method cannot forget it).
+
+grpc.aio runs the interceptor and then the method in one task, so the caller the interceptor
+found is handed to the servicer in a context variable, with the header it came from: the key is
+checked once per call. The servicer takes it only for that very header, so even a context that
+some other call had set could not lend it another key's identity."""
 
 from __future__ import annotations
 
+import contextvars
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -16,6 +22,10 @@ from entrypoint.metrics import ServiceMetrics
 
 ERROR_CODE_METADATA_KEY = "sandboxd-error-code"
 _CODE = "unauthenticated"
+# (authorization header, its caller), set by the interceptor for the call it let through.
+_CALLER: contextvars.ContextVar[tuple[str | None, Caller] | None] = contextvars.ContextVar(
+    "sandboxd_grpc_caller", default=None
+)
 
 
 def metadata_value(metadata: Any, name: str) -> str | None:
@@ -26,10 +36,12 @@ def metadata_value(metadata: Any, name: str) -> str | None:
 
 
 def caller_of(authenticator: ApiKeyAuthenticator, context: ServicerContext[Any, Any]) -> Caller:
-    """Which known key called (the interceptor already refused unknown ones)."""
-    return authenticator.authenticate(
-        metadata_value(context.invocation_metadata(), "authorization")
-    )
+    """Which known key called (the interceptor already refused unknown ones, and said who)."""
+    authorization = metadata_value(context.invocation_metadata(), "authorization")
+    checked = _CALLER.get()
+    if checked is not None and checked[0] == authorization:
+        return checked[1]
+    return authenticator.authenticate(authorization)
 
 
 class ApiKeyInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
@@ -42,9 +54,9 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
-        metadata = handler_call_details.invocation_metadata
+        authorization = metadata_value(handler_call_details.invocation_metadata, "authorization")
         try:
-            self._authenticator.check_header(metadata_value(metadata, "authorization"))
+            _CALLER.set((authorization, self._authenticator.authenticate(authorization)))
         except UnauthenticatedError as error:
             self._metrics.errors.labels(_CODE, "grpc").inc()
             handler = await continuation(handler_call_details)
