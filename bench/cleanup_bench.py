@@ -230,7 +230,7 @@ def measure(args: argparse.Namespace, database_url: str, data_dir: Path) -> dict
     }
 
 
-def never_kill(info: dict[str, Any], root: Path = Path("/sys/fs/cgroup")) -> bool:
+def never_kill(killer: Any, container: Any) -> bool:
     return False
 
 
@@ -251,7 +251,8 @@ def main() -> int:
         from adapter.docker import fast_stop
 
         # Every container then takes the runtime's fallback: the engine stops and removes it.
-        fast_stop.kill_container_processes = never_kill
+        fast_stop.HostKiller.kill_by_id = never_kill  # type: ignore[method-assign,assignment]
+        fast_stop.HostKiller.kill_inspected = never_kill  # type: ignore[method-assign,assignment]
     from adapter.logging import configure_logging
     from testkit.pg import temporary_database
 

@@ -46,6 +46,10 @@ _POOL_SIZE = 32
 # Background removals of killed containers at once: the engine removes exited containers fast
 # (~260/s), a few workers keep up without crowding the executions' engine connections.
 _REMOVERS = 8
+# ...and they wait until no kill has come for _REMOVAL_QUIET_S (at most _REMOVAL_HOLD_MAX_S):
+# during a sweep round they would compete with its kills for the CPU and slow the round.
+_REMOVAL_QUIET_S = 0.3
+_REMOVAL_HOLD_MAX_S = 30.0
 # Channel directories younger than this may belong to a container that is being created.
 _PRUNE_MIN_AGE_S = 300.0
 
@@ -100,6 +104,7 @@ class DockerContainers:
         self._removing: set[str] = set()
         self._removing_lock = threading.Lock()
         self._removals = ThreadPoolExecutor(_REMOVERS, thread_name_prefix="docker-remove")
+        self._last_queued = 0.0
 
     def start(self, session_id: UUID, chat_id: UUID, image: str, channel: Path) -> str:
         """Create and start the sandbox container; its id (which may be set even on failure:
@@ -181,10 +186,12 @@ class DockerContainers:
             if container_id in self._removing:
                 return
             self._removing.add(container_id)
-        self._removals.submit(self._remove_queued, container_id)
+            self._last_queued = queued = time.monotonic()
+        self._removals.submit(self._remove_queued, container_id, queued)
 
-    def _remove_queued(self, container_id: str) -> None:
+    def _remove_queued(self, container_id: str, queued: float) -> None:
         try:
+            self._hold_while_queueing(queued)
             self.remove(container_id)
         except Exception as exc:
             self._logger.error(
@@ -194,6 +201,16 @@ class DockerContainers:
         finally:
             with self._removing_lock:
                 self._removing.discard(container_id)
+
+    def _hold_while_queueing(self, queued: float) -> None:
+        """Wait until removals have stopped being queued for a moment (a sweep round is over)."""
+        while True:
+            with self._removing_lock:
+                quiet_at = self._last_queued + _REMOVAL_QUIET_S
+            wait = min(quiet_at, queued + _REMOVAL_HOLD_MAX_S) - time.monotonic()
+            if wait <= 0:
+                return
+            time.sleep(wait)
 
     def discard(self, container_id: str, channel: Path) -> None:
         """Undo a failed create; must not raise over the original error."""

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -16,9 +18,8 @@ import docker
 import pytest
 
 from adapter.clock import SystemClock
-from adapter.docker import fast_stop
 from adapter.docker.containers import LABEL_INSTANCE
-from adapter.docker.fast_stop import cgroup_of, kill_container_processes
+from adapter.docker.fast_stop import CgroupLayout, HostKiller, cgroup_of, kill_container_processes
 from adapter.docker.runtime import DockerSandboxRuntime
 from domain.errors import SandboxGoneError
 from domain.execution import ExecutionRequest
@@ -76,6 +77,23 @@ def _alive(pid: int) -> bool:
     return "\nState:\tZ" not in status
 
 
+def _settled_tree(info: dict[str, Any]) -> list[int]:
+    """The container's live pids once FORK_TREE is all up: its five sleeps exist (the forks and
+    the ``setsid`` wrapper that exits, left a zombie, are transient before that)."""
+
+    def sleeps() -> list[str]:
+        found = []
+        for pid in _host_pids(info):
+            with contextlib.suppress(OSError):
+                argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+                if argv[0] == b"sleep":
+                    found.append(argv[1].decode())
+        return sorted(found)
+
+    _wait_until(lambda: sleeps() == ["1000", "1000", "1001", "1001", "1002"], "the fork tree up")
+    return [pid for pid in _host_pids(info) if _alive(pid)]
+
+
 def _wait_until(condition: Callable[[], object], what: str, limit_s: float = 300.0) -> None:
     deadline = time.monotonic() + limit_s
     while not condition():
@@ -115,13 +133,12 @@ def test_fast_kill_touches_no_other_container(runtime: DockerSandboxRuntime) -> 
     victim, bystander = create_sandbox(runtime), create_sandbox(runtime)
     pool = ThreadPoolExecutor(1)
     try:
-        # Still running when the victim is killed, then finishes normally.
-        code = FORK_TREE + "import time\ntime.sleep(3)\nprint('done')\n"
+        # Still running when the victim is killed, then finishes normally (seconds under load).
+        code = FORK_TREE + "import time\ntime.sleep(15)\nprint('done')\n"
         running = pool.submit(bystander.run, code, timeout_s=60)
         bystander_info = _inspect(bystander.id)
         assert bystander_info is not None
-        _wait_until(lambda: len(_host_pids(bystander_info)) >= 7, "the fork tree up")
-        bystander_pids = _host_pids(bystander_info)
+        bystander_pids = _settled_tree(bystander_info)
 
         runtime.kill(victim.id)
 
@@ -155,15 +172,83 @@ def test_fallback_when_the_cgroup_is_not_found(
     info = _inspect(sandbox.id)
     assert info is not None
     assert kill_container_processes(info, root=tmp_path) is False
-    monkeypatch.setattr(
-        fast_stop,
-        "kill_container_processes",
-        lambda info: kill_container_processes(info, root=tmp_path),
-    )
+    monkeypatch.setattr(runtime, "_host_killer", HostKiller(root=tmp_path))
 
     runtime.kill(sandbox.id)
 
     assert _inspect(sandbox.id) is None
+
+
+def test_once_learned_the_cgroup_comes_from_the_id_and_only_that_container_is_killed(
+    runtime: DockerSandboxRuntime,
+) -> None:
+    """No inspect after the first kill: the cgroup is derived from the id, and it is that
+    container's fork tree that dies, not a bystander's."""
+    teacher, victim, bystander = (create_sandbox(runtime) for _ in range(3))
+    pool = ThreadPoolExecutor(2)
+    killer = HostKiller()
+    try:
+        assert killer.kill_by_id(victim.id) is False, "nothing is derived before a layout is known"
+        teacher_info = _inspect(teacher.id)
+        assert teacher_info is not None
+        assert killer.kill_inspected(teacher_info) is True
+
+        victim_run = pool.submit(victim.run, RUNNING_FORK_TREE, timeout_s=300)
+        bystander_run = pool.submit(bystander.run, RUNNING_FORK_TREE, timeout_s=300)
+        infos = [_inspect(victim.id), _inspect(bystander.id)]
+        assert infos[0] is not None and infos[1] is not None
+        victim_pids, bystander_pids = _settled_tree(infos[0]), _settled_tree(infos[1])
+
+        assert killer.kill_by_id(victim.id) is True
+
+        _wait_until(lambda: not any(_alive(p) for p in victim_pids), f"survivors of {victim_pids}")
+        with pytest.raises(SandboxGoneError):
+            victim_run.result()
+        assert all(_alive(pid) for pid in bystander_pids)
+        assert not bystander_run.done()
+        # Exited: its cgroup is gone, so there is nothing to derive (the caller inspects).
+        _wait_until(lambda: killer.kill_by_id(victim.id) is False, "the victim's cgroup removed")
+    finally:
+        # The engine first: the runtime's stop would wait for a still-running execution.
+        for sandbox in (victim, bystander):
+            docker.APIClient(version="auto").remove_container(sandbox.id, force=True)
+        for sandbox in (teacher, victim, bystander):
+            runtime.stop(sandbox.id)
+        pool.shutdown()
+
+
+def test_a_derived_cgroup_needs_a_full_container_id(tmp_path: Path) -> None:
+    layout = CgroupLayout.learn("v1", tmp_path / "docker" / ("a" * 64), "a" * 64)
+    assert layout is not None
+    (tmp_path / "docker" / ("b" * 64)).mkdir(parents=True)
+    (tmp_path / "docker" / ("b" * 64) / "freezer.state").write_text("THAWED")
+    assert layout.directory_of("b" * 64) == tmp_path / "docker" / ("b" * 64)
+    for refused in ("b" * 12, "../" + "b" * 61, "B" * 64, "c" * 64):
+        assert layout.directory_of(refused) is None
+    # The id must be the cgroup's own name, once.
+    assert CgroupLayout.learn("v1", tmp_path / ("a" * 64) / "sub", "a" * 64) is None
+    assert CgroupLayout.learn("v1", tmp_path / "x", "a" * 64) is None
+
+
+def test_a_pid_listed_in_a_cgroup_it_is_not_in_is_not_signalled(tmp_path: Path) -> None:
+    """The freezer lists a process whose own /proc/<pid>/cgroup says otherwise: left alone."""
+    container_id = "d" * 64
+    freezer = tmp_path / "freezer" / "docker" / container_id
+    freezer.mkdir(parents=True)
+    (freezer / "freezer.state").write_text("THAWED")
+    outsider = subprocess.Popen(["sleep", "60"])
+    try:
+        (freezer / "cgroup.procs").write_text(f"{outsider.pid}\n")
+        killer = HostKiller(root=tmp_path)
+        killer._layout = CgroupLayout.learn("v1", freezer, container_id)
+
+        assert killer.kill_by_id(container_id) is True  # nothing of the container was left
+
+        assert outsider.poll() is None
+        assert (freezer / "freezer.state").read_text() == "THAWED"
+    finally:
+        outsider.kill()
+        outsider.wait()
 
 
 @pytest.mark.gvisor
