@@ -81,6 +81,29 @@ def capped_deadline(deadline: datetime, cap: datetime | None) -> datetime:
 
 
 @dataclass(frozen=True)
+class SandboxCaps:
+    """How many RUNNING sandboxes a node may hold, and one owner (tenant) on it (None: no cap).
+
+    A new chat's record is saved only while both have room (``SandboxSessionRepository.
+    save_within``): the check and the insert are one step for every replica sharing the store.
+    """
+
+    on_node: int | None = None
+    per_owner: int | None = None
+
+    @property
+    def unlimited(self) -> bool:
+        return self.on_node is None and self.per_owner is None
+
+
+class CapScope(StrEnum):
+    """Which cap a refused new record would have passed."""
+
+    NODE = "node"
+    OWNER = "owner"
+
+
+@dataclass(frozen=True)
 class ManagedSandbox:
     """A runtime object as the runtime lists it for reconciliation, read from its labels."""
 

@@ -69,7 +69,10 @@ def session_repository(engine: Engine, locker: SandboxLifecycleLocker) -> Sandbo
     # the first read under a lock is the one that came with the lock.
     if isinstance(locker, PostgresAdvisorySandboxLifecycleLocker):
         return SqlAlchemySandboxSessionRepository(
-            engine=engine, fence=locker.verify_held, locked_read=locker.take_locked_read
+            engine=engine,
+            fence=locker.verify_held,
+            locked_read=locker.take_locked_read,
+            lock_connection=locker.held_connection,
         )
     return SqlAlchemySandboxSessionRepository(engine=engine)
 

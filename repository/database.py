@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import hashlib
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -33,6 +34,12 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 PING_AFTER_IDLE_S = 1.0
 _IDLE_SINCE = "sandboxd_idle_since"
 _DISK_FULL = "53100"  # PostgreSQL's SQLSTATE disk_full
+
+
+def advisory_key(name: bytes) -> int:
+    """A stable signed 64-bit key (PostgreSQL's bigint) for a name; same in every process."""
+    digest = hashlib.blake2b(b"sandboxd:" + name, digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
 
 
 class SchemaOutOfDateError(RepositoryUnavailableError):

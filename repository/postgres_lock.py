@@ -9,7 +9,6 @@ connection for as long as the chat's work runs, and must not starve the reposito
 from __future__ import annotations
 
 import copy
-import hashlib
 import threading
 import time
 from collections.abc import Iterator
@@ -25,16 +24,10 @@ from sqlalchemy.engine import Connection, Engine
 from domain.errors import LockLostError, LockTimeoutError
 from domain.sandbox import SandboxSession
 from repository.chat_queue import TimedFifoChatLock
-from repository.database import database_error
+from repository.database import advisory_key, database_error
 from repository.sqlalchemy_session import current_record_sql, session_from_driver_row
 
 _LOCK_NOT_AVAILABLE = "55P03"  # SQLSTATE raised when lock_timeout runs out
-
-
-def advisory_key(name: bytes) -> int:
-    """A stable signed 64-bit key (PostgreSQL's bigint) for a name; same in every process."""
-    digest = hashlib.blake2b(b"sandboxd:" + name, digest_size=8).digest()
-    return int.from_bytes(digest, "big", signed=True)
 
 
 def chat_lock_key(chat_id: UUID) -> int:
@@ -142,6 +135,16 @@ class PostgresAdvisorySandboxLifecycleLocker:
             return False, None
         record, hold.record = hold.record, _UNREAD
         return True, record  # type: ignore[return-value]
+
+    def held_connection(self, chat_id: UUID) -> psycopg.Connection[tuple[object, ...]] | None:
+        """The driver connection on which this thread holds the chat's lock (autocommit), for a
+        write that needs no fence: it commits only while the lock's session lives. None when
+        this thread does not hold it. What the hold read with its lock is dropped (a write)."""
+        hold = self._holdings().get(chat_id)
+        if hold is None:
+            return None
+        hold.record = _UNREAD
+        return _driver(hold.connection)
 
     def verify_held(self) -> None:
         """Raise LockLostError unless every chat lock this thread holds is still held.

@@ -14,18 +14,20 @@ rolled back, so nothing is half-written.
 from __future__ import annotations
 
 from collections import namedtuple
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
+import psycopg
 import sqlalchemy as sa
 from sqlalchemy import exc
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect, Engine
 
 from domain.errors import SessionConflictError
-from domain.sandbox import SandboxSession, SandboxStatus
+from domain.sandbox import CapScope, SandboxCaps, SandboxSession, SandboxStatus
+from repository import capped_insert
 from repository.database import database_error, translated_errors
 
 # A record is *current* while its status is one of these. Spelled as literal SQL, identical in
@@ -180,6 +182,11 @@ class SqlAlchemySandboxSessionRepository:
     ``locked_read``, when given, answers get_active_by_chat_id first: the PostgreSQL wiring
     passes the chat locker's ``take_locked_read``, the chat's record as read in the lock's own
     round trip, right after the lock was granted (once per hold, and not after a write).
+
+    ``lock_connection``, when given, hands out the driver connection on which this thread holds
+    a chat's lock (None when it holds none): the PostgreSQL wiring passes the chat locker's
+    ``held_connection``. ``save_within`` writes on it: a write there commits only while the
+    session that holds the lock is alive, so it needs no fence (and no connection of the pool).
     """
 
     def __init__(
@@ -187,6 +194,7 @@ class SqlAlchemySandboxSessionRepository:
         engine: Engine,
         fence: Callable[[], None] | None = None,
         locked_read: Callable[[UUID], tuple[bool, SandboxSession | None]] | None = None,
+        lock_connection: Callable[[UUID], psycopg.Connection[Any] | None] | None = None,
     ) -> None:
         self._engine = engine
         # Same pool; every method below is a single statement (keep it so: a second one would
@@ -198,6 +206,7 @@ class SqlAlchemySandboxSessionRepository:
         )
         self._fence = fence
         self._locked_read = locked_read
+        self._lock_connection = lock_connection
         self._upsert = self._upsert_statement(engine.dialect.name)
 
     @property
@@ -229,9 +238,61 @@ class SqlAlchemySandboxSessionRepository:
         except exc.SQLAlchemyError as error:
             raise database_error(error, self._engine, "save") from error
 
+    def save_within(self, session: SandboxSession, caps: SandboxCaps) -> CapScope | None:
+        statement = capped_insert.insert_within(
+            sandbox_sessions, _row_values(session), session, caps
+        )
+        try:
+            if self._engine.dialect.name == "postgresql":
+                inserted = self._insert_on_postgresql(statement, session, caps)
+            else:
+                if self._fence is not None:
+                    self._fence()
+                with self._statements.begin() as connection:
+                    inserted = connection.execute(statement).rowcount == 1
+        except (exc.IntegrityError, psycopg.IntegrityError) as error:
+            raise SessionConflictError(
+                f"chat {session.chat_id} already has a current session "
+                f"(saving {session.session_id})"
+            ) from error
+        except (exc.SQLAlchemyError, psycopg.Error) as error:
+            raise database_error(error, self._engine, "save") from error
+        if inserted:
+            return None
+        # Refused (the rare path): which cap is full, for the caller's message.
+        if caps.on_node is not None and self.count_running(session.node) >= caps.on_node:
+            return CapScope.NODE
+        return CapScope.OWNER if caps.per_owner is not None else CapScope.NODE
+
+    def _insert_on_postgresql(
+        self, statement: sa.Insert, session: SandboxSession, caps: SandboxCaps
+    ) -> bool:
+        query, params = capped_insert.postgresql_text(
+            statement, self._engine.dialect, session.node, caps
+        )
+        held = None if self._lock_connection is None else self._lock_connection(session.chat_id)
+        if held is not None:
+            return capped_insert.run_postgresql(held, query, params)
+        if self._fence is not None:
+            self._fence()
+        with self._statements.connect() as connection:
+            driver: psycopg.Connection[Any] = connection.connection.driver_connection  # type: ignore[assignment]
+            try:
+                return capped_insert.run_postgresql(driver, query, params)
+            except psycopg.OperationalError:
+                connection.invalidate()  # SQLAlchemy did not see the driver's error
+                raise
+
     def get(self, session_id: UUID) -> SandboxSession | None:
         query = sa.select(sandbox_sessions).where(_columns.session_id == session_id)
         return self._fetch_one(query, "get")
+
+    def get_many(self, session_ids: Iterable[UUID]) -> list[SandboxSession]:
+        wanted = list(set(session_ids))
+        if not wanted:
+            return []
+        query = sa.select(sandbox_sessions).where(_columns.session_id.in_(wanted))
+        return self._fetch_all(query, "get_many")
 
     def get_active_by_chat_id(self, chat_id: UUID) -> SandboxSession | None:
         if self._locked_read is not None:

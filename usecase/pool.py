@@ -166,6 +166,16 @@ class WarmPool:
         self._members.disown(session_id)
         self._budget.release(session_id)  # its chat's record counts it now
 
+    def give_back(self, session_id: UUID) -> bool:
+        """A claimed member whose chat was refused goes back to idle (or is destroyed when no
+        longer wanted); False when it is not this pool's."""
+        if not self._members.owns(session_id):
+            return False
+        surplus = self._members.give_back(session_id)
+        if surplus is not None:
+            self._replenisher.destroy(surplus, "pool_member_surplus")
+        return True
+
     def evict(self) -> bool:
         """Destroy one idle member to make room for a chat; False when none is idle."""
         member = self._members.evict()
@@ -369,6 +379,11 @@ class WarmPools:
     def settle(self, session_id: UUID) -> None:
         for pool in self.pools():
             pool.settle(session_id)
+
+    def give_back(self, session_id: UUID) -> None:
+        for pool in self.pools():
+            if pool.give_back(session_id):
+                return
 
     def make_room(self) -> None:
         """Before a chat's sandbox is created on demand: evict idle members (the most idle

@@ -54,6 +54,7 @@ class PoolMembers:
         self._pending = 0
         self._owned: set[UUID] = set()
         self._allocated: set[UUID] = set()
+        self._handed: dict[UUID, SandboxSession] = {}  # taken, record not yet saved
         self._closed = False
         self.counters = PoolCounters()
 
@@ -131,12 +132,28 @@ class PoolMembers:
                 return None
             member = self._idle.popleft()
             self._allocated.add(member.session_id)
+            self._handed[member.session_id] = member
             self.counters.claimed += 1
             return member
+
+    def give_back(self, session_id: UUID) -> SandboxSession | None:
+        """A taken member whose record was never saved returns to the front of the idle queue;
+        returned (to destroy) when the pool closed or shrank meanwhile; None if not ours."""
+        with self._lock:
+            member = self._handed.pop(session_id, None)
+            if member is None:
+                return None
+            self._allocated.discard(session_id)
+            self.counters.claimed -= 1
+            if len(self._idle) >= self._wanted_idle():
+                return member
+            self._idle.appendleft(member)
+            return None
 
     def untake(self, member: SandboxSession) -> None:
         """A taken member could not be handed over: it counts as a miss after all."""
         with self._lock:
+            self._handed.pop(member.session_id, None)
             self._allocated.discard(member.session_id)
             self.counters.claimed -= 1
             self.counters.missed += 1
@@ -173,6 +190,7 @@ class PoolMembers:
         """The member's session record is saved (it is a chat's now), or the member is gone."""
         with self._lock:
             self._owned.discard(session_id)
+            self._handed.pop(session_id, None)
 
     def settled_allocations(self) -> list[UUID]:
         """Allocated members whose chat record exists (no longer owned by the pool)."""

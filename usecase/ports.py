@@ -17,7 +17,7 @@ from domain.environment import ArtifactKind, BuiltEnvironment, Environment
 from domain.execution import ExecutionRequest, ExecutionResult, OutputChunk
 from domain.files import StoredFile, WorkspaceListing
 from domain.pool import PoolDefinition
-from domain.sandbox import ManagedSandbox, SandboxSession, SandboxStatus
+from domain.sandbox import CapScope, ManagedSandbox, SandboxCaps, SandboxSession, SandboxStatus
 
 LogAttrs = Mapping[str, str | int | float | bool]
 OutputSink = Callable[[OutputChunk], None]
@@ -75,6 +75,17 @@ class SandboxSessionRepository(Protocol):
         ...
 
     def get(self, session_id: UUID) -> SandboxSession | None: ...
+
+    def save_within(self, session: SandboxSession, caps: SandboxCaps) -> CapScope | None:
+        """Insert a new chat's record only if its node and owner stay within ``caps`` (RUNNING
+        records of ``session.node``, and of ``session.owner`` there, counted without it); None
+        when saved, else the scope that is full. Counting and inserting are one step: creates
+        racing on any replica never pass a cap together."""
+        ...
+
+    def get_many(self, session_ids: Iterable[UUID]) -> list[SandboxSession]:
+        """The records with these session ids that exist (any order): one read for many."""
+        ...
 
     def get_active_by_chat_id(self, chat_id: UUID) -> SandboxSession | None:
         """The chat's current record, RUNNING or DEAD, expired or not; None when it has none."""
@@ -307,6 +318,11 @@ class WarmSandboxSource(Protocol):
     ) -> SandboxSession | None: ...
 
     def settle(self, session_id: UUID) -> None: ...
+
+    def give_back(self, session_id: UUID) -> None:
+        """A claimed member whose chat was refused (a cap) before its record was saved: back to
+        its pool as idle, first in line (no code of the chat ever ran in it)."""
+        ...
 
     def make_room(self) -> None:
         """Before a sandbox is created on demand: free the room pool members hold in the

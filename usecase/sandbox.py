@@ -32,7 +32,7 @@ from domain.errors import (
     WrongNodeError,
 )
 from domain.execution import Language
-from domain.sandbox import SandboxSession, SandboxStatus, capped_deadline
+from domain.sandbox import CapScope, SandboxCaps, SandboxSession, SandboxStatus, capped_deadline
 from domain.tenant import OPERATOR, Caller
 from usecase.environment import EnvironmentProvisioning
 from usecase.ports import (
@@ -188,9 +188,15 @@ class SandboxProvisioner:
         now = self._clock.now()
         current = check_access(self._repository.get_active_by_chat_id(chat_id), caller)
         if current is None:
-            self._check_capacity(caller.tenant)
             return EnsuredSandbox(
-                self._create(chat_id, now, recorded_packages(wanted), caller.tenant, running_code),
+                self._create(
+                    chat_id,
+                    now,
+                    recorded_packages(wanted),
+                    caller.tenant,
+                    running_code,
+                    new_chat=True,
+                ),
                 replaced_dead=False,
             )
         self.check_node(current)
@@ -244,27 +250,60 @@ class SandboxProvisioner:
                 session.node,
             )
 
-    def _check_capacity(self, owner: str, created: bool = False) -> None:
-        """Before a create (``created`` False): refuse when the node or the tenant is at its cap.
-        After the record is saved (True): refuse when concurrent creates passed the cap, so
-        that racing requests, on this replica or another, cannot overshoot it."""
+    def _check_capacity(self, owner: str) -> None:
+        """Before a sandbox is started on demand: refuse when the node or the tenant is at its
+        cap (nothing is started to be thrown away). The save checks again, in one step with
+        the insert (``save_within``), so racing creates on any replica cannot pass a cap."""
         placement = self._placement
         for cap, scope, owner_filter in (
-            (placement.max_sandboxes, "this host", None),
-            (placement.max_per_owner, "this API key on this host", owner),
+            (placement.max_sandboxes, CapScope.NODE, None),
+            (placement.max_per_owner, CapScope.OWNER, owner),
         ):
-            if cap is None:
-                continue
-            count = self._repository.count_running(placement.node, owner_filter)
-            if count > cap or (not created and count >= cap):
-                self._logger.warning(
-                    "sandbox_limit_reached",
-                    {"node": placement.node, "owner": owner, "scope": scope, "limit": cap},
-                )
-                raise SandboxLimitError(
-                    f"{scope} is at its limit of {cap} sandboxes; retry after one expires "
-                    "or is deleted"
-                )
+            if (
+                cap is not None
+                and self._repository.count_running(placement.node, owner_filter) >= cap
+            ):
+                raise self._refused(scope, owner)
+
+    def _refused(self, scope: CapScope, owner: str) -> SandboxLimitError:
+        placement = self._placement
+        if scope is CapScope.NODE:
+            where, cap = "this host", placement.max_sandboxes
+        else:
+            where, cap = "this API key on this host", placement.max_per_owner
+        self._logger.warning(
+            "sandbox_limit_reached",
+            {"node": placement.node, "owner": owner, "scope": where, "limit": cap or 0},
+        )
+        return SandboxLimitError(
+            f"{where} is at its limit of {cap} sandboxes; retry after one expires or is deleted"
+        )
+
+    def _record(self, session: SandboxSession, pooled: bool, owner: str) -> None:
+        """Save a new sandbox's record within the caps (one write); if it cannot be saved the
+        sandbox is stopped, or a pool member given back to its pool when a cap refused it."""
+        warm = self._warm if pooled else None
+        caps = SandboxCaps(self._placement.max_sandboxes, self._placement.max_per_owner)
+        try:
+            full = self._repository.save_within(session, caps)
+        except Exception:
+            # Without a record nobody would ever stop this sandbox; reconciliation would, but
+            # only at the next sweep.
+            self._runtime.stop(session.container_id)
+            if warm is not None:
+                warm.settle(session.session_id)
+            raise
+        if full is None:
+            if warm is not None:
+                warm.settle(session.session_id)  # its chat's record counts it now
+            return
+        # Concurrent creates (on any replica) took the room, or a claimed member met a full
+        # cap: nothing was saved. A member goes back to its pool, untouched by any chat.
+        if warm is not None:
+            warm.give_back(session.session_id)
+        else:
+            self._runtime.stop(session.container_id)
+        raise self._refused(full, owner)
 
     def _add_packages(self, current: SandboxSession, wanted: Environment) -> SandboxSession:
         missing = missing_packages(current.packages, wanted)
@@ -281,17 +320,29 @@ class SandboxProvisioner:
         return updated
 
     def _claim_warm(
-        self, chat_id: UUID, now: datetime, expires_at: datetime, packages: tuple[str, ...]
+        self,
+        chat_id: UUID,
+        now: datetime,
+        expires_at: datetime,
+        packages: tuple[str, ...],
+        owner: str,
+        new_chat: bool,
     ) -> SandboxSession | None:
         """A warm pool's member for exactly these packages (the base environment: none), or
-        None; then the pools make room in the host's cap for the sandbox created on demand."""
-        if self._warm is None:
-            return None
-        pooled = self._warm.claim(
-            chat_id=chat_id, created_at=now, expires_at=expires_at, packages=packages
-        )
+        None: then a new chat's caps are checked before anything is started (a replacement is
+        never refused for them: it stopped the old sandbox first), and the pools make room in
+        the host's cap for the sandbox created on demand. A claimed member is checked against
+        the caps by the save alone (one round trip); refused, it goes back to its pool."""
+        pooled = None
+        if self._warm is not None:
+            pooled = self._warm.claim(
+                chat_id=chat_id, created_at=now, expires_at=expires_at, packages=packages
+            )
         if pooled is None:
-            self._warm.make_room()
+            if new_chat:
+                self._check_capacity(owner)
+            if self._warm is not None:
+                self._warm.make_room()
         return pooled
 
     def _create(
@@ -301,6 +352,8 @@ class SandboxProvisioner:
         packages: tuple[str, ...] = (),
         owner: str = "",
         running_code: bool = False,
+        *,
+        new_chat: bool = False,
     ) -> SandboxSession:
         max_expires_at = (
             None if self._lifetime.max_lifetime is None else now + self._lifetime.max_lifetime
@@ -313,7 +366,7 @@ class SandboxProvisioner:
             for env in (recorded_environment(packages, lang) for lang in PACKAGE_LANGUAGES)
             if not env.is_base
         ]
-        pooled = self._claim_warm(chat_id, now, expires_at, packages)
+        pooled = self._claim_warm(chat_id, now, expires_at, packages, owner, new_chat)
         if pooled is not None:
             session = pooled
         elif not with_packages:
@@ -350,22 +403,7 @@ class SandboxProvisioner:
             node=self._placement.node,
             last_activity_at=now if running_code else None,
         )
-        try:
-            self._repository.save(session)
-        except Exception:
-            # Without a record nobody would ever stop this sandbox; reconciliation would, but
-            # only at the next sweep.
-            self._runtime.stop(session.container_id)
-            raise
-        finally:
-            if pooled is not None and self._warm is not None:
-                self._warm.settle(pooled.session_id)
-        try:
-            self._check_capacity(owner, created=True)
-        except SandboxLimitError:
-            self._runtime.stop(session.container_id)
-            self._repository.delete(session.session_id)
-            raise
+        self._record(session, pooled is not None, owner)
         attrs = session_attrs(session)
         if pooled is not None:
             attrs["pooled"] = True

@@ -6,21 +6,24 @@ from __future__ import annotations
 import threading
 import time
 from datetime import timedelta
-from uuid import uuid4
+from uuid import UUID, uuid4
 
 import psycopg
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from domain.errors import SandboxLimitError
 from domain.execution import ExecutionRequest
+from domain.tenant import Caller
 from repository import database
 from repository.database import create_database_engine
 from repository.postgres_lock import PostgresAdvisorySandboxLifecycleLocker
 from repository.sqlalchemy_session import SqlAlchemySandboxSessionRepository, sandbox_sessions
 from testkit.fakes import FakeClock, FakeLogger, FakeRuntime
 from usecase.execute import ExecuteCode, ExecuteCodeCommand
-from usecase.sandbox import CleanupExpiredSandboxes
+from usecase.ports import WarmSandboxSource
+from usecase.sandbox import CleanupExpiredSandboxes, Placement
 
 pytestmark = pytest.mark.postgres
 
@@ -31,17 +34,35 @@ SLACK = timedelta(minutes=1)
 class Replica:
     """One service replica: engines of its own on the shared database, shared clock and runtime."""
 
-    def __init__(self, url: str, clock: FakeClock, runtime: FakeRuntime) -> None:
+    def __init__(
+        self,
+        url: str,
+        clock: FakeClock,
+        runtime: FakeRuntime,
+        warm: WarmSandboxSource | None = None,
+        placement: Placement | None = None,
+    ) -> None:
         self.engine = create_database_engine(url)
         self.lock_engine = create_database_engine(url)
         self.locker = PostgresAdvisorySandboxLifecycleLocker(self.lock_engine, timeout_s=10)
         # Wired as the service wires it (entrypoint/persistence.py).
         self.repository = SqlAlchemySandboxSessionRepository(
-            self.engine, fence=self.locker.verify_held, locked_read=self.locker.take_locked_read
+            self.engine,
+            fence=self.locker.verify_held,
+            locked_read=self.locker.take_locked_read,
+            lock_connection=self.locker.held_connection,
         )
         self.logger = FakeLogger()
         self.execute_code = ExecuteCode(
-            self.repository, self.locker, runtime, clock, self.logger, TTL, renew_slack=SLACK
+            self.repository,
+            self.locker,
+            runtime,
+            clock,
+            self.logger,
+            TTL,
+            renew_slack=SLACK,
+            warm=warm,
+            placement=placement,
         )
         self.sweep = CleanupExpiredSandboxes(
             self.repository, self.locker, runtime, clock, self.logger
@@ -90,6 +111,114 @@ def test_a_warm_execute_within_the_slack_is_two_round_trips(
     assert len(queries) == 2, queries
     assert "pg_advisory_lock" in queries[0] and "FROM sandbox_sessions" in queries[0]
     assert "pg_advisory_unlock" in queries[1]
+
+
+class PreStarted:
+    """A warm source whose every claim is a sandbox started ahead of the request."""
+
+    def __init__(self, runtime: FakeRuntime) -> None:
+        self._runtime = runtime
+        self.given_back: list[UUID] = []
+
+    def claim(self, *, chat_id, created_at, expires_at, packages=()):
+        return self._runtime.create(
+            session_id=uuid4(), chat_id=chat_id, created_at=created_at, expires_at=expires_at
+        )
+
+    def settle(self, session_id) -> None:
+        pass
+
+    def give_back(self, session_id) -> None:
+        self.given_back.append(session_id)
+
+    def make_room(self) -> None:
+        pass
+
+    def owns(self, session_id) -> bool:
+        return False
+
+
+def test_a_new_chat_on_a_claimed_sandbox_is_three_round_trips(
+    postgres_url: str, replicas, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Lock with read, the record inserted within both caps (on the lock's connection: no
+    fence, no count of its own), unlock: the caps cost no round trip."""
+    clock, _ = replicas
+    runtime = FakeRuntime()
+    here = Placement(node="n", max_sandboxes=5, max_per_owner=5)
+    replica = Replica(postgres_url, clock, runtime, PreStarted(runtime), here)
+    queries: list[str] = []
+    send = psycopg.Cursor.execute
+
+    def record(cursor, query, *args, **kwargs):
+        queries.append(str(query))
+        return send(cursor, query, *args, **kwargs)
+
+    try:
+        replica.run(uuid4())  # connections opened
+        monkeypatch.setattr(psycopg.Cursor, "execute", record)
+        replica.run(uuid4())
+    finally:
+        replica.dispose()
+    assert len(queries) == 3, queries
+    assert "pg_advisory_lock" in queries[0]
+    assert "pg_advisory_xact_lock" in queries[1] and "INSERT INTO sandbox_sessions" in queries[1]
+    assert "pg_advisory_unlock" in queries[2]
+
+
+@pytest.mark.parametrize(
+    ("placement", "owners", "admitted"),
+    [
+        (Placement(node="n", max_sandboxes=3), ["a", "b", "c", "d", "e", "f"], 3),
+        (Placement(node="n", max_sandboxes=9, max_per_owner=2), ["a"] * 6, 2),
+    ],
+    ids=["node", "owner"],
+)
+def test_new_chats_racing_on_every_replica_never_pass_a_cap(
+    postgres_url: str, replicas, placement: Placement, owners: list[str], admitted: int
+) -> None:
+    """Six new chats at once, two per replica, on sandboxes claimed ahead: every one reaches
+    the insert together (nothing refuses earlier), and exactly the cap's worth is saved."""
+    clock, _ = replicas
+    runtime = FakeRuntime()
+    sources = [PreStarted(runtime) for _ in range(3)]
+    made = [Replica(postgres_url, clock, runtime, source, placement) for source in sources]
+    start = threading.Barrier(len(owners))
+    outcomes: list[str] = []
+
+    def new_chat(replica: Replica, owner: str) -> None:
+        start.wait()
+        command = ExecuteCodeCommand(
+            uuid4(), ExecutionRequest(code="print(1)"), caller=Caller(owner)
+        )
+        try:
+            replica.execute_code.execute(command)
+            outcomes.append("saved")
+        except SandboxLimitError:
+            outcomes.append("refused")
+
+    try:
+        for _ in range(3):  # rounds: the race is not won every time without the cap's lock
+            outcomes.clear()
+            for source in sources:
+                source.given_back.clear()
+            threads = [
+                threading.Thread(target=new_chat, args=(made[index % 3], owner))
+                for index, owner in enumerate(owners)
+            ]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(60)
+            expected = ["refused"] * (len(owners) - admitted) + ["saved"] * admitted
+            assert sorted(outcomes) == expected
+            assert made[0].repository.count_running("n") == admitted
+            assert sum(len(source.given_back) for source in sources) == len(owners) - admitted
+            with made[0].engine.begin() as connection:
+                connection.execute(sa.delete(sandbox_sessions))
+    finally:
+        for replica in made:
+            replica.dispose()
 
 
 def test_the_read_with_the_lock_sees_what_the_previous_holder_wrote(replicas) -> None:

@@ -10,7 +10,7 @@ from uuid import UUID, uuid4
 import pytest
 
 from domain.errors import SandboxServiceError, SessionConflictError
-from domain.sandbox import SandboxSession, SandboxStatus
+from domain.sandbox import CapScope, SandboxCaps, SandboxSession, SandboxStatus
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -210,3 +210,43 @@ def test_count_running_counts_one_nodes_running_records_per_owner(repository) ->
     assert repository.count_running("a", "carol") == 0
     assert repository.count_running("b") == 1
     assert repository.count_running("c") == 0
+
+
+def on(node: str, owner: str, status: SandboxStatus = SandboxStatus.RUNNING) -> SandboxSession:
+    return replace(session(status=status), node=node, owner=owner)
+
+
+def test_save_within_inserts_while_the_node_and_the_owner_have_room(repository) -> None:
+    caps = SandboxCaps(on_node=3, per_owner=2)
+    assert repository.save_within(on("a", "alice"), caps) is None
+    assert repository.save_within(on("a", "alice", SandboxStatus.DEAD), caps) is None
+    assert repository.save_within(on("b", "alice"), SandboxCaps(on_node=1)) is None
+    assert repository.save_within(on("a", "alice"), caps) is None
+    refused = on("a", "alice")
+    assert repository.save_within(refused, caps) is CapScope.OWNER
+    assert repository.get(refused.session_id) is None
+    assert repository.save_within(on("a", "bob"), caps) is None
+    assert repository.save_within(on("a", "carol"), caps) is CapScope.NODE
+    # Dead records and other nodes' do not count; a record saved within caps reads back whole.
+    assert repository.count_running("a") == 3
+    free = replace(on("c", "dave"), packages=("numpy",), last_activity_at=T0)
+    assert repository.save_within(free, SandboxCaps()) is None
+    assert repository.get(free.session_id) == free
+
+
+def test_save_within_keeps_one_current_record_per_chat(repository) -> None:
+    first = on("a", "alice")
+    repository.save_within(first, SandboxCaps(on_node=5))
+    with pytest.raises(SessionConflictError):
+        repository.save_within(replace(on("a", "alice"), chat_id=first.chat_id), SandboxCaps())
+
+
+def test_get_many_reads_the_records_that_exist(repository) -> None:
+    stored = [session() for _ in range(3)]
+    for record in stored:
+        repository.save(record)
+    found = repository.get_many([stored[0].session_id, stored[2].session_id, uuid4()])
+    assert sorted(found, key=lambda s: str(s.session_id)) == sorted(
+        [stored[0], stored[2]], key=lambda s: str(s.session_id)
+    )
+    assert repository.get_many([]) == []

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 from uuid import uuid4
 
+import psycopg
 import pytest
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -211,7 +212,7 @@ class NullLogger:
 
 @pytest.mark.postgres
 def test_create_sandbox_with_the_database_gone_fails_cleanly_and_leaks_nothing(
-    postgres_url: str,
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     engine = create_database_engine(postgres_url)
     repository = SqlAlchemySandboxSessionRepository(engine)
@@ -226,14 +227,18 @@ def test_create_sandbox_with_the_database_gone_fails_cleanly_and_leaks_nothing(
     )
     chat_id = uuid4()
 
-    @event.listens_for(engine, "before_cursor_execute")
-    def _kill(connection, cursor, statement, parameters, context, executemany) -> None:
-        if statement.lstrip().upper().startswith("INSERT"):
-            connection.connection.dbapi_connection.close()  # as if the server went away
+    send = psycopg.Cursor.execute
 
+    def _kill(cursor, query, *args, **kwargs):
+        # The driver's own call (SQLAlchemy's statements and the store's raw ones alike).
+        if "INSERT INTO" in str(query).upper():
+            cursor.connection.close()  # as if the server went away
+        return send(cursor, query, *args, **kwargs)
+
+    monkeypatch.setattr(psycopg.Cursor, "execute", _kill)
     with pytest.raises(RepositoryUnavailableError):
         create.execute(CreateSandboxCommand(chat_id))
     assert runtime.created == ["box-0"] and runtime.stopped == ["box-0"]
-    event.remove(engine, "before_cursor_execute", _kill)
+    monkeypatch.undo()
     assert repository.get_active_by_chat_id(chat_id) is None
     engine.dispose()

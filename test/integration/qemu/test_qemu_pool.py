@@ -97,6 +97,9 @@ class _Source:
     def settle(self, session_id) -> None:
         self._pool.settle(session_id)
 
+    def give_back(self, session_id) -> None:
+        self._pool.give_back(session_id)
+
     def make_room(self) -> None:
         pass  # uncapped here
 

@@ -6,8 +6,12 @@ from __future__ import annotations
 from datetime import datetime
 from uuid import UUID, uuid4
 
+import pytest
+
+from domain.errors import SandboxLimitError
 from domain.pool import PoolCapacity, PoolDefinition
 from domain.sandbox import SandboxSession
+from domain.tenant import Caller
 from testkit.world import World
 from usecase.pool import WarmPool, WarmPools
 from usecase.pool_budget import HostBudget
@@ -125,6 +129,9 @@ def create_on_demand(world: World, pools: WarmPools) -> SandboxSession:
         def settle(self, session_id: UUID) -> None:
             pools.settle(session_id)
 
+        def give_back(self, session_id: UUID) -> None:
+            pools.give_back(session_id)
+
         def make_room(self) -> None:
             pools.make_room()
 
@@ -190,4 +197,27 @@ def test_without_a_cap_pools_fill_as_defined(world: World) -> None:
         pool.fill()
     assert idle(pools) == 6
     assert not world.logger.named("pool_replenish_capped")
+    pools.close(wait_s=5)
+
+
+def test_a_claimed_member_refused_by_the_per_key_cap_goes_back_to_its_pool(world: World) -> None:
+    """The cap is checked by the save alone on a claim: a key at its cap takes a member, is
+    refused, and the member is idle again, first in line, alive (no churn for the pool)."""
+    pools = capped_pools(world, 10, definition(2))
+    here = Placement(node=NODE, max_sandboxes=10, max_per_owner=1)
+    key = Caller("alice")
+    creator = world.create_sandbox(warm=pools, placement=here)
+    first = creator.execute(CreateSandboxCommand(uuid4(), caller=key))
+    pool = pools.get("base")
+    assert pool is not None
+    front = pool.status().available
+    with pytest.raises(SandboxLimitError, match="this API key"):
+        creator.execute(CreateSandboxCommand(uuid4(), caller=key))
+    assert pool.status().available == front
+    assert world.runtime.stopped == []
+    assert world.repository.count_running(NODE) == 1
+    # The member given back serves the next chat, and never the refused one's record.
+    other = creator.execute(CreateSandboxCommand(uuid4(), caller=Caller("bob")))
+    assert other.owner == "bob" and other.session_id != first.session_id
+    assert pool.counters.claimed == 2
     pools.close(wait_s=5)
