@@ -201,12 +201,16 @@ class WarmPool:
         )
 
     def _forget_finished(self) -> None:
-        gone = []
-        for session_id in self._members.settled_allocations():
-            record = self._repository.get(session_id)
-            if record is None or record.status is not SandboxStatus.RUNNING:
-                gone.append(session_id)
-        self._members.forget(gone)
+        """Allocated members whose chat's session ended stop counting (one read for all)."""
+        settled = self._members.settled_allocations()
+        if not settled:
+            return
+        running = {
+            record.session_id
+            for record in self._repository.get_many(settled)
+            if record.status is SandboxStatus.RUNNING
+        }
+        self._members.forget(set(settled) - running)
 
     # --- health ---------------------------------------------------------------------------
 

@@ -45,6 +45,16 @@ MEMBER_LIFETIME = timedelta(days=3650)
 WARM_UP = ExecutionRequest(code="pass", language=Language.PYTHON, timeout_s=60.0)
 _LARGE_POOL = 8
 _MAX_PARALLEL = 4
+# After a failed start, refills wait this long, doubled per failure in a row up to the cap: a
+# package environment whose build fails is not rebuilt every health round (minutes of CPU each).
+RETRY_AFTER_FAILURE = timedelta(seconds=2)
+MAX_RETRY_AFTER_FAILURE = timedelta(minutes=5)
+
+
+def retry_delay(failures: int) -> timedelta:
+    """How long refills wait after ``failures`` (>= 1) failed starts in a row."""
+    delay: timedelta = RETRY_AFTER_FAILURE * 2 ** min(failures - 1, 20)
+    return min(MAX_RETRY_AFTER_FAILURE, delay)
 
 
 def replenish_parallelism(buffer_max: int) -> int:
@@ -123,10 +133,19 @@ class Replenisher:
         self._lock = threading.Lock()
         self._workers: set[threading.Thread] = set()
         self._cancelled = threading.Event()
+        self._failures = 0  # failed starts in a row
+        self._retry_at: datetime | None = None
+
+    def backing_off(self) -> bool:
+        """True while refills wait after failed starts (see RETRY_AFTER_FAILURE)."""
+        with self._lock:
+            return self._retry_at is not None and self._clock.now() < self._retry_at
 
     def request(self, delay_s: float = 0.0) -> None:
         """Start background workers when the pool is below its buffer (or its minimum); they
-        begin after ``delay_s`` (cut short by ``cancel``)."""
+        begin after ``delay_s`` (cut short by ``cancel``). Nothing while backing off."""
+        if self.backing_off():
+            return
         wanted = min(self._members.refill_wanted(), self._parallelism)
         if wanted == 0:
             return
@@ -194,8 +213,14 @@ class Replenisher:
             except Exception as exc:
                 self._members.abandon(member_id)
                 self._budget.release(member_id)
+                delay = self._failed()
                 self._logger.error(
-                    "pool_replenish_failed", {"pool": self._name, "error": type(exc).__name__}
+                    "pool_replenish_failed",
+                    {
+                        "pool": self._name,
+                        "error": type(exc).__name__,
+                        "retry_in_s": delay.total_seconds(),
+                    },
                 )
                 if member is not None:
                     self.destroy(member, "pool_member_discarded")
@@ -209,10 +234,19 @@ class Replenisher:
                 # Booted after the pool was closed or shrunk: nobody will ever claim it.
                 self.destroy(member, "pool_member_discarded")
                 return False
+        with self._lock:
+            self._failures, self._retry_at = 0, None
         self._logger.info(
             "pool_member_ready", {"pool": self._name, "container_id": member.container_id}
         )
         return True
+
+    def _failed(self) -> timedelta:
+        with self._lock:
+            self._failures += 1
+            delay = retry_delay(self._failures)
+            self._retry_at = self._clock.now() + delay
+            return delay
 
     def _has_room(self, member_id: UUID) -> bool:
         """Hold the host budget's room for a reserved member, or hand the reservation back."""

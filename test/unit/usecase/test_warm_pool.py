@@ -391,3 +391,84 @@ def test_a_failed_rebind_discards_the_member_and_falls_back(world: World) -> Non
     assert member in world.runtime.stopped
     assert pool.counters.claimed == 0 and pool.counters.missed == 1
     assert "pool_rebind_failed" in world.logger.events()
+
+
+def test_a_pools_status_reads_its_allocated_members_records_in_one_call(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """GET /v1/pools and every metrics scrape read the status: one read, not one per member."""
+    pools = pools_for(world, PoolDefinition("base", "python", (), PoolCapacity(3, 3, 0, 8)))
+    pool = pools.get("base")
+    assert pool is not None
+    chats = [uuid4() for _ in range(3)]
+    for chat in chats:
+        create(world, pools, chat)
+    reads: list[int] = []
+    get_many = world.repository.get_many
+
+    def counted(ids):
+        reads.append(len(ids))
+        return get_many(ids)
+
+    monkeypatch.setattr(world.repository, "get_many", counted)
+    monkeypatch.setattr(world.repository, "get", lambda _id: pytest.fail("one read per member"))
+    assert pool.status().allocated == 3
+    # A chat that ended no longer counts.
+    ended = world.repository.get_active_by_chat_id(chats[0])
+    assert ended is not None
+    world.repository.delete(ended.session_id)
+    assert pool.status().allocated == 2
+    assert reads == [3, 3]
+    pools.close(wait_s=5)
+
+
+def test_a_pool_whose_build_fails_retries_after_a_growing_capped_delay(world: World) -> None:
+    """Every claim and health round asks for a refill; after failed starts it waits 2 s, 4 s,
+    ... up to 5 minutes, instead of rebuilding a broken environment each time."""
+    from datetime import timedelta
+
+    from domain.environment import Environment
+    from domain.errors import EnvironmentBuildError
+    from domain.execution import Language
+    from usecase.pool_replenish import EnvironmentMembers, retry_delay
+
+    store = FakeEnvironmentStore(fail=EnvironmentBuildError("no wheel for nosuchpkg"))
+    attempts: list[Environment] = []
+    build = store.ensure
+
+    def counted(environment: Environment):
+        attempts.append(environment)
+        return build(environment)
+
+    store.ensure = counted  # type: ignore[method-assign]
+    environments = EnvironmentProvisioning(store, FakeEnvironmentRuntime(world.runtime))
+    bad = definition(1, "bad", ("nosuchpkg",))
+    maker = EnvironmentMembers(environments, Environment(Language.PYTHON, ("nosuchpkg",)))
+    pool = WarmPool(bad, world.runtime, world.repository, world.clock, world.logger, maker=maker)
+
+    def refill_now() -> None:
+        pool.request_refill()
+        for worker in [t for t in threading.enumerate() if t.name == "pool-bad"]:
+            worker.join(5)
+
+    pool.fill()
+    assert len(attempts) == 1
+    assert world.logger.named("pool_replenish_failed")[-1]["retry_in_s"] == 2.0
+    refill_now()  # a health round within the delay: nothing
+    assert len(attempts) == 1
+    world.clock.advance(timedelta(seconds=2))
+    refill_now()
+    assert len(attempts) == 2  # failed again: 4 s now
+    world.clock.advance(timedelta(seconds=3))
+    refill_now()
+    assert len(attempts) == 2
+    world.clock.advance(timedelta(seconds=1))
+    refill_now()
+    assert len(attempts) == 3
+    assert [retry_delay(n).total_seconds() for n in (1, 2, 3, 8, 9, 40)] == [2, 4, 8, 256, 300, 300]
+    # Once a start succeeds, refills are immediate again.
+    store.fail = None
+    world.clock.advance(timedelta(seconds=8))
+    refill_now()
+    assert pool.status().available == 1 and len(attempts) == 4
+    pool.close(wait_s=5)
