@@ -87,6 +87,7 @@ def lock_engine(settings: Settings) -> Engine:
             max_overflow=0,
             pool_timeout_s=settings.locks.timeout_seconds,
             connect_timeout_s=settings.database.connect_timeout_seconds,
+            ping_when_idle=False,
         ),
     )
 

@@ -55,6 +55,10 @@ class PoolOptions:
     pool_timeout_s: float = 10.0
     connect_timeout_s: float = 5.0
     busy_timeout_s: float = 5.0
+    # Ping a pooled connection idle past PING_AFTER_IDLE_S before handing it out. The chat
+    # locker's engine does without: its lock query finds a dead connection itself, and it
+    # retries once on a new pool (PostgresAdvisorySandboxLifecycleLocker).
+    ping_when_idle: bool = True
 
 
 def mask_url(url: str | URL) -> str:
@@ -117,7 +121,8 @@ def create_database_engine(url: str, options: PoolOptions | None = None) -> Engi
                 "keepalives_count": 3,
             },
         )
-        _ping_when_idle(engine)
+        if options.ping_when_idle:
+            _ping_when_idle(engine)
         return engine
     raise RepositoryUnavailableError(
         f"unsupported database URL {mask_url(parsed)}: use postgresql+psycopg:// or sqlite:///"

@@ -64,6 +64,14 @@ def _driver(connection: Connection) -> psycopg.Connection[tuple[object, ...]]:
     return driver
 
 
+class _BrokenConnectionError(Exception):
+    """The lock query failed because its pooled connection was dead (``error`` says how)."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 # What a hold has read in its lock's round trip: consumed by the first read, dropped by a write.
 _UNREAD = object()
 
@@ -174,6 +182,21 @@ class PostgresAdvisorySandboxLifecycleLocker:
         return held
 
     def _acquire(self, chat_id: UUID, key: int, deadline: float) -> _Hold:
+        """Lock and read on a pooled connection, which is not pinged before use (its engine
+        has no ping: that round trip was on every lock of a chat idle for a second). One found
+        broken (the server restarted, the backend was terminated) fails the query itself: the
+        pool is then replaced, since its other connections are most likely as stale, and the
+        lock is taken once more on a new connection. Both fail: RepositoryUnavailableError."""
+        try:
+            return self._try_acquire(chat_id, key, deadline)
+        except _BrokenConnectionError:
+            self._engine.dispose()  # closes the idle ones; those in use leave with their holders
+        try:
+            return self._try_acquire(chat_id, key, deadline)
+        except _BrokenConnectionError as broken:
+            raise broken.error from broken.error.__cause__
+
+    def _try_acquire(self, chat_id: UUID, key: int, deadline: float) -> _Hold:
         try:
             connection = self._engine.connect()
         except exc.TimeoutError as error:
@@ -188,9 +211,11 @@ class PostgresAdvisorySandboxLifecycleLocker:
             f"SELECT set_config('lock_timeout', '{wait_ms}ms', false);"
             f" SELECT pg_advisory_lock({int(key)}); {current_record_sql(chat_id)}"
         )
+        driver = None
         try:
             connection = connection.execution_options(isolation_level="AUTOCOMMIT")
-            with _driver(connection).cursor() as cursor:
+            driver = _driver(connection)
+            with driver.cursor() as cursor:
                 # Without parameters psycopg sends one simple-protocol query: three statements,
                 # one round trip; the record is the last result.
                 cursor.execute(query)
@@ -206,7 +231,11 @@ class PostgresAdvisorySandboxLifecycleLocker:
             connection.invalidate()
             connection.close()
             if isinstance(error, psycopg.Error | exc.SQLAlchemyError):
-                raise database_error(error, self._engine, "chat lock") from error
+                unavailable = database_error(error, self._engine, "chat lock")
+                unavailable.__cause__ = error
+                if driver is not None and driver.broken:
+                    raise _BrokenConnectionError(unavailable) from error
+                raise unavailable from error
             raise
         return _Hold(connection, key, None if row is None else session_from_driver_row(row))
 

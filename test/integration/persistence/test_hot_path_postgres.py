@@ -17,7 +17,7 @@ from domain.errors import SandboxLimitError
 from domain.execution import ExecutionRequest
 from domain.tenant import Caller
 from repository import database
-from repository.database import create_database_engine
+from repository.database import PoolOptions, create_database_engine
 from repository.postgres_lock import PostgresAdvisorySandboxLifecycleLocker
 from repository.sqlalchemy_session import SqlAlchemySandboxSessionRepository, sandbox_sessions
 from testkit.fakes import FakeClock, FakeLogger, FakeRuntime
@@ -43,7 +43,7 @@ class Replica:
         placement: Placement | None = None,
     ) -> None:
         self.engine = create_database_engine(url)
-        self.lock_engine = create_database_engine(url)
+        self.lock_engine = create_database_engine(url, PoolOptions(ping_when_idle=False))
         self.locker = PostgresAdvisorySandboxLifecycleLocker(self.lock_engine, timeout_s=10)
         # Wired as the service wires it (entrypoint/persistence.py).
         self.repository = SqlAlchemySandboxSessionRepository(
@@ -279,5 +279,42 @@ def test_a_connection_killed_while_idle_is_replaced_before_use(
 
         # Idle past the threshold: pinged, found dead, replaced; the call itself succeeds.
         assert repository.get_active_by_chat_id(uuid4()) is None
+    finally:
+        engine.dispose()
+
+
+def test_a_lock_connection_killed_while_idle_costs_a_retry_not_a_ping(
+    postgres_url: str, postgres_engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The locker's engine pings nothing before use: a dead pooled connection fails the lock
+    query itself, the pool is replaced, and the lock is taken on a new connection."""
+    engine = create_database_engine(postgres_url, PoolOptions(ping_when_idle=False))
+    locker = PostgresAdvisorySandboxLifecycleLocker(engine, timeout_s=10)
+    monkeypatch.setattr(database, "PING_AFTER_IDLE_S", 0.0)
+    try:
+        pids = []
+        for _ in range(2):  # two pooled connections, both to be killed
+            with engine.connect() as probe:
+                pids.append(probe.connection.dbapi_connection.info.backend_pid)  # type: ignore[union-attr]
+        with locker.lock(uuid4()), locker.lock(uuid4()):
+            pass
+        with postgres_engine.connect() as admin:
+            for pid in pids:
+                admin.execute(sa.select(sa.func.pg_terminate_backend(pid)))
+        queries: list[str] = []
+        send = psycopg.Cursor.execute
+
+        def record(cursor, query, *args, **kwargs):
+            queries.append(str(query))
+            return send(cursor, query, *args, **kwargs)
+
+        monkeypatch.setattr(psycopg.Cursor, "execute", record)
+        chat = uuid4()
+        with locker.lock(chat):
+            assert locker.take_locked_read(chat) == (True, None)
+        with locker.lock(chat):  # the pool was replaced: no second failure
+            pass
+        assert not any("SELECT 1" in query for query in queries), queries
+        assert sum("pg_advisory_lock" in query for query in queries) == 3  # the failed one too
     finally:
         engine.dispose()
