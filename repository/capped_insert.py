@@ -21,12 +21,13 @@ on the caller's chat-lock connection when there is one (see ``SqlAlchemySandboxS
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import psycopg
 import sqlalchemy as sa
 from sqlalchemy.engine import Dialect
+from sqlalchemy.sql.compiler import SQLCompiler
 
 from domain.sandbox import SandboxCaps, SandboxSession, SandboxStatus
 from repository.database import advisory_key
@@ -36,50 +37,82 @@ def node_cap_key(node: str) -> int:
     return advisory_key(b"node-cap:" + node.encode())
 
 
-def insert_within(
-    table: sa.Table, values: dict[str, Any], session: SandboxSession, caps: SandboxCaps
-) -> sa.Insert:
-    """``INSERT INTO table SELECT <values> WHERE <each cap has room>`` (0 or 1 row)."""
-    columns = table.c
-    running_here = (
-        sa.select(sa.func.count())
-        .select_from(table)
-        .where(
-            sa.text("status IN ('running', 'dead')"),
-            columns.status == SandboxStatus.RUNNING.value,
-            columns.node == session.node,
-        )
-    )
-    room = []
-    if caps.on_node is not None:
-        room.append(running_here.scalar_subquery() < caps.on_node)
-    if caps.per_owner is not None:
-        room.append(
-            running_here.where(columns.owner == session.owner).scalar_subquery() < caps.per_owner
-        )
-    # Typed literals: PostgreSQL's dialect renders each with a cast to its column's type (in
-    # INSERT ... SELECT a NULL or a quoted value would otherwise be text); SQLite needs none.
-    source = sa.select(*(sa.literal(values[c.name], c.type).label(c.name) for c in table.c)).where(
-        *room
-    )
-    return table.insert().from_select([c.name for c in table.c], source)
+class CappedInsert:
+    """The statement for one table, built and (for PostgreSQL) compiled once per combination of
+    caps: only the parameters change from one new chat to the next."""
 
+    def __init__(self, table: sa.Table, dialect: Dialect) -> None:
+        self._table = table
+        self._dialect = dialect
+        self._statements: dict[tuple[bool, bool], sa.Insert] = {}
+        self._postgresql: dict[tuple[bool, bool], SQLCompiler] = {}
 
-def postgresql_text(
-    statement: sa.Insert, dialect: Dialect, node: str, caps: SandboxCaps
-) -> tuple[str, dict[str, Any]]:
-    """The node's lock (when capped) and the statement as one query for a ClientCursor, with
-    its parameters (as the types' bind processing would give them: psycopg adapts them so)."""
-    compiled = statement.compile(dialect=dialect)
-    # The types' own conversion (UtcDateTime's), as SQLAlchemy would apply it on execute.
-    processors: Mapping[str, Callable[[Any], Any]] = compiled._bind_processors  # type: ignore[assignment]
-    params = {
-        name: processors[name](value) if name in processors else value
-        for name, value in compiled.params.items()
-    }
-    if caps.unlimited:
-        return str(compiled), params
-    return f"SELECT pg_advisory_xact_lock({node_cap_key(node)}); {compiled}", params
+    def statement(self, caps: SandboxCaps) -> sa.Insert:
+        """``INSERT INTO table SELECT :values WHERE <each cap has room>`` (0 or 1 row)."""
+        shape = (caps.on_node is not None, caps.per_owner is not None)
+        statement = self._statements.get(shape)
+        if statement is None:
+            statement = self._statements[shape] = self._build(*shape)
+        return statement
+
+    def params(
+        self, values: dict[str, Any], session: SandboxSession, caps: SandboxCaps
+    ) -> dict[str, Any]:
+        return {
+            **{f"v_{name}": value for name, value in values.items()},
+            "cap_node": session.node,
+            "cap_owner": session.owner,
+            "cap_on_node": caps.on_node,
+            "cap_per_owner": caps.per_owner,
+        }
+
+    def postgresql(self, caps: SandboxCaps, params: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        """The node's lock (when capped) and the statement as one query for a ClientCursor, with
+        the parameters as the types' bind processing gives them (UtcDateTime's checks)."""
+        shape = (caps.on_node is not None, caps.per_owner is not None)
+        compiled = self._postgresql.get(shape)
+        if compiled is None:
+            compiled = self.statement(caps).compile(dialect=self._dialect)
+            assert isinstance(compiled, SQLCompiler)
+            self._postgresql[shape] = compiled
+        text = str(compiled)
+        if not caps.unlimited:
+            text = f"SELECT pg_advisory_xact_lock({node_cap_key(params['cap_node'])}); {text}"
+        processors: Mapping[str, Any] = compiled._bind_processors
+        bound = {
+            name: processors[name](value) if name in processors else value
+            for name, value in (compiled.construct_params(params) or {}).items()
+        }
+        return text, bound
+
+    def _build(self, node_capped: bool, owner_capped: bool) -> sa.Insert:
+        columns = self._table.c
+        running_here = (
+            sa.select(sa.func.count())
+            .select_from(self._table)
+            .where(
+                sa.text("status IN ('running', 'dead')"),
+                columns.status == SandboxStatus.RUNNING.value,
+                columns.node == sa.bindparam("cap_node", type_=columns.node.type),
+            )
+        )
+        room = []
+        if node_capped:
+            room.append(
+                running_here.scalar_subquery() < sa.bindparam("cap_on_node", type_=sa.Integer)
+            )
+        if owner_capped:
+            owner = columns.owner == sa.bindparam("cap_owner", type_=columns.owner.type)
+            room.append(
+                running_here.where(owner).scalar_subquery()
+                < sa.bindparam("cap_per_owner", type_=sa.Integer)
+            )
+        # Typed parameters: PostgreSQL's dialect renders each with a cast to its column's type
+        # (in INSERT ... SELECT a NULL or a quoted value would otherwise be text).
+        source = sa.select(
+            *(sa.bindparam(f"v_{c.name}", type_=c.type).label(c.name) for c in self._table.c)
+        ).where(*room)
+        return self._table.insert().from_select([c.name for c in self._table.c], source)
 
 
 def run_postgresql(connection: psycopg.Connection[Any], query: str, params: dict[str, Any]) -> bool:

@@ -208,6 +208,7 @@ class SqlAlchemySandboxSessionRepository:
         self._locked_read = locked_read
         self._lock_connection = lock_connection
         self._upsert = self._upsert_statement(engine.dialect.name)
+        self._capped = capped_insert.CappedInsert(sandbox_sessions, engine.dialect)
 
     @property
     def engine(self) -> Engine:
@@ -239,17 +240,16 @@ class SqlAlchemySandboxSessionRepository:
             raise database_error(error, self._engine, "save") from error
 
     def save_within(self, session: SandboxSession, caps: SandboxCaps) -> CapScope | None:
-        statement = capped_insert.insert_within(
-            sandbox_sessions, _row_values(session), session, caps
-        )
+        params = self._capped.params(_row_values(session), session, caps)
         try:
             if self._engine.dialect.name == "postgresql":
-                inserted = self._insert_on_postgresql(statement, session, caps)
+                inserted = self._insert_on_postgresql(session, caps, params)
             else:
                 if self._fence is not None:
                     self._fence()
                 with self._statements.begin() as connection:
-                    inserted = connection.execute(statement).rowcount == 1
+                    result = connection.execute(self._capped.statement(caps), params)
+                    inserted = result.rowcount == 1
         except (exc.IntegrityError, psycopg.IntegrityError) as error:
             raise SessionConflictError(
                 f"chat {session.chat_id} already has a current session "
@@ -265,20 +265,18 @@ class SqlAlchemySandboxSessionRepository:
         return CapScope.OWNER if caps.per_owner is not None else CapScope.NODE
 
     def _insert_on_postgresql(
-        self, statement: sa.Insert, session: SandboxSession, caps: SandboxCaps
+        self, session: SandboxSession, caps: SandboxCaps, params: dict[str, Any]
     ) -> bool:
-        query, params = capped_insert.postgresql_text(
-            statement, self._engine.dialect, session.node, caps
-        )
+        query, bound = self._capped.postgresql(caps, params)
         held = None if self._lock_connection is None else self._lock_connection(session.chat_id)
         if held is not None:
-            return capped_insert.run_postgresql(held, query, params)
+            return capped_insert.run_postgresql(held, query, bound)
         if self._fence is not None:
             self._fence()
         with self._statements.connect() as connection:
             driver: psycopg.Connection[Any] = connection.connection.driver_connection  # type: ignore[assignment]
             try:
-                return capped_insert.run_postgresql(driver, query, params)
+                return capped_insert.run_postgresql(driver, query, bound)
             except psycopg.OperationalError:
                 connection.invalidate()  # SQLAlchemy did not see the driver's error
                 raise

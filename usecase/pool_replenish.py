@@ -26,6 +26,7 @@ so a capped pool resumes by itself once chats end.
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Protocol
@@ -133,6 +134,9 @@ class Replenisher:
         self._lock = threading.Lock()
         self._workers: set[threading.Thread] = set()
         self._cancelled = threading.Event()
+        self._due_changed = threading.Condition()
+        self._due: float | None = None  # when the dispatcher runs the next delayed refill
+        self._dispatcher: threading.Thread | None = None
         self._failures = 0  # failed starts in a row
         self._retry_at: datetime | None = None
 
@@ -142,8 +146,13 @@ class Replenisher:
             return self._retry_at is not None and self._clock.now() < self._retry_at
 
     def request(self, delay_s: float = 0.0) -> None:
-        """Start background workers when the pool is below its buffer (or its minimum); they
-        begin after ``delay_s`` (cut short by ``cancel``). Nothing while backing off."""
+        """Start background workers when the pool is below its buffer (or its minimum); after
+        ``delay_s`` they are started by the pool's dispatcher thread, so that a claim (which
+        asks with a delay) never waits for a thread to start: under load that took
+        milliseconds of a new chat's first result. Nothing while backing off."""
+        if delay_s > 0:
+            self._schedule(delay_s)
+            return
         if self.backing_off():
             return
         wanted = min(self._members.refill_wanted(), self._parallelism)
@@ -153,17 +162,17 @@ class Replenisher:
         with self._lock:
             # Not fewer for the workers still running: one may be past its last reserve().
             for _ in range(wanted):
-                thread = threading.Thread(
-                    target=self._run, args=(delay_s,), name=f"pool-{self._name}", daemon=True
-                )
+                thread = threading.Thread(target=self._run, name=f"pool-{self._name}", daemon=True)
                 self._workers.add(thread)
                 started.append(thread)
         for thread in started:
             thread.start()
 
     def cancel(self) -> None:
-        """Wake workers waiting out their delay (the pool is closing: they start nothing)."""
+        """Stop the dispatcher (the pool is closing: nothing more is started)."""
         self._cancelled.set()
+        with self._due_changed:
+            self._due_changed.notify_all()
 
     def fill(self) -> None:
         """Replenish on the caller's thread until the pool is full (start-up, tests)."""
@@ -173,6 +182,8 @@ class Replenisher:
     def join(self, wait_s: float) -> None:
         with self._lock:
             workers = list(self._workers)
+        if self._dispatcher is not None:
+            workers.append(self._dispatcher)
         for worker in workers:
             worker.join(wait_s)
 
@@ -189,14 +200,40 @@ class Replenisher:
         self._budget.release(member.session_id)
         self._logger.info(event, {"pool": self._name, "container_id": member.container_id})
 
-    def _run(self, delay_s: float) -> None:
+    def _run(self) -> None:
         try:
-            if delay_s > 0:
-                self._cancelled.wait(delay_s)
             self.fill()
         finally:
             with self._lock:
                 self._workers.discard(threading.current_thread())
+
+    def _schedule(self, delay_s: float) -> None:
+        """A refill in ``delay_s`` (the earliest one asked for wins); the dispatcher thread is
+        started by the first request."""
+        due = time.monotonic() + delay_s
+        with self._due_changed:
+            if self._due is None or due < self._due:
+                self._due = due
+            if self._dispatcher is None:
+                self._dispatcher = threading.Thread(
+                    target=self._dispatch, name=f"pool-{self._name}-refill", daemon=True
+                )
+                self._dispatcher.start()
+            self._due_changed.notify()
+
+    def _dispatch(self) -> None:
+        while not self._cancelled.is_set():
+            with self._due_changed:
+                if self._due is None:
+                    self._due_changed.wait()
+                    continue
+                wait_s = self._due - time.monotonic()
+                if wait_s > 0:
+                    self._due_changed.wait(wait_s)
+                    continue
+                self._due = None
+            if not self._cancelled.is_set():
+                self.request()
 
     def _start_one(self) -> bool:
         """Start one member; False when there is nothing (more) to do or it failed."""

@@ -79,7 +79,11 @@ def test_running_chats_leave_the_pools_only_what_is_left(world: World) -> None:
 
 
 def test_several_pools_share_one_budget(world: World) -> None:
-    pools = capped_pools(world, 4, definition(3, "one"), definition(3, "two"))
+    # "two" comes once "one" holds its room: applied together, their background refills race.
+    pools = capped_pools(world, 4, definition(3, "one"))
+    pools.apply([definition(3, "one"), definition(3, "two")])
+    for pool in pools.pools():
+        pool.fill()
     assert idle(pools) == 4 == live(world)
     assert {entry["pool"] for entry in world.logger.named("pool_replenish_capped")} == {"two"}
     pools.close(wait_s=5)
