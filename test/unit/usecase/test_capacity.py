@@ -71,8 +71,8 @@ def test_only_this_nodes_running_sandboxes_count(world: World) -> None:
 
 
 def test_creates_that_raced_past_the_cap_are_rolled_back(world: World) -> None:
-    """Another replica saved a record between the check and this save: the later create sees
-    the count past the cap after saving, stops its sandbox and drops its record."""
+    """Another replica saved a record between the check and this save: the save, which counts
+    and inserts in one step, saves nothing, and the later create stops its sandbox."""
     here = Placement(node="a", max_sandboxes=1)
     original = world.runtime.create
 
