@@ -60,7 +60,8 @@ result is sent, whatever it did to get away (setsid, a double fork, nohup, a for
 with --user (a container, a microVM), every process of that user but the live interpreters;
 otherwise every process below the agent (a child subreaper) but the interpreters. The
 interpreters' own state (variables, functions, the shell's directory) stays. A background job
-or server started by one execution does not survive into the next. See Agent.sweep.
+or server started by one execution does not survive into the next. See Agent.sweep (and its
+shortcut: an execution that started no process at all has nothing to sweep).
 
 User code cannot reach the agent. Run as root with --user (a container started as root with
 only the capabilities it needs, a microVM's PID 1), the interpreters run as that user with no
@@ -104,6 +105,11 @@ KILL_GRACE_S = 2.0
 DRAIN_S = 1.0
 # How long the sweep may take to stop what an execution left (a fork bomb under TCG: seconds).
 SWEEP_S = 5.0
+# No kernel hands out pids faster than this (every allocation takes one kernel-wide lock): an
+# execution shorter than pid_max / MAX_PID_RATE cannot have taken the pid counter all the way round.
+MAX_PID_RATE = 10_000_000
+# 64-bit Linux's largest pid_max: a microVM's agent raises its kernel's to it.
+PID_MAX_LIMIT = 4 * 1024 * 1024
 PR_SET_DUMPABLE = 4
 PR_SET_CHILD_SUBREAPER = 36
 PR_SET_NO_NEW_PRIVS = 38
@@ -846,6 +852,20 @@ def _pid_mark() -> tuple[bool, int]:
     return True, ids[0]
 
 
+def _pid_max() -> int | None:
+    try:
+        with open("/proc/sys/kernel/pid_max", "rb") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return None
+
+
+def _raise_pid_max() -> None:
+    """The largest pid space (the sweep's shortcut then holds for executions up to ~0.4 s)."""
+    with contextlib.suppress(OSError), open("/proc/sys/kernel/pid_max", "w") as f:
+        f.write(str(PID_MAX_LIMIT))
+
+
 def _no_pid_since(mark: tuple[bool, int]) -> bool:
     """No process or thread was created since ``mark``; a probe's own id does not count."""
     probed, before = mark
@@ -1049,6 +1069,10 @@ class Agent:
         self.child_env.update(_cache_dirs(self.user_uid, self.user_gid))
         # PID 1 with interpreters under a uid of their own: the whole sandbox is ours to sweep.
         self._sweep_uid = self.user_uid if os.getpid() == 1 else None
+        self._pid_max = _pid_max()
+        # The sweep's shortcut needs a known clean state: the first execution sweeps in full.
+        self._clean = False
+        self._running_since: tuple[tuple[bool, int], float] | None = None
         _become_subreaper()
         self.files = WorkspaceFiles(self.workdir, self.user_uid, self.user_gid)
         self.reaper = Reaper()
@@ -1128,9 +1152,15 @@ class Agent:
             stderr.feed(f"sandboxd: cannot start the {language} interpreter: {exc}\n".encode())
             outcome, exit_code = "done", 127
         else:
-            outcome, exit_code = interpreter.run(
-                interpreter.encode("run", code), started + timeout_s, stdout, stderr, outputs.add
-            )
+            # Where the pid counter stood when the code went in (the sweep's shortcut).
+            self._running_since = _pid_mark(), time.monotonic()
+            try:
+                payload = interpreter.encode("run", code)
+                outcome, exit_code = interpreter.run(
+                    payload, started + timeout_s, stdout, stderr, outputs.add
+                )
+            finally:
+                self._running_since = None
         state_lost = self._settle(interpreter, outcome)
         changed, changed_truncated = self.files.changed_since(before)
         send(
@@ -1178,7 +1208,26 @@ class Agent:
         not move: _pid_mark). Everything found is stopped first: a stopped process
         cannot fork and keeps its slot under the process limit, so the bomb cannot refill what
         the sweep frees. Once a quiet listing finds nothing that still runs, SIGKILL ends them.
+
+        Listing /proc reads a file per process, kernel threads included: about 50 files in an
+        idle microVM, 40-200 ms under TCG on a loaded host, on every execution. So an execution
+        that cannot have started a process skips it (_nothing_started).
         """
+        if not self._nothing_started():
+            self._clean = self._sweep()
+
+    def _nothing_started(self) -> bool:
+        """True when the execution running now left no process: the sweep before it left none,
+        and no pid was handed out since the code went in (the counter did not move, and the
+        execution was too short for it to have gone all the way round)."""
+        running_since = self._running_since
+        if running_since is None or not self._clean or self._pid_max is None:
+            return False
+        mark, began = running_since
+        return (time.monotonic() - began) * MAX_PID_RATE < self._pid_max and _no_pid_since(mark)
+
+    def _sweep(self) -> bool:
+        """Sweep /proc; True when nothing of user code can be left (a quiet listing)."""
         keep = {
             interpreter.process.pid
             for interpreter in self.interpreters.values()
@@ -1186,28 +1235,31 @@ class Agent:
         }
         me = os.getpid()
         deadline = time.monotonic() + SWEEP_S
+        quiet = False
         while True:
             mark = _pid_mark()
             strays = _strays(me, keep, self._sweep_uid)
             running = [pid for pid, state in strays if state not in (b"T", b"t")]
             if not running and _no_pid_since(mark):
+                quiet = True
                 break
             if time.monotonic() > deadline:
                 break
             _signal_all(running, signal.SIGSTOP)
         if not strays:
-            return
+            return quiet
         deadline = time.monotonic() + KILL_GRACE_S
         while strays:
             _signal_all([pid for pid, _state in strays], signal.SIGKILL)
             if time.monotonic() > deadline:
                 log(f"{len(strays)} processes survived the sweep")
-                return
+                return False
             time.sleep(0.001)
             strays = _strays(me, keep, self._sweep_uid)
         # The dead still count against the process limit until the reaper has collected them.
         while _orphan_zombies(me) and time.monotonic() < deadline:
             time.sleep(0.001)
+        return quiet
 
     def _reseed(self, frame: dict[str, Any]) -> bool:
         try:
@@ -1917,6 +1969,10 @@ def main(argv: list[str] | None = None) -> int:
     # The host closing its end must never kill the agent.
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     _protect_self()
+    if args.device and os.getpid() == 1:
+        # PID 1 on a virtio port: the init of a microVM, whose kernel is the sandbox's alone
+        # (never raised from a pid namespace: pid_max is the whole machine's).
+        _raise_pid_max()
     agent = Agent(args.workdir, args.user, args.max_processes, args.preload)
     if args.listen:
         listen(agent, args.listen)
