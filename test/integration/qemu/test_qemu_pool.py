@@ -62,6 +62,12 @@ def test_a_claimed_vm_is_rebound_and_a_frozen_one_is_unhealthy(
         assert json.loads(vm_json.read_text())["chat_id"] == str(CHAT)
         guest_now = float(run_ok(runtime, session.container_id, "import time; print(time.time())"))
         assert abs(guest_now - time.time()) < 60  # set at its restore, kept while pooled
+        # The agent took the largest pid space: its sweep skips /proc after executions up to
+        # 0.4 s that started no process (a listing costs tens of ms under TCG).
+        pid_max = run_ok(
+            runtime, session.container_id, "print(open('/proc/sys/kernel/pid_max').read())"
+        )
+        assert int(pid_max) == 4 * 1024 * 1024
         assert {m.chat_id for m in runtime.list_managed()} >= {CHAT}
 
         pool.fill()
