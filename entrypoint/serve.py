@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import signal
 import socket
@@ -166,6 +167,7 @@ class Service:
         )
         worker = container.cleanup_worker()
         worker.start()
+        _freeze_startup_heap()
 
         loop = asyncio.get_running_loop()
         if handle_signals:
@@ -210,6 +212,18 @@ class Service:
         logger.info("service_stopped", {"drained": results[2] is True})
         if http_failed:
             raise ListenError("the HTTP server stopped unexpectedly; see the log above")
+
+
+def _freeze_startup_heap() -> None:
+    """Keep the start-up heap (modules, the composition root, schemas: about a million objects)
+    out of every later full collection.
+
+    Measured under bench.bench_tenants: each gen2 collection walked that heap and stopped every
+    thread for 100-200 ms, which was the service's p99. Frozen objects are never collected, so
+    start-up garbage is collected first.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def serve(container: Container) -> int:
