@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import signal
 import socket
@@ -11,6 +12,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from types import ModuleType
 
 from adapter.agent.client import AgentClient
 
@@ -63,3 +65,13 @@ class AgentProcess:
         self.process.wait(timeout=10)
         assert self.process.stderr is not None
         self.process.stderr.close()
+
+
+def load_guest_agent(name: str) -> ModuleType:
+    """The guest agent's source loaded as a module of its own (it is a script, not a package
+    member), so unit tests can call its functions."""
+    spec = importlib.util.spec_from_file_location(name, AGENT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

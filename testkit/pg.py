@@ -10,9 +10,14 @@ import os
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
 
+import psycopg
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, make_url
+
+if TYPE_CHECKING:
+    import pytest  # benchmarks import this module without pytest's cost
 
 DEFAULT_SERVER_URL = "postgresql+psycopg://sandboxd:sandboxd@127.0.0.1:5432/"
 
@@ -39,3 +44,17 @@ def temporary_database(prefix: str = "sandboxd_test") -> Iterator[str]:
                 connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         admin.dispose()
+
+
+def record_driver_queries(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every query psycopg sends from now on (SQLAlchemy's and raw ones alike): one entry per
+    round trip, for tests that count them."""
+    queries: list[str] = []
+    send = psycopg.Cursor.execute
+
+    def record(cursor: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
+        queries.append(str(query))
+        return send(cursor, query, *args, **kwargs)
+
+    monkeypatch.setattr(psycopg.Cursor, "execute", record)
+    return queries

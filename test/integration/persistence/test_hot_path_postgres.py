@@ -8,7 +8,6 @@ import time
 from datetime import timedelta
 from uuid import UUID, uuid4
 
-import psycopg
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -21,6 +20,7 @@ from repository.database import PoolOptions, create_database_engine
 from repository.postgres_lock import PostgresAdvisorySandboxLifecycleLocker
 from repository.sqlalchemy_session import SqlAlchemySandboxSessionRepository, sandbox_sessions
 from testkit.fakes import FakeClock, FakeLogger, FakeRuntime
+from testkit.pg import record_driver_queries
 from usecase.execute import ExecuteCode, ExecuteCodeCommand
 from usecase.ports import WarmSandboxSource
 from usecase.sandbox import CleanupExpiredSandboxes, Placement
@@ -96,14 +96,7 @@ def test_a_warm_execute_within_the_slack_is_two_round_trips(
     clock.advance(timedelta(seconds=10))
     replica.run(chat)  # written with the slack
     # Every query the driver sends, SQLAlchemy's and the locker's own alike: one per round trip.
-    queries: list[str] = []
-    send = psycopg.Cursor.execute
-
-    def record(cursor, query, *args, **kwargs):
-        queries.append(str(query))
-        return send(cursor, query, *args, **kwargs)
-
-    monkeypatch.setattr(psycopg.Cursor, "execute", record)
+    queries = record_driver_queries(monkeypatch)
     clock.advance(timedelta(seconds=10))
     replica.run(chat)
 
@@ -147,16 +140,9 @@ def test_a_new_chat_on_a_claimed_sandbox_is_three_round_trips(
     runtime = FakeRuntime()
     here = Placement(node="n", max_sandboxes=5, max_per_owner=5)
     replica = Replica(postgres_url, clock, runtime, PreStarted(runtime), here)
-    queries: list[str] = []
-    send = psycopg.Cursor.execute
-
-    def record(cursor, query, *args, **kwargs):
-        queries.append(str(query))
-        return send(cursor, query, *args, **kwargs)
-
     try:
         replica.run(uuid4())  # connections opened
-        monkeypatch.setattr(psycopg.Cursor, "execute", record)
+        queries = record_driver_queries(monkeypatch)
         replica.run(uuid4())
     finally:
         replica.dispose()
@@ -301,14 +287,7 @@ def test_a_lock_connection_killed_while_idle_costs_a_retry_not_a_ping(
         with postgres_engine.connect() as admin:
             for pid in pids:
                 admin.execute(sa.select(sa.func.pg_terminate_backend(pid)))
-        queries: list[str] = []
-        send = psycopg.Cursor.execute
-
-        def record(cursor, query, *args, **kwargs):
-            queries.append(str(query))
-            return send(cursor, query, *args, **kwargs)
-
-        monkeypatch.setattr(psycopg.Cursor, "execute", record)
+        queries = record_driver_queries(monkeypatch)
         chat = uuid4()
         with locker.lock(chat):
             assert locker.take_locked_read(chat) == (True, None)

@@ -9,7 +9,6 @@ the connection rather than read on out of step, and the agent leaves no partial 
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import io
 import json
 import socket
@@ -26,7 +25,7 @@ from adapter.agent.connection import DATA_FRAME_MAX
 from domain.errors import FileTooLargeError, SandboxGoneError
 from domain.execution import ExecutionRequest
 from domain.files import FILE_CHUNK_BYTES
-from testkit.agent import AGENT, AgentProcess
+from testkit.agent import AgentProcess, load_guest_agent
 
 HEADER = struct.Struct(">BQI")
 
@@ -40,10 +39,7 @@ def answer(request_id: int, **fields: object) -> bytes:
 
 
 def test_host_and_agent_agree_on_the_frame_format() -> None:
-    spec = importlib.util.spec_from_file_location("sandbox_agent_frames", AGENT)
-    assert spec is not None and spec.loader is not None
-    agent = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(agent)
+    agent = load_guest_agent("sandbox_agent_frames")
     assert agent.DATA_HEADER.format == connection.DATA_HEADER.format == HEADER.format
     assert agent.DATA_FRAME_MAX == connection.DATA_FRAME_MAX == FILE_CHUNK_BYTES
     assert agent.DATA_MAGIC == connection.DATA_MAGIC == 0

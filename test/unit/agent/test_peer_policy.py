@@ -7,22 +7,17 @@ runc: the host's processes live outside the agent's pid namespace and show as pi
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 from types import ModuleType
 
 import pytest
 
-AGENT = Path(__file__).parents[3] / "adapter" / "agent" / "guest" / "sandbox_agent.py"
+from testkit.agent import load_guest_agent
+
 SANDBOX_UID = 1000
 
 
 def _agent_module() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("sandbox_agent_under_test", AGENT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_guest_agent("sandbox_agent_under_test")
 
 
 @pytest.fixture(scope="module")

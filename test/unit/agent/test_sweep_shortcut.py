@@ -6,26 +6,21 @@ ran, and the execution was too short for the counter to have gone all the way ro
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import time
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
 
-AGENT = Path(__file__).parents[3] / "adapter" / "agent" / "guest" / "sandbox_agent.py"
+from testkit.agent import load_guest_agent
+
 PID_MAX = 4 * 1024 * 1024
 
 
 @pytest.fixture
 def module() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("sandbox_agent_sweep", AGENT)
-    assert spec is not None and spec.loader is not None
-    loaded = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(loaded)
-    return loaded
+    return load_guest_agent("sandbox_agent_sweep")
 
 
 def agent_after(
