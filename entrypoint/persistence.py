@@ -88,6 +88,7 @@ def lock_engine(settings: Settings) -> Engine:
             pool_timeout_s=settings.locks.timeout_seconds,
             connect_timeout_s=settings.database.connect_timeout_seconds,
             ping_when_idle=False,
+            autocommit=True,
         ),
     )
 

@@ -59,6 +59,10 @@ class PoolOptions:
     # locker's engine does without: its lock query finds a dead connection itself, and it
     # retries once on a new pool (PostgresAdvisorySandboxLifecycleLocker).
     ping_when_idle: bool = True
+    # Every statement its own transaction, and nothing reset when a connection goes back to the
+    # pool (there is no transaction to roll back): the chat locks' engine, whose connections
+    # hold session-level advisory locks and are checked out twice per execute.
+    autocommit: bool = False
 
 
 def mask_url(url: str | URL) -> str:
@@ -104,8 +108,14 @@ def create_database_engine(url: str, options: PoolOptions | None = None) -> Engi
     if backend == "postgresql":
         if parsed.get_driver_name() not in ("psycopg", "psycopg_async"):
             parsed = parsed.set(drivername="postgresql+psycopg")
+        autocommit: dict[str, Any] = (
+            {"isolation_level": "AUTOCOMMIT", "pool_reset_on_return": None}
+            if options.autocommit
+            else {}
+        )
         engine = sa.create_engine(
             parsed,
+            **autocommit,
             pool_size=options.pool_size,
             max_overflow=options.max_overflow,
             pool_timeout=options.pool_timeout_s,

@@ -20,14 +20,15 @@ import psycopg
 import sqlalchemy as sa
 from sqlalchemy import exc
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.pool import PoolProxiedConnection
 
 from domain.errors import LockLostError, LockTimeoutError
 from domain.sandbox import SandboxSession
+from repository import libpq
 from repository.chat_queue import TimedFifoChatLock
 from repository.database import advisory_key, database_error
 from repository.sqlalchemy_session import current_record_sql, session_from_driver_row
 
-_LOCK_NOT_AVAILABLE = "55P03"  # SQLSTATE raised when lock_timeout runs out
 
 
 def chat_lock_key(chat_id: UUID) -> int:
@@ -36,31 +37,36 @@ def chat_lock_key(chat_id: UUID) -> int:
 
 SWEEP_LEADER_KEY = advisory_key(b"sweep-leader")
 
+
 # pg_locks shows a bigint advisory key as classid (high 32 bits), objid (low 32), objsubid 1.
-_HOLDS_KEY = sa.text(
-    "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted"
-    " AND pid = pg_backend_pid() AND objsubid = 1"
-    " AND classid = CAST(:high AS oid) AND objid = CAST(:low AS oid))"
-)
-
-
-def _key_parts(key: int) -> dict[str, int]:
+def _holds_key_sql(key: int) -> str:
+    # Only the key's two integer halves enter the SQL.
     unsigned = key & 0xFFFF_FFFF_FFFF_FFFF
-    return {"high": unsigned >> 32, "low": unsigned & 0xFFFF_FFFF}
+    return (
+        "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted"  # noqa: S608
+        " AND pid = pg_backend_pid() AND objsubid = 1"
+        f" AND classid = {unsigned >> 32}::oid AND objid = {unsigned & 0xFFFF_FFFF}::oid)"
+    )
 
 
-def _release(connection: Connection, key: int) -> None:
+# A pooled DBAPI connection (the chat locks) or an engine Connection (the sweep leader).
+_Pooled = PoolProxiedConnection | Connection
+
+
+def _release(connection: _Pooled, key: int) -> None:
     try:
-        # The driver's own call, one simple-protocol statement: this runs once per execute.
-        _driver(connection).execute(f"SELECT pg_advisory_unlock({int(key)})")
+        # One simple-protocol statement through libpq: this runs once per execute.
+        libpq.first_row(_driver(connection), f"SELECT pg_advisory_unlock({int(key)})")
     except (exc.SQLAlchemyError, psycopg.Error):
         # The connection is broken, so the server has dropped (or will drop, on seeing it
         # close) the session and its lock. Raising here would hide the caller's own outcome.
         connection.invalidate()
 
 
-def _driver(connection: Connection) -> psycopg.Connection[tuple[object, ...]]:
-    driver: psycopg.Connection[tuple[object, ...]] = connection.connection.driver_connection  # type: ignore[assignment]
+def _driver(connection: _Pooled) -> psycopg.Connection[tuple[object, ...]]:
+    if isinstance(connection, Connection):
+        connection = connection.connection
+    driver: psycopg.Connection[tuple[object, ...]] = connection.driver_connection  # type: ignore[assignment]
     return driver
 
 
@@ -78,7 +84,7 @@ _UNREAD = object()
 
 @dataclass(slots=True)
 class _Hold:
-    connection: Connection
+    connection: PoolProxiedConnection
     key: int
     record: SandboxSession | object | None = _UNREAD
 
@@ -165,10 +171,10 @@ class PostgresAdvisorySandboxLifecycleLocker:
             hold.record = _UNREAD
         for chat_id, hold in holdings:
             try:
-                # The lock connection runs in autocommit (see _acquire): one statement, no
-                # transaction around it.
-                held = bool(hold.connection.execute(_HOLDS_KEY, _key_parts(hold.key)).scalar_one())
-            except exc.SQLAlchemyError as error:
+                # The lock engine runs in autocommit: one statement, no transaction around it.
+                row = libpq.first_row(_driver(hold.connection), _holds_key_sql(hold.key))
+                held = row is not None and bool(row[0])
+            except psycopg.Error as error:
                 raise LockLostError(
                     f"chat {chat_id}: the lock's database connection failed"
                 ) from error
@@ -198,30 +204,30 @@ class PostgresAdvisorySandboxLifecycleLocker:
 
     def _try_acquire(self, chat_id: UUID, key: int, deadline: float) -> _Hold:
         try:
-            connection = self._engine.connect()
+            # The pool's own connection, without an engine Connection around it: the lock
+            # engine is in autocommit and resets nothing on return (entrypoint/persistence.py).
+            connection = self._engine.raw_connection()
         except exc.TimeoutError as error:
             raise self._timeout(chat_id, "no free lock connection") from error
-        except exc.SQLAlchemyError as error:
+        except (exc.SQLAlchemyError, psycopg.Error) as error:
+            # The pool hands the driver's own connect error on unwrapped.
             raise database_error(error, self._engine, "chat lock") from error
         # lock_timeout is set for the session, which every hold on these connections sets
-        # afresh; 0 would mean "wait forever". Autocommit: no transaction is left open around
-        # the session-level lock.
+        # afresh; 0 would mean "wait forever".
         wait_ms = max(1, int((deadline - time.monotonic()) * 1000))
         query = (
             f"SELECT set_config('lock_timeout', '{wait_ms}ms', false);"
             f" SELECT pg_advisory_lock({int(key)}); {current_record_sql(chat_id)}"
         )
-        driver = None
+        driver = _driver(connection)
+        if not driver.autocommit:
+            # An engine not made for these locks (persistence.lock_engine's is in autocommit):
+            # no transaction may stay open around a session-level lock, and a write on the
+            # held connection (held_connection) must commit by itself. Idle: no round trip.
+            driver.autocommit = True
         try:
-            connection = connection.execution_options(isolation_level="AUTOCOMMIT")
-            driver = _driver(connection)
-            with driver.cursor() as cursor:
-                # Without parameters psycopg sends one simple-protocol query: three statements,
-                # one round trip; the record is the last result.
-                cursor.execute(query)
-                while cursor.nextset():
-                    pass
-                row = cursor.fetchone()
+            # Three statements, one round trip; the record is the last result.
+            row = libpq.first_row(driver, query)
         except psycopg.errors.LockNotAvailable as error:
             connection.close()
             raise self._timeout(chat_id, "held by another request") from error
@@ -230,10 +236,10 @@ class PostgresAdvisorySandboxLifecycleLocker:
             # sure the server lets it go.
             connection.invalidate()
             connection.close()
-            if isinstance(error, psycopg.Error | exc.SQLAlchemyError):
+            if isinstance(error, psycopg.Error):
                 unavailable = database_error(error, self._engine, "chat lock")
                 unavailable.__cause__ = error
-                if driver is not None and driver.broken:
+                if driver.broken:
                     raise _BrokenConnectionError(unavailable) from error
                 raise unavailable from error
             raise

@@ -16,6 +16,8 @@ import psycopg
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, make_url
 
+from repository import libpq
+
 if TYPE_CHECKING:
     import pytest  # benchmarks import this module without pytest's cost
 
@@ -47,14 +49,20 @@ def temporary_database(prefix: str = "sandboxd_test") -> Iterator[str]:
 
 
 def record_driver_queries(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Every query psycopg sends from now on (SQLAlchemy's and raw ones alike): one entry per
-    round trip, for tests that count them."""
+    """Every query psycopg sends from now on (SQLAlchemy's, raw cursors' and the chat lock's
+    libpq ones alike): one entry per round trip, for tests that count them."""
     queries: list[str] = []
     send = psycopg.Cursor.execute
+    send_simple = libpq.first_row
 
     def record(cursor: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
         queries.append(str(query))
         return send(cursor, query, *args, **kwargs)
 
+    def record_simple(driver: Any, sql: str) -> Any:
+        queries.append(sql)
+        return send_simple(driver, sql)
+
     monkeypatch.setattr(psycopg.Cursor, "execute", record)
+    monkeypatch.setattr(libpq, "first_row", record_simple)
     return queries
