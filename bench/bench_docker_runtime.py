@@ -30,7 +30,7 @@ import docker
 from adapter.clock import SystemClock
 from adapter.docker.image import ensure_docker_image
 from adapter.docker.runtime import LABEL_INSTANCE, DockerSandboxConfig, DockerSandboxRuntime
-from adapter.logging import StructlogLogger, configure_logging
+from adapter.logging import ServiceLogger, configure_logging
 from domain.execution import ExecutionRequest
 from entrypoint.settings import Settings
 from repository.sandbox_lock import ProcessLocalSandboxLifecycleLocker
@@ -98,7 +98,7 @@ def main() -> int:
     image = ensure_docker_image(client, Settings().data_dir)
     instance_id = f"bench-{uuid4().hex[:10]}"
     data_dir = Path(tempfile.mkdtemp(prefix="sbxb-", dir="/tmp"))
-    logger = StructlogLogger("bench")
+    logger = ServiceLogger("bench")
     runtime = DockerSandboxRuntime(
         client, DockerSandboxConfig(image=image, instance_id=instance_id, data_dir=data_dir), logger
     )

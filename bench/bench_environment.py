@@ -49,7 +49,7 @@ from adapter.docker.runtime import DockerSandboxConfig, DockerSandboxRuntime
 from adapter.environment.docker_images import DockerEnvironmentConfig
 from adapter.environment.docker_store import DockerEnvironmentStore
 from adapter.image.rootfs import build_rootfs
-from adapter.logging import StructlogLogger, configure_logging
+from adapter.logging import ServiceLogger, configure_logging
 from adapter.qemu.image import load_qemu_image
 from adapter.s3.artifact_store import S3ArtifactConfig, S3ArtifactStore
 from bench.common import emit
@@ -150,7 +150,7 @@ def first_plot(client: docker.APIClient, image: str) -> dict:
     runtime = DockerSandboxRuntime(
         client,
         DockerSandboxConfig(image=image, instance_id=instance_id, data_dir=data_dir),
-        StructlogLogger("bench-environment"),
+        ServiceLogger("bench-environment"),
     )
     try:
         session = runtime.create(
@@ -187,7 +187,7 @@ def first_plot(client: docker.APIClient, image: str) -> dict:
 def environment_build(client: docker.APIClient, base: str, package: str) -> dict:
     scratch = Path(tempfile.mkdtemp(prefix="sbx-bench-l2-"))
     repository = f"sandboxd-env-bench-{uuid4().hex[:8]}"
-    logger = StructlogLogger("bench-environment")
+    logger = ServiceLogger("bench-environment")
     store = DockerEnvironmentStore(
         client,
         DockerEnvironmentConfig(
@@ -223,7 +223,7 @@ def l3_round_trip(reference: str, key: str, scratch: Path) -> dict:
 
     tarball = scratch / "image.tar"
     subprocess.run(["docker", "save", "-o", str(tarball), reference], check=True)
-    with moto_bucket("sandboxd-bench", StructlogLogger("bench-environment")) as (endpoint, store):
+    with moto_bucket("sandboxd-bench", ServiceLogger("bench-environment")) as (endpoint, store):
         started = time.monotonic()
         store.upload(ArtifactKind.IMAGE, key, tarball)
         upload = time.monotonic() - started
@@ -309,7 +309,7 @@ def package_environments(
 ) -> dict:
     scratch = Path(tempfile.mkdtemp(prefix="sbx-bench-pkg-", dir="/tmp"))
     repositories = [f"sandboxd-env-bench-{uuid4().hex[:8]}" for _ in range(2)]
-    logger = StructlogLogger("bench-environment")
+    logger = ServiceLogger("bench-environment")
 
     def store(index: int) -> DockerEnvironmentStore:
         return DockerEnvironmentStore(
@@ -392,7 +392,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7, help="first-result samples per side")
     args = parser.parse_args()
     configure_logging("warning")
-    logger = StructlogLogger("bench-environment")
+    logger = ServiceLogger("bench-environment")
     packages = tuple(args.packages.split())
     data_dir = Settings().data_dir
     report: dict = {"benchmark": "environment", "load_avg_1m_at_start": os.getloadavg()[0]}

@@ -31,7 +31,7 @@ import docker
 
 from adapter.docker.image import ensure_docker_image
 from adapter.docker.runtime import LABEL_INSTANCE, DockerSandboxConfig, DockerSandboxRuntime
-from adapter.logging import StructlogLogger, configure_logging
+from adapter.logging import ServiceLogger, configure_logging
 from domain.execution import ExecutionRequest
 from entrypoint.settings import Settings
 
@@ -88,7 +88,7 @@ def measure(
     config = DockerSandboxConfig(
         image=image, instance_id=instance_id, data_dir=data_dir, runtime=runtime_name
     )
-    runtime = DockerSandboxRuntime(client, config, StructlogLogger("bench"))
+    runtime = DockerSandboxRuntime(client, config, ServiceLogger("bench"))
     request = ExecutionRequest("print(1)")
     now = datetime.now(UTC)
     try:

@@ -26,7 +26,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from uuid import uuid4
 
-from adapter.logging import StructlogLogger, configure_logging
+from adapter.logging import ServiceLogger, configure_logging
 from adapter.qemu.config import QemuSandboxConfig
 from adapter.qemu.runtime import QemuSandboxRuntime
 from domain.execution import ExecutionRequest
@@ -75,7 +75,7 @@ def main() -> None:
     settings = Settings()
     image_dir = settings.data_dir
     data_dir = Path(tempfile.mkdtemp(prefix="sbxbench-", dir="/tmp"))
-    logger = StructlogLogger("bench")
+    logger = ServiceLogger("bench")
 
     def runtime(snapshot: bool) -> QemuSandboxRuntime:
         config = QemuSandboxConfig(

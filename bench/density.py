@@ -94,7 +94,7 @@ def docker_density(count: int) -> dict[str, Any]:
 
     from adapter.docker.image import ensure_docker_image
     from adapter.docker.runtime import DockerSandboxConfig, DockerSandboxRuntime
-    from adapter.logging import StructlogLogger
+    from adapter.logging import ServiceLogger
     from domain.execution import ExecutionRequest
     from entrypoint.settings import Settings
 
@@ -113,7 +113,7 @@ def docker_density(count: int) -> dict[str, Any]:
             data_dir=data_dir,
             memory_mb=settings.docker.memory_mb,
         ),
-        StructlogLogger("bench"),
+        ServiceLogger("bench"),
     )
     try:
         available_before = mem_available_mb()
@@ -156,7 +156,7 @@ def docker_density(count: int) -> dict[str, Any]:
 
 
 def qemu_density(count: int) -> dict[str, Any]:
-    from adapter.logging import StructlogLogger
+    from adapter.logging import ServiceLogger
     from adapter.qemu.config import QemuSandboxConfig
     from adapter.qemu.runtime import QemuSandboxRuntime
     from domain.execution import ExecutionRequest
@@ -177,7 +177,7 @@ def qemu_density(count: int) -> dict[str, Any]:
         snapshot=settings.qemu.snapshot,
         image_dir=image_dir,
     )
-    runtime = QemuSandboxRuntime(config, StructlogLogger("bench"))
+    runtime = QemuSandboxRuntime(config, ServiceLogger("bench"))
     try:
         started = time.perf_counter()
         snapshot = runtime.prepare_snapshot() if settings.qemu.snapshot else ""

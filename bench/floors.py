@@ -90,7 +90,7 @@ def docker_floors(image: str, runs: int, execs: int) -> dict[str, Any]:
 
 
 def qemu_floor(boots: int) -> dict[str, Any]:
-    from adapter.logging import StructlogLogger
+    from adapter.logging import ServiceLogger
     from adapter.qemu.config import QemuSandboxConfig
     from adapter.qemu.runtime import QemuSandboxRuntime
     from domain.execution import ExecutionRequest
@@ -111,7 +111,7 @@ def qemu_floor(boots: int) -> dict[str, Any]:
         snapshot=False,
         image_dir=image_dir,
     )
-    runtime = QemuSandboxRuntime(config, StructlogLogger("bench"))
+    runtime = QemuSandboxRuntime(config, ServiceLogger("bench"))
     boots_s: list[float] = []
     try:
         for _ in range(boots):

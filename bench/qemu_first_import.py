@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from uuid import uuid4
 
-from adapter.logging import StructlogLogger, configure_logging
+from adapter.logging import ServiceLogger, configure_logging
 from adapter.qemu.config import QemuSandboxConfig
 from adapter.qemu.runtime import QemuSandboxRuntime
 from bench.common import emit
@@ -63,7 +63,7 @@ def main() -> None:
         image_dir=settings.data_dir,
         preload=preload,
     )
-    runtime = QemuSandboxRuntime(config, StructlogLogger("bench"))
+    runtime = QemuSandboxRuntime(config, ServiceLogger("bench"))
     try:
         t0 = time.perf_counter()
         snapshot = runtime.prepare_snapshot()

@@ -20,6 +20,8 @@ from domain.tenant import Caller
 from entrypoint.errors import InsecureConfigurationError, UnauthenticatedError
 
 _SCHEME = "bearer"
+# Distinct accepted Authorization headers remembered (see ApiKeyAuthenticator).
+_ACCEPTED_MAX = 256
 _NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 # With no keys configured (the explicit insecure development mode) every caller is this one.
 ANONYMOUS = Caller("anonymous")
@@ -73,6 +75,11 @@ class ApiKeyAuthenticator:
                 "two API keys share one name: each key is its own tenant"
             )
         self._callers = callers
+        # Headers already found valid -> their caller: every request of a client presents the
+        # same header, and hashing it and comparing every key costs more than the rest of
+        # reading the request. Only accepted headers enter (unknown keys cannot grow it), and
+        # the few spellings of the configured keys fit; it is emptied if ever it fills.
+        self._accepted: dict[str, Caller] = {}
 
     @property
     def enabled(self) -> bool:
@@ -82,6 +89,9 @@ class ApiKeyAuthenticator:
         """The caller ``authorization`` identifies; UnauthenticatedError when none."""
         if not self._callers:
             return ANONYMOUS
+        known = self._accepted.get(authorization) if authorization else None
+        if known is not None:
+            return known
         if not authorization:
             raise UnauthenticatedError("missing API key: send 'Authorization: Bearer <key>'")
         scheme, _, key = authorization.strip().partition(" ")
@@ -94,4 +104,7 @@ class ApiKeyAuthenticator:
                 found = caller
         if found is None:
             raise UnauthenticatedError("unknown API key")
+        if len(self._accepted) >= _ACCEPTED_MAX:
+            self._accepted.clear()
+        self._accepted[authorization] = found
         return found

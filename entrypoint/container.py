@@ -19,7 +19,7 @@ from adapter.environment.docker_images import DockerEnvironmentConfig
 from adapter.environment.docker_store import DockerEnvironmentStore
 from adapter.environment.host_fetch import HostFetchConfig
 from adapter.environment.live_install import DockerEnvironmentRuntime
-from adapter.logging import StructlogLogger
+from adapter.logging import ServiceLogger
 from adapter.qemu.config import QemuSandboxConfig
 from adapter.qemu.environment import QemuEnvironmentConfig, QemuEnvironmentStore
 from adapter.qemu.environment_runtime import QemuEnvironmentRuntime
@@ -86,7 +86,7 @@ def _clock() -> Clock:
 
 
 def _logger(component: str = "sandboxd") -> Logger:
-    return StructlogLogger(component=component)
+    return ServiceLogger(component=component)
 
 
 def _docker_runtime(settings: Settings, logger: Logger) -> SandboxRuntime:

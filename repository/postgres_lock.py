@@ -30,7 +30,6 @@ from repository.database import advisory_key, database_error
 from repository.sqlalchemy_session import current_record_sql, session_from_driver_row
 
 
-
 def chat_lock_key(chat_id: UUID) -> int:
     return advisory_key(b"chat:" + chat_id.bytes)
 

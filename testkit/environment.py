@@ -16,7 +16,7 @@ from adapter.docker.runtime import DockerSandboxConfig, DockerSandboxRuntime
 from adapter.environment.docker_images import LABEL_BUILDER
 from adapter.environment.docker_store import DockerEnvironmentStore
 from adapter.environment.host_fetch import HostFetchConfig
-from adapter.logging import StructlogLogger
+from adapter.logging import ServiceLogger
 from testkit.runtime import Sandbox, create_sandbox, remove_instance_containers, short_temp_dir
 
 SERVICE_VERSION = "0.1.0"
@@ -58,7 +58,7 @@ def sandbox_from(client: docker.APIClient, image: str) -> Iterator[Sandbox]:
     runtime = DockerSandboxRuntime(
         client,
         DockerSandboxConfig(image=image, instance_id=instance_id, data_dir=data_dir),
-        StructlogLogger("test-environment"),
+        ServiceLogger("test-environment"),
     )
     try:
         yield create_sandbox(runtime)

@@ -23,7 +23,7 @@ import pytest
 
 from adapter.docker.image import ensure_docker_image
 from adapter.docker.runtime import LABEL_INSTANCE, DockerSandboxConfig, DockerSandboxRuntime
-from adapter.logging import StructlogLogger
+from adapter.logging import ServiceLogger
 from adapter.qemu.config import QemuSandboxConfig
 from adapter.qemu.runtime import QemuSandboxRuntime
 from adapter.qemu.vm import VmDir
@@ -85,7 +85,7 @@ def docker_runtime(**overrides: object) -> Iterator[DockerSandboxRuntime]:
         max_output_bytes=CONFORMANCE_MAX_OUTPUT_BYTES,
         **overrides,  # type: ignore[arg-type]
     )
-    runtime = DockerSandboxRuntime(client, config, StructlogLogger("test-runtime"))
+    runtime = DockerSandboxRuntime(client, config, ServiceLogger("test-runtime"))
     try:
         yield runtime
     finally:
@@ -107,7 +107,7 @@ def qemu_runtime(**overrides: object) -> Iterator[QemuSandboxRuntime]:
         image_dir=images,
         **overrides,  # type: ignore[arg-type]
     )
-    runtime = QemuSandboxRuntime(config, StructlogLogger("test-qemu-runtime"))
+    runtime = QemuSandboxRuntime(config, ServiceLogger("test-qemu-runtime"))
     try:
         yield runtime
     finally:

@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from uuid import uuid4
 
-from adapter.logging import StructlogLogger, configure_logging
+from adapter.logging import ServiceLogger, configure_logging
 from adapter.qemu.config import QemuSandboxConfig
 from adapter.qemu.runtime import QemuSandboxRuntime
 
@@ -20,7 +20,7 @@ def main() -> None:
     data_dir, image_dir, instance_id = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
     configure_logging("warning", "json", sys.stderr)
     config = QemuSandboxConfig(data_dir=data_dir, instance_id=instance_id, image_dir=image_dir)
-    runtime = QemuSandboxRuntime(config, StructlogLogger())
+    runtime = QemuSandboxRuntime(config, ServiceLogger())
     now = datetime.now(UTC)
     session = runtime.create(
         session_id=uuid4(), chat_id=uuid4(), created_at=now, expires_at=now + timedelta(hours=1)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -14,13 +14,18 @@ from entrypoint.grpc.generated import sandboxd_pb2 as pb
 from entrypoint.wire import clamp_exit_code
 from usecase.execute import CodeExecution
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
 
 def timestamp(value: datetime | None) -> Timestamp | None:
+    """What ``Timestamp.FromDatetime`` makes (a naive value taken as UTC), without its
+    timetuple and calendar work: four of these go into every Execute's answer."""
     if value is None:
         return None
-    stamp = Timestamp()
-    stamp.FromDatetime(value)
-    return stamp
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    since = value - _EPOCH
+    return Timestamp(seconds=since.days * 86_400 + since.seconds, nanos=since.microseconds * 1000)
 
 
 def sandbox_message(session: SandboxSession) -> Any:

@@ -10,7 +10,7 @@ import pytest
 from adapter.docker.runtime import DockerSandboxConfig, DockerSandboxRuntime
 from adapter.environment.host_fetch import HostFetchConfig
 from adapter.environment.live_install import DockerEnvironmentRuntime
-from adapter.logging import StructlogLogger
+from adapter.logging import ServiceLogger
 from domain.environment import Environment
 from domain.errors import EnvironmentBuildError
 from domain.execution import Language
@@ -30,7 +30,7 @@ def docker_runtime(client, base_image):
     runtime = DockerSandboxRuntime(
         client,
         DockerSandboxConfig(image=base_image, instance_id=instance_id, data_dir=data_dir),
-        StructlogLogger("test-live-install"),
+        ServiceLogger("test-live-install"),
     )
     yield runtime
     remove_instance_containers(instance_id)
@@ -40,7 +40,7 @@ def docker_runtime(client, base_image):
 
 def test_packages_go_into_a_running_sandbox_without_losing_its_variables(docker_runtime):
     environments = DockerEnvironmentRuntime(
-        docker_runtime, HostFetchConfig(), StructlogLogger("test")
+        docker_runtime, HostFetchConfig(), ServiceLogger("test")
     )
     session = docker_runtime.create(
         session_id=uuid4(), chat_id=uuid4(), created_at=CREATED_AT, expires_at=EXPIRES_AT
@@ -76,7 +76,7 @@ def test_packages_go_into_a_running_sandbox_without_losing_its_variables(docker_
 
 def test_a_version_that_does_not_exist_fails_with_pips_message(docker_runtime):
     environments = DockerEnvironmentRuntime(
-        docker_runtime, HostFetchConfig(), StructlogLogger("test")
+        docker_runtime, HostFetchConfig(), ServiceLogger("test")
     )
     session = docker_runtime.create(
         session_id=uuid4(), chat_id=uuid4(), created_at=CREATED_AT, expires_at=EXPIRES_AT

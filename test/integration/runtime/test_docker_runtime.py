@@ -23,7 +23,7 @@ from adapter.docker.runtime import (
     DockerSandboxConfig,
     DockerSandboxRuntime,
 )
-from adapter.logging import StructlogLogger
+from adapter.logging import ServiceLogger
 from domain.errors import RuntimeUnavailableError, SandboxGoneError
 from domain.execution import ExecutionRequest, Language
 from testkit.runtime import (
@@ -109,7 +109,7 @@ def test_a_second_runtime_instance_reconnects_to_existing_sandboxes(
     """As a restarted service (or the next CLI call) would: found by labels, no shared memory."""
     sandbox = create_sandbox(runtime)
     config = runtime._config
-    other = DockerSandboxRuntime(docker_client(), config, StructlogLogger("test-other"))
+    other = DockerSandboxRuntime(docker_client(), config, ServiceLogger("test-other"))
     try:
         sandbox.run("shared_with_the_next_process = 7")
         # Both keep their connection open; the agent hands the idle one over, and each side's
@@ -165,7 +165,7 @@ def test_missing_image_is_runtime_unavailable_and_leaves_nothing(data_dir: Path)
     config = DockerSandboxConfig(
         image="sandboxd-sandbox:does-not-exist", instance_id=instance_id, data_dir=data_dir
     )
-    runtime = DockerSandboxRuntime(docker_client(), config, StructlogLogger("test"))
+    runtime = DockerSandboxRuntime(docker_client(), config, ServiceLogger("test"))
     try:
         with pytest.raises(RuntimeUnavailableError, match="image build"):
             create_sandbox(runtime)
@@ -187,7 +187,7 @@ def test_unreachable_engine_is_runtime_unavailable(data_dir: Path) -> None:
     runtime = DockerSandboxRuntime(
         docker.APIClient(base_url="unix:///nonexistent.sock", version="1.41"),
         config,
-        StructlogLogger("test"),
+        ServiceLogger("test"),
     )
     with pytest.raises(RuntimeUnavailableError):
         runtime.list_managed()
@@ -219,7 +219,7 @@ def test_an_unregistered_oci_runtime_is_refused_up_front(data_dir: Path) -> None
         image="x", instance_id="test-none", data_dir=data_dir, runtime="no-such-runtime"
     )
     with pytest.raises(RuntimeUnavailableError, match="no OCI runtime 'no-such-runtime'"):
-        DockerSandboxRuntime.from_base_url("", config, StructlogLogger("test"))
+        DockerSandboxRuntime.from_base_url("", config, ServiceLogger("test"))
 
 
 def test_the_service_refuses_to_start_without_its_oci_runtime(data_dir: Path) -> None:

@@ -34,6 +34,26 @@ def test_the_authenticator_says_which_tenant_called() -> None:
         auth.authenticate(None)
 
 
+def test_a_remembered_header_answers_as_the_check_did_and_no_other_header_rides_on_it() -> None:
+    auth = ApiKeyAuthenticator(["alice:one-secret", "bob:two-secret"])
+    for _ in range(3):
+        assert auth.authenticate("Bearer one-secret") == Caller("alice")
+        assert auth.authenticate("Bearer two-secret") == Caller("bob")
+        for near in ("Bearer one-secreT", "Bearer one-secret2", "Basic one-secret", "Bearer"):
+            with pytest.raises(UnauthenticatedError):
+                auth.authenticate(near)
+
+
+def test_what_is_remembered_stays_bounded_whatever_is_presented() -> None:
+    auth = ApiKeyAuthenticator(["alice:one-secret"])
+    for n in range(2000):
+        with pytest.raises(UnauthenticatedError):
+            auth.authenticate(f"Bearer unknown-{n}")
+        # Accepted spellings of one key (more spaces) are distinct headers.
+        assert auth.authenticate("Bearer " + " " * n + "one-secret") == Caller("alice")
+    assert len(auth._accepted) <= 256  # the bound itself is internal; what matters is memory
+
+
 def test_two_keys_with_one_name_are_refused() -> None:
     with pytest.raises(InsecureConfigurationError):
         ApiKeyAuthenticator(["alice:one"], admin_keys=["alice:two"])
