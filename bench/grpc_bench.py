@@ -13,6 +13,9 @@ database), gives every chat its sandbox and warms up, then:
 - closed loop (the capacity figure): one caller per chat, each sending its next Execute when the
   last returned: executes per second.
 
+Then ``transport_floor`` (bench/grpc_floor.py): the CPU a bare grpc.aio server spends per call
+answering at once, serial and with 16 callers: the part of the service's figure that is gRPC's.
+
 Every result is checked (exit code 0, the chat's own counter), so a lost or misrouted result is
 an error; any error makes the exit status 1. Prints one JSON object.
 """
@@ -34,6 +37,7 @@ from bench.common import (
     sigterm_as_interrupt,
     summary_ms,
 )
+from bench.grpc_floor import transport_floor
 
 # Each execute bumps a per-chat counter kept in the sandbox's interpreter and prints it, so the
 # caller knows which value must come back: a lost, repeated or misrouted execution shows.
@@ -201,6 +205,8 @@ def main() -> int:
         max_inflight_executions=str(max(64, args.chats * 4)),
     ) as service:
         report = asyncio.run(measure(service, args))
+    # After the service has stopped, so that the two do not share the cores.
+    report["transport_floor"] = transport_floor()
     emit(report)
     return 1 if report["errors"] else 0
 

@@ -129,6 +129,8 @@ SPECS = [
     Spec("gRPC API", "Execute p50, one caller", "grpc", "serial_ms.p50", "ms", "docker_exec"),
     Spec("gRPC API", "service CPU per Execute, 16 chats (closed loop)", "grpc",
          "service_cpu_ms_per_execute", "ms", None, ("max", 0.8)),
+    Spec("gRPC API", "bare grpc.aio server CPU per call, 16 callers (the floor)", "grpc",
+         "transport_floor.closed_loop.server_cpu_ms_per_call", "ms"),
     Spec("gRPC API", "service CPU per Execute, SQLite store", "grpc_sqlite",
          "service_cpu_ms_per_execute", "ms"),
     Spec("gRPC API", "Execute p50, 16 chats (open loop)", "grpc", "p50_ms", "ms",
