@@ -30,7 +30,7 @@ from sqlalchemy.engine import Engine, make_url
 from domain.sandbox import SandboxSession, SandboxStatus
 from repository.database import create_database_engine, migrate
 from repository.file_lock import FileSandboxLifecycleLocker
-from repository.postgres_lock import PostgresAdvisorySandboxLifecycleLocker
+from repository.postgres_lock import PostgresAdvisorySandboxLifecycleLocker, lock_pool_options
 from repository.sqlalchemy_session import (
     EXPIRY_INDEX,
     SqlAlchemySandboxSessionRepository,
@@ -180,11 +180,11 @@ def main() -> None:
     result: dict = {"iterations": args.iterations}
     with postgres_database() as url:
         engine = create_database_engine(url)
-        lock_engine = create_database_engine(url)
+        lock_engine = create_database_engine(url, lock_pool_options())
         try:
             result["postgresql"] = bench_backend(
                 engine,
-                PostgresAdvisorySandboxLifecycleLocker(lock_engine),
+                PostgresAdvisorySandboxLifecycleLocker(lock_engine, unlock_without_waiting=True),
                 args.iterations,
                 args.rows,
             )

@@ -30,6 +30,7 @@ from repository.file_lock import FileSandboxLifecycleLocker, FileSweepLeaderLock
 from repository.postgres_lock import (
     PostgresAdvisorySandboxLifecycleLocker,
     PostgresAdvisorySweepLeaderLock,
+    lock_pool_options,
 )
 from repository.sandbox_lock import ProcessLocalSandboxLifecycleLocker
 from repository.sqlalchemy_session import SqlAlchemySandboxSessionRepository
@@ -78,17 +79,12 @@ def session_repository(engine: Engine, locker: SandboxLifecycleLocker) -> Sandbo
 
 
 def lock_engine(settings: Settings) -> Engine:
-    held = settings.locks.max_connections
     return create_database_engine(
         settings.effective_database_url,
-        PoolOptions(
-            # All of them kept: a lock connection is opened per chat being worked on.
-            pool_size=held,
-            max_overflow=0,
-            pool_timeout_s=settings.locks.timeout_seconds,
-            connect_timeout_s=settings.database.connect_timeout_seconds,
-            ping_when_idle=False,
-            autocommit=True,
+        lock_pool_options(
+            settings.locks.max_connections,
+            settings.locks.timeout_seconds,
+            settings.database.connect_timeout_seconds,
         ),
     )
 
@@ -103,7 +99,10 @@ def chat_locker(settings: Settings, lock_engine_provider: EngineProvider) -> San
     url = settings.effective_database_url
     if is_postgresql(url):
         return PostgresAdvisorySandboxLifecycleLocker(
-            lock_engine_provider(), timeout_s=settings.locks.timeout_seconds
+            # lock_engine's pool resets nothing on return: the unlock need not be waited for.
+            lock_engine_provider(),
+            timeout_s=settings.locks.timeout_seconds,
+            unlock_without_waiting=True,
         )
     directory = lock_dir(settings)
     if directory is None:

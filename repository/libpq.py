@@ -7,10 +7,14 @@ PQexec does the whole round trip there, and only the row that is wanted is conve
 psycopg's own loaders. The SQL must carry no parameters (its values are inlined by the caller,
 which only inlines integers and canonical UUID text), and may hold several statements: PQexec
 runs them in one simple-protocol round trip and answers with the last one's result.
+
+``send`` and ``settle`` split a round trip: the query leaves now and its answer is read later
+(by then it has usually arrived), for a statement whose outcome the caller need not wait for.
 """
 
 from __future__ import annotations
 
+import select
 from typing import Any
 
 import psycopg
@@ -37,3 +41,34 @@ def first_row(driver: psycopg.Connection[Any], sql: str) -> tuple[Any, ...] | No
     if status == _DONE:
         return None
     raise psycopg.errors.error_from_result(result, encoding=driver.info.encoding)
+
+
+def send(driver: psycopg.Connection[Any], sql: str) -> None:
+    """Send a parameterless query and return without waiting for its answer; ``settle`` reads it
+    before the connection runs anything else. (psycopg keeps libpq non-blocking: the query is
+    flushed here, waiting, GIL released, only while the socket's buffer is full.)"""
+    pgconn = driver.pgconn
+    pgconn.send_query(sql.encode())
+    while pgconn.flush():
+        select.select([], [pgconn.socket], [])
+
+
+def settle(driver: psycopg.Connection[Any]) -> None:
+    """Read the answer of what ``send`` sent (waiting for it, GIL released, if it has not come);
+    a failed statement raises its psycopg error, a dead connection too."""
+    pgconn = driver.pgconn
+    error: psycopg.Error | None = None
+    while True:
+        pgconn.consume_input()
+        while pgconn.is_busy():
+            select.select([pgconn.socket], [], [])
+            pgconn.consume_input()
+        result = pgconn.get_result()
+        if result is None:
+            break
+        if result.status not in (_ROWS, _DONE) and error is None:
+            error = psycopg.errors.error_from_result(result, encoding=driver.info.encoding)
+    if error is not None:
+        raise error
+    if pgconn.status == pq.ConnStatus.BAD:
+        raise psycopg.OperationalError("the connection was closed after its last answer")

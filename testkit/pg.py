@@ -7,6 +7,7 @@ which scripts/setup.sh creates). Only the database created here is ever dropped.
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -54,6 +55,7 @@ def record_driver_queries(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     queries: list[str] = []
     send = psycopg.Cursor.execute
     send_simple = libpq.first_row
+    send_only = libpq.send
 
     def record(cursor: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
         queries.append(str(query))
@@ -64,5 +66,23 @@ def record_driver_queries(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         return send_simple(driver, sql)
 
     monkeypatch.setattr(psycopg.Cursor, "execute", record)
+
+    def record_sent(driver: Any, sql: str) -> None:
+        queries.append(sql)
+        send_only(driver, sql)
+
     monkeypatch.setattr(libpq, "first_row", record_simple)
+    monkeypatch.setattr(libpq, "send", record_sent)
     return queries
+
+
+def wait_until_backends_exit(pids: list[int], timeout_s: float = 10.0) -> None:
+    """pg_terminate_backend only signals a backend: wait until its process is gone, so that its
+    socket is closed and its client sees EOF. The test server runs on this host (/proc); the
+    backend leaves pg_stat_activity before its process exits, so that is not enough."""
+    deadline = time.monotonic() + timeout_s
+    for pid in pids:
+        while os.path.exists(f"/proc/{pid}"):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"PostgreSQL backend {pid} did not exit")
+            time.sleep(0.005)

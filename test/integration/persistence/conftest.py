@@ -12,7 +12,7 @@ from sqlalchemy.engine import Engine
 
 from repository.database import create_database_engine, migrate
 from repository.file_lock import FileSandboxLifecycleLocker
-from repository.postgres_lock import PostgresAdvisorySandboxLifecycleLocker
+from repository.postgres_lock import PostgresAdvisorySandboxLifecycleLocker, lock_pool_options
 from repository.sandbox_lock import ProcessLocalSandboxLifecycleLocker
 from repository.sandbox_session import InMemorySandboxSessionRepository
 from repository.sqlalchemy_session import SqlAlchemySandboxSessionRepository, sandbox_sessions
@@ -102,9 +102,12 @@ def make_locker(locker_kind: str, tmp_path: Path, request: pytest.FixtureRequest
         if locker_kind == "file":
             return FileSandboxLifecycleLocker(tmp_path / "locks", timeout_s=timeout_s)
         url: str = request.getfixturevalue("postgres_url")
-        engine = create_database_engine(url)
+        # As the service wires it (entrypoint/persistence.py).
+        engine = create_database_engine(url, lock_pool_options())
         engines.append(engine)
-        return PostgresAdvisorySandboxLifecycleLocker(engine, timeout_s=timeout_s)
+        return PostgresAdvisorySandboxLifecycleLocker(
+            engine, timeout_s=timeout_s, unlock_without_waiting=True
+        )
 
     yield make
     for engine in engines:

@@ -16,11 +16,15 @@ from domain.errors import SandboxLimitError
 from domain.execution import ExecutionRequest
 from domain.tenant import Caller
 from repository import database
-from repository.database import PoolOptions, create_database_engine
-from repository.postgres_lock import PostgresAdvisorySandboxLifecycleLocker
+from repository.database import create_database_engine
+from repository.postgres_lock import (
+    PostgresAdvisorySandboxLifecycleLocker,
+    PostgresAdvisorySweepLeaderLock,
+    lock_pool_options,
+)
 from repository.sqlalchemy_session import SqlAlchemySandboxSessionRepository, sandbox_sessions
 from testkit.fakes import FakeClock, FakeLogger, FakeRuntime
-from testkit.pg import record_driver_queries
+from testkit.pg import record_driver_queries, wait_until_backends_exit
 from usecase.execute import ExecuteCode, ExecuteCodeCommand
 from usecase.ports import WarmSandboxSource
 from usecase.sandbox import CleanupExpiredSandboxes, Placement
@@ -43,8 +47,10 @@ class Replica:
         placement: Placement | None = None,
     ) -> None:
         self.engine = create_database_engine(url)
-        self.lock_engine = create_database_engine(url, PoolOptions(ping_when_idle=False))
-        self.locker = PostgresAdvisorySandboxLifecycleLocker(self.lock_engine, timeout_s=10)
+        self.lock_engine = create_database_engine(url, lock_pool_options())
+        self.locker = PostgresAdvisorySandboxLifecycleLocker(
+            self.lock_engine, timeout_s=10, unlock_without_waiting=True
+        )
         # Wired as the service wires it (entrypoint/persistence.py).
         self.repository = SqlAlchemySandboxSessionRepository(
             self.engine,
@@ -269,13 +275,22 @@ def test_a_connection_killed_while_idle_is_replaced_before_use(
         engine.dispose()
 
 
+@pytest.mark.parametrize(("unlock_without_waiting", "lock_queries"), [(False, 3), (True, 2)])
 def test_a_lock_connection_killed_while_idle_costs_a_retry_not_a_ping(
-    postgres_url: str, postgres_engine: Engine, monkeypatch: pytest.MonkeyPatch
+    postgres_url: str,
+    postgres_engine: Engine,
+    monkeypatch: pytest.MonkeyPatch,
+    unlock_without_waiting: bool,
+    lock_queries: int,
 ) -> None:
-    """The locker's engine pings nothing before use: a dead pooled connection fails the lock
-    query itself, the pool is replaced, and the lock is taken on a new connection."""
-    engine = create_database_engine(postgres_url, PoolOptions(ping_when_idle=False))
-    locker = PostgresAdvisorySandboxLifecycleLocker(engine, timeout_s=10)
+    """The locker's engine pings nothing before use. Waiting for unlocks: a dead pooled
+    connection fails the lock query itself, the pool is replaced, and the lock is taken on a new
+    connection. Not waiting (the service's wiring): reading the pending unlock's answer at
+    checkout finds it dead, and the pool reconnects before any lock query is sent."""
+    engine = create_database_engine(postgres_url, lock_pool_options())
+    locker = PostgresAdvisorySandboxLifecycleLocker(
+        engine, timeout_s=10, unlock_without_waiting=unlock_without_waiting
+    )
     monkeypatch.setattr(database, "PING_AFTER_IDLE_S", 0.0)
     try:
         pids = []
@@ -287,6 +302,7 @@ def test_a_lock_connection_killed_while_idle_costs_a_retry_not_a_ping(
         with postgres_engine.connect() as admin:
             for pid in pids:
                 admin.execute(sa.select(sa.func.pg_terminate_backend(pid)))
+        wait_until_backends_exit(pids)
         queries = record_driver_queries(monkeypatch)
         chat = uuid4()
         with locker.lock(chat):
@@ -294,6 +310,35 @@ def test_a_lock_connection_killed_while_idle_costs_a_retry_not_a_ping(
         with locker.lock(chat):  # the pool was replaced: no second failure
             pass
         assert not any("SELECT 1" in query for query in queries), queries
-        assert sum("pg_advisory_lock" in query for query in queries) == 3  # the failed one too
+        # Waiting for unlocks: the failed lock query counts too.
+        assert sum("pg_advisory_lock" in query for query in queries) == lock_queries
     finally:
         engine.dispose()
+
+
+def test_an_unlock_left_unread_is_read_before_anyone_else_uses_its_connection(
+    postgres_url: str, postgres_engine: Engine
+) -> None:
+    """One pooled connection: the chat's unlock is sent, not waited for; the sweep leader that
+    checks the connection out next must find it idle, and another replica must get the chat."""
+    engine = create_database_engine(postgres_url, lock_pool_options(max_connections=1))
+    other_engine = create_database_engine(postgres_url, lock_pool_options())
+    locker = PostgresAdvisorySandboxLifecycleLocker(
+        engine, timeout_s=5, unlock_without_waiting=True
+    )
+    other_replica = PostgresAdvisorySandboxLifecycleLocker(
+        other_engine, timeout_s=5, unlock_without_waiting=True
+    )
+    leader = PostgresAdvisorySweepLeaderLock(engine)
+    chat = uuid4()
+    try:
+        for _ in range(3):
+            with locker.lock(chat):
+                pass
+            with leader.try_lead() as leading:
+                assert leading
+            with other_replica.lock(chat):
+                pass
+    finally:
+        engine.dispose()
+        other_engine.dispose()

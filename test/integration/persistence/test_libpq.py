@@ -11,7 +11,8 @@ from uuid import UUID
 import psycopg
 import pytest
 
-from repository.libpq import first_row
+from repository.libpq import first_row, send, settle
+from testkit.pg import wait_until_backends_exit
 
 pytestmark = pytest.mark.postgres
 
@@ -63,7 +64,7 @@ def test_a_failed_statement_raises_the_error_a_cursor_raises(connect) -> None:
 def test_a_connection_that_died_raises_and_says_it_is_broken(connect) -> None:
     victim, killer = connect(), connect()
     killer.execute("SELECT pg_terminate_backend(%s)", (victim.info.backend_pid,))
-    time.sleep(0.2)
+    wait_until_backends_exit([victim.info.backend_pid])
     with pytest.raises(psycopg.Error):
         first_row(victim, "SELECT 1")
     assert victim.broken
@@ -91,3 +92,23 @@ def test_other_threads_run_while_it_waits_for_the_server(connect) -> None:
         spinner.join()
     # Holding the GIL through the wait would leave the spinner at (nearly) nothing.
     assert during > 10_000
+
+
+def test_a_sent_query_s_answer_is_read_later_and_its_failure_raised_then(connect) -> None:
+    driver = connect()
+    send(driver, "SELECT pg_advisory_unlock(777)")  # not held: answers false, with a warning
+    settle(driver)
+    assert first_row(driver, "SELECT 3") == (3,)
+    send(driver, "SELECT 1 / 0")
+    with pytest.raises(psycopg.errors.DivisionByZero):
+        settle(driver)
+    assert first_row(driver, "SELECT 4") == (4,)
+
+
+def test_settling_a_connection_that_died_raises(connect) -> None:
+    victim, killer = connect(), connect()
+    send(victim, "SELECT 1")
+    killer.execute("SELECT pg_terminate_backend(%s)", (victim.info.backend_pid,))
+    wait_until_backends_exit([victim.info.backend_pid])
+    with pytest.raises(psycopg.Error):
+        settle(victim)

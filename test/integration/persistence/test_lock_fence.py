@@ -14,7 +14,11 @@ from sqlalchemy.engine import Engine
 from domain.errors import LockLostError
 from domain.sandbox import SandboxSession, SandboxStatus
 from repository.database import create_database_engine
-from repository.postgres_lock import PostgresAdvisorySandboxLifecycleLocker, chat_lock_key
+from repository.postgres_lock import (
+    PostgresAdvisorySandboxLifecycleLocker,
+    chat_lock_key,
+    lock_pool_options,
+)
 from repository.sqlalchemy_session import SqlAlchemySandboxSessionRepository, sandbox_sessions
 
 pytestmark = pytest.mark.postgres
@@ -51,7 +55,7 @@ def _holder_pid(engine: Engine, key: int) -> int:
 def engines(postgres_url: str, postgres_engine: Engine):
     with postgres_engine.begin() as connection:
         connection.execute(sa.delete(sandbox_sessions))
-    made = [create_database_engine(postgres_url) for _ in range(2)]
+    made = [create_database_engine(postgres_url, lock_pool_options()) for _ in range(2)]
     yield made
     for engine in made:
         engine.dispose()
@@ -61,9 +65,13 @@ def test_a_holder_whose_lock_connection_was_killed_cannot_write(
     engines: list[Engine], postgres_engine: Engine
 ) -> None:
     lock_engine, other_lock_engine = engines
-    locker = PostgresAdvisorySandboxLifecycleLocker(lock_engine, timeout_s=5)
+    locker = PostgresAdvisorySandboxLifecycleLocker(
+        lock_engine, timeout_s=5, unlock_without_waiting=True
+    )
     repository = SqlAlchemySandboxSessionRepository(postgres_engine, fence=locker.verify_held)
-    other_replica = PostgresAdvisorySandboxLifecycleLocker(other_lock_engine, timeout_s=5)
+    other_replica = PostgresAdvisorySandboxLifecycleLocker(
+        other_lock_engine, timeout_s=5, unlock_without_waiting=True
+    )
     chat_id = uuid4()
     first = _session(chat_id)
     with locker.lock(chat_id):
@@ -86,7 +94,9 @@ def test_a_holder_whose_lock_connection_was_killed_cannot_write(
 def test_a_lock_that_is_held_lets_writes_through_and_no_lock_means_no_check(
     engines: list[Engine], postgres_engine: Engine
 ) -> None:
-    locker = PostgresAdvisorySandboxLifecycleLocker(engines[0], timeout_s=5)
+    locker = PostgresAdvisorySandboxLifecycleLocker(
+        engines[0], timeout_s=5, unlock_without_waiting=True
+    )
     repository = SqlAlchemySandboxSessionRepository(postgres_engine, fence=locker.verify_held)
     chat_id = uuid4()
     stored = _session(chat_id)
