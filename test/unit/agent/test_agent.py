@@ -130,6 +130,28 @@ def test_interpreter_death_is_reported_and_it_restarts(agent: AgentClient) -> No
     assert after.stdout == "False\n"
 
 
+def test_code_past_a_pipe_buffer_is_fed_whole_and_no_descriptor_is_left_behind(
+    agent_process: AgentProcess,
+) -> None:
+    # Most code is written to the interpreter at once; what the pipe does not take is fed as
+    # it drains. Each incarnation of an interpreter has one selector, closed with it.
+    agent = agent_process.connect()
+    open_fds = Path(f"/proc/{agent_process.process.pid}/fd")
+    try:
+        run(agent, "pass")
+        before = len(list(open_fds.iterdir()))
+        big = "x = '" + "a" * 300_000 + "'\nprint(len(x))"
+        for _ in range(2):
+            assert run(agent, big).stdout == "300000\n"
+            assert run(agent, "print(2)").stdout == "2\n"
+            assert run(agent, "import os; os._exit(3)").state_lost  # a new incarnation
+        assert run(agent, "import time; time.sleep(5)", timeout_s=0.5).timed_out
+        assert run(agent, "print(3)").stdout == "3\n"
+        assert len(list(open_fds.iterdir())) == before
+    finally:
+        agent.close()
+
+
 def test_interpreters_are_first_in_line_for_the_oom_killer(agent: AgentClient) -> None:
     assert run(agent, "print(open('/proc/self/oom_score_adj').read().strip())").stdout == "1000\n"
     assert run(agent, "cat /proc/$$/oom_score_adj", Language.SHELL).stdout == "1000\n"

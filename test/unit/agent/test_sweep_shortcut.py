@@ -53,6 +53,16 @@ def test_a_process_started_during_the_execution_means_a_full_sweep(module: Modul
     assert not agent._nothing_started()
 
 
+def test_the_pid_mark_rereads_one_kept_descriptor(module: ModuleType) -> None:
+    # /proc/loadavg is opened once and read with pread: each read must render it anew.
+    before = module._pid_mark()
+    kept = module._Loadavg.fd
+    subprocess.run(["true"], check=True)
+    after = module._pid_mark()
+    assert kept is not None and module._Loadavg.fd == kept
+    assert after[1] != before[1]
+
+
 @pytest.mark.parametrize(
     "state",
     [
