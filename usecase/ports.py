@@ -361,7 +361,8 @@ class SandboxRebinder(Protocol):
     """Hands a pooled sandbox over to the chat that claimed it (runtimes that need it)."""
 
     def rebind(self, session: SandboxSession) -> None:
-        """Record the new owner where the runtime keeps it and refresh the guest (entropy, clock:
-        it idled in the pool). Raises SandboxGoneError or RuntimeUnavailableError; the caller
-        then discards the member and creates a sandbox on demand."""
+        """Record the new owner where the runtime keeps it (it may finish that after returning:
+        the session record is the binding). Raises SandboxGoneError or RuntimeUnavailableError
+        when the member cannot be handed over; the caller then discards it and creates a
+        sandbox on demand."""
         ...

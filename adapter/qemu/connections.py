@@ -37,6 +37,9 @@ class RunningVm:
     client: AgentClient | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
     connected_at: float = field(default_factory=time.time)
+    # vm.json rewrites (adapter.qemu.rebinds) against the VM's removal.
+    meta_lock: threading.Lock = field(default_factory=threading.Lock)
+    removed: bool = False
 
     def drop_client(self) -> None:
         client, self.client = self.client, None

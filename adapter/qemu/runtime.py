@@ -36,6 +36,7 @@ from adapter.qemu.envdisk import EnvironmentDisks
 from adapter.qemu.image import QemuImage, qemu_dir
 from adapter.qemu.launcher import RestoreFailedError, VmLauncher
 from adapter.qemu.overlay_pool import OverlayPool
+from adapter.qemu.rebinds import MetaRewrites
 from adapter.qemu.snapshot import SnapshotLifecycle, SnapshotStore
 from adapter.qemu.vm import VM_ID_PATTERN, VmDir, VmMeta, new_vm_id
 from domain.errors import RuntimeUnavailableError, SandboxGoneError
@@ -66,6 +67,7 @@ class QemuSandboxRuntime:
             config.boot_timeout_s, config.user, config.log_max_bytes, logger
         )
         self._connections = AgentConnections(config.vms_root, config.handover_poll_s)
+        self._rebinds = MetaRewrites(logger)
         self._snapshots = SnapshotLifecycle(
             SnapshotStore(qemu_dir(config.data_dir) / "snapshots"),
             self._launcher,
@@ -133,6 +135,8 @@ class QemuSandboxRuntime:
         if not VM_ID_PATTERN.match(container_id):
             return  # not one of ours: nothing of that name can exist
         vm = self._connections.pop(container_id)
+        if vm is not None:
+            self._rebinds.forget(vm)
         self._launcher.destroy(VmDir(self._vms_root / container_id), vm)
 
     def execute(
@@ -158,12 +162,21 @@ class QemuSandboxRuntime:
         return vm_dir.meta_file.exists() and vm_dir.qemu_pid() is not None
 
     def rebind(self, session: SandboxSession) -> None:
-        """SandboxRebinder: vm.json names the claiming chat.
+        """SandboxRebinder: vm.json names the claiming chat; SandboxGoneError when the VM's
+        QEMU has exited (the member is then discarded, the chat served on demand).
 
+        A VM this process started gets its vm.json rewritten after the claim, off the path of
+        the chat's first result (adapter.qemu.rebinds says why that is safe); any other now.
         No second reseed: the member got its own entropy and the host's clock when it was
         restored (the launcher's handshake, credited or the VM is discarded), no code has run in
         it since but the pool's warm-up, and a running guest keeps its clock. A reseed here cost
         a guest round trip through the interpreters (about 180 ms under TCG) on every claim."""
+        vm = self._connections.known(session.container_id)
+        if vm is not None and vm.process is not None:
+            if vm.process.poll() is not None:
+                raise SandboxGoneError(f"microVM {session.container_id} has exited")
+            self._rebinds.submit(vm, session)
+            return
         vm_dir = VmDir(self._vms_root / session.container_id)
         meta = vm_dir.read_meta() if VM_ID_PATTERN.match(session.container_id) else None
         if meta is None:
@@ -250,6 +263,7 @@ class QemuSandboxRuntime:
 
     def close(self) -> None:
         """Release host-side connections; VMs keep running (stop them with ``stop``)."""
+        self._rebinds.close()
         self._connections.close()
         self._launcher.close()
         self._overlays.stop()

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from adapter.clock import SystemClock
+from adapter.qemu.vm import wait_until
 from domain.pool import PoolCapacity, PoolDefinition
 from repository.sandbox_lock import ProcessLocalSandboxLifecycleLocker
 from repository.sandbox_session import InMemorySandboxSessionRepository
@@ -59,7 +60,8 @@ def test_a_claimed_vm_is_rebound_and_a_frozen_one_is_unhealthy(
         ).execute(CreateSandboxCommand(CHAT))
 
         assert session.container_id == member.container_id
-        assert json.loads(vm_json.read_text())["chat_id"] == str(CHAT)
+        # Rewritten after the claim, off the path of the chat's first result.
+        assert wait_until(lambda: json.loads(vm_json.read_text())["chat_id"] == str(CHAT), 10)
         guest_now = float(run_ok(runtime, session.container_id, "import time; print(time.time())"))
         assert abs(guest_now - time.time()) < 60  # set at its restore, kept while pooled
         # The agent took the largest pid space: its sweep skips /proc after executions up to
@@ -87,6 +89,20 @@ def test_a_claimed_vm_is_rebound_and_a_frozen_one_is_unhealthy(
             with contextlib.suppress(ProcessLookupError):  # destroyed by the health check
                 os.kill(pid, signal.SIGCONT)
         assert not runtime.is_alive(frozen.container_id)
+
+        # A member whose QEMU exited is never handed out: the chat gets a sandbox on demand.
+        # The health check's refill boots the replacement in the background.
+        assert wait_until(lambda: pool.status().available == 1, 120, interval_s=0.1)
+        (dead,) = [m for m in runtime.list_managed() if m.container_id != session.container_id]
+        started = runtime._connections.known(dead.container_id)
+        assert started is not None and started.process is not None
+        qemu = started.process
+        qemu.kill()
+        # Exited once reaped: a killed QEMU shows as a zombie while its threads still exit.
+        assert wait_until(lambda: qemu.poll() is not None, 10)
+        now = SystemClock().now()
+        assert pool.claim(chat_id=OTHER_CHAT, created_at=now, expires_at=now) is None
+        assert dead.container_id not in {m.container_id for m in runtime.list_managed()}
     finally:
         pool.close(wait_s=60)
 
@@ -181,7 +197,7 @@ def test_a_package_pool_boots_members_from_the_environment_disk(
         assert session.container_id == member.container_id
         assert session.packages == ("tabulate==0.9.0",)
         vm_json = Path(runtime._vms_root) / member.container_id / "vm.json"
-        assert json.loads(vm_json.read_text())["chat_id"] == str(OTHER_CHAT)
+        assert wait_until(lambda: json.loads(vm_json.read_text())["chat_id"] == str(OTHER_CHAT), 10)
         assert (
             run_ok(
                 runtime, session.container_id, "import tabulate; print(tabulate.__version__)"
