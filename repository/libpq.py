@@ -50,7 +50,7 @@ def send(driver: psycopg.Connection[Any], sql: str) -> None:
     pgconn = driver.pgconn
     pgconn.send_query(sql.encode())
     while pgconn.flush():
-        select.select([], [pgconn.socket], [])
+        _wait(pgconn.socket, select.POLLOUT)
 
 
 def settle(driver: psycopg.Connection[Any]) -> None:
@@ -61,7 +61,7 @@ def settle(driver: psycopg.Connection[Any]) -> None:
     while True:
         pgconn.consume_input()
         while pgconn.is_busy():
-            select.select([pgconn.socket], [], [])
+            _wait(pgconn.socket, select.POLLIN)
             pgconn.consume_input()
         result = pgconn.get_result()
         if result is None:
@@ -72,3 +72,12 @@ def settle(driver: psycopg.Connection[Any]) -> None:
         raise error
     if pgconn.status == pq.ConnStatus.BAD:
         raise psycopg.OperationalError("the connection was closed after its last answer")
+
+
+def _wait(fd: int, events: int) -> None:
+    """Until the socket is ready (or failed: then libpq's next call says how), GIL released.
+    poll, not select: the service holds a socket per sandbox, so this one's number may well be
+    past select's limit of 1024."""
+    poller = select.poll()
+    poller.register(fd, events)
+    poller.poll()

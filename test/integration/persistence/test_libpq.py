@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import resource
 import threading
 import time
 from collections.abc import Iterator
@@ -112,3 +114,24 @@ def test_settling_a_connection_that_died_raises(connect) -> None:
     wait_until_backends_exit([victim.info.backend_pid])
     with pytest.raises(psycopg.Error):
         settle(victim)
+
+
+def test_a_socket_numbered_past_select_s_limit_still_works(connect) -> None:
+    # The service holds a socket per sandbox: its lock connections' numbers pass 1024.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1200:
+        pytest.fail(f"this test needs RLIMIT_NOFILE >= 1200, the hard limit is {hard}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1200), hard))
+    fillers: list[int] = []
+    try:
+        while not fillers or fillers[-1] < 1030:
+            fillers.append(os.open(os.devnull, os.O_RDONLY))
+        driver = connect()
+        assert driver.pgconn.socket > 1024
+        send(driver, "SELECT pg_sleep(0.05)")
+        settle(driver)
+        assert first_row(driver, "SELECT 5") == (5,)
+    finally:
+        for fd in fillers:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
