@@ -119,8 +119,9 @@ class LimitSettings(SettingsGroup):
     # Of those, one API key's at most, running or waiting behind its chat (unset: three
     # quarters of max_inflight_executions), so that one key's flood leaves slots for others.
     max_inflight_executions_per_key: int | None = Field(default=None, gt=0)
-    # While several keys run executions, each may run max(this, the busiest other key's count)
-    # at once; its further ones wait, holding nothing. Unset: the host's CPUs (at least 2).
+    # While other keys run executions (or did within the last second), each may run max(this,
+    # the busiest other key's count) at once; its further ones wait, holding nothing. Unset:
+    # half the host's CPUs (at least 1), so a flood leaves the other half to the other keys.
     fair_share_executions: int | None = Field(default=None, gt=0)
     # Live (running) sandboxes on this node; a new chat past it gets 429 sandbox_limit. Unset:
     # derived at start from the host's memory and the per-sandbox memory (logged).
@@ -136,7 +137,7 @@ class LimitSettings(SettingsGroup):
 
     @property
     def effective_fair_share_executions(self) -> int:
-        return self.fair_share_executions or max(2, os.cpu_count() or 1)
+        return self.fair_share_executions or max(1, (os.cpu_count() or 1) // 2)
 
 
 class ServerSettings(SettingsGroup):

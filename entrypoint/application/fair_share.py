@@ -6,11 +6,16 @@ execution shares, so a key that runs twice as many chats gets twice the throughp
 key's latency grows with the flood's. FairShare evens that out while several keys are active:
 
 - A key alone may run as many executions as its slots allow.
-- While other keys have executions in flight, a key may run at most
-  ``max(floor, the busiest other key's running count)`` at once. Its further executions wait,
-  on the event loop, holding nothing (no thread, no lock, no slot), and start as the key's own
-  running ones finish. A key that floods is thus held to the share of the busiest other key,
-  never below ``floor``; one that asks for little is never held back.
+- While other keys have executions in flight, or had one finish within ``recent_s`` (1 s), a
+  key may run at most ``max(floor, the busiest other key's running count)`` at once. Its further
+  executions wait, on the event loop, holding nothing (no thread, no lock, no slot), and start
+  as the key's own running ones finish (or when the other keys' ``recent_s`` is up). A key that
+  floods is thus held to the share of the busiest other key, never below ``floor``; one that
+  asks for little is never held back. The ``recent_s`` memory matters for the usual
+  well-behaved key, whose chats send a message now and then: between its messages it has
+  nothing running, and without the memory the flood would be uncapped then and fill the host
+  again before the next message (measured: good p99 2.2-3.6x its unloaded p99 with floor 2 and
+  no memory, 1.3-1.7x with floor 1 and the memory).
 - When room appears, the waiting key with the fewest running executions goes first (ties: in
   arrival order), so a freed place goes to whoever has least.
 
@@ -24,19 +29,29 @@ Both are touched only on the event loop thread.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter, deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from uuid import UUID
 
 
 class FairShare:
-    def __init__(self, floor: int) -> None:
+    def __init__(
+        self, floor: int, recent_s: float = 1.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         if floor < 1:
             raise ValueError("floor must be at least 1")
+        if recent_s < 0:
+            raise ValueError("recent_s must not be negative")
         self._floor = floor
+        self._recent_s = recent_s
+        self._clock = clock
         self._running: Counter[str] = Counter()
         self._waiting: deque[tuple[str, asyncio.Future[None]]] = deque()
+        # Key -> when its last execution finished, for keys with none running now.
+        self._last_seen: dict[str, float] = {}
+        self._regrant: asyncio.TimerHandle | None = None
 
     @property
     def running(self) -> int:
@@ -72,9 +87,33 @@ class FairShare:
         """How many ``key`` may run now; None: no cap (no other key is active)."""
         others = [count for other, count in self._running.items() if other != key and count]
         others += [1 for other, _ in self._waiting if other != key]
+        if not others and self._last_seen and self._recently_seen_other(key):
+            others.append(1)
         if not others:
             return None
         return max(self._floor, *others)
+
+    def _regrant_when_recent_expire(self) -> None:
+        """Waiters held back only by a recently seen key must not wait for a release that may
+        never come (their own key has none running): look again when that key's time is up."""
+        if not self._waiting or not self._last_seen or self._regrant is not None:
+            return
+        delay = min(self._last_seen.values()) + self._recent_s - self._clock()
+
+        def regrant() -> None:
+            self._regrant = None
+            self._grant()
+
+        self._regrant = asyncio.get_running_loop().call_later(max(0.0, delay) + 0.001, regrant)
+
+    def _recently_seen_other(self, key: str) -> bool:
+        horizon = self._clock() - self._recent_s
+        for other, seen in list(self._last_seen.items()):
+            if seen < horizon:
+                del self._last_seen[other]
+            elif other != key:
+                return True
+        return False
 
     def _may_run(self, key: str) -> bool:
         cap = self._cap(key)
@@ -100,6 +139,8 @@ class FairShare:
         self._running[key] -= 1
         if self._running[key] <= 0:
             del self._running[key]
+            if self._recent_s:
+                self._last_seen[key] = self._clock()
         self._grant()
 
     def _grant(self) -> None:
@@ -111,6 +152,7 @@ class FairShare:
                 if not turn.done() and self._may_run(key)
             ]
             if not candidates:
+                self._regrant_when_recent_expire()
                 return
             _, index = min(candidates)
             key, turn = self._waiting[index]

@@ -37,7 +37,7 @@ def test_a_key_alone_is_not_held_back() -> None:
 
 def test_a_flood_is_held_to_the_floor_and_the_other_key_does_not_wait() -> None:
     async def scenario() -> tuple[int, int, int]:
-        share = FairShare(floor=2)
+        share = FairShare(floor=2, recent_s=0)
         async with AsyncExitStack() as good, AsyncExitStack() as flood:
             await _enter(share, "good", good)
             tasks = [_try(share, "flood", flood) for _ in range(5)]
@@ -53,7 +53,7 @@ def test_a_flood_is_held_to_the_floor_and_the_other_key_does_not_wait() -> None:
 
 def test_a_key_may_run_as_many_as_the_busiest_other_key() -> None:
     async def scenario() -> int:
-        share = FairShare(floor=1)
+        share = FairShare(floor=1, recent_s=0)
         async with AsyncExitStack() as good, AsyncExitStack() as flood:
             for _ in range(3):
                 await _enter(share, "good", good)
@@ -65,6 +65,52 @@ def test_a_key_may_run_as_many_as_the_busiest_other_key() -> None:
             return running
 
     assert asyncio.run(scenario()) == 3
+
+
+def test_a_key_seen_within_recent_s_still_holds_a_flood_to_the_floor() -> None:
+    """A well-behaved key has nothing running between its messages: the flood stays capped."""
+    now = [100.0]
+
+    async def scenario() -> tuple[int, int, int]:
+        share = FairShare(floor=1, recent_s=1.0, clock=lambda: now[0])
+        async with share.place("good"):
+            pass  # one message, done: "good" has nothing running now
+        now[0] += 0.5
+        async with AsyncExitStack() as flood:
+            tasks = [_try(share, "flood", flood) for _ in range(4)]
+            await _settle()
+            held, waiting = share.running_of("flood"), share.waiting
+            now[0] += 1.0  # "good" is forgotten: the flood runs alone again
+            async with share.place("flood"):
+                alone = share.running_of("flood")
+            await asyncio.wait_for(asyncio.gather(*tasks), 1)
+            return held, waiting, alone
+
+    # (Without the memory the flood would run all 4 at once.)
+    assert asyncio.run(scenario()) == (1, 3, 5)
+
+
+def test_a_flood_held_only_by_a_recent_key_runs_when_that_time_is_up() -> None:
+    """No release of its own is needed: the fair share looks again when recent_s has passed."""
+
+    async def scenario() -> tuple[int, int]:
+        share = FairShare(floor=1, recent_s=0.05)
+        async with AsyncExitStack() as flood:
+            await _enter(share, "flood", flood)
+            async with share.place("good"):
+                pass
+            tasks = [_try(share, "flood", flood) for _ in range(3)]
+            await _settle()
+            held = share.running_of("flood")
+            await asyncio.wait_for(asyncio.gather(*tasks), 1)  # none of the flood's finished
+            return held, share.running_of("flood")
+
+    assert asyncio.run(scenario()) == (1, 4)
+
+
+def test_recent_s_must_not_be_negative() -> None:
+    with pytest.raises(ValueError):
+        FairShare(floor=1, recent_s=-1)
 
 
 def test_a_freed_place_goes_to_the_key_running_fewest() -> None:
