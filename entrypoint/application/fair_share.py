@@ -67,7 +67,7 @@ class FairShare:
     def try_acquire(self, key: str) -> bool:
         """Take a running place at once if one is free for ``key`` (then ``release`` it)."""
         if not self._waiting and self._may_run(key):
-            self._running[key] += 1
+            self._start(key)
             return True
         return False
 
@@ -93,10 +93,17 @@ class FairShare:
             return None
         return max(self._floor, *others)
 
+    def _start(self, key: str) -> None:
+        self._running[key] += 1
+        self._last_seen.pop(key, None)  # its running count speaks for it now
+
     def _regrant_when_recent_expire(self) -> None:
         """Waiters held back only by a recently seen key must not wait for a release that may
         never come (their own key has none running): look again when that key's time is up."""
-        if not self._waiting or not self._last_seen or self._regrant is not None:
+        if not self._waiting or self._regrant is not None:
+            return
+        self._forget_before(self._clock() - self._recent_s)
+        if not self._last_seen:
             return
         delay = min(self._last_seen.values()) + self._recent_s - self._clock()
 
@@ -107,13 +114,12 @@ class FairShare:
         self._regrant = asyncio.get_running_loop().call_later(max(0.0, delay) + 0.001, regrant)
 
     def _recently_seen_other(self, key: str) -> bool:
-        horizon = self._clock() - self._recent_s
-        for other, seen in list(self._last_seen.items()):
-            if seen < horizon:
-                del self._last_seen[other]
-            elif other != key:
-                return True
-        return False
+        self._forget_before(self._clock() - self._recent_s)
+        return any(other != key for other in self._last_seen)
+
+    def _forget_before(self, horizon: float) -> None:
+        for other in [other for other, seen in self._last_seen.items() if seen < horizon]:
+            del self._last_seen[other]
 
     def _may_run(self, key: str) -> bool:
         cap = self._cap(key)
@@ -157,7 +163,7 @@ class FairShare:
             _, index = min(candidates)
             key, turn = self._waiting[index]
             del self._waiting[index]
-            self._running[key] += 1
+            self._start(key)
             turn.set_result(None)
 
 

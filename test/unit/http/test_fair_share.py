@@ -108,6 +108,40 @@ def test_a_flood_held_only_by_a_recent_key_runs_when_that_time_is_up() -> None:
     assert asyncio.run(scenario()) == (1, 4)
 
 
+def test_an_outdated_memory_does_not_keep_waking_the_fair_share(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A waiter held back by another key's running executions waits for their release; a key
+    seen before it ran again must not leave a memory that, once outdated, arms a timer looking
+    again every millisecond."""
+
+    async def scenario() -> int:
+        share = FairShare(floor=1, recent_s=0.01)
+        async with share.place("flood"):
+            pass  # "flood" remembered as seen...
+        grants = 0
+        grant = share._grant
+
+        def counted() -> None:
+            nonlocal grants
+            grants += 1
+            grant()
+
+        monkeypatch.setattr(share, "_grant", counted)
+        async with AsyncExitStack() as good, AsyncExitStack() as flood:
+            await _enter(share, "flood", flood)  # ...and running again
+            await _enter(share, "good", good)
+            waiter = _try(share, "flood", flood)  # capped by good's running one
+            await asyncio.sleep(0.1)  # ten times recent_s
+            looked = grants
+            waiter.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await waiter
+            return looked
+
+    assert asyncio.run(scenario()) <= 3
+
+
 def test_recent_s_must_not_be_negative() -> None:
     with pytest.raises(ValueError):
         FairShare(floor=1, recent_s=-1)
