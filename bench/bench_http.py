@@ -43,7 +43,12 @@ from typing import Any
 
 import docker
 
-from bench.common import KeepAliveConnection
+from bench.common import (
+    KeepAliveConnection,
+    cpu_seconds,
+    thread_usage,
+    thread_usage_per_execute,
+)
 from testkit.pg import temporary_database
 from testkit.service import API_KEY, ServiceProcess
 
@@ -153,11 +158,6 @@ async def closed_loop(
     return summary(latencies, time.perf_counter() - started, errors)
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 async def run(service: ServiceProcess, args: argparse.Namespace) -> dict[str, Any]:
     assert service.process is not None
     pid = service.process.pid
@@ -183,10 +183,13 @@ async def run(service: ServiceProcess, args: argparse.Namespace) -> dict[str, An
         opened["service_cpu_ms_per_execute"] = round(
             (cpu_seconds(pid) - cpu_before) / max(1, opened["executes"]) * 1000, 3
         )
-        cpu_before = cpu_seconds(pid)
+        cpu_before, threads_before = cpu_seconds(pid), thread_usage(pid)
         closed = await closed_loop(pool, chats, body, args.seconds)
         closed["service_cpu_ms_per_execute"] = round(
             (cpu_seconds(pid) - cpu_before) / max(1, closed["executes"]) * 1000, 3
+        )
+        closed["threads_per_execute"] = thread_usage_per_execute(
+            threads_before, thread_usage(pid), closed["executes"]
         )
         return {
             "serial": {

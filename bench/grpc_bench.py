@@ -36,6 +36,8 @@ from bench.common import (
     running_service,
     sigterm_as_interrupt,
     summary_ms,
+    thread_usage,
+    thread_usage_per_execute,
 )
 from bench.grpc_floor import transport_floor
 
@@ -144,11 +146,12 @@ async def measure(service: Any, args: argparse.Namespace) -> dict[str, Any]:
                 if latency is not None:
                     concurrent.append(latency)
 
-        cpu_before = cpu_seconds(pid)
+        cpu_before, threads_before = cpu_seconds(pid), thread_usage(pid)
         started = time.perf_counter()
         await asyncio.gather(*(loop(chat) for chat in chats))
         elapsed = time.perf_counter() - started
         service_cpu = cpu_seconds(pid) - cpu_before
+        threads = thread_usage_per_execute(threads_before, thread_usage(pid), len(concurrent))
     finally:
         await caller.close()
     return {
@@ -170,6 +173,7 @@ async def measure(service: Any, args: argparse.Namespace) -> dict[str, Any]:
         "p99_ms": summary_ms(opened).get("p99"),
         "executes_per_s": round(len(concurrent) / elapsed, 1),
         "service_cpu_ms_per_execute": round(service_cpu / max(1, len(concurrent)) * 1000, 3),
+        "closed_loop_threads_per_execute": threads,
         "errors": len(caller.errors),
         "error_samples": caller.errors[:10],
         "targets": {"p50_ms": 10, "p99_ms": 40, "executes_per_s": 200},

@@ -87,6 +87,7 @@ class WorkerThreads:
             worker.wake.release()
 
     def _work(self, worker: _Worker) -> None:
+        _name_os_thread(threading.current_thread().name)
         job = worker.job
         while job is not None:
             loop, future, fn = job
@@ -114,6 +115,17 @@ class WorkerThreads:
             if idle:
                 worker.wake.acquire()
                 job = worker.job
+
+
+def _name_os_thread(name: str) -> None:
+    """The thread's name for the OS too (Linux keeps 15 bytes), so that `top -H` and
+    /proc/PID/task/*/comm tell the workers' CPU and context switches from the event loop's and
+    grpc's (bench/common.py reads them)."""
+    with (
+        contextlib.suppress(OSError),
+        open(f"/proc/self/task/{threading.get_native_id()}/comm", "w", encoding="utf-8") as comm,
+    ):
+        comm.write(name[:15])
 
 
 def _hand_back(loop: asyncio.AbstractEventLoop, settle: Any, *args: Any) -> None:

@@ -138,3 +138,20 @@ def _note(order: list[int], index: int) -> int:
 
 def _alive(prefix: str) -> int:
     return sum(1 for thread in threading.enumerate() if thread.name.startswith(prefix + "_"))
+
+
+def test_a_worker_carries_its_name_in_the_os_too() -> None:
+    # bench/common.py tells the workers' CPU from the loop's and grpc's by this name.
+    threads = WorkerThreads(1, "sandboxd")
+
+    def os_name() -> str:
+        with open(f"/proc/self/task/{threading.get_native_id()}/comm", encoding="utf-8") as comm:
+            return comm.read().strip()
+
+    async def scenario() -> str:
+        return await threads.submit(os_name)
+
+    try:
+        assert asyncio.run(scenario()) == "sandboxd_1"
+    finally:
+        threads.close()
