@@ -279,9 +279,9 @@ def test_client_raises_gone_when_the_agent_does_not_answer_in_time() -> None:
     client, guest = _client_with_peer()
     try:
         started = time.monotonic()
-        with pytest.raises(SandboxGoneError):
+        with pytest.raises(SandboxGoneError, match="did not answer within"):
             client.execute(ExecutionRequest("print(1)", timeout_s=0.1), LIMIT)
-        assert time.monotonic() - started < 3
+        assert 0.1 <= time.monotonic() - started < 3
         assert client.closed
         with pytest.raises(SandboxGoneError):
             client.ping()
