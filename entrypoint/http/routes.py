@@ -67,6 +67,16 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
+# What only the routes that take packages answer besides _ERRORS.
+_PACKAGE_ERRORS: dict[int | str, dict[str, Any]] = {
+    403: {"model": ErrorBody, "description": "A package off the allow-list (package_not_allowed)."},
+    501: {
+        "model": ErrorBody,
+        "description": "This runtime cannot install packages (code: environments_unsupported).",
+    },
+}
+
+
 def _api(request: Request) -> SandboxApi:
     api: SandboxApi = request.app.state.api
     return api
@@ -97,6 +107,7 @@ protected = APIRouter(dependencies=[Depends(require_api_key)])
 @v1.post(
     "/chats/{chat_id}/executions",
     response_model=ExecutionView,
+    responses=_PACKAGE_ERRORS,
     summary="Run code in the chat's sandbox (created or replaced as needed)",
     description=(
         "Returns the result. A timed-out execution is a 200 with timed_out=true, exit_code=null "
@@ -127,7 +138,12 @@ async def execute_json(
     return JSONResponse(execution_json(execution))
 
 
-@v1.put("/chats/{chat_id}/sandbox", response_model=SandboxView, summary="Create or reuse")
+@v1.put(
+    "/chats/{chat_id}/sandbox",
+    response_model=SandboxView,
+    responses=_PACKAGE_ERRORS,
+    summary="Create or reuse",
+)
 async def ensure_sandbox(
     chat_id: ChatIdPath, request: Request, caller: CallerDep, body: EnsureBody | None = None
 ) -> Response:

@@ -189,3 +189,27 @@ def test_the_python_client_sends_packages() -> None:
             assert {"toolz", "attrs"} <= set(asyncio.run(run_async()))
     finally:
         runtime.gate.set()
+
+
+def test_the_package_refusals_are_in_the_document_of_both_routes_that_take_packages() -> None:
+    # Schemathesis (test/e2e/test_api_fuzz_e2e.py) found a PUT answering an undocumented 403.
+    client, _, container = client_with(FakeEnvironmentStore(), allow=frozenset({"pandas"}))
+    with client:
+        paths = client.get("/openapi.json").json()["paths"]
+        answered = {
+            client.put(
+                f"/v1/chats/{CHAT}/sandbox", json={"packages": ["requests"]}, headers=AUTH
+            ).status_code,
+            client.post(
+                f"/v1/chats/{CHAT}/executions",
+                json={"code": "1", "packages": ["requests"]},
+                headers=AUTH,
+            ).status_code,
+        }
+    container.api().close()
+    assert answered == {403}
+    for path, method in (
+        ("/chats/{chat_id}/sandbox", "put"),
+        ("/chats/{chat_id}/executions", "post"),
+    ):
+        assert {"403", "501"} <= set(paths["/v1" + path][method]["responses"]), path
