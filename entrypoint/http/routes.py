@@ -69,7 +69,10 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 
 # What only the routes that take packages answer besides _ERRORS.
 _PACKAGE_ERRORS: dict[int | str, dict[str, Any]] = {
-    403: {"model": ErrorBody, "description": "A package off the allow-list (package_not_allowed)."},
+    403: {
+        "model": ErrorBody,
+        "description": "A package off the allow-list (code: package_not_allowed).",
+    },
     501: {
         "model": ErrorBody,
         "description": "This runtime cannot install packages (code: environments_unsupported).",
