@@ -9,7 +9,10 @@
   ``docker cp`` refuses the sandbox itself (its root filesystem is read-only), so the baseline
   container is created, not started, from the sandbox's image;
 - time from sending ``plt.plot(...); plt.show()`` to the PNG in the result (matplotlib already
-  imported in the chat, so the import is not measured).
+  imported in the chat, so the import is not measured);
+- what a full workspace costs each execution: the median of ``x = 1`` in a new chat, then again
+  once its workspace holds ``--workspace-files`` files (an execution's changed files are found by
+  walking the workspace: once per execution, the walk before it being the previous one's).
 
 Prints JSON: best and median seconds per operation over ``--rounds``, MB/s, and the ratios.
 """
@@ -54,10 +57,41 @@ def ratio_of_medians(ours: list[float], baseline: list[float]) -> float:
     return round(statistics.median(ours) / statistics.median(baseline), 2)
 
 
+def execute_in_full_workspace(http: httpx.Client, files: int, samples: int = 30) -> dict[str, Any]:
+    chat = uuid.uuid4()
+
+    def median_ms() -> float:
+        taken = []
+        for _ in range(samples):
+            elapsed, response = timed(
+                lambda: http.post(f"/v1/chats/{chat}/executions", json={"code": "x = 1"})
+            )
+            response.raise_for_status()
+            taken.append(elapsed * 1000)
+        return round(statistics.median(taken), 2)
+
+    empty = median_ms()
+    fill = (
+        f"import os\nos.makedirs('many')\nfor i in range({files}): open(f'many/{{i}}', 'w').close()"
+    )
+    http.post(
+        f"/v1/chats/{chat}/executions", json={"code": fill, "timeout_s": 120}
+    ).raise_for_status()
+    full = median_ms()
+    http.delete(f"/v1/chats/{chat}/sandbox")
+    return {
+        "files": files,
+        "execute_ms_empty_workspace": empty,
+        "execute_ms_full_workspace": full,
+        "walk_ms_per_execute": round(full - empty, 2),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--megabytes", type=int, default=50)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--workspace-files", type=int, default=3000)
     args = parser.parse_args()
     size = args.megabytes * 1024 * 1024
     with (
@@ -150,6 +184,7 @@ def main() -> None:
                 "download_vs_docker_cp_median": ratio_of_medians(downloads, cp_out),
                 "target_ratio": 1.5,
                 "plot_show_to_png": stats(plots),
+                "execute_in_full_workspace": execute_in_full_workspace(http, args.workspace_files),
                 "load_average": os.getloadavg()[0],
             }
         finally:

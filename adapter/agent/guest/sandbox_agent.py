@@ -389,6 +389,8 @@ LANGUAGES = ("python", "javascript", "shell")
 
 Sink = Callable[[str, str], None]
 Send = Callable[[dict[str, Any]], None]
+# (mtime_ns, size) of each regular file of the workspace by path, and whether the walk was cut.
+Listing = tuple[dict[str, tuple[int, int]], bool]
 
 
 def log(message: str) -> None:
@@ -1172,7 +1174,7 @@ class Agent:
         stdout = OutputBuffer("stdout", limit, live_sink)
         stderr = OutputBuffer("stderr", limit, live_sink)
         started = time.monotonic()
-        before = self.files.snapshot()
+        before = self.files.before_execution()
         interpreter = self.interpreters[language]
         outcome: str
         exit_code: int | None
@@ -1356,6 +1358,7 @@ def _add_kernel_entropy(entropy: bytes) -> bool:
 # --- workspace files --------------------------------------------------------------------------
 
 FILE_OPS = ("file_write", "file_read", "file_list", "file_delete")
+MUTATING_FILE_OPS = ("file_write", "file_delete")
 # File content travels in binary data frames (see serve_stream): a header, then the raw bytes.
 DATA_MAGIC = 0
 DATA_HEADER = struct.Struct(">BQI")  # magic, request id, payload length
@@ -1527,8 +1530,15 @@ class WorkspaceFiles:
         self.uid, self.gid = uid, gid
         # One reused buffer for data frames: no allocation per MiB moved.
         self.buffer = bytearray(DATA_FRAME_MAX)
+        # The listing the last execution ended with, which the next one starts from instead of
+        # listing the workspace again (see before_execution); None when it must list afresh.
+        self._after_last: Listing | None = None
 
     def handle(self, request_id: object, op: str, frame: dict[str, Any], link: HostLink) -> None:
+        if op in MUTATING_FILE_OPS:
+            # Dropped before the operation, so that even one that fails half-way is not taken
+            # for a change the next execution made.
+            self._after_last = None
         try:
             with _as_file_user(self.uid, self.gid):
                 answer = getattr(self, op)(request_id, frame, link)
@@ -1660,7 +1670,19 @@ class WorkspaceFiles:
 
     # --- files an execution created or changed ---
 
-    def snapshot(self) -> tuple[dict[str, tuple[int, int]], bool]:
+    def before_execution(self) -> Listing:
+        """What an execution's changed files are measured against: the listing the previous
+        execution ended with, or a new one after a file operation, a cut listing, or at first.
+
+        Between executions nothing but the file operations (which drop it) writes into the
+        workspace, save a thread that code left running in an interpreter: what such a thread
+        writes between two executions is reported with the next one (a new listing here would
+        hide it for good). Saves one walk of up to CHANGED_MAX_SCANNED entries per execution.
+        """
+        kept = self._after_last
+        return kept if kept is not None else self.snapshot()
+
+    def snapshot(self) -> Listing:
         """(mtime_ns, size) of the workspace's regular files (bounded) and whether it was cut."""
         entries: list[dict[str, Any]] = []
         try:
@@ -1670,11 +1692,11 @@ class WorkspaceFiles:
             return {}, True
         return {e["path"]: (e["mtime_ns"], e["size"]) for e in entries}, cut
 
-    def changed_since(
-        self, before: tuple[dict[str, tuple[int, int]], bool]
-    ) -> tuple[list[dict[str, Any]], bool]:
+    def changed_since(self, before: Listing) -> tuple[list[dict[str, Any]], bool]:
         old, old_cut = before
-        new, new_cut = self.snapshot()
+        new, new_cut = after = self.snapshot()
+        # A cut listing is not kept: which entries it holds depends on the order of the walk.
+        self._after_last = None if new_cut else after
         changed = [
             {"path": path, "size": size}
             for path, (mtime_ns, size) in sorted(new.items())
