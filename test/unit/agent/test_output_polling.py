@@ -138,3 +138,13 @@ def test_streamed_output_still_arrives_before_the_result(agent: AgentClient) -> 
     stdout = [c.data for c in chunks if c.stream is OutputStream.STDOUT]
     assert "".join(stdout) == result.stdout == "a\nb\n"
     assert stdout[0] == "a\n"
+
+
+def test_an_endless_writer_is_stopped_on_time_and_the_agent_keeps_serving(
+    agent: AgentClient,
+) -> None:
+    # Polled reads are bounded per pipe: a flood cannot keep the agent from its deadline.
+    result = agent.execute(ExecutionRequest("while True: print('x' * 4096)", timeout_s=1.0), 1000)
+    assert result.timed_out and result.stdout_truncated
+    assert result.duration_s < 5
+    assert agent.ping() == "1"
