@@ -29,6 +29,7 @@ from domain.errors import SessionConflictError
 from domain.sandbox import CapScope, SandboxCaps, SandboxSession, SandboxStatus
 from repository import capped_insert
 from repository.database import database_error, translated_errors
+from repository.sqlite_select import SqliteSelect
 
 # A record is *current* while its status is one of these. Spelled as literal SQL, identical in
 # the index predicates and in the queries, so that PostgreSQL and SQLite can both prove that the
@@ -111,6 +112,9 @@ sandbox_sessions = sa.Table(
 
 _columns = sandbox_sessions.c
 _is_current = sa.text(CURRENT_STATUSES_SQL)
+_current_by_chat = sa.select(sandbox_sessions).where(
+    _columns.chat_id == sa.bindparam("chat_id"), _is_current
+)
 
 
 def _row_values(session: SandboxSession) -> dict[str, Any]:
@@ -209,6 +213,11 @@ class SqlAlchemySandboxSessionRepository:
         self._lock_connection = lock_connection
         self._upsert = self._upsert_statement(engine.dialect.name)
         self._capped = capped_insert.CappedInsert(sandbox_sessions, engine.dialect)
+        # SQLite has no lock round trip to carry the chat's record (see locked_read): its read,
+        # once per execute, runs precompiled on the driver instead (sqlite_select.py).
+        self._current_on_sqlite = (
+            SqliteSelect(engine, _current_by_chat) if engine.dialect.name == "sqlite" else None
+        )
 
     @property
     def engine(self) -> Engine:
@@ -297,8 +306,10 @@ class SqlAlchemySandboxSessionRepository:
             found, session = self._locked_read(chat_id)
             if found:
                 return session
-        query = sa.select(sandbox_sessions).where(_columns.chat_id == chat_id, _is_current)
-        return self._fetch_one(query, "get_active_by_chat_id")
+        if self._current_on_sqlite is not None:
+            rows = self._current_on_sqlite.rows({"chat_id": chat_id}, "get_active_by_chat_id")
+            return _to_session(rows[0]) if rows else None
+        return self._fetch_one(_current_by_chat, "get_active_by_chat_id", {"chat_id": chat_id})
 
     def list_expired(self, now: datetime) -> list[SandboxSession]:
         return self._fetch_all(self.list_expired_query(now), "list_expired")
@@ -345,9 +356,11 @@ class SqlAlchemySandboxSessionRepository:
         with translated_errors(self._engine, "delete"), self._statements.begin() as connection:
             connection.execute(sa.delete(sandbox_sessions).where(_columns.session_id == session_id))
 
-    def _fetch_one(self, query: sa.Select[Any], doing: str) -> SandboxSession | None:
+    def _fetch_one(
+        self, query: sa.Select[Any], doing: str, params: dict[str, Any] | None = None
+    ) -> SandboxSession | None:
         with translated_errors(self._engine, doing), self._statements.begin() as connection:
-            row = connection.execute(query).first()
+            row = connection.execute(query, params).first()
         return None if row is None else _to_session(row)
 
     def _fetch_all(self, query: sa.Select[Any], doing: str) -> list[SandboxSession]:
