@@ -25,9 +25,14 @@ _POLL_MAX_S = 0.02
 
 
 def _open_lock_file(path: Path) -> int:
+    flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            return os.open(path, flags, 0o600)
+        except FileNotFoundError:
+            # The directory is made on first use only: this runs once per execute.
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return os.open(path, flags, 0o600)
     except OSError as error:
         kind = StorageFullError if is_storage_full(error) else RepositoryUnavailableError
         raise kind(f"cannot open lock file {path}: {error}") from error

@@ -101,6 +101,8 @@ def make_locker(locker_kind: str, tmp_path: Path, request: pytest.FixtureRequest
             return process_local  # its scope is the instance
         if locker_kind == "file":
             return FileSandboxLifecycleLocker(tmp_path / "locks", timeout_s=timeout_s)
+        # Migrated: the lock's round trip also reads the chat's record (sandbox_sessions).
+        request.getfixturevalue("postgres_engine")
         url: str = request.getfixturevalue("postgres_url")
         # As the service wires it (entrypoint/persistence.py).
         engine = create_database_engine(url, lock_pool_options())
