@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import TypeVar
 
 from adapter.agent.client import AgentClient
+from adapter.qemu.handshake import resync
 from adapter.qemu.unix import connect_unix
 from adapter.qemu.vm import VM_ID_PATTERN, VmDir
-from domain.errors import SandboxGoneError
+from domain.errors import RuntimeUnavailableError, SandboxGoneError
 from domain.execution import ExecutionRequest, ExecutionResult
 from usecase.ports import OutputSink
 
@@ -161,5 +162,9 @@ def _connect_agent(vm_dir: VmDir) -> AgentClient:
         sock = connect_unix(vm_dir.agent_socket, timeout_s=5.0)
     except OSError as exc:
         raise SandboxGoneError(f"microVM {vm_dir.vm_id} agent unreachable: {exc}") from exc
-    sock.settimeout(None)
+    try:
+        resync(sock)
+    except RuntimeUnavailableError as exc:
+        sock.close()
+        raise SandboxGoneError(f"microVM {vm_dir.vm_id} agent unreachable: {exc}") from exc
     return AgentClient(sock, margin_s=AGENT_MARGIN_S)

@@ -58,6 +58,30 @@ def handshake(
         raise RuntimeUnavailableError(f"agent connection failed: {exc!r}") from exc
 
 
+def resync(sock: socket.socket, timeout_s: float = 10.0) -> None:
+    """Drain what requests of an earlier connection left in the VM's channel.
+
+    QEMU gives the guest one byte stream whichever host connection is open: a request whose
+    connection was dropped before its answer (a timeout on a frozen or starved VM, a handover)
+    is still answered, on the next connection. So a new connection first sends a ping with a
+    fresh id and drops every frame before its answer; the agent answers requests in order.
+    Raises RuntimeUnavailableError when that answer does not come within ``timeout_s``.
+    """
+    sync_id = f"resync-{secrets.token_hex(4)}"
+    try:
+        reader = _LineReader(sock)
+        sock.settimeout(5.0)
+        sock.sendall(json.dumps({"id": sync_id, "op": "ping"}).encode() + b"\n")
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if any(frame.get("id") == sync_id for frame in reader.frames(0.1)):
+                sock.settimeout(None)
+                return
+    except OSError as exc:
+        raise RuntimeUnavailableError(f"agent connection failed: {exc!r}") from exc
+    raise RuntimeUnavailableError("agent did not answer on a new connection")
+
+
 class _LineReader:
     """Newline-delimited JSON frames from a socket, with a bounded wait per call."""
 

@@ -252,3 +252,22 @@ def test_two_processes_take_turns_on_one_vm(
     second, _ = make_runtime(data_dir=shared_qemu_data_dir, handover_poll_s=0.1)
     assert run_ok(second, session.container_id, "print(shared)") == "state\n"
     assert run_ok(first, session.container_id, "print(shared * 2)") == "statestate\n"
+
+
+def test_an_answer_left_by_a_dropped_connection_does_not_break_the_next(
+    make_runtime: RuntimeFactory,
+) -> None:
+    """QEMU gives the guest one stream whatever host connection is open: a ping that timed out
+    on a frozen VM is answered once it runs again, on the next connection, whose first request
+    must not take that answer for its own (the sandbox would pass for broken and be replaced)."""
+    runtime, _ = make_runtime(shared=True)
+    session = create_vm(runtime)
+    pid = int((Path(runtime._vms_root) / session.container_id / "qemu.pid").read_text())
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        assert not runtime.ping(session.container_id, 0.5)  # the connection is dropped
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert run_ok(runtime, session.container_id, "print(6 * 7)") == "42\n"
+    assert runtime.ping(session.container_id, 5.0)
+    runtime.stop(session.container_id)
