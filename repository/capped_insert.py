@@ -20,10 +20,11 @@ the slowest part of a new chat's first result on a virtual disk (1.2-1.7 ms meas
 0.4 ms for the whole round trip without it), and what it protects is little: the commit is
 visible at once to every replica, survives this service's crash (the server flushes it within
 3 x wal_writer_delay, 0.6 s by default), and is lost only if the database server or its host
-crashes within that window. Then the new sandbox has no record: reconciliation removes it as an
-orphan, and the chat's next message starts a new one, as for a chat that never ran code. That is
-the durability the SQLite store gives every commit (WAL with synchronous=NORMAL). Every other
-write (renewals, replacements, deletes) still waits for its flush.
+crashes within that window. Then the new sandbox (a new chat's, or a replacement's) has no
+record: reconciliation removes it as an orphan, and the chat's next message starts a new one, as
+for a chat that never ran code. That is the durability the SQLite store gives every commit (WAL
+with synchronous=NORMAL). Every other write (renewals, other updates, deletes) still waits for
+its flush.
 
 The PostgreSQL text goes through psycopg's client-side binding (``ClientCursor``: the values
 quoted by the driver, sent with the simple protocol, which allows several statements). It runs
