@@ -26,6 +26,14 @@ for a chat that never ran code. That is the durability the SQLite store gives ev
 with synchronous=NORMAL). Every other write (renewals, other updates, deletes) still waits for
 its flush.
 
+PostgreSQL runs the INSERT as a statement prepared once per connection (``PREPARE``, then
+``EXECUTE`` in the query above) with a generic plan (``SET LOCAL plan_cache_mode``): planning the
+INSERT ... SELECT with its cap counts took 0.39 ms of the server's time per new chat, against 0.12
+ms to run it (EXPLAIN ANALYZE); prepared, the round trip was 0.35-0.45 ms shorter. Which
+connections have it is kept here, per driver connection (a reconnect is a new one); should the
+server have lost it all the same (a DISCARD on that session), the insert is prepared again and
+retried once: the failed EXECUTE changed nothing.
+
 The PostgreSQL text goes through psycopg's client-side binding (``ClientCursor``: the values
 quoted by the driver, sent with the simple protocol, which allows several statements). It runs
 on the caller's chat-lock connection when there is one (see ``SqlAlchemySandboxSessionRepository``).
@@ -33,7 +41,13 @@ on the caller's chat-lock connection when there is one (see ``SqlAlchemySandboxS
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import re
+import threading
+import weakref
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -47,6 +61,43 @@ from repository.database import advisory_key
 # For this one transaction (SET LOCAL; the pooled connection keeps the server's setting): the
 # commit returns without waiting for its WAL flush (see the module's doc).
 ASYNC_COMMIT = "SET LOCAL synchronous_commit = off"
+# The prepared INSERT's plan is built once, not per new chat, from its first EXECUTE on.
+GENERIC_PLAN = "SET LOCAL plan_cache_mode = force_generic_plan"
+_PLACEHOLDER = re.compile(r"%\((\w+)\)s")
+
+
+@dataclass(frozen=True)
+class PostgresInsert:
+    """One new record's query for a ClientCursor, and the statement it executes."""
+
+    name: str  # of the prepared statement; derived from its text
+    prepare_sql: str  # PREPARE name AS INSERT ... ($1, $2, ...)
+    query: str  # SET LOCAL ...; [the node's lock;] EXECUTE name(%(param)s, ...)
+    params: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    name: str
+    prepare_sql: str
+    execute_sql: str  # EXECUTE name(%(param)s, ...)
+
+
+def _prepared_form(insert_sql: str) -> _Prepared:
+    """The compiled INSERT (pyformat placeholders, each with its cast) as a PREPARE text with
+    numbered parameters, and the EXECUTE that passes them by name; a name used twice is one
+    parameter."""
+    names: list[str] = []
+
+    def number(match: re.Match[str]) -> str:
+        if match.group(1) not in names:
+            names.append(match.group(1))
+        return f"${names.index(match.group(1)) + 1}"
+
+    statement = _PLACEHOLDER.sub(number, insert_sql)
+    name = "sandboxd_new_record_" + hashlib.blake2b(statement.encode(), digest_size=6).hexdigest()
+    arguments = ", ".join(f"%({n})s" for n in names)
+    return _Prepared(name, f"PREPARE {name} AS {statement}", f"EXECUTE {name}({arguments})")
 
 
 def node_cap_key(node: str) -> int:
@@ -61,7 +112,7 @@ class CappedInsert:
         self._table = table
         self._dialect = dialect
         self._statements: dict[tuple[bool, bool], sa.Insert] = {}
-        self._postgresql: dict[tuple[bool, bool], SQLCompiler] = {}
+        self._postgresql: dict[tuple[bool, bool], tuple[SQLCompiler, _Prepared]] = {}
 
     def statement(self, caps: SandboxCaps) -> sa.Insert:
         """``INSERT INTO table SELECT :values WHERE <each cap has room>`` (0 or 1 row)."""
@@ -82,25 +133,28 @@ class CappedInsert:
             "cap_per_owner": caps.per_owner,
         }
 
-    def postgresql(self, caps: SandboxCaps, params: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-        """The node's lock (when capped) and the statement as one query for a ClientCursor, with
-        the parameters as the types' bind processing gives them (UtcDateTime's checks)."""
+    def postgresql(self, caps: SandboxCaps, params: dict[str, Any]) -> PostgresInsert:
+        """The node's lock (when capped) and the prepared statement's EXECUTE as one query for a
+        ClientCursor, with the parameters as the types' bind processing gives them (UtcDateTime's
+        checks)."""
         shape = (caps.on_node is not None, caps.per_owner is not None)
-        compiled = self._postgresql.get(shape)
-        if compiled is None:
+        cached = self._postgresql.get(shape)
+        if cached is None:
             compiled = self.statement(caps).compile(dialect=self._dialect)
             assert isinstance(compiled, SQLCompiler)
-            self._postgresql[shape] = compiled
-        text = str(compiled)
+            cached = self._postgresql[shape] = (compiled, _prepared_form(str(compiled)))
+        compiled, prepared = cached
+        text = prepared.execute_sql
         if not caps.unlimited:
             text = f"SELECT pg_advisory_xact_lock({node_cap_key(params['cap_node'])}); {text}"
-        text = f"{ASYNC_COMMIT}; {text}"
         processors: Mapping[str, Any] = compiled._bind_processors
         bound = {
             name: processors[name](value) if name in processors else value
             for name, value in (compiled.construct_params(params) or {}).items()
         }
-        return text, bound
+        return PostgresInsert(
+            prepared.name, prepared.prepare_sql, f"{ASYNC_COMMIT}; {GENERIC_PLAN}; {text}", bound
+        )
 
     def _build(self, node_capped: bool, owner_capped: bool) -> sa.Insert:
         columns = self._table.c
@@ -132,10 +186,39 @@ class CappedInsert:
         return self._table.insert().from_select([c.name for c in self._table.c], source)
 
 
-def run_postgresql(connection: psycopg.Connection[Any], query: str, params: dict[str, Any]) -> bool:
-    """Run the query on an autocommit driver connection; True when the row was inserted."""
+# Which prepared statements each driver connection has (weak: a closed one drops out).
+_PREPARED: weakref.WeakKeyDictionary[psycopg.Connection[Any], set[str]] = (
+    weakref.WeakKeyDictionary()
+)
+_PREPARED_LOCK = threading.Lock()
+
+
+def run_postgresql(connection: psycopg.Connection[Any], insert: PostgresInsert) -> bool:
+    """Run the insert on an autocommit driver connection (preparing its statement there first,
+    once); True when the row was inserted."""
+    with _PREPARED_LOCK:
+        ready = insert.name in _PREPARED.get(connection, ())
+    if not ready:
+        _prepare(connection, insert)
+    try:
+        return _execute(connection, insert)
+    except psycopg.errors.InvalidSqlStatementName:
+        # The session lost it (DISCARD, DEALLOCATE): nothing ran; prepare it again, once.
+        _prepare(connection, insert)
+        return _execute(connection, insert)
+
+
+def _prepare(connection: psycopg.Connection[Any], insert: PostgresInsert) -> None:
+    # Already there: the session has it (same name, so same text) though it was not noted.
+    with contextlib.suppress(psycopg.errors.DuplicatePreparedStatement):
+        connection.execute(insert.prepare_sql, prepare=False)
+    with _PREPARED_LOCK:
+        _PREPARED.setdefault(connection, set()).add(insert.name)
+
+
+def _execute(connection: psycopg.Connection[Any], insert: PostgresInsert) -> bool:
     with psycopg.ClientCursor(connection) as cursor:
-        cursor.execute(query, params)
+        cursor.execute(insert.query, insert.params)
         while cursor.nextset():
             pass
         return cursor.rowcount == 1

@@ -276,16 +276,16 @@ class SqlAlchemySandboxSessionRepository:
     def _insert_on_postgresql(
         self, session: SandboxSession, caps: SandboxCaps, params: dict[str, Any]
     ) -> bool:
-        query, bound = self._capped.postgresql(caps, params)
+        insert = self._capped.postgresql(caps, params)
         held = None if self._lock_connection is None else self._lock_connection(session.chat_id)
         if held is not None:
-            return capped_insert.run_postgresql(held, query, bound)
+            return capped_insert.run_postgresql(held, insert)
         if self._fence is not None:
             self._fence()
         with self._statements.connect() as connection:
             driver: psycopg.Connection[Any] = connection.connection.driver_connection  # type: ignore[assignment]
             try:
-                return capped_insert.run_postgresql(driver, query, bound)
+                return capped_insert.run_postgresql(driver, insert)
             except psycopg.OperationalError:
                 connection.invalidate()  # SQLAlchemy did not see the driver's error
                 raise

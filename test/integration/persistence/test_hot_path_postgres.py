@@ -79,7 +79,7 @@ def test_a_new_chat_on_a_claimed_sandbox_is_three_round_trips(
         replica.dispose()
     assert len(queries) == 3, queries
     assert "pg_advisory_lock" in queries[0]
-    assert "pg_advisory_xact_lock" in queries[1] and "INSERT INTO sandbox_sessions" in queries[1]
+    assert "pg_advisory_xact_lock" in queries[1] and "EXECUTE sandboxd_new_record_" in queries[1]
     assert "pg_advisory_unlock" in queries[2]
 
 

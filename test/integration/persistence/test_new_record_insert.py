@@ -1,7 +1,10 @@
-"""A new chat's record is committed without waiting for its WAL flush, and nothing else is.
+"""A new chat's record on PostgreSQL: committed without waiting for its WAL flush (and nothing
+else is), inserted by a statement prepared once per connection and planned once.
 
 A trigger on the real table notes, for every row written, the synchronous_commit its own
-transaction ran with: what the server itself applied, whichever connection or path wrote it."""
+transaction ran with: what the server itself applied, whichever connection or path wrote it.
+pg_prepared_statements, read on the lock connection, says what that session prepared and how
+often it planned it."""
 
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from sqlalchemy.engine import Engine
 
 from repository.sqlalchemy_session import sandbox_sessions
 from testkit.fakes import FakeClock, FakeRuntime
+from testkit.pg import record_driver_queries
 from testkit.pg_replica import SLACK, PreStarted, Replica
 from usecase.sandbox import Placement
 
@@ -96,5 +100,64 @@ def test_the_setting_stays_with_that_transaction(
         clock.advance(SLACK + timedelta(seconds=1))
         replica.run(chat)  # past the slack: the deadline is written
         assert notes(postgres_engine) == [("INSERT", "off"), ("UPDATE", "on")]
+    finally:
+        replica.dispose()
+
+
+def _prepared_here(replica: Replica) -> tuple[int, int, int]:
+    """(statements, generic plans, custom plans) of the new-record inserts prepared on the
+    replica's lock connection (one chat at a time uses one pooled connection)."""
+    with replica.lock_engine.connect() as pooled:
+        row = pooled.exec_driver_sql(
+            "SELECT count(*), coalesce(sum(generic_plans), 0), coalesce(sum(custom_plans), 0)"
+            " FROM pg_prepared_statements WHERE name LIKE 'sandboxd_new_record_%%'"
+        ).one()
+    return int(row[0]), int(row[1]), int(row[2])
+
+
+def test_the_insert_is_prepared_once_and_planned_once(
+    postgres_url: str, postgres_engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with postgres_engine.begin() as connection:
+        connection.execute(sa.delete(sandbox_sessions))
+    runtime = FakeRuntime()
+    placement = Placement(node="n", max_sandboxes=50, max_per_owner=50)
+    replica = Replica(postgres_url, FakeClock(), runtime, PreStarted(runtime), placement)
+    try:
+        queries = record_driver_queries(monkeypatch)
+        for _ in range(3):
+            replica.run(uuid4())
+        prepares = [q for q in queries if q.startswith("PREPARE sandboxd_new_record_")]
+        assert len(prepares) == 1, queries
+        # Executed three times, on the generic plan every time: the statement is not planned
+        # per new chat.
+        assert _prepared_here(replica) == (1, 3, 0)
+        with postgres_engine.connect() as other:
+            count = other.execute(sa.select(sa.func.count()).select_from(sandbox_sessions))
+            assert count.scalar_one() == 3
+    finally:
+        replica.dispose()
+
+
+def test_a_session_that_lost_the_statement_gets_it_again(
+    postgres_url: str, postgres_engine: Engine
+) -> None:
+    with postgres_engine.begin() as connection:
+        connection.execute(sa.delete(sandbox_sessions))
+    runtime = FakeRuntime()
+    replica = Replica(postgres_url, FakeClock(), runtime, PreStarted(runtime))
+    try:
+        replica.run(uuid4())
+        with replica.lock_engine.connect() as pooled:
+            pooled.exec_driver_sql("DEALLOCATE ALL")
+        assert _prepared_here(replica)[0] == 0
+        chat = uuid4()
+        replica.run(chat)  # prepared again and retried: the record is there
+        with postgres_engine.connect() as other:
+            found = other.execute(
+                sa.select(sandbox_sessions.c.chat_id).where(sandbox_sessions.c.chat_id == chat)
+            ).scalar_one()
+        assert found == chat
+        assert _prepared_here(replica)[0] == 1
     finally:
         replica.dispose()
