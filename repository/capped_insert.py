@@ -67,20 +67,21 @@ _PLACEHOLDER = re.compile(r"%\((\w+)\)s")
 
 
 @dataclass(frozen=True)
-class PostgresInsert:
-    """One new record's query for a ClientCursor, and the statement it executes."""
+class _Prepared:
+    """The INSERT as a prepared statement: one per shape of caps, the same on every connection."""
 
-    name: str  # of the prepared statement; derived from its text
+    name: str  # derived from its text
     prepare_sql: str  # PREPARE name AS INSERT ... ($1, $2, ...)
-    query: str  # SET LOCAL ...; [the node's lock;] EXECUTE name(%(param)s, ...)
-    params: dict[str, Any]
+    execute_sql: str  # EXECUTE name(%(param)s, ...)
 
 
 @dataclass(frozen=True)
-class _Prepared:
-    name: str
-    prepare_sql: str
-    execute_sql: str  # EXECUTE name(%(param)s, ...)
+class PostgresInsert:
+    """One new record's query for a ClientCursor, and the statement it executes."""
+
+    statement: _Prepared
+    query: str  # SET LOCAL ...; [the node's lock;] EXECUTE name(%(param)s, ...)
+    params: dict[str, Any]
 
 
 def _prepared_form(insert_sql: str) -> _Prepared:
@@ -152,9 +153,7 @@ class CappedInsert:
             name: processors[name](value) if name in processors else value
             for name, value in (compiled.construct_params(params) or {}).items()
         }
-        return PostgresInsert(
-            prepared.name, prepared.prepare_sql, f"{ASYNC_COMMIT}; {GENERIC_PLAN}; {text}", bound
-        )
+        return PostgresInsert(prepared, f"{ASYNC_COMMIT}; {GENERIC_PLAN}; {text}", bound)
 
     def _build(self, node_capped: bool, owner_capped: bool) -> sa.Insert:
         columns = self._table.c
@@ -197,7 +196,7 @@ def run_postgresql(connection: psycopg.Connection[Any], insert: PostgresInsert) 
     """Run the insert on an autocommit driver connection (preparing its statement there first,
     once); True when the row was inserted."""
     with _PREPARED_LOCK:
-        ready = insert.name in _PREPARED.get(connection, ())
+        ready = insert.statement.name in _PREPARED.get(connection, ())
     if not ready:
         _prepare(connection, insert)
     try:
@@ -211,9 +210,9 @@ def run_postgresql(connection: psycopg.Connection[Any], insert: PostgresInsert) 
 def _prepare(connection: psycopg.Connection[Any], insert: PostgresInsert) -> None:
     # Already there: the session has it (same name, so same text) though it was not noted.
     with contextlib.suppress(psycopg.errors.DuplicatePreparedStatement):
-        connection.execute(insert.prepare_sql, prepare=False)
+        connection.execute(insert.statement.prepare_sql, prepare=False)
     with _PREPARED_LOCK:
-        _PREPARED.setdefault(connection, set()).add(insert.name)
+        _PREPARED.setdefault(connection, set()).add(insert.statement.name)
 
 
 def _execute(connection: psycopg.Connection[Any], insert: PostgresInsert) -> bool:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import timedelta
-from uuid import uuid4
+from uuid import UUID, uuid4
 
 import pytest
 import sqlalchemy as sa
@@ -55,6 +55,13 @@ def commit_modes(postgres_engine: Engine) -> Iterator[None]:
             connection.exec_driver_sql("DROP TABLE sandboxd_test_commit_modes")
 
 
+def recorded(engine: Engine, chat: UUID) -> bool:
+    """Whether another connection (another replica) sees the chat's record."""
+    with engine.connect() as connection:
+        query = sa.select(sandbox_sessions.c.chat_id).where(sandbox_sessions.c.chat_id == chat)
+        return connection.execute(query).scalar_one_or_none() == chat
+
+
 def notes(engine: Engine) -> list[tuple[str, str]]:
     with engine.connect() as connection:
         rows = connection.exec_driver_sql("SELECT op, mode FROM sandboxd_test_commit_modes")
@@ -75,11 +82,7 @@ def test_a_new_chats_record_is_committed_without_waiting_for_its_flush(
         replica.run(chat)
         assert notes(postgres_engine) == [("INSERT", "off")]
         # Visible to another connection (another replica) as soon as the call returned.
-        with postgres_engine.connect() as other:
-            found = other.execute(
-                sa.select(sandbox_sessions.c.chat_id).where(sandbox_sessions.c.chat_id == chat)
-            ).scalar_one()
-        assert found == chat
+        assert recorded(postgres_engine, chat)
     finally:
         replica.dispose()
 
@@ -153,11 +156,7 @@ def test_a_session_that_lost_the_statement_gets_it_again(
         assert _prepared_here(replica)[0] == 0
         chat = uuid4()
         replica.run(chat)  # prepared again and retried: the record is there
-        with postgres_engine.connect() as other:
-            found = other.execute(
-                sa.select(sandbox_sessions.c.chat_id).where(sandbox_sessions.c.chat_id == chat)
-            ).scalar_one()
-        assert found == chat
+        assert recorded(postgres_engine, chat)
         assert _prepared_here(replica)[0] == 1
     finally:
         replica.dispose()
