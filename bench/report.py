@@ -155,6 +155,24 @@ SPECS = [
     Spec("Density", "QEMU: host memory per idle VM (PSS)", "density",
          "qemu.per_sandbox_pss_mb", "MB"),
     Spec("Density", "QEMU: idle VMs that fit", "density", "qemu.idle_sandboxes_fit", ""),
+    *(
+        spec
+        for step, runtime in (("pools_docker", "Docker"), ("pools_qemu", "QEMU"))
+        for spec in (
+            Spec(f"Pools ({runtime})", "new chat's first result, warm pool, p50", step,
+                 "warm_pool.first_result_ms.p50", "ms", None, ("max", 20.0)),
+            Spec(f"Pools ({runtime})", "new chat's first result, pools off, p50", step,
+                 "pools_off.first_result_ms.p50", "ms"),
+            Spec(f"Pools ({runtime})", "warm p50 / pools-off p50", step, "ratio_p50", "x",
+                 None, ("max", 0.2)),
+            Spec(f"Pools ({runtime})", "burst of 2x the pool size, p50", step,
+                 "warm_pool.burst.first_result_ms.p50", "ms"),
+            Spec(f"Pools ({runtime})", "burst, the slower half (started on demand), p50", step,
+                 "warm_pool.burst.slowest_half_ms.p50", "ms"),
+            Spec(f"Pools ({runtime})", "host memory per idle pooled sandbox, mean", step,
+                 "warm_pool.idle_member_memory_mb.mean", "MiB"),
+        )
+    ),
 ]  # fmt: skip
 
 

@@ -77,6 +77,13 @@ STEPS = [
          ["--sessions", "100", "--running", "3"]),
     Step("density", "bench.density", ["--docker", "8", "--qemu", "3"],
          ["--docker", "2", "--qemu", "1"]),
+    # Warm pools, one step per runtime so that one run reports both (the Pools issue).
+    Step("pools_docker", "bench.bench_pools", ["--runtime", "docker", "--size", "3",
+         "--samples", "8"], ["--runtime", "docker", "--size", "2", "--samples", "3"],
+         timeout_s=420),
+    Step("pools_qemu", "bench.bench_pools", ["--runtime", "qemu", "--size", "3",
+         "--samples", "8"], ["--runtime", "qemu", "--size", "2", "--samples", "3"],
+         timeout_s=600, needs_qemu=True),
 ]  # fmt: skip
 
 

@@ -109,3 +109,32 @@ def test_missing_figures_and_unavailable_parts_are_said_plainly(steps: dict) -> 
     assert "Latency bends at concurrency **4**" in markdown
     assert "samples_ms" not in str(report["load"])
     assert "chart.png" not in markdown
+
+
+def test_pool_figures_are_checked_per_runtime_against_20_ms_and_a_fifth_of_pools_off() -> None:
+    def pools(warm_p50: float, off_p50: float) -> dict:
+        return step(
+            {
+                "warm_pool": {
+                    "first_result_ms": {"p50": warm_p50},
+                    "burst": {"first_result_ms": {"p50": 60.0},
+                              "slowest_half_ms": {"p50": 700.0}},
+                    "idle_member_memory_mb": {"mean": 18.0},
+                },
+                "pools_off": {"first_result_ms": {"p50": off_p50}},
+                "ratio_p50": round(warm_p50 / off_p50, 3),
+            }
+        )  # fmt: skip
+
+    # Docker: 6 ms of 300 meets both; QEMU: 25 ms is over 20 ms, yet a tenth of its 250 ms.
+    report = build_report({"pools_docker": pools(6.0, 300.0), "pools_qemu": pools(25.0, 250.0)}, {})
+    markdown = render_markdown(report, chart=None)
+
+    docker_rows = [line for line in markdown.splitlines() if "| Pools (Docker) |" in line]
+    assert len(docker_rows) == 6 and all("OVER" not in line for line in docker_rows)
+    assert "| 6 ms |" in docker_rows[0] and docker_rows[0].endswith("| <= 20 ms | ok |")
+    assert report["over_target"] == ["Pools (QEMU): new chat's first result, warm pool, p50"]
+    qemu_ratio = [line for line in markdown.splitlines() if "| Pools (QEMU) | warm p50" in line]
+    assert qemu_ratio == [
+        "| Pools (QEMU) | warm p50 / pools-off p50 | 0.1 x |  |  | <= 0.2 x | ok |"
+    ]
