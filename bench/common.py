@@ -159,6 +159,35 @@ def remove_containers_of(instance_id: str) -> int:
     return len(ids)
 
 
+def remove_vms_left_by(service: Any) -> list[int]:
+    """Kill the QEMU processes of the service's own VMs that outlived its graceful stop; returns
+    their pids. Found by their command line, which names a disk in the service's (throwaway)
+    data directory, so a VM whose work dir is gone is found too. A VM left behind is a finding,
+    not routine: it is said on stderr (the step's log) with the tail of the service's log."""
+    marker = f"{service.data_dir}/vms/".encode()
+    left = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            command_line = (proc / "cmdline").read_bytes()
+        except OSError:
+            continue
+        program = command_line.split(b"\0", 1)[0]
+        if b"qemu-system" in program and marker in command_line:
+            left.append(int(proc.name))
+    if left:
+        print(
+            f"WARNING: {len(left)} VM process(es) of {service.instance_id} outlived its stop "
+            f"(pids {left}); killing them. The service's log ends:\n{service.log_tail(60)}",
+            file=sys.stderr,
+        )
+    for pid in left:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return left
+
+
 @contextmanager
 def running_service(prefix: str, store: str = "postgresql", **settings: str) -> Iterator[Any]:
     """A real ``sandboxd serve`` on free loopback ports with a throwaway PostgreSQL database
@@ -196,6 +225,7 @@ def running_service(prefix: str, store: str = "postgresql", **settings: str) -> 
         finally:
             service.stop()
             remove_containers_of(service.instance_id)
+            remove_vms_left_by(service)
 
 
 def qemu_unavailable(image_dir: Path) -> str | None:

@@ -246,6 +246,9 @@ def main() -> int:
         "load",
         log_level=args.log_level,
         max_inflight_executions=str(max(64, max(args.levels) * 2)),
+        # Every chat needs its own sandbox: the cap derived from this host's memory (24 on a
+        # 23 GiB machine) would refuse the last ones (429) and the ramp would measure refusals.
+        max_sandboxes=str(args.chats),
     ) as service:
         report = asyncio.run(measure(service, args, API_KEY))
     emit(report)
