@@ -50,14 +50,23 @@ def first_boot_starved(vms_root: Path) -> Iterator[None]:
     """Stop and continue the first QEMU that starts under ``vms_root`` (the snapshot's boot, or
     the cold-booted VM's) for its first seconds, as a host with no free core would."""
     done = threading.Event()
+    starved = threading.Event()
+
+    def first_pid() -> int | None:
+        # The pid file is created, then written: an empty one is not ready yet.
+        for pidfile in sorted(vms_root.glob("*/qemu.pid")):
+            text = pidfile.read_text().strip()
+            if text:
+                return int(text)
+        return None
 
     def starve() -> None:
         deadline = time.monotonic() + 60
-        while not (pidfiles := sorted(vms_root.glob("*/qemu.pid"))):
+        while (pid := first_pid()) is None:
             if done.is_set() or time.monotonic() > deadline:
                 return
             time.sleep(0.005)
-        pid = int(pidfiles[0].read_text())
+        starved.set()
         until = time.monotonic() + STARVED_FOR_S
         try:
             while time.monotonic() < until and not done.is_set():
@@ -78,6 +87,8 @@ def first_boot_starved(vms_root: Path) -> Iterator[None]:
     finally:
         done.set()
         thread.join()
+    # Else the boot ran unstarved and the test would pass without testing anything.
+    assert starved.is_set(), "the VM's QEMU was never stopped and continued"
 
 
 @pytest.mark.parametrize("mode", ["restore", "cold"])
